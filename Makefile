@@ -1,0 +1,46 @@
+# covidct — every workflow is one make target. `make demo` and `make test` are the quick start.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export KERAS_BACKEND ?= tensorflow
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export MPLBACKEND ?= Agg
+export COVIDCT_DATA_ROOT ?= $(abspath ../shared/data)
+
+.PHONY: install demo test lint test-tf test-jax test-notebooks strip-notebooks figures benchmarks clean
+
+install: $(VENV)/.installed
+
+# Creates the virtual environment on first use and reinstalls when the requirements change.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -r requirements.txt
+	@touch $@
+
+demo: install
+	$(VENV)/bin/covidct demo
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test-tf: install
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -m "not jax and not gpu and not network" -q
+
+test-jax: install
+	KERAS_BACKEND=jax $(PY) -m pytest -m "jax" -q -p no:cacheprovider
+
+test-notebooks: install
+	COVIDCT_SMOKE=1 $(PY) -m pytest --nbmake --nbmake-timeout=600 -q notebooks
+
+test: lint test-tf test-jax test-notebooks
+
+strip-notebooks: install
+	$(PY) -m covidct.tools.notebooks strip notebooks
+
+figures: install
+	$(PY) benchmarks/make_figures.py
+
+clean:
+	rm -rf runs/demo .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""covidct.evaluate"""
