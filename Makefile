@@ -37,7 +37,7 @@ test-notebooks: install
 test: lint test-tf test-jax test-notebooks
 
 strip-notebooks: install
-	$(PY) -m covidct.tools.notebooks strip notebooks
+	$(PY) -m covidct.notebook_tools strip notebooks
 
 figures: install
 	$(PY) benchmarks/make_figures.py

@@ -38,6 +38,115 @@ def _run_models(args) -> int:
     return 0
 
 
+def _add_segment(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "segment", help="train / apply lung or infection segmenters", description="Segmentation runs."
+    )
+    actions = parser.add_subparsers(dest="segment_action", metavar="ACTION", required=True)
+    train = actions.add_parser("train", help="train and evaluate a segmenter (writes a run folder)")
+    train.add_argument("--model", default="bcd_unet", help="registered segmenter: bcd_unet, unet")
+    train.add_argument("--dataset", default="kaggle-lungs", choices=["kaggle-lungs", "medseg"])
+    train.add_argument("--root", default=None, help="data root (default COVIDCT_DATA_ROOT or ../shared/data)")
+    train.add_argument("--size", type=int, default=64, help="input side in pixels (default 64)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--folds", type=int, default=0, help="k >= 2: grouped k-fold CV (medseg); 0: test split")
+    train.add_argument("--base-filters", type=int, default=None, help="width of the first level (builder argument)")
+    train.add_argument("--run-dir", default=None, help="default runs/segment-<model>-<dataset>-<size>")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir")
+    predict = actions.add_parser("predict", help="write masks and overlays for images")
+    predict.add_argument("--model", required=True, help="run folder or .keras file from `segment train`")
+    predict.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    predict.add_argument("--out", required=True, help="output folder for *_mask.png and *_overlay.png")
+    predict.add_argument("--threshold", type=float, default=0.5)
+    parser.set_defaults(func=_run_segment)
+
+
+def _run_segment(args) -> int:
+    if args.segment_action == "train":
+        from covidct.segment.train import train_segmenter
+
+        kwargs = {} if args.base_filters is None else {"base_filters": args.base_filters}
+        run_dir = train_segmenter(
+            model=args.model, dataset=args.dataset, root=args.root, size=args.size, epochs=args.epochs,
+            batch_size=args.batch_size, learning_rate=args.learning_rate, folds=args.folds,
+            run_dir=args.run_dir, overwrite=args.overwrite, seed=args.seed, model_kwargs=kwargs,
+        )
+        print(f"run folder: {run_dir}")
+        return 0
+    from covidct.segment.predict import predict_files
+
+    results = predict_files(args.model, args.images, args.out, threshold=args.threshold)
+    failed = [r for r in results if "error" in r]
+    print(f"{len(results) - len(failed)} mask(s) written to {args.out}; {len(failed)} unreadable.")
+    return 0
+
+
+def _add_audit(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "audit", help="leakage audit of a dataset", description="Duplicates, group overlap and a shortcut probe."
+    )
+    parser.add_argument("dataset", help="registered dataset name (e.g. sars-cov-2-ct)")
+    parser.add_argument("--root", default=None, help="dataset folder (default: data/raw/<name> or COVIDCT_DATA_ROOT)")
+    parser.add_argument("--out", default="runs/audit", help="folder for audit_<dataset>.json and .md")
+    parser.add_argument("--seed", type=int, default=0, help="split and probe seed")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when anything leaks")
+    parser.set_defaults(func=_run_audit)
+
+
+def _run_audit(args) -> int:
+    from covidct.data.audit import audit_named_dataset
+
+    report, json_path, markdown_path = audit_named_dataset(args.dataset, root=args.root, out_dir=args.out, seed=args.seed)
+    print(report.to_markdown())
+    print(f"Wrote {json_path} and {markdown_path}.")
+    return 1 if (args.strict and report.leakage) else 0
+
+
+def _add_preprocess(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "preprocess", help="build the preprocessing cache", description="Compute a stage for every image once."
+    )
+    parser.add_argument("--dataset", required=True, help="registered dataset name")
+    parser.add_argument("--stage", default="original", help="registered preprocessing stage")
+    parser.add_argument("--size", type=int, default=224, help="output size in pixels")
+    parser.add_argument("--root", default=None, help="dataset folder")
+    parser.add_argument("--cache-root", default=".cache/covidct", help="folder holding caches")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.set_defaults(func=_run_preprocess)
+
+
+def _run_preprocess(args) -> int:
+    from covidct.data.cache import preprocess_dataset
+
+    cache = preprocess_dataset(
+        args.dataset, stage=args.stage, size=args.size, root=args.root, cache_root=args.cache_root, workers=args.workers
+    )
+    print(f"{cache.path}: {len(cache)} samples {cache.images.shape}, {len(cache.failed)} file(s) skipped.")
+    for error in cache.failed["error"]:
+        print(f"  skipped: {error}")
+    return 0
+
+
+def _add_download(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "download", help="download a public dataset", description="Download, check and unpack a public dataset."
+    )
+    parser.add_argument("dataset", choices=["ct-cov19", "covid-ct", "mosmeddata"])
+    parser.add_argument("--dest", default="data/raw", help="parent folder (the data goes to DEST/<dataset>)")
+    parser.set_defaults(func=_run_download)
+
+
+def _run_download(args) -> int:
+    from covidct.data.download import download_dataset
+
+    folder = download_dataset(args.dataset, dest=args.dest)
+    print(f"{args.dataset} is in {folder}.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidct",
@@ -47,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"covidct {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_models(subparsers)
+    _add_audit(subparsers)
+    _add_preprocess(subparsers)
+    _add_download(subparsers)
+    _add_segment(subparsers)
     return parser
 
 

@@ -9,10 +9,11 @@ model, so training, prediction and Grad-CAM can never disagree about preprocessi
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from covidct.errors import CovidctError, unknown_name_error
+from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 
 TASKS = ("classification", "segmentation", "volume")
 
@@ -32,6 +33,9 @@ class ModelSpec:
         imagenet_weights: whether ``weights="imagenet"`` is available.
         inputs: names of the model inputs, ``("image",)`` or ``("image", "mask")``.
         description: one line for ``covidct models``.
+        defaults: builder keyword defaults applied by ``build_model`` (overridden by its ``**kwargs``).
+        test_input_shape: a small input shape the test suite builds the model at (defaults to
+            ``input_shape``); models whose valid convolutions need large inputs set it to their minimum.
     """
 
     name: str
@@ -45,6 +49,7 @@ class ModelSpec:
     inputs: tuple = ("image",)
     description: str = ""
     defaults: dict = field(default_factory=dict)
+    test_input_shape: tuple | None = None
 
     @property
     def channels(self) -> int:
@@ -100,4 +105,37 @@ def build_model(name: str, input_shape: tuple | None = None, num_classes: int = 
         raise CovidctError(f"Model {name!r} has no ImageNet weights; use weights=None or a weights file path.")
     shape = tuple(input_shape) if input_shape is not None else tuple(spec.input_shape)
     merged = {**spec.defaults, **kwargs}
+    _check_builder_options(spec, merged)
     return spec.builder(shape, num_classes, weights=weights, **merged)
+
+
+def builder_options(name: str) -> dict:
+    """The builder-specific keyword options of a model and their defaults (spec defaults applied).
+
+    Keyword parameters whose names start with ``_`` are bound by the family (the variant row) and are
+    not user options.
+    """
+    spec = get_spec(name)
+    params = inspect.signature(spec.builder).parameters
+    fixed = {"input_shape", "num_classes", "weights"}
+    options = {
+        key: p.default
+        for key, p in params.items()
+        if key not in fixed and not key.startswith("_") and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+    options.update(spec.defaults)
+    return options
+
+
+def _check_builder_options(spec: ModelSpec, options: dict) -> None:
+    """Unknown keyword options are a ``CovidctError`` with close matches, not a TypeError deep inside."""
+    params = inspect.signature(spec.builder).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    known = builder_options(spec.name)
+    for key in options:
+        if key not in known:
+            listing = ", ".join(sorted(known)) or "none"
+            raise CovidctError(
+                f"Model {spec.name!r} has no option {key!r}.{did_you_mean(key, known)} Its options: {listing}."
+            )

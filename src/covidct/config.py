@@ -1,0 +1,438 @@
+"""Run configuration: YAML → frozen dataclasses → a few ``key=value`` overrides → resolved YAML.
+
+A run is described completely by a ``RunConfig`` (data, model, training, evaluation). ``load_config``
+reads a YAML file, applies overrides such as ``"training.epochs=3"``, checks every key (unknown keys,
+models, stages and choices stop with close matches) and returns the frozen config; ``dump_config``
+writes the resolved config that is saved with every run, so a run can be reproduced from its folder.
+
+Experiment names follow ``<model>-<stage>-<setting>`` with setting one of ``baseline``, ``classw``
+(class weights "balanced"), ``dataaug`` (the stage's augmentation) and ``classw-dataaug``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from covidct.errors import CovidctError, did_you_mean, unknown_name_error
+
+SETTINGS = ("baseline", "classw", "dataaug", "classw-dataaug")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("none", "cosine")
+LOSSES = ("ce", "focal")
+CLASS_WEIGHTS = ("none", "balanced")
+MONITORS = ("val_macro_f1", "val_auc", "val_loss")
+MIXED_PRECISION = ("auto", "on", "off")
+FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
+
+# The study's stage-specific augmentation (SCIENCE.md): (rotation, zoom, translation) factors of
+# Keras' RandomRotation, RandomZoom (negative = zoom in) and RandomTranslation, plus RandomFlip
+# horizontal. Tighter crops get gentler augmentation so the lungs stay in the frame.
+STAGE_AUGMENTATION: dict[str, tuple[float, float, float]] = {
+    "original": (0.1, -0.2, 0.1),
+    "nobackg": (0.1, -0.2, 0.1),
+    "lungs-nocrop": (0.1, -0.2, 0.15),
+    "crop": (0.07, -0.1, 0.07),
+    "lungs": (0.05, -0.1, 0.05),
+}
+DEFAULT_AUGMENTATION = STAGE_AUGMENTATION["original"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images, preprocessed how.
+
+    Attributes:
+        dataset: registered dataset name (``covidct.data.datasets.list_datasets()``), e.g. ``"phantom"``.
+        root: dataset folder (None: the dataset's default).
+        stage: preprocessing stage name (``covidct.preprocess.STAGES``).
+        size: side of the square model input in pixels.
+        split_fractions: train/val/test fractions for datasets without official splits (grouped).
+        seed: seed of the grouped split.
+        keep_official_splits: keep a dataset's own train/val/test split when it has one.
+        label_map: optional ``{raw label: class}`` mapping applied before training (e.g. merge
+            ``Normal`` and ``CAP`` into ``non-COV``).
+        classes: class order (the model's output order); None: sorted labels after the label map.
+        cache_root: folder of the preprocessed cache.
+        options: extra keyword arguments of the dataset loader (e.g. ``n`` for phantoms).
+    """
+
+    dataset: str = "phantom"
+    root: str | None = None
+    stage: str = "original"
+    size: int = 224
+    split_fractions: tuple = (0.7, 0.15, 0.15)
+    seed: int = 0
+    keep_official_splits: bool = True
+    label_map: dict | None = None
+    classes: tuple | None = None
+    cache_root: str = ".cache/covidct"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network.
+
+    Attributes:
+        name: registered model name (``covidct models``).
+        kwargs: builder-specific keyword arguments.
+        weights: None (random init), ``"imagenet"`` or a weights file path.
+        freeze: ``"none"`` (train everything), ``"frozen"`` (train only the head) or
+            ``"frozen-then-finetune"`` (head for ``frozen_epochs`` epochs, then everything at the
+            learning rate times ``finetune_learning_rate_factor``).
+        frozen_epochs: epochs of the frozen phase of ``"frozen-then-finetune"``.
+        finetune_learning_rate_factor: learning-rate factor of the fine-tuning phase.
+    """
+
+    name: str = "simple_cnn"
+    kwargs: dict = field(default_factory=dict)
+    weights: str | None = None
+    freeze: str = "none"
+    frozen_epochs: int = 5
+    finetune_learning_rate_factor: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How to fit.
+
+    Attributes:
+        epochs: maximum number of epochs.
+        batch_size: images per batch.
+        optimizer: ``"adam"`` or ``"adamw"``.
+        learning_rate: initial learning rate.
+        weight_decay: AdamW weight decay.
+        schedule: ``"none"`` or ``"cosine"`` (cosine decay over all training steps).
+        loss: ``"ce"`` (cross-entropy from logits) or ``"focal"``.
+        focal_gamma: focusing parameter of the focal loss.
+        focal_alpha: class balance of the focal loss: None, a float (weight of the positive class for two
+            classes, of every class otherwise) or a list with one weight per class.
+        class_weight: ``"none"`` or ``"balanced"`` (scikit-learn's n / (k * count)).
+        augmentation: ``"none"``, ``"stage"`` (the stage's (r, z, t) of SCIENCE.md) or a dict with
+            ``rotation``, ``zoom``, ``translation`` and ``flip`` (bool).
+        monitor: the validation score that selects the checkpoint and drives early stopping.
+        early_stopping_patience: epochs without improvement before stopping (0: never stop early).
+        min_epochs: epochs before early stopping may stop the run (BatchNorm statistics need a few
+            epochs on small data; validation AUC can sit at 0.5 meanwhile).
+        seed: seed of initialisation, shuffling and augmentation.
+        mixed_precision: ``"auto"`` (on when a GPU is present), ``"on"`` or ``"off"``.
+        shortcut_probe: run the data audit's nuisance-feature probe on the training split first.
+        max_steps_per_epoch: cap on batches per epoch (None: the whole training split); for smoke runs.
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "none"
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    focal_alpha: float | list | None = None
+    class_weight: str = "none"
+    augmentation: str | dict = "none"
+    monitor: str = "val_macro_f1"
+    early_stopping_patience: int = 10
+    min_epochs: int = 3
+    seed: int = 0
+    mixed_precision: str = "auto"
+    shortcut_probe: bool = True
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How to report.
+
+    Attributes:
+        n_bootstrap: bootstrap replicates for the confidence intervals (resampling groups).
+        ci: confidence level.
+        tta: test-time augmentation (average of the image and its horizontal flip).
+        mc_dropout: number of Monte-Carlo-dropout passes (0: off).
+        temperature_scaling: fit a temperature on the validation set and report calibrated scores too.
+        threshold: decision threshold on the positive-class probability (two classes; None: argmax).
+        positive_class: the positive class for sensitivity/specificity (None: the one starting "COV").
+        aggregation: patient-level aggregation methods to report.
+        topk: k of the top-k mean aggregation.
+    """
+
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    tta: bool = False
+    mc_dropout: int = 0
+    temperature_scaling: bool = False
+    threshold: float | None = None
+    positive_class: str | None = None
+    aggregation: tuple = ("mean", "max", "topk")
+    topk: int = 5
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One experiment: name + data + model + training + evaluation.
+
+    Attributes:
+        name: run name (folder under ``output_root``); empty: ``<model>-<stage>-<setting>``.
+        output_root: parent folder of run folders.
+    """
+
+    name: str = ""
+    output_root: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    @property
+    def setting(self) -> str:
+        """The experiment setting implied by class weights and augmentation."""
+        return setting_of(self.training)
+
+    @property
+    def run_name(self) -> str:
+        """``name`` or, when empty, ``<model>-<stage>-<setting>``."""
+        return self.name or experiment_name(self.model.name, self.data.stage, self.setting)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "evaluation": EvaluationConfig}
+_TUPLE_FIELDS = {("data", "split_fractions"), ("data", "classes"), ("evaluation", "aggregation")}
+
+
+def setting_of(training: TrainingConfig) -> str:
+    """``baseline`` / ``classw`` / ``dataaug`` / ``classw-dataaug`` from a training config."""
+    classw = training.class_weight == "balanced"
+    dataaug = training.augmentation not in ("none", None, False)
+    return {(False, False): "baseline", (True, False): "classw", (False, True): "dataaug", (True, True): "classw-dataaug"}[
+        (classw, dataaug)
+    ]
+
+
+def experiment_name(model: str, stage: str, setting: str) -> str:
+    """The study's experiment name ``<model>-<stage>-<setting>``."""
+    if setting not in SETTINGS:
+        raise unknown_name_error("setting", setting, SETTINGS)
+    return f"{model}-{stage}-{setting}"
+
+
+def apply_setting(cfg: RunConfig, setting: str) -> RunConfig:
+    """Return ``cfg`` with class weights and augmentation set by an experiment setting."""
+    if setting not in SETTINGS:
+        raise unknown_name_error("setting", setting, SETTINGS)
+    training = dataclasses.replace(
+        cfg.training,
+        class_weight="balanced" if "classw" in setting else "none",
+        augmentation="stage" if "dataaug" in setting else "none",
+    )
+    return dataclasses.replace(cfg, training=training)
+
+
+def augmentation_factors(training: TrainingConfig, stage: str) -> dict | None:
+    """Resolve ``training.augmentation`` to ``{rotation, zoom, translation, flip}`` or None (off)."""
+    aug = training.augmentation
+    if aug in ("none", None, False):
+        return None
+    if aug == "stage":
+        rotation, zoom, translation = STAGE_AUGMENTATION.get(stage, DEFAULT_AUGMENTATION)
+        return {"rotation": rotation, "zoom": zoom, "translation": translation, "flip": True}
+    if isinstance(aug, dict):
+        known = {"rotation", "zoom", "translation", "flip"}
+        unknown = sorted(set(aug) - known)
+        if unknown:
+            raise CovidctError(
+                f"training.augmentation: unknown key(s) {unknown}.{did_you_mean(unknown[0], known)} "
+                f"Known keys: {sorted(known)}."
+            )
+        return {
+            "rotation": float(aug.get("rotation", 0.0)),
+            "zoom": float(aug.get("zoom", 0.0)),
+            "translation": float(aug.get("translation", 0.0)),
+            "flip": bool(aug.get("flip", True)),
+        }
+    raise CovidctError(
+        f"training.augmentation must be 'none', 'stage' or a dict of rotation/zoom/translation/flip, got {aug!r}."
+    )
+
+
+def _parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise CovidctError(f"Override {text!r} must look like section.key=value (e.g. training.epochs=3).")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise CovidctError(f"Override {text!r} has an empty key.")
+    return parts, yaml.safe_load(value) if value.strip() != "" else None
+
+
+def _set_nested(tree: dict, parts: list[str], value) -> None:
+    node = tree
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise CovidctError(f"Override {'.'.join(parts)}: {part!r} is not a section.")
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _section_from_dict(section: str, cls, values: dict, source: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise CovidctError(f"{source}: section {section!r} must be a mapping, got {type(values).__name__}.")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            raise CovidctError(
+                f"{source}: unknown key {section}.{key}.{did_you_mean(key, names)} "
+                f"Known keys of {section}: {', '.join(names)}."
+            )
+    kwargs = {}
+    for key, value in values.items():
+        if (section, key) in _TUPLE_FIELDS and value is not None:
+            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(tree: dict, source: str = "config") -> RunConfig:
+    """Build a RunConfig from a nested dict, rejecting unknown keys with close matches."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise CovidctError(f"{source}: the top level must be a mapping of sections.")
+    top = ["name", "output_root", *SECTIONS]
+    for key in tree:
+        if key not in top:
+            raise CovidctError(f"{source}: unknown key {key!r}.{did_you_mean(key, top)} Known keys: {', '.join(top)}.")
+    sections = {name: _section_from_dict(name, cls, tree.get(name), source) for name, cls in SECTIONS.items()}
+    return RunConfig(name=str(tree.get("name") or ""), output_root=str(tree.get("output_root") or "runs"), **sections)
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """Plain nested dict (lists for tuples) of a RunConfig, suitable for YAML."""
+
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _check_choice(source: str, key: str, value, choices) -> None:
+    if value not in choices:
+        raise CovidctError(
+            f"{source}: {key}={value!r} is not one of {list(choices)}.{did_you_mean(str(value), choices)}"
+        )
+
+
+def validate_config(cfg: RunConfig, source: str = "config", check_registries: bool = True) -> RunConfig:
+    """Check choices, ranges and (optionally) that the model, stage and dataset are registered.
+
+    Raises:
+        CovidctError: naming the bad key and, for names, the closest known ones.
+    """
+    t, m, d, e = cfg.training, cfg.model, cfg.data, cfg.evaluation
+    _check_choice(source, "training.optimizer", t.optimizer, OPTIMIZERS)
+    _check_choice(source, "training.schedule", t.schedule, SCHEDULES)
+    _check_choice(source, "training.loss", t.loss, LOSSES)
+    _check_choice(source, "training.class_weight", t.class_weight, CLASS_WEIGHTS)
+    _check_choice(source, "training.monitor", t.monitor, MONITORS)
+    _check_choice(source, "training.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _check_choice(source, "model.freeze", m.freeze, FREEZE_MODES)
+    augmentation_factors(t, d.stage)
+    for key, value, low in (
+        ("training.epochs", t.epochs, 1),
+        ("training.batch_size", t.batch_size, 1),
+        ("data.size", d.size, 8),
+        ("training.early_stopping_patience", t.early_stopping_patience, 0),
+        ("training.min_epochs", t.min_epochs, 0),
+        ("evaluation.n_bootstrap", e.n_bootstrap, 0),
+        ("evaluation.mc_dropout", e.mc_dropout, 0),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise CovidctError(f"{source}: {key} must be an integer >= {low}, got {value!r}.")
+    if not (isinstance(t.learning_rate, (int, float)) and t.learning_rate > 0):
+        raise CovidctError(f"{source}: training.learning_rate must be a positive number, got {t.learning_rate!r}.")
+    fractions = tuple(float(f) for f in d.split_fractions)
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise CovidctError(f"{source}: data.split_fractions must be three non-negative numbers summing to 1, got {d.split_fractions}.")
+    if not 0 < e.ci < 1:
+        raise CovidctError(f"{source}: evaluation.ci must lie in (0, 1), got {e.ci}.")
+    if check_registries:
+        from covidct.models import get_spec
+
+        get_spec(m.name)  # raises "Unknown model ... Did you mean"
+        import covidct.preprocess as preprocess
+
+        if d.stage not in preprocess.STAGES:
+            raise unknown_name_error("stage", d.stage, preprocess.STAGES)
+        try:
+            from covidct.data.datasets import list_datasets
+        except ImportError:
+            list_datasets = None
+        if list_datasets is not None and d.dataset not in list_datasets():
+            raise unknown_name_error("dataset", d.dataset, list_datasets())
+    return cfg
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | tuple = (),
+    validate: bool = True,
+) -> RunConfig:
+    """Load a RunConfig from YAML and apply ``key=value`` overrides.
+
+    Args:
+        path: YAML file (None: all defaults).
+        overrides: e.g. ``["training.epochs=3", "data.stage=lungs"]``; values are parsed as YAML.
+        validate: check choices and that the model/stage/dataset are registered.
+
+    Returns:
+        The frozen, validated RunConfig.
+
+    Raises:
+        CovidctError: missing file, bad YAML, unknown key/model/stage (with close matches).
+    """
+    tree: dict = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise CovidctError(f"Config file {file} does not exist.")
+        try:
+            tree = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise CovidctError(f"{file}: not valid YAML ({error}).") from error
+    for text in overrides or ():
+        parts, value = _parse_override(text)
+        _set_nested(tree, parts, value)
+    cfg = config_from_dict(tree, source=source)
+    return validate_config(cfg, source=source, check_registries=validate)
+
+
+def dump_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".yaml")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -1,0 +1,374 @@
+"""Preprocessing cache: a stage computed once per image, in parallel, into memory-mapped uint8 arrays.
+
+``build_cache(manifest, stage, size)`` runs a registered preprocessing stage (``covidct.preprocess``)
+on every row and stores the results under ``<cache_root>/<stage>-<size>-<key>/``:
+
+- ``images.u8``: raw uint8 memmap, shape (N, size, size, C) (channels-last, C from the stage);
+- ``masks.u8``: uint8 memmap (N, size, size), the lung/body mask the stage used ({0, 1});
+- ``targets.u8`` (only when the manifest has ``mask_path``): the mask files (> 0) resized to
+  size x size with nearest-neighbour interpolation. They align with stages that keep the whole field
+  of view (``original``, ``nobackg``, ``lungs-nocrop``); do not pair them with cropping or halving stages;
+- ``manifest.csv``: one row per sample (a stage may give several per image, e.g. ``halves``), with the
+  input row's columns plus ``suffix`` and ``source_row``;
+- ``failed.csv``: files that could not be read or processed (``path, error``), skipped, never fatal;
+- ``meta.json``: stage, size, shape, counts, the key and the code version.
+
+The key is a hash of the manifest content, the stage name, the size, covidct's version and the source
+code of the stage's module, so a changed input or stage builds a new cache and an unchanged one is
+reused. Work is done in chunks by a process pool (all cores by default); each finished chunk is
+written to disk and marked done, so an interrupted build resumes where it stopped. Memory holds at
+most one chunk of decoded images per worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from covidct.errors import CovidctError
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = "1"
+KEY_COLUMNS = ("path", "label", "group", "split", "source", "mask_path", "slice_index")
+
+
+@dataclass
+class Cache:
+    """A built cache: memory-mapped arrays aligned with ``manifest`` rows.
+
+    Attributes:
+        path: the cache folder.
+        key: the content key (hex).
+        images: uint8 memmap (N, size, size, C).
+        masks: uint8 memmap (N, size, size), the stage's lung/body mask.
+        manifest: DataFrame, one row per sample (``path, label, group, split, source, suffix, ...``).
+        failed: DataFrame ``path, error`` of skipped inputs.
+        meta: the contents of ``meta.json``.
+        targets: uint8 memmap (N, size, size) of ground-truth masks, or None.
+    """
+
+    path: Path
+    key: str
+    images: np.ndarray
+    masks: np.ndarray
+    manifest: pd.DataFrame
+    failed: pd.DataFrame
+    meta: dict
+    targets: np.ndarray | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> Cache:
+        """Open a finished cache folder read-only."""
+        path = Path(path)
+        meta_file = path / "meta.json"
+        if not meta_file.is_file():
+            raise CovidctError(f"{path}: not a finished covidct cache (no meta.json); rebuild it with build_cache.")
+        meta = json.loads(meta_file.read_text())
+        count, size, channels = meta["count"], meta["size"], meta["channels"]
+        images = np.memmap(path / "images.u8", dtype=np.uint8, mode="r", shape=(count, size, size, channels))
+        masks = np.memmap(path / "masks.u8", dtype=np.uint8, mode="r", shape=(count, size, size))
+        targets = None
+        if meta.get("has_targets"):
+            targets = np.memmap(path / "targets.u8", dtype=np.uint8, mode="r", shape=(count, size, size))
+        manifest = pd.read_csv(path / "manifest.csv", keep_default_na=False, dtype={"group": str, "label": str})
+        failed = pd.read_csv(path / "failed.csv", keep_default_na=False) if (path / "failed.csv").stat().st_size else \
+            pd.DataFrame(columns=["path", "error"])
+        return cls(path, meta["key"], images, masks, manifest, failed, meta, targets)
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Sorted class names present in the cache."""
+        return sorted(set(self.manifest["label"]))
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of ``split`` (``train``, ``val``, ``test``)."""
+        known = sorted(set(self.manifest["split"]))
+        if split not in known:
+            from covidct.errors import unknown_name_error
+
+            raise unknown_name_error("split", split, known)
+        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
+
+
+def cache_key(manifest: pd.DataFrame, stage: str, size: int, stage_fn=None) -> str:
+    """Hash of (manifest content, stage, size, code version, stage source)."""
+    from covidct import __version__
+
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{__version__}|{stage}|{size}\n".encode())
+    columns = [c for c in KEY_COLUMNS if c in manifest.columns]
+    digest.update(manifest[columns].to_csv(index=False).encode())
+    if stage_fn is not None:
+        try:
+            module = inspect.getmodule(stage_fn)
+            digest.update(inspect.getsource(module).encode() if module else b"")
+        except (OSError, TypeError):
+            digest.update(getattr(stage_fn, "__qualname__", repr(stage_fn)).encode())
+    return digest.hexdigest()
+
+
+def _read_target(path: str, size: int) -> np.ndarray:
+    import cv2
+
+    from covidct.data.io import read_image
+
+    mask = read_image(path).array
+    if mask.ndim != 2:
+        raise CovidctError(f"{path}: a mask must be a 2-D image, got shape {mask.shape}.")
+    resized = cv2.resize((mask > 0).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    return resized
+
+
+def _process_chunk(job: dict) -> tuple[int, int, int]:
+    """Run the stage on one chunk of rows and write the chunk's arrays; returns (chunk, samples, failed)."""
+    from covidct.data.io import ImageLoader
+    from covidct.preprocess.stages import get_stage
+
+    stage_fn = get_stage(job["stage"])
+    size, folder, number = job["size"], Path(job["folder"]), job["chunk"]
+    loader = ImageLoader()
+    images, masks, targets, rows, failed = [], [], [], [], []
+    for row in job["rows"]:
+        path, slice_index = row["path"], int(row.get("slice_index", -1))
+        try:
+            image = loader.load(path, slice_index)
+            if image.array.ndim != 2:
+                raise CovidctError(f"{path}: a volume row needs a slice_index for a 2-D stage.")
+            outputs = stage_fn(image, size)
+            target = _read_target(row["mask_path"], size) if job["has_targets"] and row.get("mask_path") else None
+        except Exception as error:  # one bad file must not stop a batch job
+            message = str(error) if isinstance(error, CovidctError) else f"{path}: {error.__class__.__name__}: {error}"
+            failed.append({"path": path, "slice_index": slice_index, "error": message})
+            continue
+        for output in outputs:
+            _check_output(output, size, job["stage"], path)
+            images.append(output.image if output.image.ndim == 3 else output.image[..., None])
+            masks.append(output.mask)
+            targets.append(target if target is not None else np.zeros((size, size), np.uint8))
+            rows.append({"source_row": row["_row"], "suffix": output.suffix})
+    channels = images[0].shape[2] if images else 0
+    if len({im.shape[2] for im in images}) > 1:
+        raise CovidctError(f"stage {job['stage']!r} returned images with different channel counts.")
+    stem = folder / f"chunk_{number:05d}"
+    np.save(f"{stem}.images.tmp.npy", np.stack(images) if images else np.zeros((0, size, size, 1), np.uint8))
+    np.save(f"{stem}.masks.tmp.npy", np.stack(masks) if masks else np.zeros((0, size, size), np.uint8))
+    np.save(f"{stem}.targets.tmp.npy", np.stack(targets) if targets else np.zeros((0, size, size), np.uint8))
+    pd.DataFrame(rows, columns=["source_row", "suffix"]).to_csv(f"{stem}.rows.tmp.csv", index=False)
+    pd.DataFrame(failed, columns=["path", "slice_index", "error"]).to_csv(f"{stem}.failed.tmp.csv", index=False)
+    for part in ("images", "masks", "targets"):
+        os.replace(f"{stem}.{part}.tmp.npy", f"{stem}.{part}.npy")
+    for part in ("rows", "failed"):
+        os.replace(f"{stem}.{part}.tmp.csv", f"{stem}.{part}.csv")
+    Path(f"{stem}.done").write_text(json.dumps({"samples": len(rows), "failed": len(failed), "channels": channels}))
+    return number, len(rows), len(failed)
+
+
+def _check_output(output, size: int, stage: str, path: str) -> None:
+    image, mask = np.asarray(output.image), np.asarray(output.mask)
+    if image.dtype != np.uint8 or image.shape[:2] != (size, size) or image.ndim not in (2, 3):
+        raise CovidctError(
+            f"stage {stage!r} returned an image of {image.dtype} {image.shape} for {path}; "
+            f"expected uint8 ({size}, {size}, C)."
+        )
+    if mask.shape != (size, size):
+        raise CovidctError(f"stage {stage!r} returned a mask of shape {mask.shape} for {path}; expected ({size}, {size}).")
+
+
+def _mp_context():
+    import multiprocessing
+
+    # fork keeps stages registered at run time (tests, notebooks) visible in the workers.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    return multiprocessing.get_context(method)
+
+
+def build_cache(
+    manifest: pd.DataFrame,
+    stage: str = "original",
+    size: int = 224,
+    cache_root: str | Path = ".cache/covidct",
+    workers: int | None = None,
+    progress: bool = True,
+    chunk_size: int = 128,
+) -> Cache:
+    """Compute ``stage`` at ``size`` for every manifest row once, into a memory-mapped cache.
+
+    Args:
+        manifest: a Manifest (rows with ``slice_index`` >= 0 read that slice of a volume file).
+        stage: a registered preprocessing stage (``covidct.preprocess.stages``).
+        size: output side length in pixels.
+        cache_root: folder holding caches.
+        workers: processes (default: all cores; 1 runs in this process).
+        progress: show a tqdm progress bar.
+        chunk_size: rows per chunk (the unit of parallel work, of resuming and of peak memory).
+
+    Returns:
+        The ``Cache`` (reused when a finished cache with the same key exists).
+
+    Raises:
+        CovidctError: unknown stage, a stage returning bad arrays, or a class left with no samples
+            (e.g. every file of a class failed).
+    """
+    import covidct.preprocess  # noqa: F401  (registers the named stages)
+    from covidct.data.manifest import validate_manifest
+    from covidct.preprocess.stages import get_stage
+
+    validate_manifest(manifest)
+    stage_fn = get_stage(stage)
+    if int(size) < 8:
+        raise CovidctError(f"cache size must be at least 8 pixels, got {size}.")
+    manifest = manifest.reset_index(drop=True)
+    key = cache_key(manifest, stage, size, stage_fn)
+    folder = Path(cache_root) / f"{stage}-{size}-{key[:16]}"
+    if (folder / "meta.json").is_file():
+        logger.info("reusing cache %s", folder)
+        return Cache.open(folder)
+    chunks_dir = folder / "chunks"
+    chunks_dir.mkdir(parents=True, exist_ok=True)
+    has_targets = "mask_path" in manifest and (manifest["mask_path"].astype(str) != "").any()
+    records = manifest.assign(_row=np.arange(len(manifest))).to_dict("records")
+    for record in records:
+        record["slice_index"] = int(record.get("slice_index", -1))
+    jobs = [
+        {"stage": stage, "size": int(size), "folder": str(chunks_dir), "chunk": k // chunk_size,
+         "rows": records[k : k + chunk_size], "has_targets": has_targets}
+        for k in range(0, len(records), chunk_size)
+    ]
+    pending = [job for job in jobs if not (chunks_dir / f"chunk_{job['chunk']:05d}.done").is_file()]
+    started = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(records), initial=len(records) - sum(len(j["rows"]) for j in pending),
+               desc=f"cache {stage}@{size}", unit="img", disable=not progress)
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(pending) <= 1:
+        for job in pending:
+            _process_chunk(job)
+            bar.update(len(job["rows"]))
+    else:
+        sizes = {job["chunk"]: len(job["rows"]) for job in pending}
+        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=_mp_context()) as pool:
+            futures = {pool.submit(_process_chunk, job) for job in pending}
+            try:
+                while futures:
+                    done, futures = wait(futures, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        number, _, _ = future.result()
+                        bar.update(sizes[number])
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    bar.close()
+    cache = _assemble(folder, manifest, jobs, stage, size, key, has_targets)
+    cache.meta["build_seconds"] = round(time.perf_counter() - started, 3)
+    (folder / "meta.json").write_text(json.dumps(cache.meta, indent=2))
+    return cache
+
+
+def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size: int, key: str,
+              has_targets: bool) -> Cache:
+    """Concatenate finished chunks into the final memmaps, one chunk in memory at a time."""
+    chunks_dir = folder / "chunks"
+    stems = [chunks_dir / f"chunk_{job['chunk']:05d}" for job in jobs]
+    infos = [json.loads(Path(f"{stem}.done").read_text()) for stem in stems]
+    total = sum(info["samples"] for info in infos)
+    channels = next((info["channels"] for info in infos if info["samples"]), 0)
+    rows = pd.concat([pd.read_csv(f"{stem}.rows.csv", keep_default_na=False) for stem in stems], ignore_index=True)
+    failed = pd.concat([pd.read_csv(f"{stem}.failed.csv", keep_default_na=False) for stem in stems], ignore_index=True)
+    for path, error in zip(failed["path"], failed["error"]):
+        logger.warning("skipped %s: %s", path, error)
+    out = manifest.iloc[rows["source_row"].to_numpy()].reset_index(drop=True)
+    out["suffix"] = rows["suffix"].astype(str).replace("nan", "").to_numpy()
+    out["source_row"] = rows["source_row"].to_numpy()
+    produced = set(out["label"])
+    empty = sorted(set(manifest["label"]) - produced)
+    if empty:
+        raise CovidctError(
+            f"class(es) {empty} have no usable image after preprocessing ({len(failed)} file(s) failed, e.g. "
+            f"{failed['error'].iloc[0] if len(failed) else 'none'}); fix or remove them before caching."
+        )
+    if total == 0:
+        raise CovidctError("no sample was produced: every file failed.")
+    arrays = {"images": (total, size, size, channels), "masks": (total, size, size)}
+    if has_targets:
+        arrays["targets"] = (total, size, size)
+    for name, shape in arrays.items():
+        target = np.memmap(folder / f"{name}.u8.tmp", dtype=np.uint8, mode="w+", shape=shape)
+        offset = 0
+        for stem, info in zip(stems, infos):
+            if info["samples"]:
+                part = np.load(f"{stem}.{name}.npy", mmap_mode="r")
+                target[offset : offset + len(part)] = part
+                offset += len(part)
+        target.flush()
+        del target
+        os.replace(folder / f"{name}.u8.tmp", folder / f"{name}.u8")
+    out.to_csv(folder / "manifest.csv", index=False)
+    failed.to_csv(folder / "failed.csv", index=False)
+    from covidct import __version__
+
+    meta = {
+        "key": key,
+        "stage": stage,
+        "size": int(size),
+        "channels": int(channels),
+        "count": int(total),
+        "inputs": int(len(manifest)),
+        "failed": int(len(failed)),
+        "has_targets": bool(has_targets),
+        "counts": {str(k): int(v) for k, v in out["label"].value_counts().sort_index().items()},
+        "sources": sorted(set(manifest["source"].astype(str))),
+        "covidct_version": __version__,
+        "cache_format": CACHE_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    shutil.rmtree(chunks_dir, ignore_errors=True)
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    return Cache.open(folder)
+
+
+def preprocess_dataset(
+    dataset: str,
+    stage: str = "original",
+    size: int = 224,
+    root: str | Path | None = None,
+    cache_root: str | Path = ".cache/covidct",
+    workers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Cache:
+    """Load a registered dataset, assign its splits (official kept) and build its cache.
+
+    Args:
+        dataset: a registered dataset name.
+        stage: a registered preprocessing stage.
+        size: output size in pixels.
+        root: the dataset folder (default places otherwise).
+        cache_root: folder holding caches.
+        workers: processes (default: all cores).
+        seed: split seed when the dataset has no official split.
+        progress: show a progress bar.
+
+    Returns:
+        The ``Cache``.
+    """
+    from covidct.data.datasets import load_dataset
+    from covidct.data.splits import assign_splits
+
+    manifest = assign_splits(load_dataset(dataset, root=root), seed=seed)
+    return build_cache(manifest, stage=stage, size=size, cache_root=cache_root, workers=workers, progress=progress)

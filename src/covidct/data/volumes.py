@@ -1,0 +1,479 @@
+"""CT volumes for 3D models: HU window, fixed shape or target spacing, orientation, and a volume cache.
+
+Volume models take ``(D, H, W, 1)`` values in 0..255: HU clipped to [-1000, 400] and mapped linearly
+(-1000 HU, air, to 0; +400 HU, dense soft tissue and the start of bone, to 255). The window keeps
+everything from air through lung parenchyma, ground glass and consolidation to soft tissue, and
+saturates bone, as in the MosMedData 3D CNN of seed 003 and the keras-io ``3D_image_classification``
+example. The models divide by 255 inside, so the cache holds compact uint8.
+
+**Shapes.** covidct writes volume shapes as (D, H, W) = (axial slices, rows, columns), the layout of
+``covidct.data.io.read_image``: slices inferior (0) to superior, anterior at the top of each slice,
+the patient's right on the image left. The seeds write sizes the other way round: seed 003's
+"64x64x32" and keras-io's "128x128x64" are (W, H, D) (keras-io's ``process_scan`` resizes the array
+from ``nibabel.get_fdata()`` to ``(128, 128, 64)`` with depth last). In covidct they are
+``SHAPES["covidscan"] = (32, 64, 64)`` and ``SHAPES["kerasio"] = (64, 128, 128)``; use
+``kerasio_to_dhw`` / ``dhw_to_kerasio`` to move arrays between the two layouts.
+
+**Memory.** ``preprocess_volume`` windows the volume into uint8 a slab of slices at a time and
+resamples the uint8 array, so a volume of N float32 voxels is processed with the input plus about a
+quarter of it (the uint8 copy) in memory: well under two copies. ``.npy`` files are memory-mapped.
+
+**Cache.** ``build_volume_cache(manifest, shape)`` stores one preprocessed volume per manifest row in a
+memory-mapped uint8 array (N, D, H, W, 1) with its manifest, like the slice cache of
+``covidct.data.cache`` (same key scheme, same ``indices(split)``), and resumes an interrupted build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from covidct.errors import CovidctError, unknown_name_error
+
+logger = logging.getLogger(__name__)
+
+#: The volume HU window (keras-io and seed 003): [-1000, 400] HU mapped to 0..255.
+HU_MIN, HU_MAX = -1000.0, 400.0
+#: Named target shapes, (D, H, W). Seed 003 writes 64x64x32 and keras-io 128x128x64 as (W, H, D).
+SHAPES = {"covidscan": (32, 64, 64), "kerasio": (64, 128, 128)}
+#: Axis codes of the (D, H, W) layout (nibabel convention: the direction each index increases towards):
+#: D towards Superior, H towards Posterior, W towards the patient's Left (radiological view).
+DHW_AXCODES = ("S", "P", "L")
+#: Slices windowed at a time (bounds the float temporaries of ``hu_to_uint8``).
+SLAB_SLICES = 16
+VOLUME_CACHE_FORMAT = "1"
+
+
+# ----------------------------------------------------------------------------------------- intensities
+def hu_to_uint8(volume_hu: np.ndarray, hu_min: float = HU_MIN, hu_max: float = HU_MAX) -> np.ndarray:
+    """Clip HU to [hu_min, hu_max] and map linearly to uint8 0..255 (rounded), a slab at a time.
+
+    Args:
+        volume_hu: (D, H, W) or (H, W) array in HU, any real dtype (a memmap is fine: it is read
+            ``SLAB_SLICES`` slices at a time).
+        hu_min: HU mapped to 0 (default -1000, air).
+        hu_max: HU mapped to 255 (default 400).
+
+    Returns:
+        uint8 array of the same shape: ``round((clip(hu) - hu_min) / (hu_max - hu_min) * 255)``.
+    """
+    if not hu_max > hu_min:
+        raise CovidctError(f"hu_to_uint8: hu_max ({hu_max}) must be above hu_min ({hu_min}).")
+    volume_hu = np.asarray(volume_hu)
+    out = np.empty(volume_hu.shape, dtype=np.uint8)
+    scale = np.float32(255.0 / (hu_max - hu_min))
+    flat_in = volume_hu.reshape((1,) + volume_hu.shape) if volume_hu.ndim == 2 else volume_hu
+    flat_out = out.reshape((1,) + out.shape) if out.ndim == 2 else out
+    for start in range(0, flat_in.shape[0], SLAB_SLICES):
+        slab = np.asarray(flat_in[start : start + SLAB_SLICES], dtype=np.float32)
+        slab = np.clip(slab, hu_min, hu_max)
+        slab -= np.float32(hu_min)
+        slab *= scale
+        np.rint(slab, out=slab)
+        flat_out[start : start + SLAB_SLICES] = slab
+    return out
+
+
+def hu_to_unit(volume_hu: np.ndarray, hu_min: float = HU_MIN, hu_max: float = HU_MAX) -> np.ndarray:
+    """keras-io's ``normalize``: clip HU to [hu_min, hu_max] and scale to float32 [0, 1]."""
+    volume = np.clip(np.asarray(volume_hu, dtype=np.float32), hu_min, hu_max)
+    return (volume - np.float32(hu_min)) / np.float32(hu_max - hu_min)
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+def resolve_shape(shape) -> tuple[int, int, int]:
+    """A (D, H, W) tuple from a tuple or a name in ``SHAPES`` (``"covidscan"``, ``"kerasio"``)."""
+    if isinstance(shape, str):
+        if shape not in SHAPES:
+            raise unknown_name_error("volume shape", shape, SHAPES)
+        return SHAPES[shape]
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise CovidctError(f"volume shape {shape!r} must be three positive sizes (D, H, W).")
+    return shape
+
+
+def resize_volume(volume: np.ndarray, shape=(32, 64, 64), order: int = 1) -> np.ndarray:
+    """Resize a (D, H, W) volume to ``shape`` with ``scipy.ndimage.zoom`` (the seeds' method).
+
+    Args:
+        volume: (D, H, W) array; the output keeps its dtype (uint8 values are interpolated and rounded).
+        shape: target (D, H, W) or a name in ``SHAPES``.
+        order: spline order (1 = trilinear, as keras-io; 0 = nearest, for label masks).
+
+    Returns:
+        The resized array, exactly ``shape``.
+    """
+    shape = resolve_shape(shape)
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise CovidctError(f"resize_volume: expected a (D, H, W) volume, got shape {volume.shape}.")
+    if volume.shape == shape:
+        return np.array(volume)
+    factors = [target / current for target, current in zip(shape, volume.shape)]
+    # grid_mode=True maps voxel *areas* (edges to edges), so a 2x shrink averages pairs of voxels rather
+    # than sampling every other one off-centre; zoom also keeps uint8 in, uint8 out (no float copy).
+    resized = ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=True, prefilter=False)
+    if resized.shape != shape:  # zoom rounds output sizes; guard against an off-by-one
+        resized = resized[: shape[0], : shape[1], : shape[2]]
+        resized = np.pad(resized, [(0, t - s) for t, s in zip(shape, resized.shape)], mode="edge")
+    return resized
+
+
+def resample_spacing(
+    volume: np.ndarray, spacing_mm, target_spacing_mm=(2.0, 1.5, 1.5), order: int = 1
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Resample a (D, H, W) volume to a target voxel spacing.
+
+    Args:
+        volume: (D, H, W) array.
+        spacing_mm: its (slice, row, column) spacing in mm.
+        target_spacing_mm: wanted spacing in mm (default 2 mm slices, 1.5 mm pixels).
+        order: spline order (1 trilinear, 0 nearest for masks).
+
+    Returns:
+        (resampled volume, actual spacing in mm). The output has ``round(size * spacing / target)``
+        voxels per axis, so the actual spacing differs from the target by the rounding only.
+    """
+    if spacing_mm is None or len(tuple(spacing_mm)) != 3:
+        raise CovidctError(
+            f"resample_spacing: spacing_mm={spacing_mm!r} must be (slice, row, column) in mm; the reader gives "
+            "it as CTImage.spacing (None when the file does not record it: resize to a fixed shape instead)."
+        )
+    spacing = np.asarray(spacing_mm, dtype=float)
+    target = np.asarray(target_spacing_mm, dtype=float)
+    if np.any(spacing <= 0) or np.any(target <= 0) or target.shape != (3,):
+        raise CovidctError(f"resample_spacing: spacings must be positive (got {spacing_mm} -> {target_spacing_mm}).")
+    volume = np.asarray(volume)
+    new_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(volume.shape, spacing, target))
+    resized = resize_volume(volume, new_shape, order=order)
+    actual = tuple(float(n * s / m) for n, s, m in zip(volume.shape, spacing, new_shape))
+    return resized, actual
+
+
+# ------------------------------------------------------------------------------------------ orientation
+def reorient(volume: np.ndarray, axcodes, target=DHW_AXCODES) -> np.ndarray:
+    """Flip and transpose an array from its axis codes to ``target`` (default the (D, H, W) layout).
+
+    Axis codes follow nibabel: the anatomical direction each index increases towards, e.g.
+    ``("R", "A", "S")`` for data read with ``nibabel.as_closest_canonical(img).get_fdata()``. The result
+    is a view where possible (flips and transposes copy nothing).
+
+    Args:
+        volume: a 3-D array.
+        axcodes: its three axis codes (``"L"/"R"``, ``"A"/"P"``, ``"S"/"I"``).
+        target: the wanted axis codes; default ``DHW_AXCODES`` = (S, P, L).
+
+    Returns:
+        The reoriented array.
+    """
+    from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
+
+    volume = np.asarray(volume)
+    try:
+        source_ornt = axcodes2ornt(tuple(axcodes))
+        target_ornt = axcodes2ornt(tuple(target))
+        if np.isnan(source_ornt).any() or np.isnan(target_ornt).any():
+            raise ValueError("unknown axis code")
+        transform = ornt_transform(source_ornt, target_ornt)
+    except ValueError as error:
+        raise CovidctError(
+            f"reorient: bad axis codes {tuple(axcodes)} -> {tuple(target)} ({error}); use one of L/R, A/P, S/I "
+            "per axis, each direction once."
+        ) from None
+    if volume.ndim != 3:
+        raise CovidctError(f"reorient: expected a 3-D array, got shape {volume.shape}.")
+    return apply_orientation(volume, transform)
+
+
+def kerasio_to_dhw(volume_whd: np.ndarray) -> np.ndarray:
+    """keras-io layout (rows, cols, depth) - its "128x128x64" - to covidct's (D, H, W): depth first."""
+    volume_whd = np.asarray(volume_whd)
+    if volume_whd.ndim != 3:
+        raise CovidctError(f"kerasio_to_dhw: expected a 3-D array, got shape {volume_whd.shape}.")
+    return np.moveaxis(volume_whd, -1, 0)
+
+
+def dhw_to_kerasio(volume_dhw: np.ndarray) -> np.ndarray:
+    """covidct's (D, H, W) to the keras-io layout (rows, cols, depth): depth last."""
+    volume_dhw = np.asarray(volume_dhw)
+    if volume_dhw.ndim != 3:
+        raise CovidctError(f"dhw_to_kerasio: expected a 3-D array, got shape {volume_dhw.shape}.")
+    return np.moveaxis(volume_dhw, 0, -1)
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+def load_volume(path) -> object:
+    """Read a volume file or DICOM series folder as a ``CTImage`` (D, H, W).
+
+    ``.npy`` files are memory-mapped (HU, no copy in memory until processed); other formats go through
+    ``covidct.data.io.read_image`` (NIfTI reoriented to the (D, H, W) layout, DICOM series sorted).
+
+    Raises:
+        CovidctError: the file is not a 3-D volume.
+    """
+    from covidct.data.io import CTImage, detect_format, read_image
+
+    path = Path(path)
+    if detect_format(path) == "npy":
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise CovidctError(f"{path}: cannot read the NumPy file ({error}).") from None
+        image = CTImage(array, "HU", str(path), None, {"format": "npy"})
+    else:
+        image = read_image(path)
+    if image.array.ndim != 3:
+        raise CovidctError(f"{path}: expected a 3-D volume (D, H, W), got shape {image.array.shape}.")
+    return image
+
+
+def preprocess_volume(image, shape=(32, 64, 64), target_spacing_mm=None) -> np.ndarray:
+    """The volume models' input: window to uint8, then resample and/or resize to a fixed shape.
+
+    Args:
+        image: a ``CTImage`` volume (HU or display units), a path, or a (D, H, W) array in HU.
+        shape: output (D, H, W) or a name in ``SHAPES``.
+        target_spacing_mm: when given (and the spacing is known), first resample to this spacing, then
+            resize to ``shape`` (so the anatomy keeps its proportions before the final resize).
+
+    Returns:
+        uint8 (D, H, W) volume in 0..255. Display-unit volumes (already windowed exports, e.g. the
+        COVID-CT-MD sample's uint8 NIfTI) are taken as they are, since their HU window is unknown.
+    """
+    from covidct.data.io import CTImage
+
+    if isinstance(image, (str, os.PathLike)):
+        image = load_volume(image)
+    elif not isinstance(image, CTImage):
+        image = CTImage(np.asarray(image), "HU")
+    if image.array.ndim != 3:
+        raise CovidctError(f"{image.path or 'volume'}: expected a (D, H, W) volume, got shape {image.array.shape}.")
+    if image.unit == "display":
+        volume_u8 = np.clip(np.rint(image.array), 0, 255).astype(np.uint8)
+    elif image.unit == "HU":
+        volume_u8 = hu_to_uint8(image.array)
+    else:
+        raise CovidctError(f"{image.path}: unknown intensity unit {image.unit!r}; expected 'HU' or 'display'.")
+    if target_spacing_mm is not None:
+        if image.spacing is None:
+            logger.warning("%s: spacing unknown; resizing to %s without resampling", image.path, shape)
+        else:
+            volume_u8, _ = resample_spacing(volume_u8, image.spacing, target_spacing_mm)
+    return resize_volume(volume_u8, shape)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+@dataclass
+class VolumeCache:
+    """A built volume cache: a uint8 memmap (N, D, H, W, 1) aligned with ``manifest`` rows.
+
+    Attributes:
+        path: the cache folder.
+        key: the content key (hex).
+        images: uint8 memmap (N, D, H, W, 1), HU [-1000, 400] mapped to 0..255.
+        manifest: DataFrame, one row per volume (``path, label, group, split, source, ...``).
+        failed: DataFrame ``path, error`` of skipped volumes.
+        meta: the contents of ``meta.json``.
+    """
+
+    path: Path
+    key: str
+    images: np.ndarray
+    manifest: pd.DataFrame
+    failed: pd.DataFrame
+    meta: dict
+
+    @classmethod
+    def open(cls, path) -> VolumeCache:
+        """Open a finished volume cache folder read-only."""
+        path = Path(path)
+        meta_file = path / "meta.json"
+        if not meta_file.is_file():
+            raise CovidctError(f"{path}: not a finished volume cache (no meta.json); rebuild it with build_volume_cache.")
+        meta = json.loads(meta_file.read_text())
+        shape = (meta["count"], *meta["shape"], 1)
+        images = np.memmap(path / "images.u8", dtype=np.uint8, mode="r", shape=shape)
+        manifest = pd.read_csv(path / "manifest.csv", keep_default_na=False, dtype={"group": str, "label": str})
+        failed_file = path / "failed.csv"
+        failed = (
+            pd.read_csv(failed_file, keep_default_na=False)
+            if failed_file.is_file() and failed_file.stat().st_size
+            else pd.DataFrame(columns=["path", "error"])
+        )
+        return cls(path, meta["key"], images, manifest, failed, meta)
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The (D, H, W) of every cached volume."""
+        return tuple(self.meta["shape"])
+
+    @property
+    def class_names(self) -> list[str]:
+        """Sorted class names present in the cache."""
+        return sorted(set(self.manifest["label"]))
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of ``split`` (``train``, ``val``, ``test``)."""
+        known = sorted(set(self.manifest["split"]))
+        if split not in known:
+            raise unknown_name_error("split", split, known)
+        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
+
+
+def volume_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per volume file: a per-slice manifest (``slice_index`` >= 0) is collapsed by path."""
+    frame = manifest.reset_index(drop=True)
+    if "slice_index" in frame and (frame["slice_index"].astype(int) >= 0).any():
+        frame = frame.drop_duplicates("path").reset_index(drop=True)
+        frame["slice_index"] = -1
+    return frame
+
+
+def build_volume_cache(
+    manifest: pd.DataFrame,
+    shape=(32, 64, 64),
+    cache_root=".cache/covidct",
+    target_spacing_mm=None,
+    progress: bool = True,
+) -> VolumeCache:
+    """Preprocess every volume of a manifest once into a memory-mapped uint8 (N, D, H, W, 1) cache.
+
+    Volumes are processed one at a time (each is large; memory holds one input volume, its uint8 copy
+    and the small output) and written straight into the memmap; a finished volume is recorded in
+    ``progress.json`` so an interrupted build resumes. A volume that cannot be read is logged, listed
+    in ``failed.csv`` and left out; the build stops only when a class loses every volume.
+
+    Args:
+        manifest: a Manifest of volume files (rows with ``slice_index`` >= 0 are collapsed per file).
+        shape: output (D, H, W) or a name in ``SHAPES``.
+        cache_root: folder holding caches (shared with the slice cache).
+        target_spacing_mm: resample to this spacing before the final resize (see ``preprocess_volume``).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The ``VolumeCache``, reused when a finished cache with the same key exists. The key hashes the
+        manifest, the shape, the spacing, covidct's version and this module's source.
+    """
+    from tqdm.auto import tqdm
+
+    from covidct import __version__
+    from covidct.data.cache import cache_key
+    from covidct.data.manifest import validate_manifest
+
+    validate_manifest(manifest)
+    shape = resolve_shape(shape)
+    rows = volume_rows(manifest)
+    spacing_tag = "" if target_spacing_mm is None else "@" + "x".join(f"{s:g}" for s in target_spacing_mm)
+    size_tag = "x".join(str(s) for s in shape) + spacing_tag
+    key = cache_key(rows, "volume", size_tag, preprocess_volume)
+    folder = Path(cache_root) / f"volume-{size_tag}-{key[:16]}"
+    if (folder / "meta.json").is_file():
+        logger.info("reusing volume cache %s", folder)
+        return VolumeCache.open(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = len(rows)
+    work = folder / "images.u8.tmp"
+    progress_file = folder / "progress.json"
+    state = json.loads(progress_file.read_text()) if progress_file.is_file() and work.is_file() else {}
+    done = {int(k): v for k, v in state.get("done", {}).items()}
+    images = np.memmap(work, dtype=np.uint8, mode="r+" if done else "w+", shape=(count, *shape, 1))
+    started = time.perf_counter()
+    bar = tqdm(total=count, initial=len(done), desc=f"volume cache {size_tag}", unit="vol", disable=not progress)
+    for index, path in enumerate(rows["path"]):
+        if index in done:
+            continue
+        try:
+            images[index, ..., 0] = preprocess_volume(path, shape, target_spacing_mm)
+            done[index] = ""
+        except (CovidctError, OSError, ValueError) as error:
+            message = str(error) if isinstance(error, CovidctError) else f"{path}: {error.__class__.__name__}: {error}"
+            logger.warning("skipped %s: %s", path, message)
+            done[index] = message
+        images.flush()
+        progress_file.write_text(json.dumps({"done": {str(k): v for k, v in done.items()}}))
+        bar.update(1)
+    bar.close()
+    good = [i for i in range(count) if not done.get(i)]
+    failed = pd.DataFrame([{"path": rows["path"][i], "error": done[i]} for i in range(count) if done.get(i)],
+                          columns=["path", "error"])
+    lost = sorted(set(rows["label"]) - set(rows["label"].iloc[good]))
+    if lost:
+        raise CovidctError(
+            f"volume cache: class(es) {lost} have no readable volume ({len(failed)} failed, e.g. "
+            f"{failed['error'].iloc[0] if len(failed) else 'none'}); fix or remove them."
+        )
+    if len(good) < count:  # compact: keep the readable volumes only
+        final = np.memmap(folder / "images.u8.part", dtype=np.uint8, mode="w+", shape=(len(good), *shape, 1))
+        for out_index, in_index in enumerate(good):
+            final[out_index] = images[in_index]
+        final.flush()
+        del final, images
+        os.replace(folder / "images.u8.part", folder / "images.u8")
+        work.unlink()
+    else:
+        del images
+        os.replace(work, folder / "images.u8")
+    out = rows.iloc[good].reset_index(drop=True)
+    out["source_row"] = good
+    out.to_csv(folder / "manifest.csv", index=False)
+    failed.to_csv(folder / "failed.csv", index=False)
+    meta = {
+        "key": key,
+        "kind": "volume",
+        "shape": list(shape),
+        "count": len(good),
+        "failed": len(failed),
+        "target_spacing_mm": None if target_spacing_mm is None else list(target_spacing_mm),
+        "hu_window": [HU_MIN, HU_MAX],
+        "layout": "(N, D, H, W, 1); D inferior->superior, H anterior->posterior, W patient right->left",
+        "version": __version__,
+        "format": VOLUME_CACHE_FORMAT,
+        "build_seconds": round(time.perf_counter() - started, 3),
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    progress_file.unlink(missing_ok=True)
+    return VolumeCache.open(folder)
+
+
+def write_phantom_volumes(root, n: int = 12, shape=(32, 64, 64), seed: int = 0) -> pd.DataFrame:
+    """Write phantom volumes (balanced classes) as int16 HU ``.npy`` files and return their Manifest.
+
+    Layout: ``root/<label>/phantomvol_<i>.npy`` (D, H, W), inferior to superior; each volume is its own
+    patient (``group``). Volume ``i`` has class ``CLASSES[i % 3]`` and seed ``seed * 100003 + i``.
+
+    Args:
+        root: output folder.
+        n: number of volumes.
+        shape: (D, H, W) of each volume (>= 4, 32, 32).
+        seed: dataset seed.
+
+    Returns:
+        A Manifest (path, label, group, split "", source "phantom-volume", slice_index -1).
+    """
+    from covidct.data.manifest import make_manifest
+    from covidct.data.phantom import CLASSES, make_volume
+
+    root = Path(root)
+    rows = []
+    for i in range(int(n)):
+        label = CLASSES[i % len(CLASSES)]
+        volume = make_volume(label, shape=tuple(shape), seed=seed * 100003 + i)
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"phantomvol_{i:04d}.npy"
+        np.save(path, np.clip(np.rint(volume.volume_hu), -32768, 32767).astype(np.int16))
+        rows.append({"path": str(path.resolve()), "label": label, "group": f"phantomvol_{i:04d}", "split": "",
+                     "source": "phantom-volume", "slice_index": -1})
+    return make_manifest(rows)

@@ -1,0 +1,355 @@
+"""``evaluate_run``: the one evaluation path. Validation selects, test (or an external set) reports.
+
+For a run folder it predicts one split of the run's own dataset (``section: internal``) or a whole
+other dataset mapped onto the run's classes with a label map (``section: external``), then writes
+
+* ``predictions_<tag>.csv``: one row per image with the class probabilities,
+* ``metrics_<tag>.json``: every protocol metric with 95% bootstrap CIs over groups, calibration,
+  patient-level aggregation, and a ``selection``/``evaluated_on`` block saying which set chose the
+  checkpoint (always validation) and which set produced the numbers,
+* ``figures/<tag>_*.png``: confusion matrices, ROC and PR curves, reliability diagram, training curves.
+
+``<tag>`` is the split (``test``) or ``external-<dataset>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from covidct.errors import CovidctError
+from covidct.evaluate.aggregate import aggregate_groups
+from covidct.evaluate.bootstrap import bootstrap_ci
+from covidct.evaluate.calibration import expected_calibration_error, fit_temperature
+from covidct.evaluate.metrics import (
+    compute_metrics,
+    logits_to_probs,
+    macro_auc,
+    predict_labels,
+    resolve_positive_index,
+)
+
+log = logging.getLogger(__name__)
+
+CI_METRICS = ("macro_f1", "auc_macro_ovr", "accuracy", "balanced_accuracy", "weighted_f1")
+
+
+def _metric_functions(class_names, threshold, positive_index):
+    from sklearn import metrics as skm
+
+    def predictions(probs):
+        return predict_labels(probs, threshold, positive_index if positive_index is not None else 1)
+
+    def macro_f1(y, p):
+        present = sorted(set(y.tolist()))
+        return skm.f1_score(y, predictions(p), labels=present, average="macro", zero_division=0)
+
+    def weighted_f1(y, p):
+        return skm.f1_score(y, predictions(p), average="weighted", zero_division=0)
+
+    def accuracy(y, p):
+        return float(np.mean(predictions(p) == y))
+
+    def balanced_accuracy(y, p):
+        pred = predictions(p)
+        return float(np.mean([np.mean(pred[y == c] == c) for c in sorted(set(y.tolist()))]))
+
+    functions = {
+        "macro_f1": macro_f1,
+        "auc_macro_ovr": macro_auc,
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced_accuracy,
+        "weighted_f1": weighted_f1,
+    }
+    if len(class_names) == 2:
+        pos = positive_index
+
+        def sensitivity(y, p):
+            pred = predictions(p)
+            return float(np.mean(pred[y == pos] == pos)) if (y == pos).any() else float("nan")
+
+        def specificity(y, p):
+            pred = predictions(p)
+            return float(np.mean(pred[y != pos] != pos)) if (y != pos).any() else float("nan")
+
+        functions.update(sensitivity=sensitivity, specificity=specificity)
+    return functions
+
+
+def metrics_with_ci(y_true, probs, groups, class_names, n_bootstrap=1000, ci=0.95, threshold=None, positive_class=None, seed=0) -> dict:
+    """``compute_metrics`` plus a ``ci`` block: bootstrap intervals over groups for the headline metrics.
+
+    Args:
+        y_true: (N,) labels.
+        probs: (N, C) probabilities (or per-class scores).
+        groups: (N,) group ids (None: every row is its own group, e.g. patient-level rows).
+        class_names: C names.
+        n_bootstrap: replicates (0: no intervals).
+        ci: confidence level.
+        threshold: binary decision threshold (None: argmax).
+        positive_class: positive class for sensitivity/specificity.
+        seed: bootstrap seed.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    result = compute_metrics(y_true, probs, class_names, threshold=threshold, positive_class=positive_class)
+    if n_bootstrap:
+        positive_index = resolve_positive_index(class_names, positive_class) if len(class_names) == 2 else None
+        result["ci"] = {
+            name: bootstrap_ci(fn, y_true, np.asarray(probs), groups=groups, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
+            for name, fn in _metric_functions(class_names, threshold, positive_index).items()
+        }
+    return result
+
+
+def _predict(loaded, images, rows, batch_size, tta: bool, mc_dropout: int):
+    """Probabilities (N, C), logits (N, C) and optional MC-dropout std (N, C)."""
+    from covidct.train.trainer import predict_logits
+
+    model = loaded.model
+    logits = predict_logits(model, images, rows, batch_size, loaded.input_names)
+    probs = logits_to_probs(logits)
+    if tta:
+        flipped = predict_logits(model, images, rows, batch_size, loaded.input_names, flip=True)
+        probs = (probs + logits_to_probs(flipped)) / 2.0
+        # Temperature scaling works on logits; with TTA use the log of the averaged probabilities.
+        logits = np.log(np.clip(probs, 1e-12, 1.0))
+    std = None
+    if mc_dropout:
+        probs, std = mc_dropout_predict(model, images, rows, batch_size, loaded.input_names, mc_dropout)
+    return probs, logits, std
+
+
+def mc_dropout_predict(model, images, rows, batch_size, input_names, passes: int):
+    """Monte-Carlo dropout: mean and std of the probabilities over ``passes`` stochastic passes.
+
+    Dropout runs in training mode while BatchNormalization keeps its inference statistics (Keras 3 runs
+    a non-trainable BatchNormalization layer in inference mode even when ``training=True``).
+    """
+    import keras
+
+    from covidct.train.data import split_inputs
+
+    bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [layer.trainable for layer in bn_layers]
+    for layer in bn_layers:
+        layer.trainable = False
+    try:
+        samples = []
+        for _ in range(int(passes)):
+            chunks = []
+            for start in range(0, len(rows), batch_size):
+                part = np.sort(rows[start : start + batch_size])
+                order = np.argsort(np.argsort(rows[start : start + batch_size]))
+                batch = np.asarray(images[part], dtype="float32")[order]
+                out = model(split_inputs(batch, input_names), training=True)
+                chunks.append(np.asarray(keras.ops.convert_to_numpy(out), dtype="float64"))
+            samples.append(logits_to_probs(np.concatenate(chunks)))
+    finally:
+        for layer, value in zip(bn_layers, saved):
+            layer.trainable = value
+    stack = np.stack(samples)
+    return stack.mean(axis=0), stack.std(axis=0)
+
+
+def _external_data(loaded, dataset: str, root, label_map, progress: bool):
+    """Load another dataset, map its labels onto the run's classes, preprocess it with the run's stage."""
+    from covidct.data.cache import build_cache
+    from covidct.data.datasets import load_dataset
+    from covidct.train.data import apply_label_map, data_from_arrays
+
+    manifest = load_dataset(dataset, root=root)
+    manifest = apply_label_map(manifest, label_map, source=dataset)
+    unknown = sorted(set(manifest["label"].astype(str)) - set(loaded.class_names))
+    if unknown:
+        from covidct.errors import did_you_mean
+
+        raise CovidctError(
+            f"External dataset {dataset!r}: label(s) {unknown} are not classes of the run {loaded.class_names}."
+            f"{did_you_mean(unknown[0], loaded.class_names)} Pass a label map, e.g. "
+            f"--label-map \"{unknown[0]}={loaded.class_names[0]}\"."
+        )
+    manifest = manifest.assign(split="test")
+    cfg = loaded.config
+    cache = build_cache(manifest, stage=loaded.stage, size=loaded.size, cache_root=cfg.data.cache_root, progress=progress)
+    return data_from_arrays(cache.images, cache.manifest.assign(split="test"), classes=loaded.class_names, cache_path=str(cache.path), source=dataset)
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    split: str = "test",
+    dataset: str | None = None,
+    root: str | None = None,
+    label_map: dict | str | None = None,
+    tta: bool | None = None,
+    mc_dropout: int | None = None,
+    temperature_scaling: bool | None = None,
+    n_bootstrap: int | None = None,
+    threshold: float | None = None,
+    data=None,
+    figures: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Evaluate a run folder on a split of its dataset or on an external dataset.
+
+    Args:
+        run_dir: the run folder (``model.keras``, ``config.yaml``, ``run.json``).
+        split: ``"test"`` (default), ``"val"`` or ``"train"`` of the run's own dataset; a validation result
+            is labelled as the selection set, never as a test score.
+        dataset: an external dataset name (evaluated whole, with the run's stage and size).
+        root: the external dataset's folder.
+        label_map: ``{raw: run class}`` or ``"COVID-19=COV,CAP=non-COV"`` for the external labels.
+        tta: average the prediction with its horizontal flip (default: the run's evaluation config).
+        mc_dropout: Monte-Carlo-dropout passes (0: off).
+        temperature_scaling: fit a temperature on the run's validation split and report calibrated scores.
+        n_bootstrap: bootstrap replicates for the CIs.
+        threshold: binary decision threshold on the positive-class probability.
+        data: TrainingData to use instead of the run's cache (tests, notebooks); for an external
+            evaluation it is the external data.
+        figures: save the figures under ``figures/``.
+        progress: progress bars while building a cache.
+
+    Returns:
+        The metrics dict also written to ``metrics_<tag>.json``.
+    """
+    from covidct.train.data import parse_label_map, prepare_data
+    from covidct.train.run import load_run
+    from covidct.train.state import write_json_atomic, write_text_atomic
+
+    run_dir = Path(run_dir)
+    loaded = load_run(run_dir)
+    cfg = loaded.config
+    e = cfg.evaluation
+    tta = e.tta if tta is None else tta
+    mc_dropout = e.mc_dropout if mc_dropout is None else int(mc_dropout)
+    temperature_scaling = e.temperature_scaling if temperature_scaling is None else temperature_scaling
+    n_bootstrap = e.n_bootstrap if n_bootstrap is None else int(n_bootstrap)
+    threshold = e.threshold if threshold is None else threshold
+    class_names = loaded.class_names
+    label_map = parse_label_map(label_map)
+    own_data = None
+
+    if dataset is not None:
+        section, tag = "external", f"external-{dataset}"
+        eval_data = data if data is not None else _external_data(loaded, dataset, root, label_map, progress)
+        rows = np.arange(len(eval_data.labels))
+    else:
+        if split not in ("train", "val", "test"):
+            from covidct.errors import unknown_name_error
+
+            raise unknown_name_error("split", split, ("train", "val", "test"))
+        section, tag = "internal", split
+        eval_data = own_data = data if data is not None else prepare_data(cfg, progress=progress)
+        if list(eval_data.class_names) != list(class_names):
+            raise CovidctError(f"Run {run_dir}: the data's classes {eval_data.class_names} differ from the run's {class_names}.")
+        rows = eval_data.indices(split)
+    if len(rows) == 0:
+        raise CovidctError(f"Run {run_dir}: the {tag!r} set has no images.")
+
+    batch_size = max(1, int(cfg.training.batch_size))
+    probs, logits, std = _predict(loaded, eval_data.images, rows, batch_size, tta, mc_dropout)
+    y_true = eval_data.labels[rows]
+    manifest = eval_data.manifest.iloc[rows].reset_index(drop=True)
+    groups = manifest["group"].astype(str).to_numpy()
+    positive_class = e.positive_class
+
+    result = {
+        "run": cfg.run_name,
+        "run_dir": str(run_dir),
+        "selection": {
+            "split": "val",
+            "monitor": loaded.info.get("monitor", cfg.training.monitor),
+            "best_epoch": loaded.info.get("best_epoch"),
+            "score": loaded.info.get("best_score"),
+        },
+        "evaluated_on": {
+            "section": section,
+            "split": tag,
+            "dataset": dataset or cfg.data.dataset,
+            "label_map": label_map,
+            "n_images": int(len(rows)),
+            "n_groups": int(len(set(groups))),
+            "is_selection_set": section == "internal" and split == "val",
+        },
+        "class_names": class_names,
+        "options": {"tta": bool(tta), "mc_dropout": int(mc_dropout), "n_bootstrap": n_bootstrap, "threshold": threshold},
+    }
+    if section == "internal" and split == "val":
+        result["warning"] = "These numbers come from the validation split that selected the checkpoint: they are optimistic and are not test scores."
+    elif section == "internal" and split == "train":
+        result["warning"] = "These numbers come from the training split: they measure fit, not generalisation."
+
+    result["slice"] = metrics_with_ci(y_true, probs, groups, class_names, n_bootstrap, e.ci, threshold, positive_class)
+    result["calibration"] = {"ece": expected_calibration_error(y_true, probs), "n_bins": 15}
+
+    if temperature_scaling:
+        if own_data is None:
+            try:
+                own_data = prepare_data(cfg, progress=progress)
+            except Exception as error:  # External evaluation without the run's own data: say so.
+                result["temperature_scaling"] = {"status": f"skipped (validation data unavailable: {error})"}
+        if own_data is not None:
+            val_rows = own_data.indices("val")
+            _, val_logits, _ = _predict(loaded, own_data.images, val_rows, batch_size, tta, 0)
+            temperature = fit_temperature(own_data.labels[val_rows], val_logits)
+            calibrated = logits_to_probs(logits, temperature)
+            result["temperature_scaling"] = {
+                "fitted_on": "val",
+                "temperature": temperature,
+                "ece": expected_calibration_error(y_true, calibrated),
+                "auc_macro_ovr": macro_auc(y_true, calibrated),
+            }
+
+    patient = {}
+    if len(set(groups)) < len(groups):
+        for method in e.aggregation:
+            try:
+                table = aggregate_groups(probs, groups, labels=y_true, method=method, k=e.topk)
+            except CovidctError as error:
+                patient[method] = {"status": f"skipped ({error})"}
+                continue
+            scores = table[[f"score_{c}" for c in range(len(class_names))]].to_numpy()
+            patient[method] = metrics_with_ci(
+                table["label"].to_numpy(), scores, None, class_names, n_bootstrap, e.ci, None, positive_class
+            )
+            patient[method]["n_groups"] = int(len(table))
+    result["patient"] = patient
+
+    predictions = manifest[[c for c in ("path", "group", "label", "source", "slice_index") if c in manifest]].copy()
+    predictions["label_index"] = y_true
+    predictions["predicted"] = [class_names[i] for i in probs.argmax(axis=1)]
+    for c, name in enumerate(class_names):
+        predictions[f"prob_{name}"] = probs[:, c]
+        if std is not None:
+            predictions[f"std_{name}"] = std[:, c]
+    write_text_atomic(run_dir / f"predictions_{tag}.csv", predictions.to_csv(index=False))
+    if figures:
+        result["figures"] = save_figures(run_dir, tag, y_true, probs, class_names, result["slice"]["confusion_matrix"])
+    write_json_atomic(run_dir / f"metrics_{tag}.json", result)
+    return result
+
+
+def save_figures(run_dir: Path, tag: str, y_true, probs, class_names, confusion) -> list[str]:
+    """Write the evaluation figures of one set (and the training curves) under ``run_dir/figures``."""
+    from covidct.evaluate import plots
+
+    folder = run_dir / "figures"
+    folder.mkdir(exist_ok=True)
+    figures = {
+        f"{tag}_confusion_counts.png": plots.plot_confusion_matrix(confusion, class_names, title=f"{tag}: counts"),
+        f"{tag}_confusion_normalised.png": plots.plot_confusion_matrix(confusion, class_names, normalize=True, title=f"{tag}: row-normalised"),
+        f"{tag}_roc.png": plots.plot_roc_curves(y_true, probs, class_names, title=f"{tag}: ROC (one-vs-rest)"),
+        f"{tag}_pr.png": plots.plot_pr_curves(y_true, probs, class_names, title=f"{tag}: precision-recall"),
+        f"{tag}_reliability.png": plots.plot_reliability(y_true, probs, title=f"{tag}: reliability"),
+    }
+    history = run_dir / "history.csv"
+    if history.is_file():
+        figures["training_curves.png"] = plots.plot_training_curves(pd.read_csv(history))
+    written = []
+    for name, fig in figures.items():
+        fig.savefig(folder / name, dpi=100)
+        written.append(str(Path("figures") / name))
+    return written

@@ -1,0 +1,109 @@
+"""Notebook hygiene: strip outputs and check the conventions of ``notebooks/NN_snake_case.ipynb``.
+
+Used by ``make strip-notebooks`` and by ``tests/test_notebooks.py``. Notebooks are for exploration and
+communication; their logic lives in the package, and they are committed without outputs.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+NAME_PATTERN = re.compile(r"^\d{2}_[a-z0-9]+(_[a-z0-9]+)*\.ipynb$")
+REPOSITORY = "covidct/covidct"
+INSTALL_SOURCE = (
+    "# On Colab, install covidct next to Colab's own TensorFlow; locally this cell does nothing.\n"
+    "import sys\n"
+    "if 'google.colab' in sys.modules:\n"
+    f"    %pip install -q 'covidct @ git+https://github.com/{REPOSITORY}.git'\n"
+)
+
+
+def colab_badge(name: str) -> str:
+    """Markdown for the 'Open in Colab' badge of ``notebooks/<name>``."""
+    url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{name}"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def add_colab_header(path: str | Path) -> bool:
+    """Insert the Colab badge (into the first markdown cell) and the install cell if missing."""
+    path = Path(path)
+    notebook = nbformat.read(path, as_version=4)
+    changed = False
+    markdown = next((cell for cell in notebook.cells if cell.cell_type == "markdown"), None)
+    if markdown is None:
+        markdown = nbformat.v4.new_markdown_cell(f"# {path.stem}")
+        notebook.cells.insert(0, markdown)
+    if "colab.research.google.com" not in markdown.source:
+        markdown.source = markdown.source.rstrip() + "\n\n" + colab_badge(path.name)
+        changed = True
+    if not any("google.colab" in cell.source for cell in notebook.cells if cell.cell_type == "code"):
+        position = notebook.cells.index(markdown) + 1
+        notebook.cells.insert(position, nbformat.v4.new_code_cell(INSTALL_SOURCE))
+        changed = True
+    if changed:
+        nbformat.write(notebook, path)
+    return changed
+
+
+def strip_outputs(path: str | Path) -> bool:
+    """Remove outputs and execution counts from a notebook in place; return True if it changed."""
+    path = Path(path)
+    notebook = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            if cell.get("outputs") or cell.get("execution_count") is not None:
+                changed = True
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    if changed:
+        nbformat.write(notebook, path)
+    return changed
+
+
+def convention_problems(path: str | Path) -> list[str]:
+    """Return the convention violations of one notebook (empty list when it is clean)."""
+    path = Path(path)
+    problems = []
+    if not NAME_PATTERN.match(path.name):
+        problems.append(f"{path.name}: name must look like NN_snake_case.ipynb")
+    notebook = nbformat.read(path, as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    for index, cell in enumerate(code_cells):
+        if cell.get("outputs") or cell.get("execution_count") is not None:
+            problems.append(f"{path.name}: code cell {index} has outputs (run `make strip-notebooks`)")
+        if re.search(r"^\s*(def|class)\s", cell.source, flags=re.MULTILINE):
+            problems.append(f"{path.name}: code cell {index} defines a function/class; move it into covidct")
+    parameter_cells = [cell for cell in code_cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    if not parameter_cells:
+        problems.append(f"{path.name}: no code cell tagged 'parameters'")
+    elif "COVIDCT_SMOKE" not in parameter_cells[0].source:
+        problems.append(f"{path.name}: the parameters cell must read SMOKE from COVIDCT_SMOKE")
+    first_markdown = next((cell for cell in notebook.cells if cell.cell_type == "markdown"), None)
+    if first_markdown is None or "colab.research.google.com" not in first_markdown.source:
+        problems.append(f"{path.name}: the first markdown cell needs the 'Open in Colab' badge")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in ("strip", "check"):
+        print("usage: python -m covidct.notebook_tools strip|check NOTEBOOK_DIR", file=sys.stderr)
+        return 2
+    paths = sorted(Path(argv[1]).glob("*.ipynb"))
+    if argv[0] == "strip":
+        for path in paths:
+            if add_colab_header(path) | strip_outputs(path):
+                print(f"normalised {path}")
+        return 0
+    problems = [problem for path in paths for problem in convention_problems(path)]
+    print("\n".join(problems) if problems else f"{len(paths)} notebook(s) follow the conventions.")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

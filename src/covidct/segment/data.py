@@ -1,0 +1,153 @@
+"""Image/mask pairs for segmentation: ``kaggle-lungs`` (lungs) and ``medseg`` (infection).
+
+``load_pairs(dataset, root, size)`` returns every pair of a dataset resized to ``size`` with its split
+and group. It uses the data layer's ``covidct.data.datasets.load_dataset`` when that knows the dataset
+(manifest rows with ``mask_path``), else reads the staged folder layouts directly:
+
+- ``kaggle-lungs``: ``<root>/kaggle-lungs-ct-64px/{train,test}/{images,masks}/*.png``; the official
+  train/test split; every slice is its own group (no patient ids are recoverable).
+- ``medseg``: ``<root>/medseg-covid19-100/{images,masks}/tr_{im,mask}_zNNN.png``; the binary infection
+  mask is ``mask > 0`` (labels were rescaled per slice). No patient ids are given: the slices of one
+  patient are consecutive, so blocks of ``MEDSEG_BLOCK`` consecutive slice numbers are the group proxy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from covidct.errors import CovidctError, unknown_name_error
+
+logger = logging.getLogger(__name__)
+
+SEGMENTATION_DATASETS = {"kaggle-lungs": "kaggle-lungs-ct-64px", "medseg": "medseg-covid19-100"}
+MEDSEG_BLOCK = 5
+
+
+@dataclass
+class SegmentationPairs:
+    """Images and masks of one dataset at one size.
+
+    Attributes:
+        images: uint8 (N, size, size, 1) display images.
+        masks: uint8 (N, size, size) {0, 1}.
+        names: N source image paths.
+        splits: N official splits ("train"/"test", "" when none).
+        groups: N group ids (patients or their proxy).
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    names: list
+    splits: np.ndarray
+    groups: np.ndarray
+
+    def subset(self, index) -> SegmentationPairs:
+        index = np.asarray(index)
+        return SegmentationPairs(
+            self.images[index], self.masks[index], [self.names[i] for i in index], self.splits[index], self.groups[index]
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def default_root() -> Path:
+    """``COVIDCT_DATA_ROOT`` or ``../shared/data`` next to the repository."""
+    env = os.environ.get("COVIDCT_DATA_ROOT")
+    return Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise CovidctError(f"Cannot read image {path} (missing or corrupt).")
+    return image
+
+
+def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    if image.shape == (size, size):
+        return image
+    interpolation = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR)
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def _rows_from_folders(dataset: str, root: Path) -> list[dict]:
+    folder = root / SEGMENTATION_DATASETS[dataset]
+    if not folder.is_dir() and ((root / "images").is_dir() or (root / "train").is_dir()):
+        folder = root  # the dataset folder itself was given
+    if not folder.is_dir():
+        raise CovidctError(
+            f"Dataset {dataset!r} not found under {root}: expected {folder}. Set COVIDCT_DATA_ROOT or pass --root."
+        )
+    rows = []
+    if dataset == "kaggle-lungs":
+        for split in ("train", "test"):
+            for image_path in sorted((folder / split / "images").glob("*.png")):
+                mask_path = folder / split / "masks" / image_path.name
+                rows.append({"path": image_path, "mask_path": mask_path, "split": split, "group": image_path.stem})
+    else:
+        for image_path in sorted((folder / "images").glob("*.png")):
+            number = re.search(r"(\d+)", image_path.stem)
+            index = int(number.group(1)) if number else len(rows)
+            mask_path = folder / "masks" / image_path.name.replace("_im_", "_mask_")
+            group = f"medseg_block{(index - 1) // MEDSEG_BLOCK:02d}"
+            rows.append({"path": image_path, "mask_path": mask_path, "split": "", "group": group})
+    if not rows:
+        raise CovidctError(f"No image/mask pairs found in {folder} for dataset {dataset!r}.")
+    return rows
+
+
+def _rows_from_data_layer(dataset: str, root: Path) -> list[dict] | None:
+    try:
+        from covidct.data.datasets import load_dataset
+    except ImportError:
+        return None
+    try:
+        manifest = load_dataset(dataset, root)
+    except Exception as error:  # noqa: BLE001  (fall back to the folder reader, say why)
+        logger.info("covidct.data.datasets could not load %s (%s); reading folders directly.", dataset, error)
+        return None
+    if "mask_path" not in manifest or (manifest["mask_path"].astype(str) == "").any():
+        return None
+    return [
+        {"path": Path(r.path), "mask_path": Path(r.mask_path), "split": str(r.split), "group": str(r.group)}
+        for r in manifest.itertuples()
+    ]
+
+
+def load_pairs(dataset: str, root=None, size: int = 64) -> SegmentationPairs:
+    """Read all image/mask pairs of a segmentation dataset at ``size`` x ``size``.
+
+    Args:
+        dataset: ``"kaggle-lungs"`` or ``"medseg"``.
+        root: data root holding the staged folders (default ``COVIDCT_DATA_ROOT`` or ../shared/data).
+        size: output side in pixels (images: area/linear resampling, masks: nearest).
+
+    Returns:
+        ``SegmentationPairs``; masks are binary (``mask > 0``).
+    """
+    if dataset not in SEGMENTATION_DATASETS:
+        raise unknown_name_error("segmentation dataset", dataset, SEGMENTATION_DATASETS)
+    root = Path(root) if root is not None else default_root()
+    rows = _rows_from_data_layer(dataset, root) or _rows_from_folders(dataset, root)
+    images, masks = [], []
+    for row in rows:
+        if not Path(row["mask_path"]).is_file():
+            raise CovidctError(f"Mask {row['mask_path']} for image {row['path']} is missing.")
+        images.append(_resize(_read_gray(row["path"]), size))
+        mask = (_read_gray(row["mask_path"]) > 0).astype(np.uint8)
+        masks.append(_resize(mask, size, nearest=True))
+    return SegmentationPairs(
+        images=np.stack(images)[..., None],
+        masks=np.stack(masks),
+        names=[str(r["path"]) for r in rows],
+        splits=np.array([r["split"] for r in rows]),
+        groups=np.array([r["group"] for r in rows]),
+    )

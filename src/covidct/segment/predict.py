@@ -1,0 +1,148 @@
+"""Predicting masks with a trained segmenter and drawing overlays (``covidct segment predict``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from covidct.errors import CovidctError
+
+logger = logging.getLogger(__name__)
+
+TRUE_COLOUR_RGB = (0, 200, 0)
+PRED_COLOUR_RGB = (230, 40, 40)
+
+
+def resolve_model_path(run) -> Path:
+    """``model.keras`` of a run folder (fold_0 for a cross-validation run) or a ``.keras`` file."""
+    path = Path(run)
+    if path.is_file():
+        return path
+    for candidate in (path / "model.keras", path / "fold_0" / "model.keras"):
+        if candidate.is_file():
+            if candidate.parent.name == "fold_0":
+                logger.info("%s is a cross-validation run; using the model of fold 0.", path)
+            return candidate
+    raise CovidctError(f"No model.keras in {path}: pass a run folder from `covidct segment train` or a .keras file.")
+
+
+def read_display(path) -> np.ndarray:
+    """Read one 2D image as display uint8 (H, W) (HU files through the lung window)."""
+    from covidct.preprocess.body import to_display_u8
+
+    try:
+        from covidct.data.io import read_image
+    except ImportError:
+        read_image = None
+    if read_image is not None:
+        image = read_image(path)
+        array = np.asarray(image.array)
+        if array.ndim == 3:
+            raise CovidctError(f"{path} is a volume; segment predict takes 2D slices.")
+        return to_display_u8(image)
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise CovidctError(f"Cannot read image {path} (missing, corrupt or not an image).")
+    return image
+
+
+def overlay_masks(image_u8: np.ndarray, pred=None, true=None, alpha: float = 0.4) -> np.ndarray:
+    """RGB uint8 overlay: the prediction filled in red, the true mask outlined in green.
+
+    Args:
+        image_u8: (H, W) uint8 grey image.
+        pred: optional (H, W) binary prediction.
+        true: optional (H, W) binary ground truth.
+        alpha: opacity of the filled prediction.
+
+    Returns:
+        uint8 (H, W, 3).
+    """
+    rgb = np.repeat(np.asarray(image_u8, dtype=np.uint8)[..., None], 3, axis=-1).astype(np.float32)
+    if pred is not None:
+        inside = np.asarray(pred) > 0
+        rgb[inside] = (1 - alpha) * rgb[inside] + alpha * np.array(PRED_COLOUR_RGB, np.float32)
+    rgb = rgb.astype(np.uint8)
+    if true is not None:
+        contours, _ = cv2.findContours((np.asarray(true) > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(rgb, contours, -1, TRUE_COLOUR_RGB, 1)
+    return rgb
+
+
+def plot_overlays(images, preds, trues=None, titles=None, columns: int = 4):
+    """Figure of overlays (prediction red, truth green outline), one panel per image.
+
+    Args:
+        images: (N, H, W) or (N, H, W, 1) uint8.
+        preds: (N, H, W) binary predictions.
+        trues: optional (N, H, W) binary ground truth.
+        titles: optional N panel titles (e.g. "Dice 0.97").
+        columns: panels per row.
+
+    Returns:
+        matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images[..., 0]
+    count = len(images)
+    rows = max(1, int(np.ceil(count / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for index, axis in enumerate(axes.ravel()):
+        axis.axis("off")
+        if index >= count:
+            continue
+        true = None if trues is None else trues[index]
+        axis.imshow(overlay_masks(images[index], preds[index], true))
+        if titles is not None:
+            axis.set_title(str(titles[index]), fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
+    """Predict masks for image files and write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png``.
+
+    Args:
+        run: run folder or ``.keras`` file of a trained segmenter.
+        paths: image files (PNG/JPG/DICOM/NIfTI slices/.npy) or folders of images.
+        out_dir: output folder (created).
+        threshold: probability threshold.
+
+    Returns:
+        One dict per image: path, mask, overlay, foreground_fraction (unreadable files: path, error).
+    """
+    from covidct.preprocess.lungs import load_segmenter, predict_foreground
+
+    model = load_segmenter(resolve_model_path(run))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm", ".npy", ".tif", ".tiff", ".bmp"}))
+        else:
+            files.append(path)
+    if not files:
+        raise CovidctError(f"No images found in {', '.join(map(str, paths))}.")
+    results = []
+    for path in files:
+        try:
+            image = read_display(path)
+        except (CovidctError, OSError) as error:
+            logger.warning("skipping %s: %s", path, error)
+            results.append({"path": str(path), "error": str(error)})
+            continue
+        mask = predict_foreground(model, image[None], threshold=threshold)[0]
+        mask_path = out_dir / f"{path.stem}_mask.png"
+        overlay_path = out_dir / f"{path.stem}_overlay.png"
+        cv2.imwrite(str(mask_path), mask.astype(np.uint8) * 255)
+        cv2.imwrite(str(overlay_path), cv2.cvtColor(overlay_masks(image, mask), cv2.COLOR_RGB2BGR))
+        results.append({"path": str(path), "mask": str(mask_path), "overlay": str(overlay_path),
+                        "foreground_fraction": float(mask.mean())})
+    return results

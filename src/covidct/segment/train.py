@@ -1,0 +1,269 @@
+"""Training segmenters (lungs, infection) with plain Keras ``compile``/``fit``.
+
+``train_segmenter`` fits a registered segmentation model (``bcd_unet``, ``unet``; 1 logit channel per
+pixel, input display values in [0, 255] scaled inside the model) with Dice + binary cross-entropy and
+writes a run folder like the classification runs::
+
+    runs/<name>/config.yaml  model.keras  history.csv  metrics_test.json  per_image_test.csv
+    runs/<name>/fold_<k>/... and metrics_cv.json        (with --folds k: grouped k-fold CV)
+
+Selection is on a validation subset of the training part (by group), never on the reported test part:
+the weights of the epoch with the best validation Dice are kept. This module is meant to merge into the
+one training path ``covidct.train.train(cfg)`` once that handles ``task: segmentation`` (loss, metric
+and the mask arrays are the only differences).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from covidct.errors import CovidctError
+from covidct.segment.data import SegmentationPairs, load_pairs
+from covidct.segment.metrics import per_image_metrics, summarize
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Settings of one segmentation run (saved as config.yaml)."""
+
+    model: str = "bcd_unet"
+    dataset: str = "kaggle-lungs"
+    root: str = ""
+    size: int = 64
+    epochs: int = 30
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    folds: int = 0
+    val_fraction: float = 0.15
+    augment: bool = True
+    seed: int = 0
+    model_kwargs: dict = field(default_factory=dict)
+    task: str = "segmentation"
+
+
+def dice_bce_loss(y_true, logits, smooth: float = 1.0):
+    """Mean binary cross-entropy (from logits) plus soft Dice loss (1 - soft Dice), per batch."""
+    import keras
+    from keras import ops
+
+    y_true = ops.cast(y_true, logits.dtype)
+    bce = ops.mean(keras.losses.binary_crossentropy(y_true, logits, from_logits=True))
+    probabilities = ops.sigmoid(logits)
+    axes = tuple(range(1, len(logits.shape)))
+    intersection = ops.sum(y_true * probabilities, axis=axes)
+    total = ops.sum(y_true, axis=axes) + ops.sum(probabilities, axis=axes)
+    soft_dice = (2.0 * intersection + smooth) / (total + smooth)
+    return bce + ops.mean(1.0 - soft_dice)
+
+
+def dice_metric(y_true, logits):
+    """Hard Dice of sigmoid(logits) >= 0.5 per image, averaged over the batch (Keras metric)."""
+    from keras import ops
+
+    y_true = ops.cast(y_true > 0.5, "float32")
+    predicted = ops.cast(logits >= 0.0, "float32")
+    axes = tuple(range(1, len(logits.shape)))
+    intersection = ops.sum(y_true * predicted, axis=axes)
+    total = ops.sum(y_true, axis=axes) + ops.sum(predicted, axis=axes)
+    return ops.mean(ops.where(total > 0, 2.0 * intersection / ops.maximum(total, 1e-7), 1.0))
+
+
+def build_segmenter(model, size: int, model_kwargs: dict | None = None):
+    """Build a segmenter: a registry name (``build_model(name, (size, size, 1), num_classes=1)``) or a
+    callable ``builder(input_shape) -> keras.Model`` (used by tests)."""
+    if callable(model):
+        return model((size, size, 1))
+    from covidct.models import build_model
+
+    return build_model(model, input_shape=(size, size, 1), num_classes=1, **(model_kwargs or {}))
+
+
+def _augment(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Add horizontally flipped copies (left-right mirror images are plausible slices)."""
+    return np.concatenate([images, images[:, :, ::-1]]), np.concatenate([masks, masks[:, :, ::-1]])
+
+
+def _group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into (train, val) so that no group is in both."""
+    unique = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    n_val = max(1, int(round(fraction * len(unique)))) if len(unique) > 1 else 0
+    val_groups = set(rng.choice(unique, size=n_val, replace=False).tolist()) if n_val else set()
+    is_val = np.array([g in val_groups for g in groups])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def grouped_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
+    """Test-row indices of ``k`` folds with disjoint groups (sklearn GroupKFold on shuffled groups)."""
+    from sklearn.model_selection import GroupKFold
+
+    unique = np.unique(groups)
+    if k < 2 or k > len(unique):
+        raise CovidctError(f"--folds must lie in 2..{len(unique)} (number of groups), got {k}.")
+    rng = np.random.default_rng(seed)
+    shuffled = dict(zip(unique, rng.permutation(len(unique))))
+    codes = np.array([shuffled[g] for g in groups])
+    splitter = GroupKFold(n_splits=k)
+    return [test for _, test in splitter.split(np.zeros(len(groups)), groups=codes)]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def predict_probabilities(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """sigmoid(model(images)) as float32 (N, H, W)."""
+    logits = np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
+    return (1.0 / (1.0 + np.exp(-logits[..., 0]))).astype(np.float32)
+
+
+def fit_one(cfg: SegmentConfig, model_spec, train: SegmentationPairs, test: SegmentationPairs, run_dir: Path) -> dict:
+    """Fit one model on ``train`` (validation carved out by group), evaluate on ``test``, write run files.
+
+    Returns:
+        The summary written to ``metrics_test.json``.
+    """
+    import keras
+    import pandas as pd
+
+    keras.utils.set_random_seed(cfg.seed)
+    fit_index, val_index = _group_split(train.groups, cfg.val_fraction, cfg.seed)
+    fit, val = train.subset(fit_index), train.subset(val_index)
+    x_fit, y_fit = fit.images.astype(np.float32), fit.masks[..., None].astype(np.float32)
+    if cfg.augment:
+        x_fit, y_fit = _augment(x_fit, y_fit)
+    model = build_segmenter(model_spec, cfg.size, cfg.model_kwargs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss=dice_bce_loss,
+        metrics=[dice_metric],
+    )
+    callbacks = []
+    validation = None
+    if len(val):
+        validation = (val.images.astype(np.float32), val.masks[..., None].astype(np.float32))
+        # The weights of the best validation epoch are kept (selection on validation, never on test).
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_dice_metric", mode="max", patience=cfg.epochs, restore_best_weights=True
+            )
+        )
+    history = model.fit(
+        x_fit,
+        y_fit,
+        validation_data=validation,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(history.history).rename_axis("epoch").to_csv(run_dir / "history.csv")
+    tmp_model = run_dir / ".model.tmp.keras"
+    model.save(tmp_model)
+    os.replace(tmp_model, run_dir / "model.keras")
+    predicted = predict_probabilities(model, test.images) >= 0.5
+    per_image = per_image_metrics(predicted, test.masks, names=test.names, groups=test.groups)
+    per_image.to_csv(run_dir / "per_image_test.csv", index=False)
+    summary = summarize(per_image, seed=cfg.seed)
+    summary.update({"split": "test", "selection": "validation (best val Dice)", "n_train": int(len(fit)),
+                    "n_val": int(len(val)), "epochs_run": int(len(history.history["loss"]))})
+    _write_json(run_dir / "metrics_test.json", summary)
+    return summary
+
+
+def _save_config(cfg: SegmentConfig, run_dir: Path) -> None:
+    import yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+
+
+def train_segmenter(
+    model="bcd_unet",
+    dataset: str = "kaggle-lungs",
+    root=None,
+    size: int = 64,
+    epochs: int = 30,
+    batch_size: int = 8,
+    learning_rate: float = 1e-3,
+    folds: int = 0,
+    run_dir=None,
+    overwrite: bool = False,
+    seed: int = 0,
+    augment: bool = True,
+    model_kwargs: dict | None = None,
+    pairs: SegmentationPairs | None = None,
+) -> Path:
+    """Train and evaluate a segmenter; returns the run folder.
+
+    Args:
+        model: registry name (``"bcd_unet"``, ``"unet"``) or a callable ``builder(input_shape)``.
+        dataset: ``"kaggle-lungs"`` (official train/test split) or ``"medseg"`` (needs ``folds``).
+        root: data root (default ``COVIDCT_DATA_ROOT`` or ../shared/data).
+        size: input side in pixels.
+        epochs: training epochs (the best validation epoch is kept).
+        batch_size: batch size.
+        learning_rate: Adam learning rate.
+        folds: 0 uses the dataset's test split; k >= 2 runs grouped k-fold cross-validation.
+        run_dir: output folder (default ``runs/segment-<model>-<dataset>-<size>``).
+        overwrite: replace an existing finished run (otherwise an error).
+        seed: random seed (splits, weights).
+        augment: add horizontally flipped copies of the training images.
+        model_kwargs: extra builder arguments (e.g. ``{"base_filters": 8}``).
+        pairs: pre-loaded ``SegmentationPairs`` (tests); default ``load_pairs(dataset, root, size)``.
+
+    Returns:
+        Path of the run folder.
+    """
+    name = model if isinstance(model, str) else getattr(model, "__name__", "custom")
+    run_dir = Path(run_dir or Path("runs") / f"segment-{name}-{dataset}-{size}")
+    finished = run_dir / ("metrics_cv.json" if folds else "metrics_test.json")
+    if finished.exists():
+        if not overwrite:
+            raise CovidctError(f"Run folder {run_dir} already holds a finished run; pass --overwrite or another --run-dir.")
+        shutil.rmtree(run_dir)
+    cfg = SegmentConfig(model=name, dataset=dataset, root=str(root or ""), size=size, epochs=epochs,
+                        batch_size=batch_size, learning_rate=learning_rate, folds=folds, augment=augment,
+                        seed=seed, model_kwargs=dict(model_kwargs or {}))
+    pairs = pairs if pairs is not None else load_pairs(dataset, root, size)
+    _save_config(cfg, run_dir)
+    if not folds:
+        is_test = pairs.splits == "test"
+        if not is_test.any():
+            raise CovidctError(f"Dataset {dataset!r} has no official test split; use --folds 5.")
+        fit_one(cfg, model, pairs.subset(np.flatnonzero(~is_test)), pairs.subset(np.flatnonzero(is_test)), run_dir)
+        return run_dir
+    import pandas as pd
+
+    fold_summaries, all_rows = [], []
+    for k, test_index in enumerate(grouped_folds(pairs.groups, folds, seed)):
+        train_index = np.setdiff1d(np.arange(len(pairs)), test_index)
+        logger.info("fold %d/%d: %d train, %d test", k + 1, folds, len(train_index), len(test_index))
+        fold_dir = run_dir / f"fold_{k}"
+        fold_summaries.append(fit_one(cfg, model, pairs.subset(train_index), pairs.subset(test_index), fold_dir))
+        rows = pd.read_csv(fold_dir / "per_image_test.csv", dtype={"group": str, "name": str})
+        rows["fold"] = k
+        all_rows.append(rows)
+    per_image = pd.concat(all_rows, ignore_index=True)
+    per_image.to_csv(run_dir / "per_image_cv.csv", index=False)
+    summary = summarize(per_image, seed=seed)
+    summary.update({
+        "split": f"{folds}-fold grouped cross-validation (each image predicted once, by the fold that held it out)",
+        "fold_dice": [s["dice"]["mean"] for s in fold_summaries],
+        "group_proxy": "see covidct.segment.data",
+    })
+    _write_json(run_dir / "metrics_cv.json", summary)
+    return run_dir

@@ -1,0 +1,266 @@
+"""Training input: the cache's uint8 memmap → float32 batches via a ``keras.utils.PyDataset``.
+
+No TensorFlow is needed (the same code runs on TF, JAX and PyTorch backends). Shuffling and
+augmentation are seeded per epoch, so a resumed run draws exactly the batches an uninterrupted run
+would have drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.utils.class_weight import compute_class_weight
+
+from covidct.errors import CovidctError
+from covidct.train.augment import augment_batch, make_augmenter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Images and labels of one dataset at one stage and size, with their splits.
+
+    Attributes:
+        images: uint8 (N, H, W, C), usually the cache's memmap.
+        labels: int (N,) class indices into ``class_names``.
+        manifest: DataFrame aligned with ``images`` (``path, label, group, split, ...``).
+        class_names: class order of the model outputs.
+        cache_path: the cache folder, when the data came from one.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    manifest: pd.DataFrame
+    class_names: list
+    cache_path: str = ""
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of a split (``train``, ``val``, ``test``)."""
+        return np.flatnonzero(self.manifest["split"].astype(str).to_numpy() == split)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.manifest["group"].astype(str).to_numpy()
+
+
+def apply_label_map(manifest: pd.DataFrame, label_map: dict | None, source: str = "dataset") -> pd.DataFrame:
+    """Rename labels with ``{raw: class}``; raw labels not in the map raise with close matches.
+
+    Args:
+        manifest: the Manifest.
+        label_map: mapping of raw labels to classes, e.g. ``{"COVID-19": "COV", "CAP": "non-COV"}``; a
+            value of None or ``"drop"`` removes that label's rows.
+        source: name used in messages.
+
+    Returns:
+        A copy with the ``label`` column mapped (and an ``original_label`` column).
+    """
+    if not label_map:
+        return manifest
+    labels = manifest["label"].astype(str)
+    missing = sorted(set(labels) - set(map(str, label_map)))
+    if missing:
+        from covidct.errors import did_you_mean
+
+        raise CovidctError(
+            f"{source}: label(s) {missing} are not in the label map {dict(label_map)}."
+            f"{did_you_mean(missing[0], label_map)} Map every label (use 'drop' to leave one out)."
+        )
+    frame = manifest.copy()
+    frame["original_label"] = labels
+    frame["label"] = labels.map(lambda v: label_map[v])
+    keep = frame["label"].notna() & (frame["label"].astype(str) != "drop")
+    return frame[keep].assign(label=lambda f: f["label"].astype(str)).reset_index(drop=True)
+
+
+def parse_label_map(text: str | dict | None) -> dict | None:
+    """Parse ``"COVID-19=COV,CAP=non-COV,Normal=non-COV"`` into a dict (a dict passes through)."""
+    if text is None or isinstance(text, dict):
+        return text
+    mapping = {}
+    for item in str(text).split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise CovidctError(f"Label map entry {item!r} must look like RAW=CLASS (e.g. 'COVID-19=COV').")
+        raw, cls = item.split("=", 1)
+        mapping[raw.strip()] = cls.strip()
+    return mapping
+
+
+def resolve_classes(labels, classes=None, source: str = "dataset") -> list[str]:
+    """The class order: ``classes`` if given (every label must be one), else the sorted labels."""
+    present = sorted(set(map(str, labels)))
+    if classes:
+        classes = [str(c) for c in classes]
+        unknown = sorted(set(present) - set(classes))
+        if unknown:
+            from covidct.errors import did_you_mean
+
+            raise CovidctError(
+                f"{source}: label(s) {unknown} are not among data.classes {classes}.{did_you_mean(unknown[0], classes)}"
+            )
+        return classes
+    return present
+
+
+def check_training_splits(labels: np.ndarray, split: np.ndarray, class_names: list, source: str = "dataset") -> None:
+    """Stop when training cannot be honest: one class, a class missing from train or validation.
+
+    Raises:
+        CovidctError: naming the split and class, and suggesting a fix.
+    """
+    if len(class_names) < 2:
+        raise CovidctError(
+            f"{source}: only one class ({class_names}) was found; a classifier needs at least two. "
+            "Check the dataset root and data.label_map."
+        )
+    for name in ("train", "val"):
+        rows = split == name
+        if not rows.any():
+            raise CovidctError(
+                f"{source}: the {name!r} split is empty. Set data.split_fractions (e.g. [0.7, 0.15, 0.15]) "
+                "or data.keep_official_splits=false."
+            )
+        missing = [class_names[c] for c in range(len(class_names)) if not (labels[rows] == c).any()]
+        if missing:
+            raise CovidctError(
+                f"{source}: class(es) {missing} have no images in the {name!r} split, so "
+                f"{'the model cannot learn them' if name == 'train' else 'the checkpoint cannot be selected on them'}. "
+                "Use more groups, another data.seed, or different data.split_fractions."
+            )
+
+
+def prepare_data(cfg, progress: bool = True) -> TrainingData:
+    """Load the configured dataset, split it by group and build (or reuse) the preprocessed cache.
+
+    Args:
+        cfg: a ``covidct.config.RunConfig``.
+        progress: show the cache's progress bar.
+
+    Returns:
+        TrainingData over the cache (images are a read-only memmap).
+    """
+    from covidct.data.cache import build_cache
+    from covidct.data.datasets import load_dataset
+    from covidct.data.splits import assign_splits
+
+    d = cfg.data
+    manifest = load_dataset(d.dataset, root=d.root, **dict(d.options or {}))
+    manifest = apply_label_map(manifest, d.label_map, source=d.dataset)
+    manifest = assign_splits(manifest, fractions=tuple(d.split_fractions), seed=d.seed, keep_official=d.keep_official_splits)
+    cache = build_cache(manifest, stage=d.stage, size=d.size, cache_root=d.cache_root, progress=progress)
+    if cache.failed is not None and len(cache.failed):
+        warnings.warn(f"{len(cache.failed)} image(s) failed preprocessing and were skipped (see {cache.path}).", stacklevel=2)
+    return data_from_arrays(cache.images, cache.manifest, classes=d.classes, cache_path=str(cache.path), source=d.dataset)
+
+
+def data_from_arrays(images, manifest: pd.DataFrame, classes=None, cache_path: str = "", source: str = "dataset") -> TrainingData:
+    """Wrap images (N, H, W, C) uint8 and an aligned manifest (with a ``split`` column) as TrainingData."""
+    images = np.asarray(images) if not isinstance(images, np.memmap) else images
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or len(images) != len(manifest):
+        raise CovidctError(f"{source}: images must be (N, H, W, C) aligned with the manifest; got {images.shape} for {len(manifest)} rows.")
+    manifest = manifest.reset_index(drop=True)
+    class_names = resolve_classes(manifest["label"], classes, source=source)
+    labels = manifest["label"].astype(str).map({c: i for i, c in enumerate(class_names)}).to_numpy().astype(int)
+    return TrainingData(images=images, labels=labels, manifest=manifest, class_names=class_names, cache_path=cache_path)
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """scikit-learn's "balanced" weights n / (k * count_c), one per class (classes must be present)."""
+    classes = np.arange(num_classes)
+    return compute_class_weight("balanced", classes=classes, y=np.asarray(labels).astype(int))
+
+
+def split_inputs(batch: np.ndarray, input_names: tuple):
+    """One array for a single-input model; ``{name: channel}`` for a multi-input (image, mask) model."""
+    if len(input_names) <= 1:
+        return batch
+    if batch.shape[-1] != len(input_names):
+        raise CovidctError(
+            f"The model takes inputs {input_names} but the cached images have {batch.shape[-1]} channel(s); "
+            "use the 'masked-pair' stage for image+mask models."
+        )
+    return {name: batch[..., i : i + 1] for i, name in enumerate(input_names)}
+
+
+class SliceSequence(keras.utils.PyDataset):
+    """Batches of (x, y[, sample_weight]) read from a uint8 image array by row index.
+
+    Args:
+        images: uint8 (N, H, W, C) (a memmap is read lazily, one batch at a time).
+        indices: rows of this split.
+        labels: int (N,) labels, or None for prediction batches (x only).
+        batch_size: images per batch.
+        shuffle: reshuffle the rows every epoch (seeded by ``seed`` and the epoch).
+        seed: seed of shuffling and augmentation.
+        augmentation: factors dict (see ``covidct.config.augmentation_factors``) or None.
+        class_weights: per-class weights turned into sample weights, or None.
+        input_names: the model's input names (two names split the channels).
+        max_steps: cap on batches per epoch.
+    """
+
+    def __init__(
+        self,
+        images,
+        indices,
+        labels=None,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        seed: int = 0,
+        augmentation: dict | None = None,
+        class_weights=None,
+        input_names: tuple = ("image",),
+        max_steps: int | None = None,
+    ):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.images = images
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = None if labels is None else np.asarray(labels).astype("int32")
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.augmentation = augmentation
+        self.class_weights = None if class_weights is None else np.asarray(class_weights, dtype="float32")
+        self.input_names = tuple(input_names)
+        self.max_steps = max_steps
+        self.order = self.indices
+        self.augmenter = None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix this epoch's row order and augmentation draws (a pure function of seed and epoch)."""
+        self.epoch = int(epoch)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self.order = self.indices[rng.permutation(len(self.indices))]
+        else:
+            self.order = self.indices
+        self.augmenter = make_augmenter(self.augmentation, seed=self.seed * 10007 + self.epoch * 101)
+
+    def __len__(self) -> int:
+        steps = int(np.ceil(len(self.order) / self.batch_size))
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        # Sorted reads are faster on a memmap; the batch is put back in shuffled order afterwards.
+        sort = np.argsort(rows, kind="stable")
+        batch = np.empty((len(rows),) + tuple(self.images.shape[1:]), dtype="float32")
+        batch[sort] = self.images[rows[sort]]
+        batch = augment_batch(self.augmenter, batch)
+        x = split_inputs(batch, self.input_names)
+        if self.labels is None:
+            return (x,)
+        y = self.labels[rows]
+        if self.class_weights is None:
+            return x, y
+        return x, y, self.class_weights[y]

@@ -1,0 +1,593 @@
+"""``train(cfg)``: the one place in covidct that compiles and fits a model.
+
+Flow: resolve the run folder (refuse to clobber a finished run) → seed everything → load the data
+(grouped split, preprocessed cache) → check the splits are usable → optional shortcut probe → build the
+registered model → compile (loss, optimizer, schedule, mixed precision) → fit on a ``PyDataset`` with
+one callback that, every epoch, scores the validation set on probabilities, keeps the best checkpoint
+(``model.keras``, written atomically), stops early, writes ``history.csv`` and a resumable
+``train_state.npz`` → ``run.json`` + ``run_report.md``.
+
+The validation set selects the checkpoint; it is never reported as a test score (``covidct
+evaluate`` does that on the test split).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump_config
+from covidct.errors import CovidctError
+from covidct.train.data import (
+    SliceSequence,
+    TrainingData,
+    balanced_class_weights,
+    check_training_splits,
+    prepare_data,
+)
+from covidct.train.losses import loss_numpy, make_loss
+from covidct.train.state import (
+    assign_variables,
+    load_train_state,
+    save_model_atomic,
+    save_train_state,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+STATE_FILE = "train_state.npz"
+RUN_FILE = "run.json"
+HISTORY_FILE = "history.csv"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Environment: seeds, determinism, mixed precision
+# ------------------------------------------------------------------------------------------------------
+
+
+def gpu_available() -> bool:
+    """Whether the active Keras backend sees a GPU."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return any(d.platform == "gpu" for d in jax.devices())
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception:  # A broken accelerator stack means "no GPU", not a crash.
+        return False
+    return False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and the backend; on TensorFlow CPU also make ops deterministic."""
+    keras.utils.set_random_seed(int(seed))
+    if keras.backend.backend() == "tensorflow" and not gpu_available():
+        import tensorflow as tf
+
+        # Same config + seed on CPU must give the same numbers (a tested promise).
+        tf.config.experimental.enable_op_determinism()
+
+
+def mixed_precision_policy(setting: str) -> str:
+    """The dtype policy for ``auto``/``on``/``off``: bfloat16 on JAX, float16 elsewhere, only on GPU for auto."""
+    if setting == "off" or (setting == "auto" and not gpu_available()):
+        return "float32"
+    return "mixed_bfloat16" if keras.backend.backend() == "jax" else "mixed_float16"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Model, freezing, optimizer
+# ------------------------------------------------------------------------------------------------------
+
+
+def model_input_shape(images: np.ndarray, input_names: tuple) -> tuple:
+    """Input shape for the builder: (H, W, C), or (H, W, 1) per input of an image+mask model."""
+    h, w, c = (int(s) for s in images.shape[1:4])
+    return (h, w, 1) if len(input_names) > 1 else (h, w, c)
+
+
+def build_configured_model(cfg: RunConfig, images: np.ndarray, num_classes: int):
+    """Build the registered model named in ``cfg.model`` for these images."""
+    from covidct.models import build_model, get_spec
+
+    spec = get_spec(cfg.model.name)
+    if spec.task != "classification":
+        raise CovidctError(
+            f"Model {cfg.model.name!r} is a {spec.task} model; train(cfg) trains slice classifiers "
+            "(see covidct.models.list_models(task='classification'))."
+        )
+    shape = model_input_shape(images, tuple(spec.inputs))
+    return build_model(cfg.model.name, input_shape=shape, num_classes=num_classes, weights=cfg.model.weights, **dict(cfg.model.kwargs or {}))
+
+
+def is_head_layer(layer) -> bool:
+    """Head layers stay trainable when the backbone is frozen: ``logits`` and names starting ``head``."""
+    return layer.name == "logits" or layer.name.startswith("head")
+
+
+def set_backbone_trainable(model, trainable: bool) -> int:
+    """Freeze or unfreeze every layer except the head; returns the number of layers changed."""
+    changed = 0
+    for layer in model.layers:
+        if is_head_layer(layer) or not layer.weights:
+            continue
+        layer.trainable = trainable
+        changed += 1
+    return changed
+
+
+def make_optimizer(cfg: RunConfig, learning_rate: float, total_steps: int):
+    """Adam or AdamW with an optional cosine decay over ``total_steps``."""
+    t = cfg.training
+    lr = learning_rate
+    if t.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, int(total_steps)))
+    if t.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def current_learning_rate(optimizer) -> float:
+    lr = optimizer.learning_rate
+    try:
+        return float(keras.ops.convert_to_numpy(lr))
+    except Exception:
+        return float("nan")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Prediction helpers shared with evaluation
+# ------------------------------------------------------------------------------------------------------
+
+
+def predict_logits(model, images, indices, batch_size: int = 64, input_names: tuple = ("image",), flip: bool = False) -> np.ndarray:
+    """Logits (N, C) of the rows ``indices`` of ``images`` (optionally horizontally flipped)."""
+    indices = np.asarray(indices)
+    if len(indices) == 0:
+        return np.zeros((0, int(model.outputs[0].shape[-1])), dtype="float32")
+    outputs = []
+    for start in range(0, len(indices), batch_size):
+        rows = indices[start : start + batch_size]
+        order = np.argsort(rows, kind="stable")
+        batch = np.empty((len(rows),) + tuple(images.shape[1:]), dtype="float32")
+        batch[order] = images[rows[order]]
+        if flip:
+            batch = batch[:, :, ::-1, :].copy()
+        from covidct.train.data import split_inputs
+
+        out = model(split_inputs(batch, input_names), training=False)
+        outputs.append(np.asarray(keras.ops.convert_to_numpy(out), dtype="float32"))
+    logits = np.concatenate(outputs, axis=0)
+    return logits.reshape(len(indices), -1)
+
+
+def validation_scores(y_true: np.ndarray, logits: np.ndarray, loss: str, gamma: float, alpha) -> dict:
+    """val_loss, val_macro_f1, val_auc (one-vs-rest macro, on probabilities), val_accuracy."""
+    from sklearn.metrics import f1_score
+
+    from covidct.evaluate.metrics import logits_to_probs, macro_auc
+
+    probs = logits_to_probs(logits)
+    present = sorted(set(np.asarray(y_true).tolist()))
+    return {
+        "val_loss": loss_numpy(loss, y_true, logits, gamma=gamma, alpha=alpha),
+        "val_macro_f1": float(f1_score(y_true, probs.argmax(1), labels=present, average="macro", zero_division=0)),
+        "val_auc": macro_auc(y_true, probs),
+        "val_accuracy": float(np.mean(probs.argmax(1) == y_true)),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------
+# The epoch callback
+# ------------------------------------------------------------------------------------------------------
+
+
+class EpochControl(keras.callbacks.Callback):
+    """Per-epoch bookkeeping: data seeding, validation, best checkpoint, early stopping, NaN, resume state."""
+
+    def __init__(self, trainer: _Trainer):
+        super().__init__()
+        self.trainer = trainer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.trainer.train_sequence.set_epoch(epoch)
+        self.epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.trainer.nan_epoch = self.trainer.current_epoch
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.trainer.end_epoch(epoch, logs or {}, time.perf_counter() - self.epoch_start)
+
+
+class _Trainer:
+    """State of one training run (kept out of the public API; use ``train``)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, data: TrainingData, progress: bool):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.data = data
+        self.progress = progress
+        self.history: list[dict] = []
+        self.best_score = None
+        self.best_epoch = -1
+        self.nan_epoch = None
+        self.current_epoch = 0
+        self.phase = 0
+        self.stopped_early = False
+        t = cfg.training
+        self.higher_is_better = t.monitor != "val_loss"
+
+    def improved(self, score: float) -> bool:
+        if score is None or not math.isfinite(score):
+            return self.best_score is None
+        if self.best_score is None or not math.isfinite(self.best_score):
+            return True
+        return score > self.best_score if self.higher_is_better else score < self.best_score
+
+    def end_epoch(self, epoch: int, logs: dict, seconds: float) -> None:
+        t = self.cfg.training
+        self.current_epoch = epoch + 1
+        if self.nan_epoch is not None:
+            log.error("Loss became NaN in epoch %d; stopping. model.keras keeps epoch %d.", epoch + 1, self.best_epoch + 1)
+            return
+        logits = predict_logits(self.model, self.data.images, self.val_index, t.batch_size, self.input_names)
+        scores = validation_scores(self.data.labels[self.val_index], logits, t.loss, t.focal_gamma, t.focal_alpha)
+        logs.update(scores)
+        row = {"epoch": epoch + 1, "phase": self.phase, "loss": float(logs.get("loss", float("nan")))}
+        row.update(scores)
+        row["learning_rate"] = current_learning_rate(self.model.optimizer)
+        row["seconds"] = round(seconds, 3)
+        self.history.append(row)
+        score = scores[t.monitor]
+        if self.improved(score):
+            self.best_score = float(score)
+            self.best_epoch = epoch
+            save_model_atomic(self.model, self.run_dir / MODEL_FILE)
+        log.info(
+            "epoch %d: loss %.4f, %s %.4f (best %.4f at epoch %d)",
+            epoch + 1, row["loss"], t.monitor, score, self.best_score, self.best_epoch + 1,
+        )
+        # Early stopping counts only epochs after min_epochs (BatchNorm warm-up on small data).
+        if t.early_stopping_patience and self.is_last_phase:
+            wait = (epoch + 1) - max(self.best_epoch + 1, t.min_epochs)
+            if epoch + 1 >= t.min_epochs and wait >= t.early_stopping_patience:
+                self.stopped_early = True
+                self.model.stop_training = True
+        self.write_history()
+        save_train_state(self.run_dir / STATE_FILE, self.model, self.model.optimizer, self.state_dict())
+
+    def state_dict(self) -> dict:
+        return {
+            "epochs_done": self.current_epoch,
+            "phase": self.phase,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "history": self.history,
+            "config": config_to_dict(self.cfg),
+        }
+
+    def write_history(self) -> None:
+        frame = pd.DataFrame(self.history)
+        write_text_atomic(self.run_dir / HISTORY_FILE, frame.to_csv(index=False))
+
+
+# ------------------------------------------------------------------------------------------------------
+# train()
+# ------------------------------------------------------------------------------------------------------
+
+
+def run_status(run_dir: str | os.PathLike) -> str:
+    """``"finished"``, ``"interrupted"`` (resumable state), ``"failed"`` or ``"new"``."""
+    run_dir = Path(run_dir)
+    run_file = run_dir / RUN_FILE
+    if run_file.is_file():
+        try:
+            status = json.loads(run_file.read_text()).get("status", "")
+        except json.JSONDecodeError:
+            status = ""
+        if status == "finished":
+            return "finished"
+    if (run_dir / STATE_FILE).is_file():
+        return "interrupted"
+    if run_file.is_file():
+        return "failed"
+    return "new"
+
+
+def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Create/clean the run folder; returns True when training resumes from a saved state."""
+    status = run_status(run_dir)
+    if status == "finished" and not overwrite:
+        raise CovidctError(
+            f"Run folder {run_dir} holds a finished run; refusing to overwrite it. "
+            "Pass overwrite=True (--overwrite) or choose another name (--run-dir / name=...)."
+        )
+    if status == "interrupted" and not (resume or overwrite):
+        raise CovidctError(
+            f"Run folder {run_dir} holds an interrupted run. Pass resume=True (--resume) to continue it "
+            "or overwrite=True (--overwrite) to start again."
+        )
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return status == "interrupted" and resume and not overwrite
+
+
+def _shortcut_probe(cfg: RunConfig, data: TrainingData) -> dict:
+    """Run covidct.data.audit's nuisance-feature probe on the training split (advisory, never fatal)."""
+    if not cfg.training.shortcut_probe:
+        return {"status": "skipped (training.shortcut_probe=false)"}
+    train_manifest = data.manifest.iloc[data.indices("train")]
+    if not all(os.path.exists(p) for p in train_manifest["path"].head(20)):
+        return {"status": "skipped (the training rows are not image files)"}
+    try:
+        from covidct.data.audit import compute_fingerprints, nuisance_matrix, shortcut_probe
+    except ImportError:
+        return {"status": "not available (covidct.data.audit missing)"}
+    try:
+        prints = compute_fingerprints(train_manifest, cache_root=cfg.data.cache_root, progress=False)
+        features, names = nuisance_matrix(prints)
+        result = shortcut_probe(features, train_manifest["label"].astype(str).to_numpy(), groups=train_manifest["group"].astype(str).to_numpy())
+    except Exception as error:  # The probe is advisory: it must never stop a training run.
+        return {"status": f"failed ({type(error).__name__}: {error})"}
+    out = {"status": "ran", "features": names, **result}
+    auc = out.get("auc_grouped_cv") if out.get("auc_grouped_cv") is not None else out.get("auc_cv")
+    out["auc"] = auc
+    if isinstance(auc, (int, float)) and auc >= 0.7:
+        out["warning"] = (
+            f"nuisance features alone (format, size, intensity statistics) predict the class with AUC {auc:.2f} "
+            "on the training split: the model may learn a shortcut; compare its AUC with this"
+        )
+        log.warning("Shortcut probe: %s.", out["warning"])
+    return out
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    data: TrainingData | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the model described by ``cfg`` and save the run folder.
+
+    Args:
+        cfg: a validated RunConfig (``covidct.config.load_config``).
+        run_dir: the run folder (default ``<cfg.output_root>/<cfg.run_name>``).
+        resume: continue an interrupted run from its last completed epoch.
+        overwrite: delete an existing run folder (finished or not) and start again.
+        data: already-loaded TrainingData (tests, notebooks); default: built from ``cfg.data``.
+        progress: show Keras' progress bar.
+
+    Returns:
+        The run folder, holding ``config.yaml``, ``model.keras`` (best validation checkpoint),
+        ``history.csv``, ``run.json`` (classes, preprocessing, best epoch) and ``run_report.md``.
+
+    Raises:
+        CovidctError: finished run without overwrite, unusable splits, NaN loss (after keeping the last
+            good checkpoint), a full disk.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_root) / cfg.run_name
+    resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite)
+    started = time.perf_counter()
+    seed_everything(cfg.training.seed)
+    if data is None:
+        data = prepare_data(cfg, progress=progress)
+    class_names = list(data.class_names)
+    split = data.manifest["split"].astype(str).to_numpy()
+    check_training_splits(data.labels, split, class_names, source=cfg.data.dataset)
+    dump_config(cfg, run_dir / "config.yaml")
+
+    probe = _shortcut_probe(cfg, data)
+    policy = mixed_precision_policy(cfg.training.mixed_precision)
+    previous_policy = keras.mixed_precision.dtype_policy().name
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        return _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progress, started)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+
+
+def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progress, started) -> Path:
+    from covidct.models import get_spec
+
+    t, m = cfg.training, cfg.model
+    trainer = _Trainer(cfg, run_dir, data, progress)
+    num_classes = len(class_names)
+    model = build_configured_model(cfg, data.images, num_classes)
+    spec = get_spec(m.name)
+    trainer.model = model
+    trainer.input_names = tuple(spec.inputs)
+    train_index = data.indices("train")
+    trainer.val_index = data.indices("val")
+    class_weights = None
+    if t.class_weight == "balanced":
+        class_weights = balanced_class_weights(data.labels[train_index], num_classes)
+    trainer.train_sequence = SliceSequence(
+        data.images,
+        train_index,
+        labels=data.labels,
+        batch_size=t.batch_size,
+        shuffle=True,
+        seed=t.seed,
+        augmentation=augmentation_factors(t, cfg.data.stage),
+        class_weights=class_weights,
+        input_names=trainer.input_names,
+        max_steps=t.max_steps_per_epoch,
+    )
+    steps_per_epoch = len(trainer.train_sequence)
+
+    # Phases: (first epoch, end epoch, backbone trainable, learning rate).
+    if m.freeze == "frozen":
+        phases = [(0, t.epochs, False, t.learning_rate)]
+    elif m.freeze == "frozen-then-finetune":
+        split_epoch = min(max(int(m.frozen_epochs), 0), t.epochs)
+        phases = [(0, split_epoch, False, t.learning_rate), (split_epoch, t.epochs, True, t.learning_rate * m.finetune_learning_rate_factor)]
+        phases = [p for p in phases if p[1] > p[0]]
+    else:
+        phases = [(0, t.epochs, True, t.learning_rate)]
+
+    start_epoch, saved = 0, None
+    if resuming:
+        model_arrays, optimizer_arrays, state = load_train_state(run_dir / STATE_FILE)
+        saved = (model_arrays, optimizer_arrays)
+        start_epoch = int(state["epochs_done"])
+        trainer.history = list(state["history"])
+        trainer.best_score = state["best_score"]
+        trainer.best_epoch = int(state["best_epoch"])
+        trainer.stopped_early = bool(state.get("stopped_early"))
+        log.info("Resuming %s after epoch %d (best %s at epoch %d).", run_dir, start_epoch, trainer.best_score, trainer.best_epoch + 1)
+
+    callbacks = [EpochControl(trainer)]
+    for index, (first, end, trainable, learning_rate) in enumerate(phases):
+        if start_epoch >= end or trainer.stopped_early:
+            continue
+        trainer.phase = index
+        trainer.is_last_phase = index == len(phases) - 1
+        if m.freeze != "none":
+            set_backbone_trainable(model, trainable)
+        optimizer = make_optimizer(cfg, learning_rate, steps_per_epoch * (end - first))
+        loss = make_loss(t.loss, num_classes, gamma=t.focal_gamma, alpha=t.focal_alpha)
+        model.compile(optimizer=optimizer, loss=loss)
+        if saved is not None:
+            assign_variables(model.variables, saved[0], "model")
+            if start_epoch > first:
+                # Resuming inside this phase: restore the optimizer's moments and step counter too.
+                optimizer.build(model.trainable_variables)
+                assign_variables(optimizer.variables, saved[1], "optimizer")
+            saved = None
+        model.fit(
+            trainer.train_sequence,
+            epochs=end,
+            initial_epoch=max(first, start_epoch),
+            callbacks=callbacks,
+            verbose="auto" if progress else 0,
+            shuffle=False,
+        )
+        if trainer.nan_epoch is not None:
+            break
+        start_epoch = end
+
+    seconds = time.perf_counter() - started
+    run_info = {
+        "name": cfg.run_name,
+        "class_names": class_names,
+        "dataset": cfg.data.dataset,
+        "stage": cfg.data.stage,
+        "size": cfg.data.size,
+        "channels": int(data.images.shape[-1]),
+        "input_names": list(trainer.input_names),
+        "model": m.name,
+        "monitor": t.monitor,
+        "selection_split": "val",
+        "best_epoch": trainer.best_epoch + 1,
+        "best_score": trainer.best_score,
+        "epochs_run": len(trainer.history),
+        "stopped_early": trainer.stopped_early,
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "dtype_policy": policy,
+        "seconds": round(seconds, 1),
+        "cache": data.cache_path,
+        "split_counts": _split_counts(data, split, class_names),
+        "shortcut_probe": probe,
+    }
+    if trainer.nan_epoch is not None:
+        run_info["status"] = "nan"
+        write_json_atomic(run_dir / RUN_FILE, run_info)
+        write_text_atomic(run_dir / "run_report.md", run_report(cfg, run_info, trainer.history))
+        kept = f"model.keras keeps the best epoch ({trainer.best_epoch + 1})" if trainer.best_epoch >= 0 else "no checkpoint was saved"
+        raise CovidctError(
+            f"Training {cfg.run_name}: the loss became NaN in epoch {trainer.nan_epoch + 1}; stopped, {kept} in {run_dir}. "
+            "Lower training.learning_rate, check the inputs, or use mixed_precision=off."
+        )
+    run_info["status"] = "finished"
+    write_json_atomic(run_dir / RUN_FILE, run_info)
+    write_text_atomic(run_dir / "run_report.md", run_report(cfg, run_info, trainer.history))
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    return run_dir
+
+
+def _split_counts(data: TrainingData, split: np.ndarray, class_names: list) -> dict:
+    groups = data.groups
+    counts = {}
+    for name in ("train", "val", "test"):
+        rows = split == name
+        counts[name] = {
+            "images": int(rows.sum()),
+            "groups": int(len(set(groups[rows]))),
+            **{c: int((data.labels[rows] == i).sum()) for i, c in enumerate(class_names)},
+        }
+    return counts
+
+
+def run_report(cfg: RunConfig, info: dict, history: list[dict]) -> str:
+    """Markdown summary of a training run (data, selection, shortcut probe, history)."""
+    lines = [
+        f"# Run {info['name']}",
+        "",
+        f"Status: **{info.get('status', '?')}**. Model `{info['model']}`, dataset `{info['dataset']}`, stage "
+        f"`{info['stage']}`, {info['size']} px, classes {info['class_names']}.",
+        f"Backend {info['backend']} (Keras {info['keras_version']}, {info['dtype_policy']}), "
+        f"{info['epochs_run']} epoch(s) in {info['seconds']} s.",
+        "",
+        f"The checkpoint was selected on the **validation** split by `{info['monitor']}`: best "
+        f"{info['best_score']} at epoch {info['best_epoch']}. This is a selection score, not a test score; "
+        "test numbers come from `covidct evaluate` on the test split.",
+        "",
+        "## Data",
+        "",
+        "| split | images | groups | " + " | ".join(info["class_names"]) + " |",
+        "|---|---|---|" + "---|" * len(info["class_names"]),
+    ]
+    for name, row in info["split_counts"].items():
+        lines.append(f"| {name} | {row['images']} | {row['groups']} | " + " | ".join(str(row[c]) for c in info["class_names"]) + " |")
+    probe = info.get("shortcut_probe") or {}
+    lines += ["", "## Shortcut probe (training split)", ""]
+    if "auc" in probe:
+        lines.append(f"Nuisance features alone (size, intensity statistics, format) predict the class with AUC {probe['auc']}.")
+    lines.append(f"Status: {probe.get('status', '-')}.")
+    if probe.get("warning"):
+        lines.append(f"**Warning:** {probe['warning']}.")
+    if history:
+        frame = pd.DataFrame(history)
+        lines += ["", "## History", "", frame.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else frame.to_csv(index=False)]
+    lines += ["", "## Reproduce", "", "```", f"covidct train --config {info['name']}/config.yaml", "```", ""]
+    return "\n".join(lines)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+__all__ = ["train", "run_status", "predict_logits", "set_backbone_trainable"]
