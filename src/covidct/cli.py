@@ -147,6 +147,74 @@ def _run_download(args) -> int:
     return 0
 
 
+def _add_predict_volume(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict-volume",
+        help="patient-level prediction of a CT volume with a trained 2D run",
+        description="Score the lung slices of a volume (NIfTI, .npy or DICOM series folder) with a 2D run "
+        "and aggregate them into a patient result; writes a per-slice probability plot and table.",
+    )
+    parser.add_argument("--run", required=True, help="run folder of a trained slice classifier")
+    parser.add_argument("volume", help="volume file (.nii/.nii.gz/.npy) or DICOM series folder")
+    parser.add_argument("--method", default="mean", choices=["mean", "max", "topk", "fraction"],
+                        help="aggregation deciding the patient class (default mean)")
+    parser.add_argument("--k", type=int, default=5, help="slices averaged by topk (default 5)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="slice cut-off for fraction (default 0.5)")
+    parser.add_argument("--min-lung-fraction", type=float, default=0.02,
+                        help="score slices whose lungs cover at least this fraction (default 0.02)")
+    parser.add_argument("--criterion", default="lung-mask", choices=["lung-mask", "air-fraction"],
+                        help="how lung slices are found (default lung-mask)")
+    parser.add_argument("--out", default=".", help="folder for <volume>_slice_probabilities.png and _slices.csv")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.set_defaults(func=_run_predict_volume)
+
+
+def _run_predict_volume(args) -> int:
+    from covidct.evaluate.volume_predict import format_prediction, predict_volume, write_volume_prediction
+
+    prediction = predict_volume(
+        args.run, args.volume, method=args.method, k=args.k, threshold=args.threshold,
+        min_lung_fraction=args.min_lung_fraction, criterion=args.criterion,
+    )
+    print(format_prediction(prediction))
+    paths = write_volume_prediction(prediction, args.out, overwrite=args.overwrite)
+    print(f"\nper-slice plot: {paths['plot']}\nper-slice table: {paths['table']}")
+    return 0
+
+
+def _add_gradcam(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "gradcam",
+        help="Grad-CAM overlays, a contact sheet and lung-focus scores from a run",
+        description="Explain a trained run's predictions: each image goes through the run's own "
+        "preprocessing stage and saved model; writes overlays, a contact sheet (original | heatmap | "
+        "overlay per class), heatmaps.npz, gradcam.csv and lung_focus.json.",
+    )
+    parser.add_argument("--run", required=True, help="run folder of a trained slice classifier")
+    parser.add_argument("--images", required=True, nargs="+", help="image files and/or folders of them")
+    parser.add_argument("--class", dest="class_name", default=None,
+                        help="class to explain for every image (default: each image's predicted class)")
+    parser.add_argument("--method", default="gradcam", choices=["gradcam", "guided", "gradcam++"],
+                        help="heatmap weighting (default gradcam; guided = the CT-COV19 seed's variant)")
+    parser.add_argument("--layer", default=None, help="layer name or outer/inner path (default: the model spec's)")
+    parser.add_argument("--out", default=None, help="output folder (default RUN/gradcam/METHOD)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay weight of the heatmap (default 0.5)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per pass (default 16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+    parser.set_defaults(func=_run_gradcam)
+
+
+def _run_gradcam(args) -> int:
+    from covidct.explain.runs import format_gradcam_output, gradcam_run
+
+    output = gradcam_run(
+        args.run, args.images, class_name=args.class_name, method=args.method, out_dir=args.out,
+        layer_name=args.layer, batch_size=args.batch_size, alpha=args.alpha, overwrite=args.overwrite,
+    )
+    print(format_gradcam_output(output))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidct",
@@ -160,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess(subparsers)
     _add_download(subparsers)
     _add_segment(subparsers)
+    _add_predict_volume(subparsers)
+    _add_gradcam(subparsers)
     return parser
 
 

@@ -156,6 +156,21 @@ def test_volume_slices_and_target_masks(tmp_path):
     np.testing.assert_array_equal(cache.targets[0, 0], [1] * 8 + [0] * 8)
 
 
+def test_targets_follow_the_full_field_stage_geometry(tmp_path):
+    from covidct.preprocess.pipelines import fit_to_size
+
+    image = tmp_path / "wide.png"
+    cv2.imwrite(str(image), np.full((20, 36), 90, np.uint8))
+    target = np.zeros((20, 36), np.uint8)
+    target[3:15, 5:30] = 255
+    cv2.imwrite(str(tmp_path / "wide_mask.png"), target)
+    manifest = make_manifest([{"path": str(image), "mask_path": str(tmp_path / "wide_mask.png"), "label": "COV",
+                               "group": "p", "split": "", "source": "t"}])
+    cache = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False)
+    _, expected = fit_to_size(np.zeros((20, 36), np.uint8), (target > 0).astype(np.uint8), 16)
+    np.testing.assert_array_equal(cache.targets[0], expected)
+
+
 def test_cli_preprocess(tmp_path, capsys):
     for k in range(12):
         label = ("COV", "Normal")[k % 2]

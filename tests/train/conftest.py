@@ -11,12 +11,12 @@ from covidct.config import RunConfig, config_from_dict
 from covidct.train.data import data_from_arrays
 
 
-def phantom_arrays(n: int = 300, size: int = 48, seed: int = 0):
+def phantom_arrays(n: int = 300, size: int = 48, seed: int = 0, slices_per_patient: int = 5):
     """Phantom slices as display uint8 (N, size, size, 1) + a manifest split by patient (60/20/20)."""
     from covidct.data.phantom import make_dataset
     from covidct.data.windows import window_hu
 
-    phantoms = make_dataset(n=n, size=size, seed=seed)
+    phantoms = make_dataset(n=n, size=size, seed=seed, slices_per_patient=slices_per_patient)
     images = np.round(window_hu(phantoms.images_hu) * 255).astype(np.uint8)[..., None]
     groups = np.asarray(phantoms.groups)
     patients = sorted(set(groups))

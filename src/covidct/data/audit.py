@@ -44,7 +44,7 @@ NEAR_DUP_HAMMING = 16
 # links no images of different classes. Used to merge patient-proxy groups, not to report duplicates.
 GROUP_MERGE_HAMMING = 32
 PHASH_SIZE = 16  # 16 x 16 = 256-bit hashes
-FINGERPRINT_VERSION = "2"
+FINGERPRINT_VERSION = "3"
 FORMATS = ("png", "jpeg", "bmp", "tiff", "dicom", "nifti", "npy")
 NUMERIC_FEATURES = (
     "width",
@@ -66,19 +66,18 @@ def default_cache_root() -> Path:
 
 # ------------------------------------------------------------------------------------------ fingerprints
 def jpeg_blockiness(image_u8: np.ndarray) -> float:
-    """Ratio of the mean jump across 8-pixel block borders to the mean jump elsewhere (1 = no blocks)."""
-    image = image_u8.astype(np.float32)
+    """Mean jump across 8-pixel block borders over the mean jump elsewhere, each + 1 grey level (1 = no blocks)."""
+    image = image_u8.astype(np.int16)
     if min(image.shape) < 17:
         return 1.0
     dx = np.abs(np.diff(image, axis=1))
     dy = np.abs(np.diff(image, axis=0))
-    border_x = np.zeros(dx.shape[1], bool)
-    border_x[7::8] = True
-    border_y = np.zeros(dy.shape[0], bool)
-    border_y[7::8] = True
-    across = dx[:, border_x].mean() + dy[border_y, :].mean()
-    inside = dx[:, ~border_x].mean() + dy[~border_y, :].mean()
-    return float(across / inside) if inside > 0 else 1.0
+    across_x = dx[:, 7::8]
+    across_y = dy[7::8, :]
+    inside_x = (dx.sum(dtype=np.int64) - across_x.sum(dtype=np.int64)) / (dx.size - across_x.size)
+    inside_y = (dy.sum(dtype=np.int64) - across_y.sum(dtype=np.int64)) / (dy.size - across_y.size)
+    across = across_x.mean() + across_y.mean()
+    return float((across + 1.0) / (inside_x + inside_y + 1.0))
 
 
 def image_features(display_u8: np.ndarray) -> dict:
@@ -87,26 +86,42 @@ def image_features(display_u8: np.ndarray) -> dict:
 
     height, width = display_u8.shape
     band = max(1, int(round(0.05 * min(height, width))))
-    border = np.concatenate(
-        [display_u8[:band].ravel(), display_u8[-band:].ravel(), display_u8[:, :band].ravel(), display_u8[:, -band:].ravel()]
+    border_sum = (
+        float(display_u8[:band].sum(dtype=np.int64)) + float(display_u8[-band:].sum(dtype=np.int64))
+        + float(display_u8[:, :band].sum(dtype=np.int64)) + float(display_u8[:, -band:].sum(dtype=np.int64))
     )
+    mean, std = cv2.meanStdDev(display_u8)
+    _, laplacian_std = cv2.meanStdDev(cv2.Laplacian(display_u8, cv2.CV_32F))
     return {
         "width": width,
         "height": height,
-        "mean": float(display_u8.mean()),
-        "std": float(display_u8.std()),
-        "black_fraction": float(np.mean(display_u8 < 10)),
-        "border_mean": float(border.mean()),
-        "laplacian_var": float(cv2.Laplacian(display_u8, cv2.CV_64F).var()),
+        "mean": float(mean[0, 0]),
+        "std": float(std[0, 0]),
+        "black_fraction": float(np.count_nonzero(display_u8 < 10)) / display_u8.size,
+        "border_mean": border_sum / (2 * band * width + 2 * band * height),
+        "laplacian_var": float(laplacian_std[0, 0]) ** 2,
         "jpeg_blockiness": jpeg_blockiness(display_u8),
     }
 
 
-def _fingerprint_chunk(items: list[tuple[str, int]]) -> list[dict]:
-    """Fingerprint (path, slice_index) items; errors are recorded, never raised."""
+def perceptual_hash(display_u8: np.ndarray) -> str:
+    """256-bit pHash (hex) of an 8-bit image: ``imagehash.phash(hash_size=16)`` after an area resize.
+
+    The image is first reduced to the 64 x 64 grid pHash works on with OpenCV's area interpolation,
+    which is several times faster than PIL's Lanczos on full slices and gives the same hashes up to
+    a few bits.
+    """
+    import cv2
     import imagehash
     from PIL import Image
 
+    side = 4 * PHASH_SIZE
+    small = cv2.resize(display_u8, (side, side), interpolation=cv2.INTER_AREA)
+    return str(imagehash.phash(Image.fromarray(small), hash_size=PHASH_SIZE))
+
+
+def _fingerprint_chunk(items: list[tuple[str, int]]) -> list[dict]:
+    """Fingerprint (path, slice_index) items; errors are recorded, never raised."""
     from covidct.data.io import ImageLoader
     from covidct.data.windows import to_display
 
@@ -123,7 +138,7 @@ def _fingerprint_chunk(items: list[tuple[str, int]]) -> list[dict]:
                 record["sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
             else:
                 record["sha256"] = hashlib.sha256(image.array.tobytes()).hexdigest()
-            record["phash"] = str(imagehash.phash(Image.fromarray(display), hash_size=PHASH_SIZE))
+            record["phash"] = perceptual_hash(display)
             record["format"] = image.meta.get("format", "")
             record["bit_depth"] = int(image.meta.get("bit_depth", 8))
             record.update(image_features(display))
@@ -593,3 +608,98 @@ def audit_named_dataset(
     markdown_path = out_dir / f"audit_{dataset}.md"
     report.to_markdown(markdown_path)
     return report, json_path, markdown_path
+
+
+# --------------------------------------------------------------------------------------------- figures
+def plot_counts(manifest: pd.DataFrame):
+    """Bar charts: images per class and split, and the distribution of images per group.
+
+    Args:
+        manifest: a Manifest.
+
+    Returns:
+        matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
+    table = manifest.assign(split=manifest["split"].replace("", "(none)")).pivot_table(
+        index="label", columns="split", values="path", aggfunc="count", fill_value=0
+    )
+    table.plot.bar(ax=left, rot=0)
+    left.set_title("images per class and split")
+    left.set_ylabel("images")
+    for label, rows in manifest.groupby("label"):
+        right.hist(rows.groupby("group").size(), bins=20, alpha=0.6, label=f"{label} ({rows['group'].nunique()} groups)")
+    right.set_title("images per group")
+    right.set_xlabel("images in the group")
+    right.legend()
+    figure.tight_layout()
+    return figure
+
+
+def _displays(manifest: pd.DataFrame, count: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    from covidct.data.io import ImageLoader
+    from covidct.data.windows import to_display
+
+    loader = ImageLoader()
+    rows = manifest.sample(min(count, len(manifest)), random_state=seed).sort_values(["path", "slice_index"])
+    return [(row.label, to_display(loader.load(row.path, int(row.slice_index)))) for row in rows.itertuples()]
+
+
+def plot_examples(manifest: pd.DataFrame, per_class: int = 4, seed: int = 0):
+    """A grid of random slices, one row per class (HU images in the lung window).
+
+    Args:
+        manifest: a Manifest.
+        per_class: slices shown per class.
+        seed: sampling seed.
+
+    Returns:
+        matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    labels = sorted(set(manifest["label"]))
+    figure, axes = plt.subplots(len(labels), per_class, figsize=(2.2 * per_class, 2.3 * len(labels)), squeeze=False)
+    for row, label in enumerate(labels):
+        shown = _displays(manifest[manifest["label"] == label], per_class, seed)
+        for column in range(per_class):
+            axis = axes[row, column]
+            axis.axis("off")
+            if column < len(shown):
+                axis.imshow(shown[column][1], cmap="gray", vmin=0, vmax=255)
+                axis.set_title(label if column == 0 else "", loc="left")
+    figure.tight_layout()
+    return figure
+
+
+def plot_intensity_histograms(manifest: pd.DataFrame, per_class: int = 50, seed: int = 0):
+    """Grey-level histograms per class (display 0-255; HU images through the lung window).
+
+    Different curves for different classes in regions without anatomy (e.g. the background peak)
+    hint at acquisition or export differences a model can exploit.
+
+    Args:
+        manifest: a Manifest.
+        per_class: images sampled per class.
+        seed: sampling seed.
+
+    Returns:
+        matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    bins = np.arange(257)
+    for label in sorted(set(manifest["label"])):
+        pixels = [image.ravel() for _, image in _displays(manifest[manifest["label"] == label], per_class, seed)]
+        histogram, _ = np.histogram(np.concatenate(pixels), bins=bins, density=True)
+        axis.plot(bins[:-1], histogram, label=label)
+    axis.set_yscale("log")
+    axis.set_xlabel("grey level (lung window for HU data)")
+    axis.set_ylabel("density")
+    axis.set_title("intensity histograms per class")
+    axis.legend()
+    figure.tight_layout()
+    return figure

@@ -5,9 +5,10 @@ on every row and stores the results under ``<cache_root>/<stage>-<size>-<key>/``
 
 - ``images.u8``: raw uint8 memmap, shape (N, size, size, C) (channels-last, C from the stage);
 - ``masks.u8``: uint8 memmap (N, size, size), the lung/body mask the stage used ({0, 1});
-- ``targets.u8`` (only when the manifest has ``mask_path``): the mask files (> 0) resized to
-  size x size with nearest-neighbour interpolation. They align with stages that keep the whole field
-  of view (``original``, ``nobackg``, ``lungs-nocrop``); do not pair them with cropping or halving stages;
+- ``targets.u8`` (only when the manifest has ``mask_path``): the mask files (> 0), zero-padded to a
+  centred square and resized to size x size with nearest-neighbour interpolation: the geometry of the
+  full-field stages (``original``, ``nobackg``, ``lungs-nocrop``). Do not pair them with cropping or
+  halving stages;
 - ``manifest.csv``: one row per sample (a stage may give several per image, e.g. ``halves``), with the
   input row's columns plus ``suffix`` and ``source_row``;
 - ``failed.csv``: files that could not be read or processed (``path, error``), skipped, never fatal;
@@ -129,8 +130,12 @@ def _read_target(path: str, size: int) -> np.ndarray:
     mask = read_image(path).array
     if mask.ndim != 2:
         raise CovidctError(f"{path}: a mask must be a 2-D image, got shape {mask.shape}.")
-    resized = cv2.resize((mask > 0).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-    return resized
+    height, width = mask.shape
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    square = np.zeros((side, side), np.uint8)
+    square[top : top + height, left : left + width] = mask > 0
+    return cv2.resize(square, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
 def _process_chunk(job: dict) -> tuple[int, int, int]:

@@ -167,3 +167,23 @@ def grouped_kfold(manifest: pd.DataFrame, k: int = 5, seed: int = 0) -> list[tup
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     rows = np.arange(len(manifest))
     return list(splitter.split(rows, manifest["label"].to_numpy(), manifest["group"].to_numpy()))
+
+
+def sample_groups(manifest: pd.DataFrame, groups_per_class: int, seed: int = 0) -> pd.DataFrame:
+    """A smaller manifest with ``groups_per_class`` whole groups of each class (for smoke runs).
+
+    Args:
+        manifest: a Manifest.
+        groups_per_class: groups kept per class (all when a class has fewer).
+        seed: sampling seed.
+
+    Returns:
+        The rows of the chosen groups, in their original order.
+    """
+    rng = np.random.default_rng(seed)
+    labels = _group_labels(manifest)
+    keep = []
+    for label in sorted(labels.unique()):
+        groups = sorted(labels.index[labels == label])
+        keep += [groups[k] for k in rng.permutation(len(groups))[:groups_per_class]]
+    return manifest[manifest["group"].isin(keep)].reset_index(drop=True)

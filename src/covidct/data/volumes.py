@@ -16,7 +16,8 @@ from ``nibabel.get_fdata()`` to ``(128, 128, 64)`` with depth last). In covidct 
 
 **Memory.** ``preprocess_volume`` windows the volume into uint8 a slab of slices at a time and
 resamples the uint8 array, so a volume of N float32 voxels is processed with the input plus about a
-quarter of it (the uint8 copy) in memory: well under two copies. ``.npy`` files are memory-mapped.
+quarter of it (the uint8 copy) in memory: well under two copies. ``.npy`` files are memory-mapped and
+NIfTI files are read a slab at a time, so from a path the float volume is never in memory at all.
 
 **Cache.** ``build_volume_cache(manifest, shape)`` stores one preprocessed volume per manifest row in a
 memory-mapped uint8 array (N, D, H, W, 1) with its manifest, like the slice cache of
@@ -151,7 +152,9 @@ def resample_spacing(
     spacing = np.asarray(spacing_mm, dtype=float)
     target = np.asarray(target_spacing_mm, dtype=float)
     if np.any(spacing <= 0) or np.any(target <= 0) or target.shape != (3,):
-        raise CovidctError(f"resample_spacing: spacings must be positive (got {spacing_mm} -> {target_spacing_mm}).")
+        raise CovidctError(
+            f"resample_spacing: spacings must be positive (got {spacing_mm} -> {target_spacing_mm})."
+        )
     volume = np.asarray(volume)
     new_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(volume.shape, spacing, target))
     resized = resize_volume(volume, new_shape, order=order)
@@ -212,10 +215,11 @@ def dhw_to_kerasio(volume_dhw: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- pipeline
 def load_volume(path) -> object:
-    """Read a volume file or DICOM series folder as a ``CTImage`` (D, H, W).
+    """Read a volume file or DICOM series folder as a ``CTImage`` (D, H, W), holding one copy at most.
 
-    ``.npy`` files are memory-mapped (HU, no copy in memory until processed); other formats go through
-    ``covidct.data.io.read_image`` (NIfTI reoriented to the (D, H, W) layout, DICOM series sorted).
+    ``.npy`` files are memory-mapped (HU, nothing read until used); NIfTI files are read a slab at a
+    time into one float32 (D, H, W) array (same values and layout as ``covidct.data.io.read_image``,
+    without its intermediate full-size copy); DICOM series go through ``read_image``.
 
     Raises:
         CovidctError: the file is not a 3-D volume.
@@ -223,17 +227,86 @@ def load_volume(path) -> object:
     from covidct.data.io import CTImage, detect_format, read_image
 
     path = Path(path)
-    if detect_format(path) == "npy":
+    kind = detect_format(path)
+    if kind == "npy":
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as error:
             raise CovidctError(f"{path}: cannot read the NumPy file ({error}).") from None
         image = CTImage(array, "HU", str(path), None, {"format": "npy"})
+    elif kind == "nifti":
+        array, spacing, unit = _read_nifti_slabs(path, None)
+        image = CTImage(array, unit, str(path), spacing, {"format": "nifti"})
     else:
         image = read_image(path)
     if image.array.ndim != 3:
         raise CovidctError(f"{path}: expected a 3-D volume (D, H, W), got shape {image.array.shape}.")
     return image
+
+
+def _nifti_to_uint8(path: Path) -> tuple[np.ndarray, tuple[float, float, float], str]:
+    """Window a NIfTI volume into uint8 (D, H, W) a slab at a time (see ``_read_nifti_slabs``)."""
+    return _read_nifti_slabs(path, np.uint8)
+
+
+def _read_nifti_slabs(path: Path, dtype) -> tuple[np.ndarray, tuple[float, float, float], str]:
+    """Read a NIfTI volume into the (D, H, W) layout a slab of ``SLAB_SLICES`` slices at a time.
+
+    Same orientation as ``covidct.data.io.read_nifti`` (inferior to superior, anterior at the top,
+    patient right on the image left), but only one slab is ever decoded at once: with ``dtype=np.uint8``
+    each slab is windowed (``hu_to_uint8``; uint8 files are display values and kept), so the float
+    volume never exists; with ``dtype=None`` the output is float32 values (one copy, no intermediate).
+
+    Returns:
+        (volume, spacing (D, H, W) in mm, unit ``"HU"`` or ``"display"`` for uint8 files).
+    """
+    import nibabel as nib
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises several unrelated types for bad files
+        raise CovidctError(f"{path}: cannot read the NIfTI file ({error}).") from None
+    shape = image.shape[:3] if len(image.shape) == 4 and image.shape[3] == 1 else image.shape
+    if len(shape) != 3:
+        raise CovidctError(f"{path}: expected a 3-D volume, got shape {image.shape}; split 4-D files first.")
+    source = io_orientation(image.affine)
+    transform = ornt_transform(source, axcodes2ornt(DHW_AXCODES))
+    # The source axis that runs along the patient's long axis becomes D; slabs are cut along it.
+    long_axis = int(np.flatnonzero(source[:, 0] == 2)[0])
+    towards_head = source[long_axis, 1] > 0
+    depth = shape[long_axis]
+    out_shape = [0, 0, 0]
+    zooms = image.header.get_zooms()[:3]
+    spacing = [0.0, 0.0, 0.0]
+    for axis in range(3):
+        target_axis = int(transform[axis, 0])
+        out_shape[target_axis] = shape[axis]
+        spacing[target_axis] = float(zooms[axis])
+    display = image.get_data_dtype() == np.uint8
+    out = np.empty(out_shape, dtype=np.float32 if dtype is None else np.uint8)
+    proxy = image.dataobj
+    for start in range(0, depth, SLAB_SLICES):
+        stop = min(start + SLAB_SLICES, depth)
+        index = [slice(None)] * len(image.shape)
+        index[long_axis] = slice(start, stop)
+        if len(image.shape) == 4:
+            index[3] = 0
+        try:
+            slab = np.asarray(proxy[tuple(index)], dtype=np.float32)
+        except Exception as error:
+            raise CovidctError(
+                f"{path}: cannot decode the NIfTI data ({error}); the file may be truncated."
+            ) from None
+        slab = apply_orientation(slab, transform)
+        rows = slice(start, stop) if towards_head else slice(depth - stop, depth - start)
+        if dtype is None:
+            out[rows] = slab
+        elif display:
+            out[rows] = np.clip(np.rint(slab), 0, 255).astype(np.uint8)
+        else:
+            out[rows] = hu_to_uint8(slab)
+    return out, tuple(spacing), ("display" if display else "HU")
 
 
 def preprocess_volume(image, shape=(32, 64, 64), target_spacing_mm=None) -> np.ndarray:
@@ -252,17 +325,28 @@ def preprocess_volume(image, shape=(32, 64, 64), target_spacing_mm=None) -> np.n
     from covidct.data.io import CTImage
 
     if isinstance(image, (str, os.PathLike)):
+        from covidct.data.io import detect_format
+
+        if detect_format(image) == "nifti":
+            volume_u8, spacing, _ = _nifti_to_uint8(Path(image))
+            if target_spacing_mm is not None:
+                volume_u8, _ = resample_spacing(volume_u8, spacing, target_spacing_mm)
+            return resize_volume(volume_u8, shape)
         image = load_volume(image)
     elif not isinstance(image, CTImage):
         image = CTImage(np.asarray(image), "HU")
     if image.array.ndim != 3:
-        raise CovidctError(f"{image.path or 'volume'}: expected a (D, H, W) volume, got shape {image.array.shape}.")
+        raise CovidctError(
+            f"{image.path or 'volume'}: expected a (D, H, W) volume, got shape {image.array.shape}."
+        )
     if image.unit == "display":
         volume_u8 = np.clip(np.rint(image.array), 0, 255).astype(np.uint8)
     elif image.unit == "HU":
         volume_u8 = hu_to_uint8(image.array)
     else:
-        raise CovidctError(f"{image.path}: unknown intensity unit {image.unit!r}; expected 'HU' or 'display'.")
+        raise CovidctError(
+            f"{image.path}: unknown intensity unit {image.unit!r}; expected 'HU' or 'display'."
+        )
     if target_spacing_mm is not None:
         if image.spacing is None:
             logger.warning("%s: spacing unknown; resizing to %s without resampling", image.path, shape)
@@ -298,11 +382,15 @@ class VolumeCache:
         path = Path(path)
         meta_file = path / "meta.json"
         if not meta_file.is_file():
-            raise CovidctError(f"{path}: not a finished volume cache (no meta.json); rebuild it with build_volume_cache.")
+            raise CovidctError(
+                f"{path}: not a finished volume cache (no meta.json); rebuild it with build_volume_cache."
+            )
         meta = json.loads(meta_file.read_text())
         shape = (meta["count"], *meta["shape"], 1)
         images = np.memmap(path / "images.u8", dtype=np.uint8, mode="r", shape=shape)
-        manifest = pd.read_csv(path / "manifest.csv", keep_default_na=False, dtype={"group": str, "label": str})
+        manifest = pd.read_csv(
+            path / "manifest.csv", keep_default_na=False, dtype={"group": str, "label": str}
+        )
         failed_file = path / "failed.csv"
         failed = (
             pd.read_csv(failed_file, keep_default_na=False)
@@ -390,7 +478,9 @@ def build_volume_cache(
     done = {int(k): v for k, v in state.get("done", {}).items()}
     images = np.memmap(work, dtype=np.uint8, mode="r+" if done else "w+", shape=(count, *shape, 1))
     started = time.perf_counter()
-    bar = tqdm(total=count, initial=len(done), desc=f"volume cache {size_tag}", unit="vol", disable=not progress)
+    bar = tqdm(
+        total=count, initial=len(done), desc=f"volume cache {size_tag}", unit="vol", disable=not progress
+    )
     for index, path in enumerate(rows["path"]):
         if index in done:
             continue
@@ -398,7 +488,11 @@ def build_volume_cache(
             images[index, ..., 0] = preprocess_volume(path, shape, target_spacing_mm)
             done[index] = ""
         except (CovidctError, OSError, ValueError) as error:
-            message = str(error) if isinstance(error, CovidctError) else f"{path}: {error.__class__.__name__}: {error}"
+            message = (
+                str(error)
+                if isinstance(error, CovidctError)
+                else f"{path}: {error.__class__.__name__}: {error}"
+            )
             logger.warning("skipped %s: %s", path, message)
             done[index] = message
         images.flush()
@@ -406,8 +500,10 @@ def build_volume_cache(
         bar.update(1)
     bar.close()
     good = [i for i in range(count) if not done.get(i)]
-    failed = pd.DataFrame([{"path": rows["path"][i], "error": done[i]} for i in range(count) if done.get(i)],
-                          columns=["path", "error"])
+    failed = pd.DataFrame(
+        [{"path": rows["path"][i], "error": done[i]} for i in range(count) if done.get(i)],
+        columns=["path", "error"],
+    )
     lost = sorted(set(rows["label"]) - set(rows["label"].iloc[good]))
     if lost:
         raise CovidctError(
@@ -474,6 +570,14 @@ def write_phantom_volumes(root, n: int = 12, shape=(32, 64, 64), seed: int = 0) 
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"phantomvol_{i:04d}.npy"
         np.save(path, np.clip(np.rint(volume.volume_hu), -32768, 32767).astype(np.int16))
-        rows.append({"path": str(path.resolve()), "label": label, "group": f"phantomvol_{i:04d}", "split": "",
-                     "source": "phantom-volume", "slice_index": -1})
+        rows.append(
+            {
+                "path": str(path.resolve()),
+                "label": label,
+                "group": f"phantomvol_{i:04d}",
+                "split": "",
+                "source": "phantom-volume",
+                "slice_index": -1,
+            }
+        )
     return make_manifest(rows)

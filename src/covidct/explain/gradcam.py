@@ -134,9 +134,13 @@ def _default_layer(model, model_name: str | None) -> str:
             f"Model {model.name!r} has no layer with a 4-D output (N, h, w, C); Grad-CAM needs a "
             "convolutional feature map. Is this an image classifier?"
         )
-    # Prefer maps larger than 1x1: a 1x1 map cannot localise anything.
-    spatial = [path for path in candidates if _spatial_size(_resolve(model, path)[-1]) > 1]
-    return (spatial or candidates)[-1]
+    # Padding, cropping and intensity-scaling layers only reshape or rescale their input; a 1x1 map
+    # cannot localise anything. Prefer the last layer that is neither.
+    keras = _keras()
+    passive = (keras.layers.ZeroPadding2D, keras.layers.Cropping2D, keras.layers.Rescaling, keras.layers.Normalization)
+    layers = {path: _resolve(model, path)[-1] for path in candidates}
+    preferred = [path for path in candidates if not isinstance(layers[path], passive) and _spatial_size(layers[path]) > 1]
+    return (preferred or candidates)[-1]
 
 
 def _spatial_size(layer) -> int:
@@ -404,6 +408,10 @@ def normalise_cam(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ public entry
 
 
+def _fits(shape: tuple, expected: tuple) -> bool:
+    return len(shape) == len(expected) and all(e is None or int(e) == int(a) for e, a in zip(expected, shape))
+
+
 def _as_input_list(model, images, masks) -> list[np.ndarray]:
     """Turn ``images`` (array, tuple/list, dict) and optional ``masks`` into arrays in ``model.inputs`` order."""
     input_tensors = list(model.inputs)
@@ -432,13 +440,13 @@ def _as_input_list(model, images, masks) -> list[np.ndarray]:
     for tensor, array in zip(input_tensors, arrays):
         array = np.asarray(array, dtype=np.float32)
         expected = tuple(tensor.shape[1:])
-        if array.ndim == len(expected) - 1 and expected[-1] == 1:
+        if array.ndim == len(expected) and _fits(array.shape, expected):
+            array = array[None]  # one image
+        elif array.ndim == len(expected) and expected[-1] == 1 and _fits(array.shape[1:], expected[:-1]):
             array = array[..., None]  # (N, H, W) grayscale -> (N, H, W, 1)
-        if array.ndim == len(expected):
-            array = array[None]  # a single image
-        if array.ndim != len(expected) + 1 or any(
-            e is not None and int(e) != int(a) for e, a in zip(expected, array.shape[1:])
-        ):
+        elif array.ndim == len(expected) - 1 and expected[-1] == 1 and _fits(array.shape, expected[:-1]):
+            array = array[None, ..., None]  # one (H, W) grayscale image
+        if array.ndim != len(expected) + 1 or not _fits(array.shape[1:], expected):
             raise CovidctError(
                 f"Input {tensor.name!r} of model {model.name!r} expects shape (N, "
                 f"{', '.join(str(e) for e in expected)}), got {array.shape}. Images are channels-last "
@@ -470,6 +478,43 @@ def _class_indices(class_index, count: int, num_logits: int) -> np.ndarray:
     return indices.astype(np.int32)
 
 
+def _feature_batch_shape(probe, batch: list) -> tuple:
+    """Shape of the probed layer's output for ``batch``; models with free spatial sizes need a pass."""
+    feature_shape = tuple(probe.outputs[0].shape[1:])
+    count = batch[0].shape[0]
+    if all(dim is not None for dim in feature_shape):
+        return (count, *feature_shape)
+    # A (count, 1, 1, K) zero delta broadcasts over the free spatial dimensions.
+    broadcast = np.zeros((count, 1, 1, int(feature_shape[-1])), dtype=np.float32)
+    features, _ = probe([*batch, broadcast], training=False)
+    return tuple(int(dim) for dim in features.shape)
+
+
+def layer_activations(model, images, layer_name: str, masks=None, batch_size: int = 16) -> np.ndarray:
+    """Activations of one layer (nested paths allowed), e.g. to draw feature maps.
+
+    Args:
+        model: a Keras model.
+        images: as for ``compute_heatmaps``.
+        layer_name: layer or ``"outer/inner"`` path with a 4-D output.
+        masks: optional second input.
+        batch_size: images per forward pass.
+
+    Returns:
+        float32 (N, h, w, K).
+    """
+    keras = _keras()
+    inputs = _as_input_list(model, images, masks)
+    probe = _build_probe(model, _resolve(model, layer_name))
+    outputs = []
+    for start in range(0, inputs[0].shape[0], int(batch_size)):
+        batch = [array[start : start + int(batch_size)] for array in inputs]
+        delta = np.zeros(_feature_batch_shape(probe, batch), dtype=np.float32)
+        features, _ = probe([*batch, delta], training=False)
+        outputs.append(keras.ops.convert_to_numpy(features).astype(np.float32))
+    return np.concatenate(outputs, axis=0)
+
+
 def compute_cams(
     model,
     images,
@@ -499,7 +544,6 @@ def compute_cams(
     probe = _build_probe(model, chain)
     num_logits = int(probe.outputs[1].shape[-1])
     classes = _class_indices(class_index, count, num_logits)
-    feature_shape = tuple(probe.outputs[0].shape[1:])
 
     heatmaps = np.zeros((count, height, width), dtype=np.float32)
     chosen_all = np.zeros(count, dtype=np.int32)
@@ -507,12 +551,7 @@ def compute_cams(
     for start in range(0, count, int(batch_size)):
         stop = min(start + int(batch_size), count)
         batch = [array[start:stop] for array in inputs]
-        if any(dim is None for dim in feature_shape):
-            feature_model = _keras().Model(probe.inputs[:-1], probe.outputs[0])
-            shape = tuple(feature_model.predict_on_batch([*batch, np.zeros((stop - start, 1, 1, 1))]).shape)
-        else:
-            shape = (stop - start, *feature_shape)
-        delta = np.zeros(shape, dtype=np.float32)
+        delta = np.zeros(_feature_batch_shape(probe, batch), dtype=np.float32)
         features, gradients, logits, chosen = _backend_gradients(probe, batch, delta, classes[start:stop])
         cams = cam_from_gradients(features, gradients, method)
         for offset, cam in enumerate(cams):

@@ -87,7 +87,9 @@ def to_gray(image) -> tuple[np.ndarray, str]:
         )
     if array.size == 0:
         raise CovidctError(f"Empty image (shape {array.shape}).")
-    array = np.nan_to_num(array.astype(np.float32, copy=False))
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        array = np.nan_to_num(array)
+    array = array.astype(np.float32, copy=False)
     if unit is None:
         unit = "HU" if float(array.min()) < -100.0 else "display"
     return array, unit
@@ -132,11 +134,13 @@ def largest_component(mask: np.ndarray, connectivity: int = 4) -> np.ndarray:
 
 def convex_hull(mask: np.ndarray) -> np.ndarray:
     """Filled convex hull of all foreground pixels of a binary mask; returns bool."""
-    points = cv2.findNonZero(mask.astype(np.uint8))
+    mask_u8 = mask.astype(np.uint8)
     hull = np.zeros(mask.shape, dtype=np.uint8)
-    if points is None:
+    # The hull of the outer contours equals the hull of all pixels, and is much cheaper to compute.
+    contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
         return hull.astype(bool)
-    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.concatenate(contours)), 1)
     return hull.astype(bool) | mask.astype(bool)
 
 
@@ -170,25 +174,34 @@ def analyse_slice(image, work_size_px: int = WORK_SIZE_PX, threshold=None) -> Sl
     if scale < 1.0:
         gray = _resize(gray, (max(1, round(height * scale)), max(1, round(width * scale))))
     gray = np.ascontiguousarray(gray, dtype=np.float32)
-    automatic = threshold is None and unit == "display"
-    if threshold is None:
-        threshold = -320.0 if unit == "HU" else otsu_threshold(gray)
-    analysis = _analyse(gray, unit, float(threshold), scale)
-    if automatic and not analysis.fallback:
-        # The first Otsu split over the whole image may separate black field-of-view padding or outside air
-        # from everything else; it finds the body. Split again using only the pixels inside the body's hull
-        # (lungs vs tissue), never below the first threshold.
-        inner = otsu_threshold(gray[analysis.hull])
-        if inner > threshold:
-            analysis = _analyse(gray, unit, inner, scale)
-    if automatic and not analysis.fallback:
-        # Otsu sits halfway between aerated lung and soft tissue, which cuts ground-glass opacities out of
-        # the lungs; move it a quarter of the way towards the tissue mean (fat and muscle stay above it).
-        tissue_values = gray[analysis.hull & ~analysis.air]
-        if tissue_values.size:
-            biased = analysis.threshold + GGO_BIAS * (float(tissue_values.mean()) - analysis.threshold)
-            analysis = _analyse(gray, unit, biased, scale, core=analysis.core)
-    return analysis
+    if threshold is None and unit == "display":
+        threshold = _display_threshold(gray)
+    elif threshold is None:
+        threshold = -320.0
+    return _analyse(gray, unit, float(threshold), scale)
+
+
+def _display_threshold(gray: np.ndarray) -> float:
+    """Air/tissue threshold of a display image (grey levels of an unknown window).
+
+    1. Otsu over the whole image finds the body (it may split black field-of-view padding or outside
+       air from everything else).
+    2. Otsu again over the pixels inside the convex hull of that body splits lungs from tissue (never
+       below the first threshold).
+    3. Otsu sits halfway between aerated lung and soft tissue, which cuts ground-glass opacities out of
+       the lungs: the threshold moves ``GGO_BIAS`` of the way towards the mean tissue grey level (fat and
+       muscle stay above it).
+    """
+    first = otsu_threshold(gray)
+    tissue = largest_component(cv2.medianBlur(gray, 3) >= first)
+    if tissue.sum() < 0.02 * gray.size:
+        return first
+    hull = convex_hull(tissue)
+    threshold = max(first, otsu_threshold(gray[hull]))
+    tissue_values = gray[hull & (gray >= threshold)]
+    if tissue_values.size:
+        threshold += GGO_BIAS * (float(tissue_values.mean()) - threshold)
+    return float(threshold)
 
 
 def _analyse(gray: np.ndarray, unit: str, threshold: float, scale: float, core=None) -> SliceAnalysis:
@@ -228,13 +241,20 @@ def _analyse(gray: np.ndarray, unit: str, threshold: float, scale: float, core=N
         keep = fraction_inside >= 0.7
         keep[0] = False
         body |= keep[labels]
-        # A lung that leaks into the outside air through a gap in the chest wall is partly inside the hull:
-        # keep its part well inside the hull.
-        leaky = (fraction_inside >= 0.2) & ~keep
-        leaky[0] = False
-        if leaky.any():
-            inner_hull = cv2.erode(hull.astype(np.uint8), disk(max(1, round(0.03 * max(gray.shape))))).astype(bool)
-            body |= leaky[labels] & inner_hull
+        # A lung joined to the outside air by a thin bridge (a one-pixel gap in the chest wall, an arrow drawn
+        # into a screenshot) is part of an "outside" component: break thin bridges with an opening and
+        # keep the pieces that lie inside the hull, grown back to their unopened extent.
+        outside = air & ~body
+        radius = max(2, round(0.012 * max(gray.shape)))
+        opened = cv2.morphologyEx(outside.astype(np.uint8), cv2.MORPH_OPEN, disk(radius))
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=4)
+        if count > 1:
+            inside = np.bincount(labels[hull], minlength=count).astype(np.float64)
+            keep = inside / np.maximum(stats[:, cv2.CC_STAT_AREA], 1) >= 0.7
+            keep[0] = False
+            if keep.any():
+                grown = cv2.dilate(keep[labels].astype(np.uint8), disk(radius + 1)).astype(bool)
+                body |= grown & outside & hull
     return SliceAnalysis(gray, unit, air, body, hull, float(threshold), False, scale, core)
 
 

@@ -33,6 +33,7 @@ from covidct.errors import CovidctError, unknown_name_error
 from covidct.preprocess.body import (
     SliceAnalysis,
     analyse_slice,
+    convex_hull,
     disk,
     fill_holes,
     mask_bbox,
@@ -277,19 +278,24 @@ def _recover_lesions(labels: np.ndarray, analysis: SliceAnalysis) -> np.ndarray:
         crop = lung[y0:y1, x0:x1].astype(np.uint8)
         crop = cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
         closed = cv2.morphologyEx(crop, cv2.MORPH_CLOSE, kernel)[pad:-pad, pad:-pad].astype(bool)
-        points = cv2.findNonZero(lung[y0:y1, x0:x1].astype(np.uint8))
-        hull = np.zeros(closed.shape, dtype=np.uint8)
-        cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
-        grown = fill_holes((closed & hull.astype(bool) & analysis.body[y0:y1, x0:x1]) | lung[y0:y1, x0:x1])
-        grown |= _enclosed_bays(grown, hull.astype(bool)) & analysis.body[y0:y1, x0:x1]
+        hull = convex_hull(lung[y0:y1, x0:x1])
+        grown = fill_holes((closed & hull & analysis.body[y0:y1, x0:x1]) | lung[y0:y1, x0:x1])
+        grown |= _enclosed_bays(grown, hull) & analysis.body[y0:y1, x0:x1]
         region = result[y0:y1, x0:x1]
         region[grown & (region == 0)] = value
     return result
 
 
+class _Gray:
+    """A converted slice passed on without converting it again."""
+
+    def __init__(self, array: np.ndarray, unit: str):
+        self.array, self.unit = array, unit
+
+
 def _classical(image) -> np.ndarray:
-    gray, _ = to_gray(image)
-    analysis = analyse_slice(image)
+    gray, unit = to_gray(image)
+    analysis = analyse_slice(_Gray(gray, unit))
     if analysis.fallback and analysis.air.all():
         return np.zeros(gray.shape, dtype=np.uint8)
     labels = _recover_lesions(_pick_lungs(analysis), analysis)

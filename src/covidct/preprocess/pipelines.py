@@ -59,13 +59,17 @@ def square_pad(image: np.ndarray, mask: np.ndarray | None = None):
     return padded, padded_mask
 
 
-def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_to_size(
+    image: np.ndarray, mask: np.ndarray, size: int, masked: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Pad to a square, then resize the image (area/linear) and mask (nearest) to ``size`` x ``size``.
 
     Args:
         image: uint8 (H, W) or (H, W, C).
         mask: (H, W) {0, 1}.
         size: output side in pixels.
+        masked: set the resized image to 0 outside the resized mask, so that a masked image and its mask
+            agree pixel for pixel after resampling.
 
     Returns:
         (uint8 (size, size, C), uint8 (size, size) {0, 1}).
@@ -76,8 +80,10 @@ def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     resized = cv2.resize(image, (size, size), interpolation=interpolation)
     if resized.ndim == 2:
         resized = resized[..., None]
-    mask_resized = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-    return resized.astype(np.uint8), (mask_resized > 0).astype(np.uint8)
+    mask_resized = (cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
+    if masked:
+        resized = resized * mask_resized[..., None]
+    return resized.astype(np.uint8), mask_resized.astype(np.uint8)
 
 
 def _masks(image):
@@ -125,7 +131,7 @@ def crop(image, size: int) -> list[StageOutput]:
 def lungs_nocrop(image, size: int) -> list[StageOutput]:
     """The slice times the lung mask, uncropped."""
     display, _, _, lungs = _masks(image)
-    out, mask = fit_to_size(remove_background(display, lungs), lungs, size)
+    out, mask = fit_to_size(remove_background(display, lungs), lungs, size, masked=True)
     return [StageOutput(out, mask)]
 
 
@@ -139,7 +145,7 @@ def lungs_crop(image, size: int) -> list[StageOutput]:
     display, _, _, lungs = _masks(image)
     top, bottom, left, right = _lung_box(lungs)
     masked = remove_background(display, lungs)
-    out, mask = fit_to_size(masked[top:bottom, left:right], lungs[top:bottom, left:right], size)
+    out, mask = fit_to_size(masked[top:bottom, left:right], lungs[top:bottom, left:right], size, masked=True)
     return [StageOutput(out, mask)]
 
 
@@ -157,7 +163,7 @@ def lungs_3window(image, size: int) -> list[StageOutput]:
         stacked = np.repeat(display[..., None], 3, axis=-1)
     top, bottom, left, right = _lung_box(lungs)
     masked = remove_background(stacked, lungs)
-    out, mask = fit_to_size(masked[top:bottom, left:right], lungs[top:bottom, left:right], size)
+    out, mask = fit_to_size(masked[top:bottom, left:right], lungs[top:bottom, left:right], size, masked=True)
     return [StageOutput(out, mask)]
 
 
@@ -167,6 +173,7 @@ def masked_pair(image, size: int) -> list[StageOutput]:
     display, _, _, lungs = _masks(image)
     pair = np.stack([display, lungs * 255], axis=-1).astype(np.uint8)
     out, mask = fit_to_size(pair, lungs, size)
+    out[..., 1] = mask * 255  # the mask channel is the (nearest-neighbour) resized mask exactly
     return [StageOutput(out, mask)]
 
 

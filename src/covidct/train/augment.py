@@ -45,6 +45,11 @@ def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | No
         stages.append(
             keras.layers.RandomTranslation(t, t, fill_mode="constant", fill_value=0.0, seed=seed + 3, name="aug_translation")
         )
+    if factors.get("appearance"):
+        from covidct.train.appearance import make_appearance_layers
+
+        # Appearance after geometry, so blur/noise/JPEG act on the final pixel grid (issue 8).
+        stages.extend(make_appearance_layers(factors["appearance"], seed=seed + 4))
     if not stages:
         return None
     return keras.Sequential(stages, name="augmentation")

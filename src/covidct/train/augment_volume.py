@@ -43,8 +43,16 @@ def rotate_inplane(volume: np.ndarray, angle_deg: float, order: int = 1, fill: f
         raise CovidctError(f"rotate_inplane: expected (D, H, W) or (D, H, W, C), got shape {volume.shape}.")
     if angle_deg == 0:
         return volume.copy()
-    return ndimage.rotate(volume, angle_deg, axes=(2, 1), reshape=False, order=order, mode="constant",
-                          cval=fill, prefilter=False)
+    return ndimage.rotate(
+        volume,
+        angle_deg,
+        axes=(2, 1),
+        reshape=False,
+        order=order,
+        mode="constant",
+        cval=fill,
+        prefilter=False,
+    )
 
 
 @dataclass(frozen=True)

@@ -422,6 +422,10 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
     num_classes = len(class_names)
     model = build_configured_model(cfg, data.images, num_classes)
     spec = get_spec(m.name)
+    if t.bn_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(t.bn_momentum)
     trainer.model = model
     trainer.input_names = tuple(spec.inputs)
     train_index = data.indices("train")

@@ -1,0 +1,403 @@
+"""Issue 8 ablation: which parts of the ``robust`` recipe make scores survive a change of hospital.
+
+Protocol (fixed before any external number was seen):
+
+* Train **only** on ``sars-cov-2-ct`` (grouped split, group proxy = file-number blocks merged with
+  near-duplicate clusters); the validation split selects the checkpoint (``val_auc``); the recipe is
+  chosen by validation AUC and its consistency across seeds.
+* Report the internal **test** split and, as an external check never used for choices,
+  ``covid-ct-md`` (the 6-patient sample): COVID-19 vs CAP + Normal, at slice level on lung-containing
+  slices (lung mask area >= ``MIN_LUNG_FRACTION`` of the full slice, computed by
+  ``covidct.preprocess.lungs.lung_mask`` without labels) and at patient level (mean of the slice
+  probabilities), plus whether both COVID patients rank above all four others.
+* Arms are cumulative (``configs/robust/<arm>.yaml``): ``plain`` (whole slice) → ``lungs`` (lung crop)
+  → ``standardize`` (``lungs-robust`` stage) → ``appearance`` (``training.augmentation: robust``) →
+  ``robust`` (+ AdamW, dropout, cosine: the recipe), and the leave-one-out ``no-standardize``. Every arm
+  is trained with several seeds; ``ensemble`` rows average the seeds' probabilities.
+* 95% CIs: bootstrap over patients/groups (``covidct.evaluate``); across seeds: mean ± SD.
+
+Everything goes through ``covidct.train.train`` and ``covidct.evaluate.evaluate_run``. The script
+imports no TensorFlow itself, so it runs under ``KERAS_BACKEND=jax`` (GPU) as well::
+
+    python benchmarks/bench_generalization.py --size 128 --epochs 20 --seeds 0 1 2 --out results.json
+    KERAS_BACKEND=jax python benchmarks/bench_generalization.py --size 224 --seeds 0 1 2 3 4 --out gpu.json
+    python benchmarks/bench_generalization.py --smoke --out /tmp/smoke.json   # phantoms, < 1 min
+
+Finished runs are reused (the script is resumable); ``--overwrite`` retrains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs" / "robust"
+#: Cumulative arms, then the leave-one-out arm.
+ARMS = ("plain", "lungs", "standardize", "appearance", "robust", "no-standardize")
+EXTERNAL = "covid-ct-md"
+#: covid-ct-md's labels onto sars-cov-2-ct's classes: COVID-19 vs (CAP + Normal).
+EXTERNAL_LABEL_MAP = {"COV": "COV", "OtherPneumonia": "NonCOV", "Normal": "NonCOV"}
+#: A slice counts as lung-containing when both lungs together cover at least this fraction of it.
+MIN_LUNG_FRACTION = 0.05
+POSITIVE = "COV"
+
+log = logging.getLogger("bench_generalization")
+
+
+# ----------------------------------------------------------------------------------------------- data
+def lung_fractions(manifest: pd.DataFrame, cache_root: str) -> np.ndarray:
+    """Lung-mask area fraction of every (path, slice_index) row of a volume manifest (cached as CSV)."""
+    from covidct.data.io import CTImage, read_image
+    from covidct.preprocess.lungs import lung_mask
+
+    cache = Path(cache_root) / "bench_generalization_lung_fractions.csv"
+    known = pd.read_csv(cache) if cache.is_file() else pd.DataFrame(columns=["path", "slice_index", "fraction"])
+    key = manifest["path"].astype(str) + "#" + manifest["slice_index"].astype(int).astype(str)
+    table = dict(zip(known["path"].astype(str) + "#" + known["slice_index"].astype(int).astype(str), known["fraction"]))
+    missing = sorted(set(manifest.loc[~key.isin(table.keys()), "path"].astype(str)))
+    for path in missing:
+        volume = read_image(path)
+        for k in range(volume.array.shape[0]):
+            labels = lung_mask(CTImage(volume.array[k], volume.unit, path), warn=False)
+            table[f"{path}#{k}"] = float((labels > 0).mean())
+    if missing:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"path": k.rsplit("#", 1)[0], "slice_index": int(k.rsplit("#", 1)[1]), "fraction": v} for k, v in table.items()]
+        pd.DataFrame(rows).to_csv(cache, index=False)
+    return np.array([table[k] for k in key], dtype=float)
+
+
+def external_data(stage: str, size: int, class_names: list, cache_root: str, root: str | None = None):
+    """covid-ct-md mapped to the run's classes, preprocessed with the run's stage, lung-containing slices only."""
+    from covidct.data.cache import build_cache
+    from covidct.data.datasets import load_dataset
+    from covidct.train.data import apply_label_map, data_from_arrays
+
+    manifest = apply_label_map(load_dataset(EXTERNAL, root=root), EXTERNAL_LABEL_MAP, source=EXTERNAL)
+    manifest = manifest.assign(split="test")
+    cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
+    rows = cache.manifest.reset_index(drop=True)
+    keep = np.flatnonzero(lung_fractions(rows, cache_root) >= MIN_LUNG_FRACTION)
+    images = np.asarray(cache.images[keep])
+    return data_from_arrays(images, rows.iloc[keep].assign(split="test"), classes=class_names, source=EXTERNAL)
+
+
+def smoke_external_data(stage: str, size: int, class_names: list, seed: int = 99):
+    """Smoke stand-in for another hospital: phantoms shown through another window and blurred."""
+    from scipy import ndimage
+
+    from covidct.data.io import CTImage
+    from covidct.data.phantom import make_dataset
+    from covidct.data.windows import window_hu
+    from covidct.preprocess import get_stage
+    from covidct.train.data import data_from_arrays
+
+    phantoms = make_dataset(n=24, size=64, seed=seed, slices_per_patient=4)
+    stage_fn = get_stage(stage)
+    images = []
+    for image_hu in phantoms.images_hu:
+        display = ndimage.gaussian_filter(window_hu(image_hu, -500, 1800) * 255.0, 1.0).astype(np.float32)
+        images.append(stage_fn(CTImage(display, "display"), size)[0].image)
+    labels = ["COV" if label == "COV" else "NonCOV" for label in phantoms.labels]
+    manifest = pd.DataFrame({"path": [f"shifted/{i}" for i in range(len(labels))], "label": labels,
+                             "group": phantoms.groups, "split": "test", "source": "phantom-shifted"})
+    return data_from_arrays(np.stack(images), manifest, classes=class_names, source="phantom-shifted")
+
+
+# ------------------------------------------------------------------------------------------ train/eval
+def arm_config(arm: str, seed: int, args):
+    """The arm's RunConfig with the command line's size, epochs, seed and output folder."""
+    from covidct.config import load_config
+
+    overrides = [
+        f"data.size={args.size}",
+        f"training.epochs={args.epochs}",
+        f"training.seed={seed}",
+        f"name=gen-{arm}-s{args.size}-seed{seed}",
+        f"output_root={args.runs_root}",
+        f"evaluation.n_bootstrap={args.n_bootstrap}",
+    ]
+    if args.batch_size:
+        overrides.append(f"training.batch_size={args.batch_size}")
+    if args.max_steps:
+        overrides.append(f"training.max_steps_per_epoch={args.max_steps}")
+    if args.smoke:
+        overrides += [
+            "data.dataset=phantom",
+            "data.options={n: 96, size: 64, seed: 0}",
+            "data.label_map={COV: COV, Normal: NonCOV, OtherPneumonia: NonCOV}",
+            "training.min_epochs=0",
+            "training.shortcut_probe=false",
+        ]
+    return load_config(CONFIG_DIR / f"{arm}.yaml", overrides)
+
+
+def train_arm(arm: str, seed: int, args) -> tuple[Path, float]:
+    """Train one arm with one seed (reusing a finished run); returns (run folder, seconds trained)."""
+    from covidct.train import train
+    from covidct.train.trainer import run_status
+
+    cfg = arm_config(arm, seed, args)
+    run_dir = Path(cfg.output_root) / cfg.run_name
+    if run_status(run_dir) == "finished" and not args.overwrite:
+        seconds = json.loads((run_dir / "run.json").read_text()).get("seconds", float("nan"))
+        return run_dir, float(seconds)
+    started = time.perf_counter()
+    train(cfg, run_dir=run_dir, resume=run_status(run_dir) == "interrupted", overwrite=args.overwrite, progress=False)
+    return run_dir, time.perf_counter() - started
+
+
+def patient_table(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Mean COVID probability per patient (group) with the patient's label."""
+    table = predictions.groupby("group").agg(label=("label", "first"), score=(f"prob_{POSITIVE}", "mean"), slices=("label", "size"))
+    return table.reset_index().sort_values("score", ascending=False)
+
+
+def external_summary(predictions: pd.DataFrame, n_bootstrap: int, class_names: list) -> dict:
+    """Slice AUC (CI over patients), patient-mean AUC and the ranking check from a predictions table."""
+    from covidct.evaluate.evaluator import metrics_with_ci
+
+    y = (predictions["label"].astype(str) == POSITIVE).to_numpy().astype(int)
+    probs = np.stack([1 - predictions[f"prob_{POSITIVE}"].to_numpy(), predictions[f"prob_{POSITIVE}"].to_numpy()], axis=1)
+    slice_metrics = metrics_with_ci(y, probs, predictions["group"].astype(str).to_numpy(), ["other", POSITIVE], n_bootstrap)
+    patients = patient_table(predictions)
+    covid = patients.loc[patients["label"] == POSITIVE, "score"]
+    others = patients.loc[patients["label"] != POSITIVE, "score"]
+    from sklearn.metrics import roc_auc_score
+
+    patient_auc = float(roc_auc_score(patients["label"] == POSITIVE, patients["score"])) if len(covid) and len(others) else float("nan")
+    return {
+        "slice_auc": slice_metrics["auc_macro_ovr"],
+        "slice_auc_ci": [slice_metrics["ci"]["auc_macro_ovr"]["low"], slice_metrics["ci"]["auc_macro_ovr"]["high"]] if n_bootstrap else None,
+        "slice_balanced_accuracy": slice_metrics["balanced_accuracy"],
+        "n_slices": int(len(predictions)),
+        "patient_mean_auc": patient_auc,
+        "covid_patients_ranked_first": bool(len(covid) and len(others) and covid.min() > others.max()),
+        "patients": {row.group: {"label": row.label, "mean_prob_covid": float(row.score), "slices": int(row.slices)}
+                     for row in patients.itertuples()},
+    }
+
+
+def evaluate_arm(run_dir: Path, ext, args) -> dict:
+    """Internal test + external scores of one run (through ``covidct.evaluate.evaluate_run``)."""
+    from covidct.evaluate import evaluate_run
+
+    internal = evaluate_run(run_dir, split="test", n_bootstrap=args.n_bootstrap, figures=False)
+    ci = internal["slice"].get("ci", {}).get("auc_macro_ovr", {})
+    tag = "external-" + ("phantom-shifted" if args.smoke else EXTERNAL)
+    evaluate_run(run_dir, dataset=tag.removeprefix("external-"), data=ext, label_map=EXTERNAL_LABEL_MAP,
+                 n_bootstrap=0, figures=False)
+    predictions = pd.read_csv(run_dir / f"predictions_{tag}.csv")
+    info = json.loads((run_dir / "run.json").read_text())
+    return {
+        "val_auc": info.get("best_score"),
+        "best_epoch": info.get("best_epoch"),
+        "epochs_run": info.get("epochs_run"),
+        "shortcut_probe_auc": (info.get("shortcut_probe") or {}).get("auc"),
+        "internal_test_auc": internal["slice"]["auc_macro_ovr"],
+        "internal_test_auc_ci": [ci.get("low"), ci.get("high")] if ci else None,
+        "external": external_summary(predictions, args.n_bootstrap, list(internal["class_names"])),
+    }
+
+
+def ensemble(run_dirs: list[Path], tag: str) -> pd.DataFrame:
+    """Average the seeds' predictions of one evaluation tag (rows matched by path and slice)."""
+    keys = ["path", "slice_index"] if tag.startswith("external") else ["path"]
+    frames = [pd.read_csv(d / f"predictions_{tag}.csv") for d in run_dirs]
+    keys = [k for k in keys if k in frames[0]]
+    merged = frames[0][keys + ["group", "label", f"prob_{POSITIVE}"]].copy()
+    for i, frame in enumerate(frames[1:], start=1):
+        merged = merged.merge(frame[keys + [f"prob_{POSITIVE}"]].rename(columns={f"prob_{POSITIVE}": f"p{i}"}), on=keys)
+    columns = [f"prob_{POSITIVE}"] + [f"p{i}" for i in range(1, len(frames))]
+    merged[f"prob_{POSITIVE}"] = merged[columns].mean(axis=1)
+    return merged.drop(columns=columns[1:])
+
+
+def internal_auc(predictions: pd.DataFrame, n_bootstrap: int) -> tuple[float, list | None]:
+    """Slice AUC of the internal test predictions with a CI over groups."""
+    from covidct.evaluate.evaluator import metrics_with_ci
+
+    y = (predictions["label"].astype(str) == POSITIVE).to_numpy().astype(int)
+    p = predictions[f"prob_{POSITIVE}"].to_numpy()
+    result = metrics_with_ci(y, np.stack([1 - p, p], 1), predictions["group"].astype(str).to_numpy(), ["other", POSITIVE], n_bootstrap)
+    ci = result.get("ci", {}).get("auc_macro_ovr")
+    return result["auc_macro_ovr"], ([ci["low"], ci["high"]] if ci else None)
+
+
+# --------------------------------------------------------------------------------------------- report
+def summarise(results: dict) -> pd.DataFrame:
+    """One row per arm: mean ± SD over seeds and the seed ensemble."""
+    rows = []
+    for arm, block in results["arms"].items():
+        seeds = block["seeds"]
+        values = {
+            "val_auc": [s["val_auc"] for s in seeds],
+            "internal_test_auc": [s["internal_test_auc"] for s in seeds],
+            "external_slice_auc": [s["external"]["slice_auc"] for s in seeds],
+            "external_patient_auc": [s["external"]["patient_mean_auc"] for s in seeds],
+        }
+        row = {"arm": arm, "seeds": len(seeds), "train_seconds_mean": float(np.mean(block["train_seconds"]))}
+        for name, vals in values.items():
+            vals = np.asarray(vals, dtype=float)
+            row[f"{name}_mean"] = float(np.nanmean(vals))
+            row[f"{name}_sd"] = float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan")
+        row["covid_ranked_first_seeds"] = int(sum(s["external"]["covid_patients_ranked_first"] for s in seeds))
+        ens = block.get("ensemble")
+        if ens:
+            row["ensemble_internal_auc"] = ens["internal_test_auc"]
+            row["ensemble_external_slice_auc"] = ens["external"]["slice_auc"]
+            row["ensemble_external_patient_auc"] = ens["external"]["patient_mean_auc"]
+            row["ensemble_covid_ranked_first"] = ens["external"]["covid_patients_ranked_first"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(results: dict) -> str:
+    """The results as a markdown table (mean ± SD over seeds; ensemble with 95% CI over groups)."""
+    lines = [
+        "| arm | val AUC (selects) | internal test AUC | external slice AUC | external patient AUC | COVID ranked first "
+        "| ensemble: internal AUC [95% CI] | ensemble: external slice AUC [95% CI] | ensemble: patient AUC, ranked first "
+        "| train s/run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(mean, sd):
+        return f"{mean:.3f} ± {sd:.3f}" if np.isfinite(sd) else f"{mean:.3f}"
+
+    def ci(value, interval):
+        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+    for row in summarise(results).to_dict("records"):
+        ens = results["arms"][row["arm"]].get("ensemble") or {}
+        ens_ext = ens.get("external", {})
+        patient_cell = "-"
+        if ens:
+            ranked = "yes" if ens_ext["covid_patients_ranked_first"] else "no"
+            patient_cell = f"{ens_ext['patient_mean_auc']:.3f}, {ranked}"
+        lines.append(
+            f"| {row['arm']} | {fmt(row['val_auc_mean'], row['val_auc_sd'])} "
+            f"| {fmt(row['internal_test_auc_mean'], row['internal_test_auc_sd'])} "
+            f"| {fmt(row['external_slice_auc_mean'], row['external_slice_auc_sd'])} "
+            f"| {fmt(row['external_patient_auc_mean'], row['external_patient_auc_sd'])} "
+            f"| {row['covid_ranked_first_seeds']}/{row['seeds']} seeds "
+            f"| {ci(ens['internal_test_auc'], ens.get('internal_test_auc_ci')) if ens else '-'} "
+            f"| {ci(ens_ext['slice_auc'], ens_ext.get('slice_auc_ci')) if ens else '-'} "
+            f"| {patient_cell} "
+            f"| {row['train_seconds_mean']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_results(results: dict):
+    """Internal test vs external slice AUC per arm (seed means ± SD, ensemble as a diamond); a Figure."""
+    import matplotlib.pyplot as plt
+
+    table = summarise(results)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = np.arange(len(table))
+    for offset, (name, label) in enumerate((("internal_test_auc", "internal test"), ("external_slice_auc", "external slices"))):
+        ax.errorbar(x + (offset - 0.5) * 0.25, table[f"{name}_mean"], yerr=np.nan_to_num(table[f"{name}_sd"]),
+                    fmt="o", capsize=3, label=f"{label} (seeds mean ± SD)")
+    if "ensemble_external_slice_auc" in table:
+        ax.scatter(x + 0.125, table["ensemble_external_slice_auc"], marker="D", color="k", label="external, seed ensemble")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(x, table["arm"], rotation=20)
+    ax.set_ylabel("AUC (COVID vs rest)")
+    ax.set_ylim(0.3, 1.02)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("Trained on sars-cov-2-ct; external = covid-ct-md" if not results.get("smoke") else "smoke run (phantoms)")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- main
+def run_ablation(args) -> dict:
+    """Train and evaluate every arm × seed, ensemble the seeds, return (and write) the results dict."""
+    import keras
+
+    results = {
+        "protocol": __doc__.split("Everything goes through")[0].strip(),
+        "backend": keras.backend.backend(),
+        "size": args.size, "epochs": args.epochs, "seeds": list(args.seeds), "smoke": bool(args.smoke),
+        "min_lung_fraction": MIN_LUNG_FRACTION, "label_map": EXTERNAL_LABEL_MAP, "arms": {},
+    }
+    external_by_stage = {}
+    for arm in args.arms:
+        block = {"config": str(CONFIG_DIR / f"{arm}.yaml"), "seeds": [], "train_seconds": [], "run_dirs": []}
+        for seed in args.seeds:
+            run_dir, seconds = train_arm(arm, seed, args)
+            stage = json.loads((run_dir / "run.json").read_text())["stage"]
+            class_names = json.loads((run_dir / "run.json").read_text())["class_names"]
+            if stage not in external_by_stage:
+                external_by_stage[stage] = (smoke_external_data(stage, args.size, class_names) if args.smoke
+                                            else external_data(stage, args.size, class_names, args.cache_root))
+            scores = evaluate_arm(run_dir, external_by_stage[stage], args)
+            scores["seed"] = seed
+            block["seeds"].append(scores)
+            block["train_seconds"].append(seconds)
+            block["run_dirs"].append(str(run_dir))
+            log.info("%s seed %d: val %.3f, test %.3f, external %.3f (%.0f s)", arm, seed, scores["val_auc"],
+                     scores["internal_test_auc"], scores["external"]["slice_auc"], seconds)
+        if len(args.seeds) > 1:
+            dirs = [Path(d) for d in block["run_dirs"]]
+            tag = "external-" + ("phantom-shifted" if args.smoke else EXTERNAL)
+            auc, ci = internal_auc(ensemble(dirs, "test"), args.n_bootstrap)
+            block["ensemble"] = {"internal_test_auc": auc, "internal_test_auc_ci": ci,
+                                 "external": external_summary(ensemble(dirs, tag), args.n_bootstrap, ["NonCOV", POSITIVE])}
+        results["arms"][arm] = block
+        if args.out:
+            write_json(results, args.out)
+    return results
+
+
+def write_json(results: dict, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=128, help="model input side in pixels (default 128)")
+    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs per run (default 20)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="arms to run (default all)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override training.batch_size")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap on batches per epoch (quick runs)")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap replicates for CIs")
+    parser.add_argument("--runs-root", default="runs/bench_generalization", help="parent folder of the run folders")
+    parser.add_argument("--cache-root", default=".cache/covidct", help="preprocessing cache folder")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--markdown", default=None, help="also write the markdown table here")
+    parser.add_argument("--overwrite", action="store_true", help="retrain finished runs")
+    parser.add_argument("--smoke", action="store_true", help="phantom data, tiny runs (tests the pipeline in < 1 min)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.epochs, args.n_bootstrap = min(args.size, 32), min(args.epochs, 2), min(args.n_bootstrap, 50)
+    return args
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    results = run_ablation(args)
+    table = markdown_table(results)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    sys.stdout.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""Grad-CAM for a finished run folder: the run's own model, classes and preprocessing stage.
+
+``gradcam_run`` is what ``covidct gradcam --run R --images PATH...`` calls. Each input file goes through
+the run's stage at the run's size (so Grad-CAM sees exactly what the classifier saw), then through the
+saved model; the stage's lung mask gives each heatmap its lung-focus score. Written to ``out_dir``:
+
+- ``overlays/<file>[_<suffix>]_<class>.png``: the overlay of each sample (RGB PNG);
+- ``contact_sheet.png``: original | heatmap | overlay rows, grouped per class;
+- ``heatmaps.npz``: ``heatmaps`` (N, H, W) float32, ``samples`` (N, H, W, C) uint8, ``masks``;
+- ``gradcam.csv``: one row per sample: file, suffix, true label (from the parent folder when it is a
+  class name), predicted class and probability, explained class, lung-focus score, lung area fraction;
+- ``lung_focus.json``: ``lung_focus_summary`` grouped by true label (predicted class when unknown).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from covidct.errors import CovidctError, unknown_name_error
+
+LOGGER = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm")
+
+
+@dataclass
+class GradcamOutput:
+    """What ``gradcam_run`` wrote and computed.
+
+    Attributes:
+        out_dir: the output folder.
+        table: pandas DataFrame, one row per sample (see the module docstring).
+        summary: the lung-focus summary dict.
+        overlays: paths of the overlay PNGs.
+        contact_sheet: path of the contact sheet PNG.
+        failed: ``(path, error)`` pairs of inputs that could not be read or preprocessed.
+    """
+
+    out_dir: Path
+    table: object
+    summary: dict
+    overlays: list = field(default_factory=list)
+    contact_sheet: Path | None = None
+    failed: list = field(default_factory=list)
+
+
+def expand_image_paths(paths) -> list[Path]:
+    """Files as given, folders replaced by their image files (sorted, not recursive).
+
+    Args:
+        paths: files and/or folders.
+
+    Returns:
+        The list of files.
+
+    Raises:
+        CovidctError: a path does not exist, or nothing is left.
+    """
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or p.name.endswith(".nii.gz"))
+            )
+            if not found:
+                raise CovidctError(f"Folder {path} has no image files ({', '.join(IMAGE_SUFFIXES)}).")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise CovidctError(f"Image path {path} does not exist.")
+    if not files:
+        raise CovidctError("No images given; pass files or folders with --images.")
+    return files
+
+
+def _safe_stem(path: Path) -> str:
+    name = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _preprocess(loaded, files: list[Path]):
+    """Run the run's stage on each file; keep the stage's masks (for the lung-focus score)."""
+    import covidct.preprocess  # noqa: F401  (registers the stages)
+    from covidct.data.io import read_image
+    from covidct.preprocess.stages import get_stage
+
+    stage = get_stage(loaded.stage)
+    samples, masks, rows, failed = [], [], [], []
+    for path in files:
+        try:
+            image = read_image(path)
+            if image.array.ndim != 2:
+                raise CovidctError(
+                    f"{path} is a volume of shape {image.array.shape}; Grad-CAM explains 2-D slice classifiers. "
+                    "Export the slices you want to explain."
+                )
+            outputs = stage(image, loaded.size)
+        except CovidctError as error:
+            LOGGER.warning("skipping %s: %s", path, error)
+            failed.append((str(path), str(error)))
+            continue
+        for output in outputs:
+            samples.append(output.image if output.image.ndim == 3 else output.image[..., None])
+            masks.append(np.asarray(output.mask, dtype=np.uint8))
+            rows.append({"path": str(path), "suffix": output.suffix})
+    if not samples:
+        raise CovidctError(f"None of the {len(files)} image(s) could be read: {failed[0][1] if failed else ''}")
+    return np.stack(samples).astype(np.uint8), np.stack(masks), rows, failed
+
+
+def gradcam_run(
+    run_dir,
+    images,
+    class_name: str | None = None,
+    method: str = "gradcam",
+    out_dir=None,
+    layer_name: str | None = None,
+    batch_size: int = 16,
+    alpha: float = 0.5,
+    max_per_class: int = 6,
+    overwrite: bool = False,
+) -> GradcamOutput:
+    """Grad-CAM overlays, a contact sheet and lung-focus scores for images, from a run folder.
+
+    Args:
+        run_dir: a finished run folder (``model.keras``, ``config.yaml``, ``run.json``).
+        images: image files and/or folders of them.
+        class_name: class to explain for every image (one of the run's classes); None: the predicted one.
+        method: ``"gradcam"``, ``"guided"`` or ``"gradcam++"``.
+        out_dir: output folder; default ``<run_dir>/gradcam/<method>``.
+        layer_name: layer to explain; default the model spec's ``gradcam_layer`` / last 4-D layer.
+        batch_size: images per pass.
+        alpha: overlay weight of the heatmap.
+        max_per_class: rows per class in the contact sheet.
+        overwrite: replace an existing output folder's files.
+
+    Returns:
+        A ``GradcamOutput``.
+
+    Raises:
+        CovidctError: unknown class, missing run or images, or an output folder that already holds
+            results (without ``overwrite``).
+    """
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from covidct.evaluate.metrics import logits_to_probs
+    from covidct.explain.focus import lung_area_fractions, lung_focus_scores, lung_focus_summary
+    from covidct.explain.gradcam import compute_cams
+    from covidct.explain.overlay import contact_sheet, overlay
+    from covidct.train.data import split_inputs
+    from covidct.train.run import load_run
+
+    loaded = load_run(run_dir)
+    class_names = list(loaded.class_names)
+    class_index = None
+    if class_name is not None:
+        if class_name not in class_names:
+            raise unknown_name_error("class", class_name, class_names)
+        class_index = class_names.index(class_name)
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "gradcam" / method
+    if (out_dir / "contact_sheet.png").exists() and not overwrite:
+        raise CovidctError(f"{out_dir} already holds Grad-CAM results; pass --out elsewhere or --overwrite.")
+    files = expand_image_paths(images)
+    samples, masks, rows, failed = _preprocess(loaded, files)
+
+    model_inputs = split_inputs(samples.astype(np.float32), loaded.input_names)
+    result = compute_cams(
+        loaded.model,
+        model_inputs,
+        class_index=class_index,
+        layer_name=layer_name,
+        method=method,
+        batch_size=batch_size,
+        model_name=loaded.config.model.name,
+    )
+    probabilities = logits_to_probs(result.logits)
+    predicted = probabilities.argmax(axis=1)
+    scores = lung_focus_scores(result.heatmaps, masks)
+    areas = lung_area_fractions(masks)
+
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    overlay_paths = []
+    table_rows = []
+    for i, row in enumerate(rows):
+        path = Path(row["path"])
+        true_label = path.parent.name if path.parent.name in class_names else ""
+        explained = class_names[int(result.class_index[i])]
+        name = "_".join(part for part in (_safe_stem(path), row["suffix"], explained) if part) + ".png"
+        target = out_dir / "overlays" / name
+        cv2.imwrite(str(target), overlay(samples[i], result.heatmaps[i], alpha=alpha)[..., ::-1])
+        overlay_paths.append(target)
+        table_rows.append(
+            {
+                **row,
+                "true_label": true_label,
+                "predicted": class_names[int(predicted[i])],
+                "probability": float(probabilities[i, predicted[i]]),
+                "explained_class": explained,
+                "lung_focus": float(scores[i]),
+                "lung_area_fraction": float(areas[i]),
+                "overlay": str(target),
+            }
+        )
+    table = pd.DataFrame(table_rows)
+    table.to_csv(out_dir / "gradcam.csv", index=False)
+    np.savez_compressed(out_dir / "heatmaps.npz", heatmaps=result.heatmaps, samples=samples, masks=masks)
+
+    known = table["true_label"].astype(bool).all()
+    groups = table["true_label"] if known else table["predicted"]
+    summary = lung_focus_summary(scores, groups.to_numpy(), area_fractions=areas)
+    summary.update({"method": method, "layer": result.layer, "run": str(run_dir), "grouped_by": "true" if known else "predicted"})
+    (out_dir / "lung_focus.json").write_text(json.dumps(summary, indent=2, default=float) + os.linesep)
+
+    figure = contact_sheet(
+        samples,
+        result.heatmaps,
+        labels=table["true_label"].tolist() if known else None,
+        predictions=table["predicted"].tolist(),
+        class_names=class_names,
+        scores=scores,
+        max_per_class=max_per_class,
+        alpha=alpha,
+        title=f"{Path(run_dir).name}: {method} at {result.layer}",
+    )
+    sheet = out_dir / "contact_sheet.png"
+    figure.savefig(sheet, dpi=110)
+    plt.close(figure)
+    return GradcamOutput(out_dir, table, summary, overlay_paths, sheet, failed)
+
+
+def format_gradcam_output(output: GradcamOutput) -> str:
+    """A short text report of ``gradcam_run``'s results for the command line.
+
+    Args:
+        output: a ``GradcamOutput``.
+
+    Returns:
+        Lines: counts, per-class lung-focus medians against their thresholds, and the files written.
+    """
+    summary = output.summary
+    lines = [
+        f"{len(output.table)} sample(s) explained with {summary.get('method')} at layer {summary.get('layer')}"
+        + (f"; {len(output.failed)} file(s) skipped" if output.failed else "")
+        + ".",
+        f"lung focus by {summary.get('grouped_by')} class ({summary['rule']}):",
+    ]
+    for label, stats in summary["per_class"].items():
+        flag = "  <- LOW: possible shortcut" if stats["low_focus"] else ""
+        lines.append(f"  {label:<20} n={stats['n']:<4} median {stats['median']:.2f}  threshold {stats['threshold']:.2f}{flag}")
+    for path, error in output.failed:
+        lines.append(f"skipped {path}: {error}")
+    lines.append(f"contact sheet: {output.contact_sheet}")
+    lines.append(f"overlays, heatmaps.npz, gradcam.csv, lung_focus.json: {output.out_dir}")
+    return "\n".join(lines)

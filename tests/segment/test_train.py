@@ -1,0 +1,108 @@
+"""Segmenter training: run folder contents, learning on a solvable task, CV folds, predict, CLI, loaders."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from covidct.cli import main
+from covidct.errors import CovidctError
+from covidct.segment.data import load_pairs
+from covidct.segment.predict import overlay_masks, plot_overlays, predict_files
+from covidct.segment.train import dice_bce_loss, grouped_folds, train_segmenter
+
+
+def test_dice_bce_loss_by_hand():
+    y = np.array([[[[1.0], [0.0]]]], np.float32)  # one 1x2 image
+    logits = np.array([[[[0.0], [0.0]]]], np.float32)
+    # BCE of p=0.5 is log 2; soft Dice = (2*0.5 + 1) / (1 + 1 + 1) = 2/3.
+    assert float(dice_bce_loss(y, logits)) == pytest.approx(np.log(2) + 1 / 3, rel=1e-5)
+
+
+def test_train_writes_a_run_folder_and_learns(discs, tmp_path, tiny_unet_builder):
+    tiny_unet = tiny_unet_builder
+    run = train_segmenter(tiny_unet, dataset="kaggle-lungs", size=32, epochs=25, batch_size=4, learning_rate=3e-3,
+                          run_dir=tmp_path / "run", pairs=discs)
+    for name in ("config.yaml", "model.keras", "history.csv", "metrics_test.json", "per_image_test.csv"):
+        assert (run / name).is_file(), name
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"] == "tiny_unet" and config["task"] == "segmentation"
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    assert metrics["n_images"] == 6 and metrics["split"] == "test"
+    assert metrics["dice"]["mean"] > 0.8, metrics["dice"]
+    with pytest.raises(CovidctError, match="overwrite"):
+        train_segmenter(tiny_unet, size=32, epochs=1, run_dir=run, pairs=discs)
+
+    out = tmp_path / "pred"
+    paths = []
+    for index in (18, 19):
+        path = tmp_path / f"img{index}.png"
+        cv2.imwrite(str(path), discs.images[index, ..., 0])
+        paths.append(path)
+    assert main(["segment", "predict", "--model", str(run), "--images", *map(str, paths), "--out", str(out)]) == 0
+    mask = cv2.imread(str(out / "img18_mask.png"), cv2.IMREAD_GRAYSCALE)
+    overlay = cv2.imread(str(out / "img18_overlay.png"))
+    assert mask.shape == (32, 32) and overlay.shape == (32, 32, 3)
+    assert ((mask > 0) == (discs.masks[18] > 0)).mean() > 0.9
+    results = predict_files(run, [tmp_path / "missing.png"], out)
+    assert "error" in results[0]
+
+
+def test_cross_validation_folds_are_grouped(discs, tmp_path, tiny_unet_builder):
+    tiny_unet = tiny_unet_builder
+    folds = grouped_folds(discs.groups, 3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(discs)))
+    for test in folds:
+        assert not set(discs.groups[test]) & set(np.delete(discs.groups, test))
+    run = train_segmenter(tiny_unet, dataset="medseg", size=32, epochs=1, folds=2, run_dir=tmp_path / "cv",
+                          pairs=discs)
+    summary = json.loads((run / "metrics_cv.json").read_text())
+    assert summary["n_images"] == len(discs) and len(summary["fold_dice"]) == 2
+    assert (run / "fold_1" / "model.keras").is_file()
+    with pytest.raises(CovidctError, match="folds"):
+        grouped_folds(discs.groups, 100)
+
+
+def test_overlay_colours_and_figure():
+    image = np.full((8, 8), 100, np.uint8)
+    pred = np.zeros((8, 8), bool)
+    pred[2:6, 2:6] = True
+    rgb = overlay_masks(image, pred, pred, alpha=0.5)
+    assert tuple(rgb[3, 3]) == (165, 70, 70)  # 0.5 * 100 + 0.5 * (230, 40, 40)
+    assert tuple(rgb[2, 2]) == (0, 200, 0)  # the true mask's outline
+    figure = plot_overlays(np.stack([image, image]), np.stack([pred, pred]), titles=["a", "b"], columns=2)
+    assert len(figure.axes) == 2
+
+
+def test_load_pairs_from_folder_layouts(tmp_path):
+    for split in ("train", "test"):
+        for kind in ("images", "masks"):
+            (tmp_path / "kaggle-lungs-ct-64px" / split / kind).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(tmp_path / "kaggle-lungs-ct-64px" / split / "images" / f"{split}_{i}.png"),
+                        np.full((64, 64), 100, np.uint8))
+            cv2.imwrite(str(tmp_path / "kaggle-lungs-ct-64px" / split / "masks" / f"{split}_{i}.png"),
+                        np.pad(np.full((32, 32), 255, np.uint8), 16))
+    pairs = load_pairs("kaggle-lungs", tmp_path, size=32)
+    assert pairs.images.shape == (4, 32, 32, 1) and pairs.masks.shape == (4, 32, 32)
+    assert sorted(pairs.splits.tolist()) == ["test", "test", "train", "train"]
+    assert pairs.masks[0].sum() == 16 * 16
+    (tmp_path / "medseg-covid19-100" / "images").mkdir(parents=True)
+    (tmp_path / "medseg-covid19-100" / "masks").mkdir(parents=True)
+    for i in range(1, 8):
+        cv2.imwrite(str(tmp_path / "medseg-covid19-100" / "images" / f"tr_im_z{i:03d}.png"), np.zeros((16, 16), np.uint8))
+        cv2.imwrite(str(tmp_path / "medseg-covid19-100" / "masks" / f"tr_mask_z{i:03d}.png"), np.full((16, 16), 85, np.uint8))
+    medseg = load_pairs("medseg", tmp_path, size=16)
+    assert medseg.masks.all() and len(set(medseg.groups)) == 2  # blocks of 5 consecutive slices
+    with pytest.raises(CovidctError, match="Did you mean"):
+        load_pairs("kaggle-lung", tmp_path)
+
+
+@pytest.mark.realdata
+def test_real_segmentation_sets_load(data_root):
+    lungs = load_pairs("kaggle-lungs", data_root, size=64)
+    assert (lungs.splits == "train").sum() == 213 and (lungs.splits == "test").sum() == 54
+    medseg = load_pairs("medseg", data_root, size=64)
+    assert len(medseg) == 100 and (medseg.masks.reshape(100, -1).max(axis=1) > 0).sum() >= 97
