@@ -125,6 +125,7 @@ def arm_config(arm: str, seed: int, args):
         f"name=gen-{arm}-s{args.size}-seed{seed}",
         f"output_root={args.runs_root}",
         f"evaluation.n_bootstrap={args.n_bootstrap}",
+        f"data.cache_root={args.cache_root}",
     ]
     if args.batch_size:
         overrides.append(f"training.batch_size={args.batch_size}")

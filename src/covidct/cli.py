@@ -215,6 +215,115 @@ def _run_gradcam(args) -> int:
     return 0
 
 
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train one model from a config", description="Train one model (the one training path)."
+    )
+    parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. training.epochs=3")
+    parser.add_argument("--run-dir", default=None, help="run folder (default runs/<name>)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from covidct.config import load_config
+    from covidct.train import train
+
+    cfg = load_config(args.config, args.set)
+    run_dir = train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite)
+    print(f"Run saved in {run_dir}")
+    if args.evaluate:
+        from covidct.evaluate import evaluate_run
+
+        result = evaluate_run(run_dir, split="test")
+        print(f"test macro-F1 {result['slice']['macro_f1']:.3f}, AUC {result['slice']['auc_macro_ovr']:.3f}")
+    return 0
+
+
+def _add_grid(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "grid", help="run a grid of experiments", description="Run models x stages x settings (resumable)."
+    )
+    parser.add_argument("grid", help="grid YAML (configs/grids/*.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
+    parser.add_argument("--no-evaluate", action="store_true", help="do not evaluate finished runs on test")
+    parser.set_defaults(func=_run_grid)
+
+
+def _run_grid(args) -> int:
+    from covidct.evaluate.report import markdown_table
+    from covidct.train.grid import run_grid
+
+    table = run_grid(args.grid, args.set, dry_run=args.dry_run, evaluate=not args.no_evaluate)
+    print(markdown_table(table))
+    return 0 if args.dry_run or (table["status"] == "finished").all() else 1
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="evaluate a run on test or another dataset", description="Evaluate a run folder."
+    )
+    parser.add_argument("--run", required=True, help="run folder")
+    parser.add_argument("--split", default="test", choices=["test", "val", "train"])
+    parser.add_argument("--dataset", default=None, help="external dataset name (evaluated whole)")
+    parser.add_argument("--root", default=None, help="external dataset folder")
+    parser.add_argument("--label-map", default=None, help='e.g. "COVID-19=COVID,CAP=non-COVID,Normal=non-COVID"')
+    parser.add_argument("--tta", action="store_true", help="average with the horizontal flip")
+    parser.add_argument("--mc-dropout", type=int, default=None, metavar="N", help="Monte-Carlo dropout passes")
+    parser.add_argument("--temperature-scaling", action="store_true", help="fit a temperature on validation")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap replicates")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from covidct.evaluate import evaluate_run
+
+    result = evaluate_run(
+        args.run,
+        split=args.split,
+        dataset=args.dataset,
+        root=args.root,
+        label_map=args.label_map,
+        tta=args.tta or None,
+        mc_dropout=args.mc_dropout,
+        temperature_scaling=args.temperature_scaling or None,
+        n_bootstrap=args.bootstrap,
+        progress=True,
+    )
+    where = result["evaluated_on"]
+    block = result["slice"]
+    print(f"{result['run']} on {where['split']} ({where['n_images']} images, {where['n_groups']} groups); "
+          f"checkpoint selected on {result['selection']['split']}")
+    for key in ("macro_f1", "auc_macro_ovr", "balanced_accuracy"):
+        ci = block.get("ci", {}).get(key, {})
+        print(f"  {key:<18} {block[key]:.3f}  [{ci.get('low', float('nan')):.3f}, {ci.get('high', float('nan')):.3f}]")
+    if result.get("warning"):
+        print(f"  warning: {result['warning']}")
+    return 0
+
+
+def _add_report(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report", help="results table over run folders", description="Write the results table (markdown + CSV)."
+    )
+    parser.add_argument("--runs", default="runs", help="folder of run folders")
+    parser.add_argument("--readme", default=None, help="README to update between the results markers")
+    parser.add_argument("--out", default=None, help="where results.md/.csv go (default: --runs)")
+    parser.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from covidct.evaluate.report import write_report
+
+    written = write_report(args.runs, readme=args.readme, out_dir=args.out)
+    print(f"{written['rows']} row(s): {written['markdown']}, {written['csv']}" + (f", {written['readme']}" if "readme" in written else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidct",
@@ -224,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"covidct {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_models(subparsers)
+    _add_train(subparsers)
+    _add_grid(subparsers)
+    _add_evaluate(subparsers)
+    _add_report(subparsers)
     _add_audit(subparsers)
     _add_preprocess(subparsers)
     _add_download(subparsers)

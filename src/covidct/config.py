@@ -311,10 +311,17 @@ def _section_from_dict(section: str, cls, values: dict, source: str):
                 f"{source}: unknown key {section}.{key}.{did_you_mean(key, names)} "
                 f"Known keys of {section}: {', '.join(names)}."
             )
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         if (section, key) in _TUPLE_FIELDS and value is not None:
             value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        if isinstance(value, str) and types[key].startswith("float"):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; numbers are numbers here.
+            try:
+                value = float(value)
+            except ValueError as error:
+                raise CovidctError(f"{source}: {section}.{key} must be a number, got {value!r}.") from error
         kwargs[key] = value
     return cls(**kwargs)
 

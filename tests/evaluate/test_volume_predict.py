@@ -156,3 +156,22 @@ def test_cli_predict_volume(tiny_run, volumes, tmp_path, capsys):
     assert np.allclose(result.slice_probs, direct, atol=1e-5)
     assert result.predicted_class in printed
     assert main(["predict-volume", "--run", str(tiny_run), str(path), "--out", str(tmp_path / "out")]) == 2
+
+
+@pytest.mark.realdata
+def test_covid_ct_md_volume_orientation_and_lung_slices(data_root):
+    from covidct.data.volumes import load_volume, preprocess_volume
+
+    path = data_root / "covid-ct-md-sample" / "COVID-19" / "P001.nii.gz"
+    volume = load_volume(path)
+    # volumes.csv: 148 slices of 224 x 224, 1.7098 mm pixels, 2 mm slices; stored as uint8 display values.
+    assert volume.array.shape == (148, 224, 224) and volume.unit == "display"
+    assert volume.spacing == pytest.approx((2.0, 1.7098, 1.7098), abs=1e-3)
+    # Inferior first: slice 5 is upper abdomen, with the liver (bright) on the image left = patient right.
+    abdomen = volume.array[5]
+    assert abdomen[:, :100].mean() > abdomen[:, 124:].mean()
+    fractions = lung_fractions(volume)
+    assert fractions[74] > 0.2 and fractions[-1] < 0.01 and fractions[5] < 0.05
+    assert 0.5 < np.mean(fractions >= 0.02) < 0.95
+    model_input = preprocess_volume(path, (32, 64, 64))
+    assert model_input.shape == (32, 64, 64) and model_input.dtype == np.uint8

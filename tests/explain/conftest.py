@@ -16,7 +16,7 @@ import pytest
 SIZE = 64
 
 
-def small_cnn(seed: int = 0, size: int = SIZE, name: str = "small_cnn"):
+def small_cnn(seed: int = 0, size: int = SIZE, name: str = "test_cnn"):
     """Conv(8)-BN-ReLU-Pool, Conv(16)-BN-ReLU-Pool, Conv(32)-BN-ReLU, GAP, Dense(2) logits.
 
     BatchNorm momentum 0.9 lets the running statistics settle within the few hundred steps of a test.
@@ -37,7 +37,7 @@ def small_cnn(seed: int = 0, size: int = SIZE, name: str = "small_cnn"):
     return keras.Model(inputs, outputs, name=name)
 
 
-def fit_small_cnn(images, labels, epochs: int, seed: int = 0, name: str = "small_cnn"):
+def fit_small_cnn(images, labels, epochs: int, seed: int = 0, name: str = "test_cnn"):
     import keras
 
     model = small_cnn(seed=seed, name=name)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from covidct.errors import CovidctError
-from covidct.explain.gradcam import cam_from_gradients, compute_cams, compute_heatmaps, conv_layer_names, normalise_cam
+from covidct.explain.gradcam import (
+    cam_from_gradients,
+    compute_cams,
+    compute_heatmaps,
+    conv_layer_names,
+    normalise_cam,
+)
 
 
 def test_cam_weights_match_hand_computation():

@@ -110,16 +110,16 @@ def test_imagenet_preprocess_layer_equals_keras_preprocess_input(mode, app):
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_masked_efficientnet_sees_only_the_masked_image():
-    model = build_model("masked_efficientnet_b0", input_shape=(64, 64, 1), num_classes=2)
+def test_masked_efficientnet_sees_only_the_masked_image(built_models):
+    model = built_models("masked_efficientnet_b0")  # 32x32x1
     assert [t.name for t in model.inputs] == ["image", "mask"]
     rng = np.random.default_rng(0)
-    a = rng.uniform(0, 255, (1, 64, 64, 1)).astype("float32")
-    b = rng.uniform(0, 255, (1, 64, 64, 1)).astype("float32")
-    mask = np.zeros((1, 64, 64, 1), "float32")
-    mask[:, 16:48, 16:48] = 255.0
+    a = rng.uniform(0, 255, (1, 32, 32, 1)).astype("float32")
+    b = rng.uniform(0, 255, (1, 32, 32, 1)).astype("float32")
+    mask = np.zeros((1, 32, 32, 1), "float32")
+    mask[:, 8:24, 8:24] = 255.0
     b_same_inside = b.copy()
-    b_same_inside[:, 16:48, 16:48] = a[:, 16:48, 16:48]
+    b_same_inside[:, 8:24, 8:24] = a[:, 8:24, 8:24]
     out = lambda img, m: keras.ops.convert_to_numpy(model([img, m], training=False))  # noqa: E731
     # Pixels outside the mask cannot change the prediction; pixels inside can.
     np.testing.assert_allclose(out(a, mask), out(b_same_inside, mask), rtol=1e-5, atol=1e-6)
@@ -137,8 +137,8 @@ def test_masked_efficientnet_head_matches_the_seed_at_512_px():
     assert tuple(model.get_layer("head_flatten").output.shape) == (None, 512)
 
 
-def test_efficientnet_grayscale_is_repeated_to_rgb_inside_the_model():
-    model = build_model("efficientnet_b0", input_shape=(32, 32, 1), num_classes=2)
+def test_efficientnet_grayscale_is_repeated_to_rgb_inside_the_model(built_models):
+    model = built_models("efficientnet_b0")  # 32x32x1
     assert tuple(model.get_layer("to_rgb").output.shape) == (None, 32, 32, 3)
 
 

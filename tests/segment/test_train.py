@@ -23,7 +23,7 @@ def test_dice_bce_loss_by_hand():
 
 def test_train_writes_a_run_folder_and_learns(discs, tmp_path, tiny_unet_builder):
     tiny_unet = tiny_unet_builder
-    run = train_segmenter(tiny_unet, dataset="kaggle-lungs", size=32, epochs=25, batch_size=4, learning_rate=3e-3,
+    run = train_segmenter(tiny_unet, dataset="kaggle-lungs", size=32, epochs=10, batch_size=4, learning_rate=1e-2,
                           run_dir=tmp_path / "run", pairs=discs)
     for name in ("config.yaml", "model.keras", "history.csv", "metrics_test.json", "per_image_test.csv"):
         assert (run / name).is_file(), name

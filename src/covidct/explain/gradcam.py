@@ -127,7 +127,12 @@ def _default_layer(model, model_name: str | None) -> str:
     if name in list_models():
         layer = get_spec(name).gradcam_layer
         if layer:
-            return layer
+            try:
+                _resolve(model, layer)
+                return layer
+            except CovidctError:
+                # A model that only shares a registered name: find its layer automatically.
+                LOGGER.info("model %r has no layer %r (registry default); choosing one automatically", name, layer)
     candidates = conv_layer_names(model)
     if not candidates:
         raise CovidctError(

@@ -94,10 +94,8 @@ def _rows_from_folders(dataset: str, root: Path) -> list[dict]:
                 rows.append({"path": image_path, "mask_path": mask_path, "split": split, "group": image_path.stem})
     else:
         for image_path in sorted((folder / "images").glob("*.png")):
-            number = re.search(r"(\d+)", image_path.stem)
-            index = int(number.group(1)) if number else len(rows)
             mask_path = folder / "masks" / image_path.name.replace("_im_", "_mask_")
-            group = f"medseg_block{(index - 1) // MEDSEG_BLOCK:02d}"
+            group = _medseg_group(image_path, len(rows))
             rows.append({"path": image_path, "mask_path": mask_path, "split": "", "group": group})
     if not rows:
         raise CovidctError(f"No image/mask pairs found in {folder} for dataset {dataset!r}.")
@@ -109,17 +107,31 @@ def _rows_from_data_layer(dataset: str, root: Path) -> list[dict] | None:
         from covidct.data.datasets import load_dataset
     except ImportError:
         return None
+    folder = root / SEGMENTATION_DATASETS[dataset]
+    if not folder.is_dir():
+        folder = root  # the dataset folder itself was given
     try:
-        manifest = load_dataset(dataset, root)
+        manifest = load_dataset(dataset, folder)
     except Exception as error:  # noqa: BLE001  (fall back to the folder reader, say why)
         logger.info("covidct.data.datasets could not load %s (%s); reading folders directly.", dataset, error)
         return None
     if "mask_path" not in manifest or (manifest["mask_path"].astype(str) == "").any():
         return None
-    return [
+    rows = [
         {"path": Path(r.path), "mask_path": Path(r.mask_path), "split": str(r.split), "group": str(r.group)}
         for r in manifest.itertuples()
     ]
+    if dataset == "medseg":
+        for row in rows:
+            row["group"] = _medseg_group(row["path"], len(rows))
+    return rows
+
+
+def _medseg_group(path: Path, fallback: int) -> str:
+    """Blocks of ``MEDSEG_BLOCK`` consecutive slice numbers: the patient proxy for MedSeg."""
+    number = re.search(r"(\d+)", Path(path).stem)
+    index = int(number.group(1)) if number else fallback
+    return f"medseg_block{(index - 1) // MEDSEG_BLOCK:02d}"
 
 
 def load_pairs(dataset: str, root=None, size: int = 64) -> SegmentationPairs:

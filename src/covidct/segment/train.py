@@ -148,6 +148,8 @@ def fit_one(cfg: SegmentConfig, model_spec, train: SegmentationPairs, test: Segm
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
         loss=dice_bce_loss,
         metrics=[dice_metric],
+        # XLA compilation costs more than it saves for these small models on CPU.
+        jit_compile=False,
     )
     callbacks = []
     validation = None

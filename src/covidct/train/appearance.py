@@ -88,7 +88,7 @@ def gaussian_kernel_1d(sigma_px: float, truncate: float = 3.0) -> np.ndarray:
 
 
 def gaussian_blur(images, sigma_px: float):
-    """Separable Gaussian blur of (B, H, W, C) float images with reflected borders (any backend)."""
+    """Separable Gaussian blur of (B, H, W, C) float images, borders mirrored without repeating the edge (any backend)."""
     kernel = gaussian_kernel_1d(sigma_px)
     radius = (len(kernel) - 1) // 2
     channels = int(images.shape[-1])

@@ -27,6 +27,7 @@ import pandas as pd
 
 from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump_config
 from covidct.errors import CovidctError
+from covidct.evaluate.report import markdown_table
 from covidct.train.data import (
     SliceSequence,
     TrainingData,
@@ -581,17 +582,10 @@ def run_report(cfg: RunConfig, info: dict, history: list[dict]) -> str:
         lines.append(f"**Warning:** {probe['warning']}.")
     if history:
         frame = pd.DataFrame(history)
-        lines += ["", "## History", "", frame.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else frame.to_csv(index=False)]
+        lines += ["", "## History", "", markdown_table(frame)]
     lines += ["", "## Reproduce", "", "```", f"covidct train --config {info['name']}/config.yaml", "```", ""]
     return "\n".join(lines)
 
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 __all__ = ["train", "run_status", "predict_logits", "set_backbone_trainable"]

@@ -1,0 +1,86 @@
+"""Segmenter benchmarks: BCD-U-Net / U-Net lung masks on kaggle-lungs, U-Net infection masks on MedSeg (CV).
+
+Usage::
+
+    python benchmarks/bench_segmentation.py lungs --model bcd_unet --base-filters 8 --epochs 40
+    python benchmarks/bench_segmentation.py infection --model unet --base-filters 8 --size 128 --folds 5 --epochs 25
+
+Each run goes through ``covidct.segment.train.train_segmenter`` (the same code as ``covidct segment train``)
+and writes its run folder under runs/bench/; the summary (with wall time and machine facts) is written
+to benchmarks/results/segmentation_<task>_<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=["lungs", "infection"])
+    parser.add_argument("--model", default=None, help="default: bcd_unet for lungs, unet for infection")
+    parser.add_argument("--base-filters", type=int, default=8)
+    parser.add_argument("--size", type=int, default=None, help="default 64 (lungs) / 128 (infection)")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--folds", type=int, default=5, help="infection only")
+    parser.add_argument("--root", default=None)
+    parser.add_argument("--run-dir", default=None)
+    args = parser.parse_args(argv)
+
+    from covidct.segment.train import train_segmenter
+
+    model = args.model or ("bcd_unet" if args.task == "lungs" else "unet")
+    size = args.size or (64 if args.task == "lungs" else 128)
+    dataset = "kaggle-lungs" if args.task == "lungs" else "medseg"
+    folds = 0 if args.task == "lungs" else args.folds
+    run_dir = Path(args.run_dir or f"runs/bench/segment-{model}-{dataset}-{size}")
+    start = time.perf_counter()
+    run = train_segmenter(
+        model=model, dataset=dataset, root=args.root, size=size, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, folds=folds, run_dir=run_dir, overwrite=True,
+        model_kwargs={"base_filters": args.base_filters},
+    )
+    wall_s = time.perf_counter() - start
+    summary = json.loads((run / ("metrics_cv.json" if folds else "metrics_test.json")).read_text())
+    import keras
+
+    result = {
+        "task": args.task,
+        "model": model,
+        "dataset": dataset,
+        "size_px": size,
+        "base_filters": args.base_filters,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "folds": folds,
+        "run_dir": str(run),
+        "wall_s": round(wall_s, 1),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "keras_backend": keras.backend.backend(),
+        "command": "python benchmarks/bench_segmentation.py " + " ".join(argv or __import__("sys").argv[1:]),
+        "metrics": summary,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"segmentation_{args.task}_{model}.json"
+    out.write_text(json.dumps(result, indent=2, default=float))
+    dice = summary["dice"]
+    print(f"{model} {dataset} {size}px: Dice {dice['mean']:.4f} [{dice['low']:.4f}, {dice['high']:.4f}] "
+          f"in {wall_s:.0f} s -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The results table over run folders (markdown + CSV) and the README section it rewrites.
+
+One row per evaluated set of each run: the run, what selected its checkpoint (validation), which set
+the numbers come from (test or an external dataset), macro-F1 and AUC with their 95% group-bootstrap
+CIs, and the exact commands that reproduce the row. Numbers are read from ``metrics_<tag>.json``, so
+the README cannot drift from what was run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from covidct.errors import CovidctError
+
+START_MARKER = "<!-- results:start -->"
+END_MARKER = "<!-- results:end -->"
+
+
+def markdown_table(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
+    """A GitHub markdown table of a DataFrame (no extra dependency)."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else float_format.format(value)
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def _with_ci(block: dict, key: str) -> str:
+    value = block.get(key)
+    ci = (block.get("ci") or {}).get(key) or {}
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if ci.get("low") is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = False) -> pd.DataFrame:
+    """One row per ``metrics_<tag>.json`` found under ``runs_root`` (searched recursively).
+
+    Args:
+        runs_root: folder of run folders.
+        include_val: also list validation-set evaluations (marked as the selection set).
+
+    Returns:
+        DataFrame: run, model, dataset, stage, setting, evaluated on, selected on, n images / groups,
+        macro-F1 [CI], AUC [CI], patient-level AUC, command.
+    """
+    root = Path(runs_root)
+    if not root.is_dir():
+        raise CovidctError(f"Runs folder {root} does not exist; train something first (covidct train ...).")
+    rows = []
+    for metrics_file in sorted(root.rglob("metrics_*.json")):
+        run_dir = metrics_file.parent
+        metrics = json.loads(metrics_file.read_text())
+        evaluated = metrics.get("evaluated_on", {})
+        if evaluated.get("is_selection_set") and not include_val:
+            continue
+        if evaluated.get("split") == "train":
+            continue
+        info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+        selection = metrics.get("selection", {})
+        slice_block = metrics.get("slice", {})
+        patient = (metrics.get("patient") or {}).get("mean") or {}
+        command = f"covidct train --config {run_dir}/config.yaml --run-dir {run_dir} --overwrite && covidct evaluate --run {run_dir}"
+        if evaluated.get("section") == "external":
+            mapping = ",".join(f"{k}={v}" for k, v in (evaluated.get("label_map") or {}).items())
+            command += f" --dataset {evaluated.get('dataset')}" + (f' --label-map "{mapping}"' if mapping else "")
+        else:
+            command += f" --split {evaluated.get('split', 'test')}"
+        rows.append(
+            {
+                "run": run_dir.name,
+                "model": info.get("model", ""),
+                "dataset": info.get("dataset", ""),
+                "stage": info.get("stage", ""),
+                "evaluated on": (
+                    f"{evaluated.get('split')} (selection set!)" if evaluated.get("is_selection_set") else evaluated.get("split", "")
+                ),
+                "selected on": f"{selection.get('split', 'val')} ({selection.get('monitor', '')})",
+                "images / groups": f"{evaluated.get('n_images', '')} / {evaluated.get('n_groups', '')}",
+                "macro-F1 [95% CI]": _with_ci(slice_block, "macro_f1"),
+                "AUC [95% CI]": _with_ci(slice_block, "auc_macro_ovr"),
+                "patient AUC (mean)": _with_ci(patient, "auc_macro_ovr") if patient else "n/a",
+                "command": f"`{command}`",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def replace_between_markers(text: str, content: str) -> str:
+    """Replace what lies between the results markers (both must be present, start before end)."""
+    start, end = text.find(START_MARKER), text.find(END_MARKER)
+    if start < 0 or end < 0 or end < start:
+        raise CovidctError(
+            f"The README has no results section: add the lines {START_MARKER} and {END_MARKER} where the table goes."
+        )
+    return text[: start + len(START_MARKER)] + "\n" + content.rstrip() + "\n" + text[end:]
+
+
+def write_report(runs_root: str | os.PathLike = "runs", readme: str | os.PathLike | None = None, out_dir=None) -> dict:
+    """Write ``results.md`` and ``results.csv`` (in ``out_dir``, default ``runs_root``) and update the README.
+
+    Returns:
+        dict with the paths written and the number of rows.
+    """
+    from covidct.train.state import write_text_atomic
+
+    table = collect_results(runs_root)
+    out_dir = Path(out_dir or runs_root)
+    note = (
+        "Scores are on the test split (or an external dataset) with 95% bootstrap CIs over patients/groups; "
+        "checkpoints were selected on the validation split. Generated by `covidct report`."
+    )
+    markdown = (markdown_table(table) if len(table) else "_No evaluated runs yet._") + "\n\n" + note + "\n"
+    written = {
+        "markdown": str(write_text_atomic(out_dir / "results.md", markdown)),
+        "csv": str(write_text_atomic(out_dir / "results.csv", table.to_csv(index=False))),
+        "rows": len(table),
+    }
+    if readme is not None:
+        readme = Path(readme)
+        if not readme.is_file():
+            raise CovidctError(f"README {readme} does not exist.")
+        write_text_atomic(readme, replace_between_markers(readme.read_text(), markdown))
+        written["readme"] = str(readme)
+    return written

@@ -1,0 +1,91 @@
+"""Config loading: YAML + overrides → frozen dataclasses; unknown names stop with close matches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import covidct.models.simple_cnn  # noqa: F401  (registers simple_cnn)
+from covidct.config import (
+    STAGE_AUGMENTATION,
+    RunConfig,
+    apply_setting,
+    augmentation_factors,
+    dump_config,
+    experiment_name,
+    load_config,
+)
+from covidct.errors import CovidctError
+
+YAML = """
+name: ""
+data: {dataset: phantom, stage: lungs, size: 64}
+model: {name: simple_cnn}
+training: {epochs: 5, class_weight: balanced, augmentation: stage}
+"""
+
+
+@pytest.fixture()
+def config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML)
+    return path
+
+
+def test_load_overrides_and_name(config_file):
+    cfg = load_config(config_file, ["training.epochs=3", "training.learning_rate=1e-4", "data.split_fractions=[0.6,0.2,0.2]"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.training.epochs == 3 and cfg.training.learning_rate == pytest.approx(1e-4)
+    assert cfg.data.split_fractions == (0.6, 0.2, 0.2)
+    assert cfg.run_name == "simple_cnn-lungs-classw-dataaug"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.training.epochs = 7
+
+
+def test_dump_round_trip(config_file, tmp_path):
+    cfg = load_config(config_file, ["evaluation.tta=true"])
+    path = dump_config(cfg, tmp_path / "out" / "config.yaml")
+    assert load_config(path) == cfg
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_settings_and_stage_augmentation(config_file):
+    cfg = load_config(config_file)
+    assert experiment_name("transfusion_tiny", "crop", "classw") == "transfusion_tiny-crop-classw"
+    baseline = apply_setting(cfg, "baseline")
+    assert baseline.setting == "baseline" and baseline.training.class_weight == "none"
+    assert apply_setting(cfg, "dataaug").setting == "dataaug"
+    # SCIENCE.md: (r, z, t) = (0.05, -0.1, 0.05) for lungs, (0.1, -0.2, 0.15) for lungs-nocrop.
+    assert augmentation_factors(cfg.training, "lungs") == {"rotation": 0.05, "zoom": -0.1, "translation": 0.05, "flip": True}
+    assert STAGE_AUGMENTATION["lungs-nocrop"] == (0.1, -0.2, 0.15)
+    assert STAGE_AUGMENTATION["crop"] == (0.07, -0.1, 0.07)
+    assert augmentation_factors(baseline.training, "lungs") is None
+    with pytest.raises(CovidctError, match="Unknown setting"):
+        apply_setting(cfg, "classweights")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("traning.epochs=3", "Did you mean: training"),
+        ("training.epoch=3", "Did you mean: epochs"),
+        ("model.name=simpel_cnn", "Did you mean: simple_cnn"),
+        ("data.stage=lung", "Did you mean: lungs"),
+        ("data.dataset=phantoms", "Did you mean: phantom"),
+        ("training.optimizer=adamm", "Did you mean: adam"),
+        ("training.epochs=0", "integer >= 1"),
+        ("data.split_fractions=[0.5,0.2,0.2]", "summing to 1"),
+        ("training.augmentation={rotate: 0.1}", "Did you mean: rotation"),
+    ],
+)
+def test_bad_configs_name_the_fix(config_file, override, message):
+    with pytest.raises(CovidctError, match=message):
+        load_config(config_file, [override])
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(CovidctError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(CovidctError, match="section.key=value"):
+        load_config(None, ["training.epochs"])

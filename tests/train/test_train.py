@@ -1,0 +1,151 @@
+"""train(cfg): determinism, resume after a crash, NaN loss, refusing to clobber, full disk, bad splits."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covidct.errors import CovidctError
+from covidct.train import train
+from covidct.train import state as state_module
+from covidct.train import trainer as trainer_module
+from covidct.train.data import data_from_arrays
+
+from .conftest import tiny_config
+
+
+def _history(run_dir):
+    return pd.read_csv(run_dir / "history.csv").drop(columns=["seconds"])
+
+
+def test_same_seed_same_numbers(phantom_data, tmp_path):
+    cfg = tiny_config(max_steps_per_epoch=3)
+    a = train(cfg, run_dir=tmp_path / "a", data=phantom_data, progress=False)
+    b = train(cfg, run_dir=tmp_path / "b", data=phantom_data, progress=False)
+    pd.testing.assert_frame_equal(_history(a), _history(b), rtol=1e-6)
+    info = json.loads((a / "run.json").read_text())
+    assert info["status"] == "finished" and info["class_names"] == ["COV", "Normal", "OtherPneumonia"]
+    assert info["selection_split"] == "val" and info["stage"] == "original" and info["size"] == 48
+    for name in ("config.yaml", "model.keras", "history.csv", "run_report.md"):
+        assert (a / name).is_file(), name
+    assert not (a / "train_state.npz").exists()
+    assert "selected on the **validation** split" in (a / "run_report.md").read_text()
+
+
+def test_resume_after_crash_gives_the_uninterrupted_result(phantom_data, tmp_path, monkeypatch):
+    # small_cnn has BatchNorm and Dropout; augmentation and class weights exercise every random draw.
+    cfg = dataclasses.replace(
+        tiny_config(epochs=3, max_steps_per_epoch=2, augmentation="stage", class_weight="balanced"),
+        model=dataclasses.replace(tiny_config().model, name="small_cnn"),
+    )
+    reference = train(cfg, run_dir=tmp_path / "reference", data=phantom_data, progress=False)
+
+    original = trainer_module._Trainer.end_epoch
+
+    def crash_after_second_epoch(self, epoch, logs, seconds):
+        original(self, epoch, logs, seconds)
+        if epoch == 1:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", crash_after_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False)
+    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
+    assert trainer_module.run_status(tmp_path / "resumed") == "interrupted"
+    with pytest.raises(CovidctError, match="--resume"):
+        train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False)
+    resumed = train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False, resume=True)
+    pd.testing.assert_frame_equal(_history(reference), _history(resumed), rtol=1e-5)
+    import keras
+
+    w_ref = keras.saving.load_model(reference / "model.keras", compile=False).get_weights()
+    w_res = keras.saving.load_model(resumed / "model.keras", compile=False).get_weights()
+    for x, y in zip(w_ref, w_res):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_finished_run_is_not_overwritten(phantom_data, tmp_path):
+    cfg = tiny_config(epochs=1, max_steps_per_epoch=1)
+    run = train(cfg, run_dir=tmp_path / "run", data=phantom_data, progress=False)
+    with pytest.raises(CovidctError, match="finished run"):
+        train(cfg, run_dir=run, data=phantom_data, progress=False)
+    (run / "marker").write_text("old")
+    train(cfg, run_dir=run, data=phantom_data, progress=False, overwrite=True)
+    assert not (run / "marker").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(phantom_data, tmp_path, monkeypatch):
+    original = trainer_module._Trainer.end_epoch
+
+    def poison_after_first_epoch(self, epoch, logs, seconds):
+        original(self, epoch, logs, seconds)
+        if epoch == 0:
+            # A NaN weight makes every following loss NaN through the real loss computation.
+            kernel = self.model.get_layer("logits").kernel
+            kernel.assign(np.full(tuple(kernel.shape), np.nan, dtype="float32"))
+
+    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", poison_after_first_epoch)
+    run_dir = tmp_path / "nan"
+    with pytest.raises(CovidctError, match="NaN in epoch 2.*keeps the best epoch \\(1\\)"):
+        train(tiny_config(epochs=3, max_steps_per_epoch=2), run_dir=run_dir, data=phantom_data, progress=False)
+    import keras
+
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "nan"
+    assert len(pd.read_csv(run_dir / "history.csv")) == 1
+
+
+def test_disk_full_leaves_no_half_written_model(phantom_data, tmp_path, monkeypatch):
+    def full_disk(model, path):
+        with open(path, "wb") as stream:
+            stream.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # An existing model survives a failed save byte for byte.
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    target = tmp_path / "keep" / "model.keras"
+    state_module.save_model_atomic(model, target)
+    before = target.read_bytes()
+    monkeypatch.setattr(state_module, "save_model_file", full_disk)
+    with pytest.raises(CovidctError, match="No space left"):
+        state_module.save_model_atomic(model, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.keras"]
+    # In a training run: a clear error, no model.keras and no temporary files.
+    run_dir = tmp_path / "full"
+    with pytest.raises(CovidctError, match="No space left"):
+        train(tiny_config(epochs=1, max_steps_per_epoch=1), run_dir=run_dir, data=phantom_data, progress=False)
+    assert not (run_dir / "model.keras").exists()
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_bad_splits_stop_with_a_message(phantom_data, tmp_path):
+    manifest = phantom_data.manifest.copy()
+    one_class = data_from_arrays(phantom_data.images, manifest.assign(label="COV"))
+    with pytest.raises(CovidctError, match="only one class"):
+        train(tiny_config(), run_dir=tmp_path / "one", data=one_class, progress=False)
+    no_val_other = manifest.copy()
+    no_val_other.loc[(no_val_other["split"] == "val") & (no_val_other["label"] == "OtherPneumonia"), "split"] = "test"
+    with pytest.raises(CovidctError, match=r"\['OtherPneumonia'\] have no images in the 'val' split"):
+        train(tiny_config(), run_dir=tmp_path / "noval", data=data_from_arrays(phantom_data.images, no_val_other), progress=False)
+
+
+def test_frozen_backbone_trains_only_the_head(phantom_data, tmp_path):
+    import keras
+
+    cfg = tiny_config(epochs=1, max_steps_per_epoch=2)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze="frozen"))
+    run = train(cfg, run_dir=tmp_path / "frozen", data=phantom_data, progress=False)
+    keras.utils.set_random_seed(cfg.training.seed)
+    initial = trainer_module.build_configured_model(cfg, phantom_data.images, 3)
+    trained = keras.saving.load_model(run / "model.keras", compile=False)
+    np.testing.assert_array_equal(initial.get_layer("conv1").get_weights()[0], trained.get_layer("conv1").get_weights()[0])
+    assert not np.allclose(initial.get_layer("logits").get_weights()[0], trained.get_layer("logits").get_weights()[0])
