@@ -75,17 +75,20 @@ def batch_read(cache, batch: int = 64, repeats: int = 200) -> dict:
             "batch64_random_ms": round(1000 * float(np.median(random_rows)), 3)}
 
 
-def rss_child(data_root: Path, size: int, workers: int) -> None:
+def rss_child(data_root: Path, size: int, workers: int, stage: str = "original") -> None:
     """Build one cache and print peak RSS (MiB) of this process and of its largest worker."""
     import covidct.preprocess  # noqa: F401
     from covidct.data.cache import build_cache
+    from covidct.preprocess.stages import STAGES, register_stage
 
+    if stage == "bench-bare-resize" and stage not in STAGES:
+        register_stage(stage)(bare_resize)
     manifest = manifest_for(data_root)
     with tempfile.TemporaryDirectory() as folder:
-        build_cache(manifest, stage="original", size=size, cache_root=folder, workers=workers, progress=False)
+        build_cache(manifest, stage=stage, size=size, cache_root=folder, workers=workers, progress=False)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"size": size, "main_peak_rss_mib": round(own, 1), "largest_worker_peak_rss_mib": round(children, 1)}))
+    print(json.dumps({"size": size, "stage": stage, "main_peak_rss_mib": round(own, 1), "largest_worker_peak_rss_mib": round(children, 1)}))
 
 
 def main() -> None:
@@ -94,10 +97,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-stage", default="original", help="stage of the 512-px memory run")
     args = parser.parse_args()
     data_root = Path(args.data_root)
     if args.rss_child:
-        rss_child(data_root, args.rss_child, args.workers)
+        rss_child(data_root, args.rss_child, args.workers, args.rss_stage)
         return
     import covidct.preprocess  # noqa: F401  (registers the real stages)
     from covidct.preprocess.stages import STAGES, register_stage
@@ -110,7 +114,7 @@ def main() -> None:
         results["builds"].append(build_speed(manifest, stage, 224, args.workers))
         print(json.dumps(results["builds"][-1]), flush=True)
     child = subprocess.run([sys.executable, __file__, "--data-root", str(data_root), "--workers", str(args.workers),
-                            "--rss-child", "512"], capture_output=True, text=True, check=True)
+                            "--rss-child", "512", "--rss-stage", args.rss_stage], capture_output=True, text=True, check=True)
     results["rss_512"] = json.loads(child.stdout.strip().splitlines()[-1])
     print(json.dumps(results["rss_512"]))
     if args.out:

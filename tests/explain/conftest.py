@@ -4,8 +4,9 @@ The trained models are session-scoped, so the whole explain suite trains each of
 
 - ``lesion_task``: COV vs Normal phantoms at 64 px (one slice per synthetic patient, so a patient's
   anatomy cannot be memorised); only the planted ground-glass lesions separate the classes.
-- ``shortcut_task``: Normal phantoms only, labels drawn at random, and every class-1 image marked by a
-  bright 6x6 square in the top-left corner, outside the body: the marker is the only signal.
+- ``shortcut_task``: all phantoms, labels drawn at random (independent of the lesions), and every
+  class-1 image marked by a bright 8x8 square in the top-left corner, outside the body: the marker is
+  the only signal.
 """
 
 from __future__ import annotations
@@ -80,15 +81,13 @@ def lesion_task(phantom_slices):
     }
 
 
-CORNER = (slice(1, 7), slice(1, 7))
+CORNER = (slice(1, 9), slice(1, 9))
 
 
 @pytest.fixture(scope="session")
 def shortcut_task(phantom_slices):
-    labels = np.asarray(phantom_slices.labels)
-    normal = labels == "Normal"
-    images = _display(phantom_slices.images_hu[normal])
-    assert not phantom_slices.body_masks[normal][:, CORNER[0], CORNER[1]].any(), "marker must lie outside the body"
+    images = _display(phantom_slices.images_hu)
+    assert not phantom_slices.body_masks[:, CORNER[0], CORNER[1]].any(), "the marker must lie outside the body"
     y = np.random.default_rng(1).integers(0, 2, len(images)).astype(np.int32)
     images[y == 1, CORNER[0], CORNER[1], :] = 255.0
     test = np.arange(len(y)) % 4 == 0
@@ -97,7 +96,7 @@ def shortcut_task(phantom_slices):
         "model": model,
         "images": images[test],
         "labels": y[test],
-        "lung_labels": phantom_slices.lung_labels[normal][test],
+        "lung_labels": phantom_slices.lung_labels[test],
     }
 
 
@@ -142,3 +141,41 @@ def expected_known_answer(image: np.ndarray, class_index: int) -> np.ndarray:
 @pytest.fixture
 def known_answer():
     return known_answer_model, known_answer_image, expected_known_answer
+
+
+def nested_mobilenet(size: int = 64):
+    """A keras.applications MobileNetV3Small nested as one layer: image -> scale -> RGB -> base -> GAP -> Dense."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    base = keras.applications.MobileNetV3Small(
+        input_shape=(size, size, 3), include_top=False, weights=None, include_preprocessing=False, pooling=None
+    )
+    inputs = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
+    x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
+    x = base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(2, name="logits")(x)
+    model = keras.Model(inputs, outputs, name="nested_mobilenet")
+    # Random but non-degenerate head weights, so both classes have positive and negative evidence.
+    kernel = np.random.default_rng(0).normal(size=model.get_layer("logits").get_weights()[0].shape)
+    model.get_layer("logits").set_weights([kernel.astype(np.float32), np.zeros(2, np.float32)])
+    return model, base
+
+
+def class_activation_map_of(features: np.ndarray, kernel: np.ndarray, class_index: int, size: int) -> np.ndarray:
+    """Zhou et al.'s CAM, relu(sum_k W[k, c] A_k), resized and scaled like a Grad-CAM heatmap."""
+    from covidct.explain.gradcam import normalise_cam
+
+    return normalise_cam(np.maximum(features @ kernel[:, class_index], 0.0), size, size)
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return nested_mobilenet()
+
+
+@pytest.fixture
+def class_activation_map():
+    return class_activation_map_of

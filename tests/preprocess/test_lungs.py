@@ -3,7 +3,6 @@
 import warnings
 
 import cv2
-import keras
 import numpy as np
 import pytest
 
@@ -144,6 +143,8 @@ def test_envelope_surrounds_both_lungs():
 
 
 def test_model_method_uses_a_saved_segmenter(tmp_path):
+    import keras
+
     # A 1x1 convolution with logit = (100 - x) / 10: "dark pixels are lung". Two dark squares on tissue.
     inputs = keras.Input((32, 32, 1), name="image")
     outputs = keras.layers.Conv2D(1, 1, name="logits")(inputs)
@@ -167,3 +168,28 @@ def test_unknown_method_and_missing_model():
         lung_mask(np.zeros((8, 8)), method="model")
     with pytest.raises(CovidctError, match="No segmenter"):
         lung_mask(np.zeros((8, 8)), method="model", model="/nonexistent/run")
+
+
+@pytest.mark.realdata
+def test_classical_dice_on_kaggle_lungs_test_split(data_root):
+    folder = data_root / "kaggle-lungs-ct-64px" / "test"
+    scores = []
+    for image_path in sorted((folder / "images").glob("*.png")):
+        image = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
+        truth = cv2.imread(str(folder / "masks" / image_path.name), cv2.IMREAD_GRAYSCALE) > 0
+        scores.append(dice(lung_mask(image, warn=False), truth))
+    assert len(scores) == 54
+    assert np.mean(scores) >= 0.95
+
+
+@pytest.mark.realdata
+def test_real_slices_give_plausible_masks(data_root):
+    files = sorted((data_root / "sars-cov-2-ct-scan").glob("*/*.png"))[::250]
+    files += sorted((data_root / "medseg-covid19-100" / "images").glob("*.png"))[::20]
+    assert len(files) >= 12
+    flagged = 0
+    for path in files:
+        labels = lung_mask(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), warn=False)
+        assert labels.any(), path
+        flagged += not check_lung_mask(labels).plausible
+    assert flagged <= 0.2 * len(files)

@@ -106,3 +106,17 @@ def test_real_segmentation_sets_load(data_root):
     assert (lungs.splits == "train").sum() == 213 and (lungs.splits == "test").sum() == 54
     medseg = load_pairs("medseg", data_root, size=64)
     assert len(medseg) == 100 and (medseg.masks.reshape(100, -1).max(axis=1) > 0).sum() >= 97
+
+
+def test_phantom_pairs_hold_the_exact_masks():
+    from covidct.data.phantom import make_dataset
+    from covidct.segment.data import phantom_pairs
+
+    pairs = phantom_pairs(10, 32, "lesion", seed=3)
+    truth = make_dataset(n=10, size=32, seed=3)
+    np.testing.assert_array_equal(pairs.masks, truth.lesion_masks.astype(np.uint8))
+    assert pairs.images.shape == (10, 32, 32, 1) and pairs.images.dtype == np.uint8
+    train_groups = set(pairs.groups[pairs.splits == "train"])
+    assert train_groups and not train_groups & set(pairs.groups[pairs.splits == "test"])
+    lungs = phantom_pairs(10, 32, "lungs", seed=3)
+    np.testing.assert_array_equal(lungs.masks, (truth.lung_labels > 0).astype(np.uint8))

@@ -44,7 +44,7 @@ def phantom_data():
     return data_from_arrays(images, manifest, source="phantom")
 
 
-def tiny_config(**training) -> RunConfig:
+def make_tiny_config(**training) -> RunConfig:
     """A fast config: simple_cnn, 48 px, few epochs, no probe, float32."""
     base = {
         "epochs": 2,
@@ -64,3 +64,9 @@ def tiny_config(**training) -> RunConfig:
             "training": base,
         }
     )
+
+
+@pytest.fixture()
+def tiny_config():
+    """The ``make_tiny_config(**training_overrides)`` factory."""
+    return make_tiny_config

@@ -64,8 +64,10 @@ def test_jpeg_compress_matches_pil_and_quality_100_is_nearly_lossless():
         Image.fromarray(np.round(batch[i, ..., 0]).astype(np.uint8)).save(buffer, format="JPEG", quality=quality)
         reference = np.asarray(Image.open(buffer), dtype="float64")
         ours_vs_pil = np.abs(out[i, ..., 0] - reference).mean()
-        assert ours_vs_pil < 1.0
-        assert ours_vs_pil < 0.5 * np.abs(out[i, ..., 0] - np.round(batch[i, ..., 0])).mean()
+        pil_loss = np.abs(reference - np.round(batch[i, ..., 0])).mean()
+        # libjpeg's integer DCT rounds differently; the compression loss itself is ~5-8 grey levels.
+        assert pil_loss > 4
+        assert ours_vs_pil < 0.2 * pil_loss
     lossless = np.asarray(keras.ops.convert_to_numpy(jpeg_compress(batch, np.array([100.0, 100.0]))))
     assert np.abs(lossless - np.round(batch)).max() <= 2.0
     odd = np.asarray(keras.ops.convert_to_numpy(jpeg_compress(batch[:, :30, :27], np.array([50.0, 50.0]))))

@@ -16,14 +16,12 @@ from covidct.train import state as state_module
 from covidct.train import trainer as trainer_module
 from covidct.train.data import data_from_arrays
 
-from .conftest import tiny_config
-
 
 def _history(run_dir):
     return pd.read_csv(run_dir / "history.csv").drop(columns=["seconds"])
 
 
-def test_same_seed_same_numbers(phantom_data, tmp_path):
+def test_same_seed_same_numbers(phantom_data, tmp_path, tiny_config):
     cfg = tiny_config(max_steps_per_epoch=3)
     a = train(cfg, run_dir=tmp_path / "a", data=phantom_data, progress=False)
     b = train(cfg, run_dir=tmp_path / "b", data=phantom_data, progress=False)
@@ -37,7 +35,7 @@ def test_same_seed_same_numbers(phantom_data, tmp_path):
     assert "selected on the **validation** split" in (a / "run_report.md").read_text()
 
 
-def test_resume_after_crash_gives_the_uninterrupted_result(phantom_data, tmp_path, monkeypatch):
+def test_resume_after_crash_gives_the_uninterrupted_result(phantom_data, tmp_path, monkeypatch, tiny_config):
     # small_cnn has BatchNorm and Dropout; augmentation and class weights exercise every random draw.
     cfg = dataclasses.replace(
         tiny_config(epochs=3, max_steps_per_epoch=2, augmentation="stage", class_weight="balanced"),
@@ -69,7 +67,7 @@ def test_resume_after_crash_gives_the_uninterrupted_result(phantom_data, tmp_pat
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_finished_run_is_not_overwritten(phantom_data, tmp_path):
+def test_finished_run_is_not_overwritten(phantom_data, tmp_path, tiny_config):
     cfg = tiny_config(epochs=1, max_steps_per_epoch=1)
     run = train(cfg, run_dir=tmp_path / "run", data=phantom_data, progress=False)
     with pytest.raises(CovidctError, match="finished run"):
@@ -79,7 +77,7 @@ def test_finished_run_is_not_overwritten(phantom_data, tmp_path):
     assert not (run / "marker").exists()
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(phantom_data, tmp_path, monkeypatch):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(phantom_data, tmp_path, monkeypatch, tiny_config):
     original = trainer_module._Trainer.end_epoch
 
     def poison_after_first_epoch(self, epoch, logs, seconds):
@@ -101,7 +99,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(phantom_data, tmp_path, m
     assert len(pd.read_csv(run_dir / "history.csv")) == 1
 
 
-def test_disk_full_leaves_no_half_written_model(phantom_data, tmp_path, monkeypatch):
+def test_disk_full_leaves_no_half_written_model(phantom_data, tmp_path, monkeypatch, tiny_config):
     def full_disk(model, path):
         with open(path, "wb") as stream:
             stream.write(b"PK\x03\x04 half a zip")
@@ -127,7 +125,7 @@ def test_disk_full_leaves_no_half_written_model(phantom_data, tmp_path, monkeypa
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
 
 
-def test_bad_splits_stop_with_a_message(phantom_data, tmp_path):
+def test_bad_splits_stop_with_a_message(phantom_data, tmp_path, tiny_config):
     manifest = phantom_data.manifest.copy()
     one_class = data_from_arrays(phantom_data.images, manifest.assign(label="COV"))
     with pytest.raises(CovidctError, match="only one class"):
@@ -138,7 +136,7 @@ def test_bad_splits_stop_with_a_message(phantom_data, tmp_path):
         train(tiny_config(), run_dir=tmp_path / "noval", data=data_from_arrays(phantom_data.images, no_val_other), progress=False)
 
 
-def test_frozen_backbone_trains_only_the_head(phantom_data, tmp_path):
+def test_frozen_backbone_trains_only_the_head(phantom_data, tmp_path, tiny_config):
     import keras
 
     cfg = tiny_config(epochs=1, max_steps_per_epoch=2)

@@ -313,15 +313,18 @@ def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size
     if has_targets:
         arrays["targets"] = (total, size, size)
     for name, shape in arrays.items():
-        target = np.memmap(folder / f"{name}.u8.tmp", dtype=np.uint8, mode="w+", shape=shape)
-        offset = 0
-        for stem, info in zip(stems, infos):
-            if info["samples"]:
-                part = np.load(f"{stem}.{name}.npy", mmap_mode="r")
-                target[offset : offset + len(part)] = part
-                offset += len(part)
-        target.flush()
-        del target
+        # Plain sequential writes (not a writable memmap): written memmap pages would count towards
+        # this process's resident memory, and only one chunk should ever be held.
+        written = 0
+        with open(folder / f"{name}.u8.tmp", "wb") as handle:
+            for stem, info in zip(stems, infos):
+                if info["samples"]:
+                    part = np.load(f"{stem}.{name}.npy")
+                    handle.write(np.ascontiguousarray(part, dtype=np.uint8).tobytes())
+                    written += part.size
+                    del part
+        if written != int(np.prod(shape)):
+            raise CovidctError(f"{folder}: chunk files hold {written} bytes of {name}, expected {int(np.prod(shape))}.")
         os.replace(folder / f"{name}.u8.tmp", folder / f"{name}.u8")
     out.to_csv(folder / "manifest.csv", index=False)
     failed.to_csv(folder / "failed.csv", index=False)

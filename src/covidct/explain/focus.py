@@ -18,7 +18,7 @@ i.e. when the model has not gone at least a quarter of the way from chance (``a`
 the blur of Grad-CAM: its maps come from a coarse layer (7x7 at 224 px for EfficientNet) and spill
 over the lung border even when the evidence is inside. On phantoms at 64 px (lung area 0.14), a small
 CNN trained on lesions scores a median of about 0.5, a model trained on a corner marker about 0.0
-(``tests/explain/test_focus.py``, ``benchmarks/bench_gradcam.py``). When area fractions are unknown the
+(``tests/explain/test_explain_phantoms.py``, ``benchmarks/bench_gradcam.py``). When area fractions are unknown the
 threshold is ``LUNG_FOCUS_FALLBACK_THRESHOLD`` (0.5: most of the attention outside the lungs).
 """
 

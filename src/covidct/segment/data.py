@@ -163,3 +163,32 @@ def load_pairs(dataset: str, root=None, size: int = 64) -> SegmentationPairs:
         splits=np.array([r["split"] for r in rows]),
         groups=np.array([r["group"] for r in rows]),
     )
+
+
+def phantom_pairs(n: int = 60, size: int = 64, target: str = "lungs", seed: int = 0) -> SegmentationPairs:
+    """Synthetic image/mask pairs from ``covidct.data.phantom`` (for demos and smoke runs without data).
+
+    Args:
+        n: number of slices (5 per synthetic patient, who is the group).
+        size: side in pixels.
+        target: ``"lungs"`` (both lungs) or ``"lesion"`` (ground glass / consolidation).
+        seed: random seed.
+
+    Returns:
+        ``SegmentationPairs`` with images shown through the lung window; the last ~20% of the patients
+        form the "test" split.
+    """
+    from covidct.data.phantom import make_dataset
+    from covidct.preprocess.body import to_display_u8
+
+    if target not in ("lungs", "lesion"):
+        raise unknown_name_error("phantom target", target, ("lungs", "lesion"))
+    phantoms = make_dataset(n=n, size=size, seed=seed)
+    images = np.stack([to_display_u8(image) for image in phantoms.images_hu])[..., None]
+    masks = (phantoms.lung_labels > 0) if target == "lungs" else phantoms.lesion_masks
+    groups = np.array(phantoms.groups)
+    unique = list(dict.fromkeys(groups))
+    test_groups = set(unique[int(round(0.8 * len(unique))):])
+    splits = np.array(["test" if g in test_groups else "train" for g in groups])
+    names = [f"phantom_{i:04d}_{label}" for i, label in enumerate(phantoms.labels)]
+    return SegmentationPairs(images, masks.astype(np.uint8), names, splits, groups)

@@ -12,36 +12,7 @@ import numpy as np
 import pytest
 
 from covidct.errors import CovidctError
-from covidct.explain.gradcam import compute_cams, conv_layer_names, layer_activations, normalise_cam
-
-
-def nested_mobilenet(size: int = 64):
-    import keras
-
-    keras.utils.set_random_seed(3)
-    base = keras.applications.MobileNetV3Small(
-        input_shape=(size, size, 3), include_top=False, weights=None, include_preprocessing=False, pooling=None
-    )
-    inputs = keras.Input((size, size, 1), name="image")
-    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
-    x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
-    x = base(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = keras.layers.Dense(2, name="logits")(x)
-    model = keras.Model(inputs, outputs, name="nested_mobilenet")
-    # Random but non-degenerate head weights, so both classes have positive and negative evidence.
-    kernel = np.random.default_rng(0).normal(size=model.get_layer("logits").get_weights()[0].shape)
-    model.get_layer("logits").set_weights([kernel.astype(np.float32), np.zeros(2, np.float32)])
-    return model, base
-
-
-def class_activation_map(features: np.ndarray, kernel: np.ndarray, class_index: int, size: int) -> np.ndarray:
-    return normalise_cam(np.maximum(features @ kernel[:, class_index], 0.0), size, size)
-
-
-@pytest.fixture(scope="module")
-def mobilenet():
-    return nested_mobilenet()
+from covidct.explain.gradcam import compute_cams, conv_layer_names, layer_activations
 
 
 def test_nested_base_layers_are_found_by_path(mobilenet):
@@ -59,7 +30,7 @@ def test_nested_base_layers_are_found_by_path(mobilenet):
         compute_cams(model, images, layer_name=f"{base.name}/no_such_layer")
 
 
-def test_nested_grad_cam_equals_class_activation_map(mobilenet):
+def test_nested_grad_cam_equals_class_activation_map(mobilenet, class_activation_map):
     model, base = mobilenet
     import keras
 

@@ -1,0 +1,31 @@
+"""Every plotting function returns a Figure with the expected content."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from covidct.evaluate import plots
+
+
+def test_confusion_matrix_counts_and_normalised_text():
+    fig = plots.plot_confusion_matrix([[3, 1], [0, 4]], ["a", "b"], normalize=True)
+    assert isinstance(fig, Figure)
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["0.00", "0.25", "0.75", "1.00"]
+    counts = plots.plot_confusion_matrix([[3, 1], [0, 4]], ["a", "b"])
+    assert sorted(t.get_text() for t in counts.axes[0].texts) == ["0", "1", "3", "4"]
+
+
+def test_curves_reliability_and_history():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    probs = rng.dirichlet(np.ones(3), 60)
+    roc = plots.plot_roc_curves(y, probs, ["a", "b", "c"])
+    assert len(roc.axes[0].get_legend().get_texts()) == 3
+    pr = plots.plot_pr_curves(y, probs, ["a", "b", "c"])
+    assert "AP" in pr.axes[0].get_legend().get_texts()[0].get_text()
+    assert isinstance(plots.plot_reliability(y, probs), Figure)
+    history = {"epoch": [1, 2], "loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "val_macro_f1": [0.3, 0.6], "val_auc": [0.5, 0.8]}
+    fig = plots.plot_training_curves(history)
+    assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2
