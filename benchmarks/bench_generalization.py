@@ -22,6 +22,9 @@ imports no TensorFlow itself, so it runs under ``KERAS_BACKEND=jax`` (GPU) as we
     python benchmarks/bench_generalization.py --size 128 --epochs 20 --seeds 0 1 2 --out results.json
     KERAS_BACKEND=jax python benchmarks/bench_generalization.py --size 224 --seeds 0 1 2 3 4 --out gpu.json
     python benchmarks/bench_generalization.py --smoke --out /tmp/smoke.json   # phantoms, < 1 min
+    # a machine without the raw data: export the preprocessed arrays here, run there
+    python benchmarks/bench_generalization.py --export-data bundle --arms lungs robust
+    KERAS_BACKEND=jax python benchmarks/bench_generalization.py --data-dir bundle --arms lungs robust --out r.json
 
 Finished runs are reused (the script is resumable); ``--overwrite`` retrains.
 """
@@ -113,6 +116,59 @@ def smoke_external_data(stage: str, size: int, class_names: list, seed: int = 99
     return data_from_arrays(np.stack(images), manifest, classes=class_names, source="phantom-shifted")
 
 
+def export_bundle(out_dir, stages, size: int, cache_root: str = ".cache/covidct") -> list[Path]:
+    """Write preprocessed arrays for a machine without the raw data (e.g. a GPU box): per stage
+    ``internal-<stage>-<size>.npz`` (images, compressed) + ``.csv`` (manifest with the grouped split) and
+    ``external-<stage>-<size>`` likewise, plus ``lung_fractions.csv``. Built with the same code as a
+    normal run (dataset loader, grouped split, ``build_cache``), so ``--data-dir`` runs the same data.
+    """
+    from covidct.config import load_config
+    from covidct.data.cache import build_cache
+    from covidct.data.datasets import load_dataset
+    from covidct.data.splits import assign_splits
+    from covidct.train.data import apply_label_map
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d = load_config(CONFIG_DIR / "robust.yaml").data
+    internal = assign_splits(load_dataset(d.dataset, root=d.root), fractions=tuple(d.split_fractions), seed=d.seed,
+                             keep_official=d.keep_official_splits)
+    external = apply_label_map(load_dataset(EXTERNAL), EXTERNAL_LABEL_MAP, source=EXTERNAL).assign(split="test")
+    written = []
+    for stage in stages:
+        for kind, manifest in (("internal", internal), ("external", external)):
+            cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
+            stem = out_dir / f"{kind}-{stage}-{size}"
+            np.savez_compressed(f"{stem}.npz", images=np.asarray(cache.images))
+            cache.manifest.to_csv(f"{stem}.csv", index=False)
+            written += [Path(f"{stem}.npz"), Path(f"{stem}.csv")]
+    rows = external.reset_index(drop=True)
+    rows.assign(fraction=lung_fractions(rows, cache_root))[["path", "slice_index", "fraction"]].to_csv(
+        out_dir / "lung_fractions.csv", index=False)
+    written.append(out_dir / "lung_fractions.csv")
+    return written
+
+
+def bundle_data(data_dir, kind: str, stage: str, size: int, class_names=None):
+    """TrainingData from an exported bundle (see ``export_bundle``); external rows are lung-containing only."""
+    from covidct.train.data import data_from_arrays
+
+    stem = Path(data_dir) / f"{kind}-{stage}-{size}"
+    if not Path(f"{stem}.npz").is_file():
+        from covidct.errors import CovidctError
+
+        raise CovidctError(f"{stem}.npz is missing: export it with --export-data (stage {stage!r}, size {size}).")
+    images = np.load(f"{stem}.npz")["images"]
+    manifest = pd.read_csv(f"{stem}.csv", keep_default_na=False)
+    if kind == "external":
+        fractions = pd.read_csv(Path(data_dir) / "lung_fractions.csv")
+        table = dict(zip(fractions["path"] + "#" + fractions["slice_index"].astype(str), fractions["fraction"]))
+        key = manifest["path"] + "#" + manifest["slice_index"].astype(int).astype(str)
+        keep = np.flatnonzero(key.map(table).to_numpy(dtype=float) >= MIN_LUNG_FRACTION)
+        images, manifest = images[keep], manifest.iloc[keep].assign(split="test")
+    return data_from_arrays(images, manifest, classes=class_names, source=f"{kind}-{stage}")
+
+
 # ------------------------------------------------------------------------------------------ train/eval
 def arm_config(arm: str, seed: int, args):
     """The arm's RunConfig with the command line's size, epochs, seed and output folder."""
@@ -152,8 +208,10 @@ def train_arm(arm: str, seed: int, args) -> tuple[Path, float]:
     if run_status(run_dir) == "finished" and not args.overwrite:
         seconds = json.loads((run_dir / "run.json").read_text()).get("seconds", float("nan"))
         return run_dir, float(seconds)
+    data = bundle_data(args.data_dir, "internal", cfg.data.stage, cfg.data.size) if args.data_dir else None
     started = time.perf_counter()
-    train(cfg, run_dir=run_dir, resume=run_status(run_dir) == "interrupted", overwrite=args.overwrite, progress=False)
+    train(cfg, run_dir=run_dir, resume=run_status(run_dir) == "interrupted", overwrite=args.overwrite, data=data,
+          progress=False)
     return run_dir, time.perf_counter() - started
 
 
@@ -192,7 +250,11 @@ def evaluate_arm(run_dir: Path, ext, args) -> dict:
     """Internal test + external scores of one run (through ``covidct.evaluate.evaluate_run``)."""
     from covidct.evaluate import evaluate_run
 
-    internal = evaluate_run(run_dir, split="test", n_bootstrap=args.n_bootstrap, figures=False)
+    own = None
+    if args.data_dir:
+        info = json.loads((run_dir / "run.json").read_text())
+        own = bundle_data(args.data_dir, "internal", info["stage"], int(info["size"]), info["class_names"])
+    internal = evaluate_run(run_dir, split="test", n_bootstrap=args.n_bootstrap, figures=False, data=own)
     ci = internal["slice"].get("ci", {}).get("auc_macro_ovr", {})
     tag = "external-" + ("phantom-shifted" if args.smoke else EXTERNAL)
     evaluate_run(run_dir, dataset=tag.removeprefix("external-"), data=ext, label_map=EXTERNAL_LABEL_MAP,
@@ -339,8 +401,12 @@ def run_ablation(args) -> dict:
             stage = json.loads((run_dir / "run.json").read_text())["stage"]
             class_names = json.loads((run_dir / "run.json").read_text())["class_names"]
             if stage not in external_by_stage:
-                external_by_stage[stage] = (smoke_external_data(stage, args.size, class_names) if args.smoke
-                                            else external_data(stage, args.size, class_names, args.cache_root))
+                if args.smoke:
+                    external_by_stage[stage] = smoke_external_data(stage, args.size, class_names)
+                elif args.data_dir:
+                    external_by_stage[stage] = bundle_data(args.data_dir, "external", stage, args.size, class_names)
+                else:
+                    external_by_stage[stage] = external_data(stage, args.size, class_names, args.cache_root)
             scores = evaluate_arm(run_dir, external_by_stage[stage], args)
             scores["seed"] = seed
             block["seeds"].append(scores)
@@ -382,6 +448,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--markdown", default=None, help="also write the markdown table here")
     parser.add_argument("--overwrite", action="store_true", help="retrain finished runs")
+    parser.add_argument("--data-dir", default=None, help="read preprocessed arrays exported by --export-data "
+                        "(machines without the raw data)")
+    parser.add_argument("--export-data", default=None, help="export the arms' preprocessed data to this folder and exit")
     parser.add_argument("--smoke", action="store_true", help="phantom data, tiny runs (tests the pipeline in < 1 min)")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -392,6 +461,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    if args.export_data:
+        from covidct.config import load_config
+
+        stages = sorted({load_config(CONFIG_DIR / f"{arm}.yaml").data.stage for arm in args.arms})
+        for path in export_bundle(args.export_data, stages, args.size, args.cache_root):
+            sys.stdout.write(f"wrote {path}\n")
+        return 0
     results = run_ablation(args)
     table = markdown_table(results)
     if args.markdown:

@@ -40,11 +40,6 @@ def _data_root(arg) -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def medseg_radiological(image: np.ndarray) -> np.ndarray:
-    """MedSeg PNGs are raw NIfTI planes; a clockwise quarter turn puts the spine at the bottom."""
-    return np.ascontiguousarray(np.rot90(image, k=-1))
-
-
 def speed(root: Path, envelope_slices: int, repeats: int = 3) -> dict:
     from covidct.data.phantom import make_slice
     from covidct.preprocess.body import to_display_u8
@@ -52,7 +47,7 @@ def speed(root: Path, envelope_slices: int, repeats: int = 3) -> dict:
 
     files = sorted((root / "medseg-covid19-100" / "images").glob("*.png"))[:20]
     if files:
-        slices = [medseg_radiological(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)) for f in files]
+        slices = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
         source = "medseg 512x512 PNG (display)"
     else:
         slices = [to_display_u8(make_slice(c, size=512, seed=s).image_hu) for s in range(7) for c in ("COV", "Normal", "OtherPneumonia")]
@@ -125,6 +120,7 @@ def kaggle_dice(root: Path) -> dict:
 def robustness(root: Path) -> dict:
     from covidct.preprocess.body import BodyMaskWarning, body_mask
     from covidct.preprocess.lungs import check_lung_mask, lung_mask
+    from covidct.segment.data import align_mask_orientation
 
     datasets = {
         "sars-cov-2-ct": sorted((root / "sars-cov-2-ct-scan").glob("*/*.png")),
@@ -136,11 +132,10 @@ def robustness(root: Path) -> dict:
         reasons = collections.Counter()
         lesion_inside = []
         areas = []
+        turned = 0
         start = time.perf_counter()
         for path in files:
             image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-            if name == "medseg":
-                image = medseg_radiological(image)
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -158,7 +153,11 @@ def robustness(root: Path) -> dict:
                 flagged += 1
                 reasons.update(r.split(" ")[0] + " " + r.split(" ")[1] if r.startswith("lung area") else r for r in check.reasons)
             if name == "medseg":
-                mask = medseg_radiological(cv2.imread(str(path).replace("images", "masks").replace("_im_", "_mask_"), cv2.IMREAD_GRAYSCALE)) > 0
+                mask = cv2.imread(str(path).replace("images", "masks").replace("_im_", "_mask_"), cv2.IMREAD_GRAYSCALE) > 0
+                # Most staged MedSeg masks are a quarter turn away from their image: align each one first.
+                mask, turns = align_mask_orientation(image, mask.astype(np.uint8))
+                mask = mask > 0
+                turned += turns != 0
                 if mask.any():
                     lesion_inside.append(float((labels[mask] > 0).mean()))
         n = len(files)
@@ -180,6 +179,7 @@ def robustness(root: Path) -> dict:
             out[name]["infection_inside_lung_mask_mean"] = round(float(values.mean()), 4)
             out[name]["infection_inside_lung_mask_median"] = round(float(np.median(values)), 4)
             out[name]["slices_with_under_80pct_infection_inside"] = int((values < 0.8).sum())
+            out[name]["masks_turned_to_match_image"] = turned
     return out
 
 

@@ -63,13 +63,19 @@ def test_tta_and_mc_dropout(tiny_run, phantom_data):
 
 
 def test_external_section(tiny_run, phantom_data):
-    # Another "dataset": the test images with raw labels mapped onto the run's classes.
-    manifest = phantom_data.manifest.assign(label=phantom_data.manifest["label"].map({"COV": "covid", "Normal": "healthy", "OtherPneumonia": "cap"}))
-    external = data_from_arrays(phantom_data.images, manifest.assign(split="test"), classes=["COV", "Normal", "OtherPneumonia"])
-    with pytest.raises(CovidctError, match="not classes of the run|not among data.classes"):
-        data_from_arrays(phantom_data.images, manifest.assign(split="test"), classes=["COV", "Normal", "OtherPneumonia"])
-    mapped = manifest.assign(label=manifest["label"].map({"covid": "COV", "healthy": "Normal", "cap": "OtherPneumonia"}))
-    external = data_from_arrays(phantom_data.images, mapped.assign(split="test"), classes=["COV", "Normal", "OtherPneumonia"])
+    # Another "dataset": the phantom images with other raw label names, mapped onto the run's classes.
+    from covidct.train.data import apply_label_map
+
+    raw = phantom_data.manifest.assign(
+        label=phantom_data.manifest["label"].map({"COV": "covid", "Normal": "healthy", "OtherPneumonia": "cap"}), split="test"
+    )
+    with pytest.raises(CovidctError, match="not among data.classes"):
+        data_from_arrays(phantom_data.images, raw, classes=["COV", "Normal", "OtherPneumonia"])
+    with pytest.raises(CovidctError, match=r"\['healthy'\] are not in the label map"):
+        apply_label_map(raw, {"covid": "COV", "cap": "OtherPneumonia"})
+    mapped = apply_label_map(raw, {"covid": "COV", "healthy": "Normal", "cap": "OtherPneumonia"})
+    assert mapped["original_label"].tolist() == raw["label"].tolist()
+    external = data_from_arrays(phantom_data.images, mapped, classes=["COV", "Normal", "OtherPneumonia"])
     result = evaluate_run(tiny_run, dataset="phantom-copy", data=external, n_bootstrap=0, figures=False)
     assert result["evaluated_on"]["section"] == "external" and result["evaluated_on"]["split"] == "external-phantom-copy"
     assert (tiny_run / "metrics_external-phantom-copy.json").is_file()

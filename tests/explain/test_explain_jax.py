@@ -32,7 +32,9 @@ def test_known_answer_model_on_jax(known_answer, method):
         sign_class = class_index if method == "gradcam" else 0
         np.testing.assert_allclose(result.heatmaps[0], expected_fn(image, sign_class), atol=1e-5)
     batch = np.random.default_rng(0).uniform(0, 255, (5, 5, 6, 1)).astype(np.float32)
-    heatmaps = compute_cams(model, batch, class_index=[1, 0, 1, 0, 1], layer_name="features", batch_size=2).heatmaps
+    heatmaps = compute_cams(
+        model, batch, class_index=[1, 0, 1, 0, 1], layer_name="features", method=method, batch_size=2
+    ).heatmaps
     for i, class_index in enumerate([1, 0, 1, 0, 1]):
         expected = expected_fn(batch[i : i + 1], class_index if method == "gradcam" else 0)
         np.testing.assert_allclose(heatmaps[i], expected, atol=1e-5)

@@ -120,3 +120,31 @@ def test_phantom_pairs_hold_the_exact_masks():
     assert train_groups and not train_groups & set(pairs.groups[pairs.splits == "test"])
     lungs = phantom_pairs(10, 32, "lungs", seed=3)
     np.testing.assert_array_equal(lungs.masks, (truth.lung_labels > 0).astype(np.uint8))
+
+
+def test_align_mask_orientation_turns_a_quarter_turned_mask_back():
+    from covidct.data.phantom import make_slice
+    from covidct.preprocess.body import to_display_u8
+    from covidct.segment.data import align_mask_orientation
+
+    phantom = make_slice("COV", size=128, seed=0)
+    image, lesion = to_display_u8(phantom.image_hu), phantom.lesion.astype(np.uint8)
+    aligned, turns = align_mask_orientation(image, np.rot90(lesion, 1))
+    assert turns == -1 and np.array_equal(aligned, lesion)
+    # A lesion in the right lung only: unturned it lies in the lungs, turned it would not.
+    right = (lesion * (phantom.lung_labels == 1)).astype(np.uint8)
+    same, turns = align_mask_orientation(image, right)
+    assert turns == 0 and np.array_equal(same, right)
+
+
+@pytest.mark.realdata
+def test_medseg_masks_are_aligned_with_their_images(data_root):
+    from covidct.preprocess.lungs import lung_mask
+
+    medseg = load_pairs("medseg", data_root, size=128)
+    inside = [
+        (lung_mask(image[..., 0], warn=False)[mask > 0] > 0).mean()
+        for image, mask in zip(medseg.images[::5], medseg.masks[::5])
+        if mask.any()
+    ]
+    assert np.mean(inside) >= 0.8

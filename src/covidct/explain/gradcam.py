@@ -301,14 +301,13 @@ def _gradients_tensorflow(probe, inputs, delta, class_index):
     return features.numpy(), gradients.numpy(), logits.numpy(), chosen.numpy()
 
 
-_JAX_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _gradients_jax(probe, inputs, delta, class_index):
     import jax
     from keras import ops
 
-    if probe not in _JAX_FUNCTIONS:
+    # The jitted function lives on the probe (not in a global table), so it is freed with the model.
+    gradient_fn = getattr(probe, "_covidct_jax_gradient_fn", None)
+    if gradient_fn is None:
 
         def total_score(delta_value, trainable, non_trainable, input_values, classes):
             (features, logits), _ = probe.stateless_call(
@@ -317,12 +316,11 @@ def _gradients_jax(probe, inputs, delta, class_index):
             scores, chosen = _select_scores(ops, logits, classes)
             return scores.sum(), (features, logits, chosen)
 
-        _JAX_FUNCTIONS[probe] = jax.jit(jax.grad(total_score, has_aux=True))
+        gradient_fn = jax.jit(jax.grad(total_score, has_aux=True))
+        probe._covidct_jax_gradient_fn = gradient_fn
     trainable = [variable.value for variable in probe.trainable_variables]
     non_trainable = [variable.value for variable in probe.non_trainable_variables]
-    gradients, (features, logits, chosen) = _JAX_FUNCTIONS[probe](
-        delta, trainable, non_trainable, list(inputs), class_index
-    )
+    gradients, (features, logits, chosen) = gradient_fn(delta, trainable, non_trainable, list(inputs), class_index)
     return np.asarray(features), np.asarray(gradients), np.asarray(logits), np.asarray(chosen)
 
 

@@ -151,7 +151,9 @@ def fit_one(cfg: SegmentConfig, model_spec, train: SegmentationPairs, test: Segm
         # XLA compilation costs more than it saves for these small models on CPU.
         jit_compile=False,
     )
-    callbacks = []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # history.csv grows epoch by epoch, so a long run can be watched (and its progress is not lost).
+    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv"))]
     validation = None
     if len(val):
         validation = (val.images.astype(np.float32), val.masks[..., None].astype(np.float32))

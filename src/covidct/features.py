@@ -1,0 +1,165 @@
+"""Feature baselines (seed 004): frozen CNN features → scikit-learn classifiers, same evaluator.
+
+Any registered classifier serves as a frozen feature extractor: its output just before the ``logits``
+layer (for ImageNet backbones with ``weights="imagenet"`` that is the pooled ImageNet feature, with the
+model's own ``preprocess_input`` inside the network). A classical classifier (SVM, random forest,
+logistic regression, k-NN or a small MLP) is fitted on the training split and scored on the test split
+by the same metric code as every other run, with group-bootstrap CIs. Hyperparameters are fixed (no
+selection on test); the validation split is reported alongside as the selection-free check.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from covidct.errors import CovidctError, unknown_name_error
+
+log = logging.getLogger(__name__)
+
+CLASSIFIERS = ("svm", "rf", "lr", "knn", "mlp")
+
+
+def make_classifier(name: str, seed: int = 0):
+    """A scikit-learn pipeline (standardisation + classifier) with fixed, documented hyperparameters.
+
+    Args:
+        name: ``svm`` (RBF, C=1), ``rf`` (300 trees), ``lr`` (L2, C=1), ``knn`` (k=5) or ``mlp`` (one hidden
+            layer of 128, early stopping).
+        seed: random state.
+    """
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    models = {
+        "svm": lambda: SVC(C=1.0, kernel="rbf", probability=True, random_state=seed),
+        "rf": lambda: RandomForestClassifier(n_estimators=300, random_state=seed, n_jobs=1),
+        "lr": lambda: LogisticRegression(C=1.0, max_iter=3000),
+        "knn": lambda: KNeighborsClassifier(n_neighbors=5),
+        "mlp": lambda: MLPClassifier(hidden_layer_sizes=(128,), early_stopping=True, max_iter=500, random_state=seed),
+    }
+    if name not in models:
+        raise unknown_name_error("classifier", name, CLASSIFIERS)
+    return make_pipeline(StandardScaler(), models[name]())
+
+
+def feature_extractor(model, layer_name: str | None = None):
+    """A Keras model that outputs the input of the ``logits`` layer (or of ``layer_name``'s output)."""
+    import keras
+
+    if layer_name is not None:
+        output = model.get_layer(layer_name).output
+    else:
+        try:
+            output = model.get_layer("logits").input
+        except ValueError:
+            output = model.layers[-1].input
+    inputs = model.inputs if len(model.inputs) > 1 else model.inputs[0]
+    return keras.Model(inputs, output, name=f"{model.name}_features")
+
+
+def extract_features(model, images, indices, batch_size: int = 64, input_names: tuple = ("image",), layer_name=None) -> np.ndarray:
+    """Frozen features (N, F) of rows ``indices`` of a uint8 image array (flattened if not 1-D per image)."""
+    from covidct.train.trainer import predict_logits
+
+    extractor = feature_extractor(model, layer_name)
+    features = predict_logits(extractor, images, indices, batch_size, input_names)
+    return features.reshape(len(features), -1)
+
+
+def run_feature_baseline(
+    cfg,
+    classifier: str = "lr",
+    run_dir: str | os.PathLike | None = None,
+    data=None,
+    n_bootstrap: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Fit ``classifier`` on frozen features of ``cfg.model`` and evaluate it like any run.
+
+    Args:
+        cfg: RunConfig (data + the feature model, e.g. ``resnet50`` with ``weights: imagenet``).
+        classifier: one of ``CLASSIFIERS``.
+        run_dir: output folder (default ``<output_root>/features-<model>-<stage>-<classifier>``).
+        data: TrainingData (default: built from ``cfg.data``).
+        n_bootstrap: bootstrap replicates (default: the config's).
+        overwrite: replace an existing folder.
+
+    Returns:
+        The test metrics dict (also in ``metrics_test.json``; ``predictions_test.csv``, ``run.json``).
+    """
+    import keras
+
+    from covidct.config import dump_config
+    from covidct.evaluate.evaluator import metrics_with_ci
+    from covidct.models import get_spec
+    from covidct.train.data import check_training_splits, prepare_data
+    from covidct.train.state import write_json_atomic, write_text_atomic
+    from covidct.train.trainer import build_configured_model, run_status
+
+    name = f"features-{cfg.model.name}-{cfg.data.stage}-{classifier}"
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_root) / name
+    if run_status(run_dir) == "finished" and not overwrite:
+        raise CovidctError(f"{run_dir} holds a finished feature baseline; pass overwrite=True to replace it.")
+    make_classifier(classifier)  # fail fast on an unknown name
+    keras.utils.set_random_seed(cfg.training.seed)
+    data = data if data is not None else prepare_data(cfg)
+    split = data.manifest["split"].astype(str).to_numpy()
+    check_training_splits(data.labels, split, data.class_names, source=cfg.data.dataset)
+    model = build_configured_model(cfg, data.images, len(data.class_names))
+    inputs = tuple(get_spec(cfg.model.name).inputs)
+    batch = max(1, cfg.training.batch_size)
+    features = {s: extract_features(model, data.images, data.indices(s), batch, inputs) for s in ("train", "val", "test")}
+    fitted = make_classifier(classifier, seed=cfg.training.seed).fit(features["train"], data.labels[data.indices("train")])
+
+    def probabilities(part: str) -> np.ndarray:
+        # Columns of predict_proba follow fitted.classes_; put them in class-index order.
+        out = np.zeros((len(features[part]), len(data.class_names)))
+        out[:, fitted.classes_] = fitted.predict_proba(features[part])
+        return out
+
+    e = cfg.evaluation
+    n_bootstrap = e.n_bootstrap if n_bootstrap is None else n_bootstrap
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    val_rows, test_rows = data.indices("val"), data.indices("test")
+    val_metrics = metrics_with_ci(data.labels[val_rows], probabilities("val"), None, data.class_names, 0)
+    test_probs = probabilities("test")
+    groups = data.groups[test_rows]
+    result = {
+        "run": name,
+        "selection": {"split": "none", "monitor": f"fixed hyperparameters, {classifier} fitted on train", "score": val_metrics["macro_f1"]},
+        "evaluated_on": {
+            "section": "internal",
+            "split": "test",
+            "dataset": cfg.data.dataset,
+            "n_images": int(len(test_rows)),
+            "n_groups": int(len(set(groups))),
+            "is_selection_set": False,
+        },
+        "class_names": list(data.class_names),
+        "feature_model": {"name": cfg.model.name, "weights": cfg.model.weights, "dimension": int(features["train"].shape[1])},
+        "classifier": classifier,
+        "val_macro_f1": val_metrics["macro_f1"],
+        "slice": metrics_with_ci(data.labels[test_rows], test_probs, groups, data.class_names, n_bootstrap, e.ci, e.threshold, e.positive_class),
+    }
+    predictions = data.manifest.iloc[test_rows][["path", "group", "label"]].reset_index(drop=True)
+    predictions["label_index"] = data.labels[test_rows]
+    for c, class_name in enumerate(data.class_names):
+        predictions[f"prob_{class_name}"] = test_probs[:, c]
+    write_text_atomic(run_dir / "predictions_test.csv", predictions.to_csv(index=False))
+    write_json_atomic(run_dir / "metrics_test.json", result)
+    write_json_atomic(
+        run_dir / "run.json",
+        {"status": "finished", "name": name, "model": f"{cfg.model.name}+{classifier}", "dataset": cfg.data.dataset,
+         "stage": cfg.data.stage, "size": cfg.data.size, "class_names": list(data.class_names), "monitor": "none"},
+    )
+    return result
