@@ -6,7 +6,8 @@ models, stages and choices stop with close matches) and returns the frozen confi
 writes the resolved config that is saved with every run, so a run can be reproduced from its folder.
 
 Experiment names follow ``<model>-<stage>-<setting>`` with setting one of ``baseline``, ``classw``
-(class weights "balanced"), ``dataaug`` (the stage's augmentation) and ``classw-dataaug``.
+(class weights "balanced"), ``dataaug`` (the stage's augmentation), ``classw-dataaug``, and ``robust`` /
+``classw-robust`` (issue 8's geometry + appearance augmentation, ``training.augmentation: robust``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import yaml
 
 from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 
-SETTINGS = ("baseline", "classw", "dataaug", "classw-dataaug")
+SETTINGS = ("baseline", "classw", "dataaug", "classw-dataaug", "robust", "classw-robust")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine")
 LOSSES = ("ce", "focal")
@@ -216,6 +217,8 @@ _TUPLE_FIELDS = {("data", "split_fractions"), ("data", "classes"), ("evaluation"
 def setting_of(training: TrainingConfig) -> str:
     """``baseline`` / ``classw`` / ``dataaug`` / ``classw-dataaug`` from a training config."""
     classw = training.class_weight == "balanced"
+    if training.augmentation == "robust":  # issue 8's geometry + appearance augmentation
+        return "classw-robust" if classw else "robust"
     dataaug = training.augmentation not in ("none", None, False)
     return {(False, False): "baseline", (True, False): "classw", (False, True): "dataaug", (True, True): "classw-dataaug"}[
         (classw, dataaug)
@@ -236,7 +239,7 @@ def apply_setting(cfg: RunConfig, setting: str) -> RunConfig:
     training = dataclasses.replace(
         cfg.training,
         class_weight="balanced" if "classw" in setting else "none",
-        augmentation="stage" if "dataaug" in setting else "none",
+        augmentation="robust" if "robust" in setting else ("stage" if "dataaug" in setting else "none"),
     )
     return dataclasses.replace(cfg, training=training)
 

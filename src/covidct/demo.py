@@ -88,7 +88,7 @@ def format_results(metrics: dict) -> str:
     block = metrics["slice"]
     lines = [
         f"Test split ({block['n']} slices, {block['ci']['macro_f1']['n_groups']} patients); "
-        f"checkpoint selected on: {metrics.get('selection_set', 'val')}",
+        f"checkpoint selected on: {metrics.get('selection', {}).get('split', 'val')}",
         f"{'class':<16} {'precision':>9} {'recall':>7} {'F1':>6} {'AUC':>6} {'n':>4}",
     ]
     for name in block["class_names"]:

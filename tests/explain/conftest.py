@@ -164,6 +164,30 @@ def nested_mobilenet(size: int = 64):
     return model, base
 
 
+def nested_small_cnn(size: int = 16):
+    """A small Functional base nested as one layer (cheap to build on JAX, unlike keras.applications).
+
+    ``image -> rescale -> to_rgb -> backbone[conv_a -> relu_a -> conv_b -> relu_b] -> GAP -> Dense``.
+    """
+    import keras
+
+    keras.utils.set_random_seed(5)
+    base_inputs = keras.Input((size, size, 3), name="backbone_input")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv_a")(base_inputs)
+    x = keras.layers.Activation("relu", name="relu_a")(x)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="conv_b")(x)
+    x = keras.layers.Activation("relu", name="relu_b")(x)
+    base = keras.Model(base_inputs, x, name="backbone")
+    inputs = keras.Input((size, size, 1), name="image")
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
+    x = keras.layers.Concatenate(name="to_rgb")([x, x, x])
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(base(x))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(x), name="nested_small")
+    kernel = np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32)
+    model.get_layer("logits").set_weights([kernel, np.zeros(2, np.float32)])
+    return model, base
+
+
 def class_activation_map_of(features: np.ndarray, kernel: np.ndarray, class_index: int, size: int) -> np.ndarray:
     """Zhou et al.'s CAM, relu(sum_k W[k, c] A_k), resized and scaled like a Grad-CAM heatmap."""
     from covidct.explain.gradcam import normalise_cam
@@ -179,3 +203,8 @@ def mobilenet():
 @pytest.fixture
 def class_activation_map():
     return class_activation_map_of
+
+
+@pytest.fixture
+def nested_small():
+    return nested_small_cnn

@@ -8,7 +8,7 @@ import pytest
 
 from covidct.errors import CovidctError
 from covidct.explain.activations import feature_maps, top_channels
-from covidct.explain.overlay import contact_sheet, display_rgb, heatmap_rgb, overlay
+from covidct.explain.overlay import comparison_grid, contact_sheet, display_rgb, heatmap_rgb, overlay
 
 
 def test_overlay_is_the_convex_blend_of_image_and_colormap():
@@ -57,6 +57,19 @@ def test_contact_sheet_rows_grouped_per_class():
     matplotlib.pyplot.close(figure)
     with pytest.raises(CovidctError, match="7 images but 6 heatmaps"):
         contact_sheet(images, heatmaps[:6])
+
+
+def test_comparison_grid_columns_are_the_heatmap_sets():
+    images = np.zeros((2, 8, 8), np.uint8)
+    sets = {"gradcam": np.zeros((2, 8, 8)), "guided": np.ones((2, 8, 8))}
+    figure = comparison_grid(images, sets, row_labels=["a", "b"], alpha=1.0, cmap="gray")
+    axes = np.array(figure.axes).reshape(2, 3)
+    assert [axis.get_title() for axis in axes[0]] == ["original", "gradcam", "guided"]
+    assert axes[1, 0].get_ylabel() == "b"
+    assert axes[0, 2].images[0].get_array().min() == 255  # alpha 1: the guided column is the heatmap (all ones)
+    matplotlib.pyplot.close(figure)
+    with pytest.raises(CovidctError, match="'guided' has 1 maps for 2 images"):
+        comparison_grid(images, {"guided": np.ones((1, 8, 8))})
 
 
 def test_feature_maps_show_the_strongest_channels(known_answer):

@@ -22,7 +22,7 @@ from covidct.explain.gradcam import (
     conv_layer_names,
     layer_activations,
 )
-from covidct.explain.overlay import contact_sheet, heatmap_rgb, overlay
+from covidct.explain.overlay import comparison_grid, contact_sheet, heatmap_rgb, overlay
 
 __all__ = [
     "LUNG_FOCUS_MARGIN",
@@ -30,6 +30,7 @@ __all__ = [
     "CamResult",
     "LungFocusWarning",
     "compute_cams",
+    "comparison_grid",
     "compute_heatmaps",
     "contact_sheet",
     "conv_layer_names",

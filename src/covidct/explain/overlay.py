@@ -165,3 +165,58 @@ def contact_sheet(
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def comparison_grid(
+    images,
+    heatmap_sets: dict,
+    row_labels=None,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    title: str | None = None,
+    panel_inches: float = 2.0,
+):
+    """Overlays of several heatmap sets side by side: one row per image, one column per set.
+
+    Use it to compare methods (``{"gradcam": h1, "guided": h2}``), target classes, layers or checkpoints
+    on the same images.
+
+    Args:
+        images: N images, (N, H, W) or (N, H, W, C).
+        heatmap_sets: ``{column title: (N, H, W) heatmaps}``, in column order.
+        row_labels: optional N strings shown left of each row.
+        alpha: overlay weight of the heatmap.
+        cmap: matplotlib colormap.
+        title: figure title.
+        panel_inches: size of one panel in inches.
+
+    Returns:
+        A matplotlib Figure with columns ``original`` and one per heatmap set.
+    """
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    if count == 0 or not heatmap_sets:
+        raise CovidctError("comparison_grid needs at least one image and one heatmap set.")
+    for name, heatmaps in heatmap_sets.items():
+        if len(heatmaps) != count:
+            raise CovidctError(f"Heatmap set {name!r} has {len(heatmaps)} maps for {count} images.")
+    if row_labels is not None and len(row_labels) != count:
+        raise CovidctError(f"Got {count} images but {len(row_labels)} row labels.")
+    columns = 1 + len(heatmap_sets)
+    figure, axes = plt.subplots(count, columns, figsize=(columns * panel_inches, count * panel_inches + 0.4), squeeze=False)
+    for row in range(count):
+        axes[row, 0].imshow(display_rgb(images[row]))
+        for column, heatmaps in enumerate(heatmap_sets.values(), start=1):
+            axes[row, column].imshow(overlay(images[row], heatmaps[row], alpha=alpha, cmap=cmap))
+        for column, heading in enumerate(["original", *map(str, heatmap_sets)]):
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+            if row == 0:
+                axes[row, column].set_title(heading, fontsize=9)
+        if row_labels is not None:
+            axes[row, 0].set_ylabel(str(row_labels[row]), fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure

@@ -139,3 +139,17 @@ def predict_images(loaded: LoadedRun, items, batch_size: int = 32, tta: bool = F
     out = np.zeros((len(items), probs.shape[1]))
     np.add.at(out, owner, probs)
     return out / np.bincount(owner, minlength=len(items))[:, None]
+
+
+def train_or_reuse(cfg: RunConfig, run_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Return a finished run folder for ``cfg``: reuse it when it is finished, resume or train it otherwise.
+
+    Notebooks and benchmarks call this so rerunning them never retrains (nor clobbers) a finished run.
+    """
+    from covidct.train.trainer import run_status, train
+
+    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_root) / cfg.run_name
+    status = run_status(run_dir)
+    if status == "finished":
+        return run_dir
+    return train(cfg, run_dir=run_dir, resume=status == "interrupted", overwrite=status == "failed", progress=progress)
