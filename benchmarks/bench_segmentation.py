@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/bench_segmentation.py lungs --model bcd_unet --base-filters 8 --epochs 40
-    python benchmarks/bench_segmentation.py infection --model unet --base-filters 8 --size 128 --folds 5 --epochs 25
+    python benchmarks/bench_segmentation.py infection --model unet --base-filters 8 --batch-norm --size 128 \
+        --folds 5 --epochs 30 --patience 8 --rotation 10 --lung-input none
 
 Each run goes through ``covidct.segment.train.train_segmenter`` (the same code as ``covidct segment train``)
 and writes its run folder under runs/bench/; the summary (with wall time and machine facts) is written
@@ -35,6 +36,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--folds", type=int, default=5, help="infection only")
+    parser.add_argument("--batch-norm", action="store_true", help="BatchNorm after each conv")
+    parser.add_argument("--rotation", type=float, default=0.0, help="random rotation (degrees) when augmenting")
+    parser.add_argument("--patience", type=int, default=0, help="early stopping on validation Dice (0: off)")
+    parser.add_argument("--lung-input", default="none", choices=["none", "masked", "auto"],
+                        help="auto: plain or lung-masked input, chosen per fold on inner validation Dice")
     parser.add_argument("--root", default=None)
     parser.add_argument("--run-dir", default=None)
     args = parser.parse_args(argv)
@@ -50,7 +56,8 @@ def main(argv=None) -> int:
     run = train_segmenter(
         model=model, dataset=dataset, root=args.root, size=size, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, folds=folds, run_dir=run_dir, overwrite=True,
-        model_kwargs={"base_filters": args.base_filters},
+        model_kwargs={"base_filters": args.base_filters, **({"batch_norm": True} if args.batch_norm else {})},
+        rotation_deg=args.rotation, patience=args.patience, lung_input=args.lung_input,
     )
     wall_s = time.perf_counter() - start
     summary = json.loads((run / ("metrics_cv.json" if folds else "metrics_test.json")).read_text())
@@ -62,6 +69,11 @@ def main(argv=None) -> int:
         "dataset": dataset,
         "size_px": size,
         "base_filters": args.base_filters,
+        "batch_norm": args.batch_norm,
+        "augmentation": f"random left-right flip, rotation +-{args.rotation:g} deg (per batch, per epoch)",
+        "patience": args.patience,
+        "lung_input": args.lung_input,
+        "loss": "binary cross-entropy + soft Dice",
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
@@ -79,6 +91,10 @@ def main(argv=None) -> int:
     dice = summary["dice"]
     print(f"{model} {dataset} {size}px: Dice {dice['mean']:.4f} [{dice['low']:.4f}, {dice['high']:.4f}] "
           f"in {wall_s:.0f} s -> {out}")
+    if summary.get("fold_dice"):
+        print("per fold:", [round(d, 3) for d in summary["fold_dice"]], "lung input:", summary["fold_lung_input"])
+        infected = summary.get("dice_slices_with_infection") or {}
+        print(f"slices with infection (n={summary['n_slices_with_infection']}): Dice {infected.get('mean', float('nan')):.4f}")
     return 0
 
 

@@ -2,8 +2,7 @@
 
 Run in its own process: ``KERAS_BACKEND=jax pytest -m jax tests/models``. Building and running Keras
 models eagerly on JAX/CPU is slow (every layer is traced; EfficientNetB0 alone takes ~1 min on 2
-cores), so ``make test`` covers a fast subset, ``JAX_FAST``: the small from-scratch nets, one 3D net and
-``masked_efficientnet_b0`` (which exercises the keras.applications path, ``to_rgb`` and two inputs).
+cores), so ``make test`` covers a fast subset, ``JAX_FAST``: the small from-scratch 2D nets and one 3D net.
 ``COVIDCT_JAX_ALL=1`` runs the whole registry (25 tests; all pass, ~30 min on 2 shared cores).
 The GPU benchmark (benchmarks/bench_models.py --backend jax) also runs bit_r50x1, efficientnet_b0,
 resnet50 and resnet18 forward and backward on JAX.
@@ -18,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.jax
 
-JAX_FAST = ("small_cnn", "simple_cnn", "transfusion_tiny", "cnn3d_covidscan", "masked_efficientnet_b0")
+JAX_FAST = ("small_cnn", "simple_cnn", "transfusion_tiny", "cnn3d_covidscan")
 GRADIENT_FAST = ("small_cnn", "cnn3d_covidscan")
 GRADIENT_ALL = ("small_cnn", "simple_cnn", "transfusion_tiny", "resnet18", "unet", "cnn3d_covidscan")
 RUN_ALL = os.environ.get("COVIDCT_JAX_ALL") == "1"

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from covidct.errors import CovidctError
-from covidct.train import train
 from covidct.train import state as state_module
+from covidct.train import train
 from covidct.train import trainer as trainer_module
 from covidct.train.data import data_from_arrays
 

@@ -530,17 +530,113 @@ def _paired(images_folder: Path, masks_folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+MEDSEG_BLOCK = 5
+MEDSEG_PROXY = f"blocks of {MEDSEG_BLOCK} consecutive slice numbers (no patient ids; a patient's slices are consecutive)"
+# Bump when the orientation criterion below changes: cached decisions are then recomputed.
+MEDSEG_ORIENTATION_VERSION = "1"
+
+
+def medseg_group(path: str | Path, fallback: int = 0) -> str:
+    """Group of a MedSeg slice: its block of ``MEDSEG_BLOCK`` consecutive slice numbers (z001-z005 -> block00)."""
+    numbers = re.findall(r"\d+", Path(path).stem)
+    index = int(numbers[-1]) if numbers else fallback
+    return f"medseg_block{(index - 1) // MEDSEG_BLOCK:02d}"
+
+
+def medseg_mask_rot90(image, mask) -> int:
+    """Quarter turns ``k`` (0 or -1) that align a MedSeg mask with its image: ``np.rot90(mask, k)``.
+
+    In the staged MedSeg PNGs most infection masks (91 of the 99 with infection) are a quarter turn
+    (``np.rot90(mask, -1)``) away from their image; a few (e.g. z010, z090) are aligned as they are. The
+    PROVENANCE note ("images and masks are consistent") is wrong for them. The orientation whose
+    infection lies more inside the classical lung mask of the image wins; when both are within 0.05
+    (small central lesions) the majority orientation (a quarter turn) is used.
+
+    Args:
+        image: (H, W) uint8 display image.
+        mask: (H, W) mask (> 0 is infection), same square size.
+
+    Returns:
+        -1 (turn the mask a quarter turn clockwise) or 0 (keep it). Empty or non-square masks give 0.
+    """
+    import numpy as np
+
+    from covidct.preprocess.lungs import lung_mask
+
+    mask = np.asarray(mask) > 0
+    if not mask.any() or mask.shape[0] != mask.shape[1] or np.shape(image) != mask.shape:
+        return 0
+    lungs = lung_mask(np.asarray(image), warn=False) > 0
+    as_is, quarter = lungs[mask].mean(), lungs[np.rot90(mask, -1)].mean()
+    return 0 if as_is > quarter + 0.05 else -1
+
+
+def _medseg_turns(pairs: list[tuple[Path, Path]], cache_root: str | Path | None | bool) -> list[int]:
+    """``medseg_mask_rot90`` of every pair, cached in ``<cache_root>/medseg_mask_rot90.json`` by content hash."""
+    import hashlib
+    import json
+
+    import cv2
+
+    keys = []
+    for image, mask in pairs:
+        digest = hashlib.sha256(MEDSEG_ORIENTATION_VERSION.encode())
+        digest.update(image.read_bytes())
+        digest.update(mask.read_bytes())
+        keys.append(digest.hexdigest())
+    cache_file = None
+    known: dict = {}
+    if cache_root is not False:
+        root = Path(cache_root) if cache_root else Path(os.environ.get("COVIDCT_CACHE", ".cache/covidct"))
+        cache_file = root / "medseg_mask_rot90.json"
+        if cache_file.is_file():
+            try:
+                known = json.loads(cache_file.read_text())
+            except (OSError, ValueError):
+                known = {}
+    missing = [i for i, key in enumerate(keys) if key not in known]
+    for i in missing:
+        image, mask = pairs[i]
+        pixels = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)
+        labels = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+        if pixels is None or labels is None:
+            raise CovidctError(f"{image if pixels is None else mask}: cannot read the MedSeg image/mask (corrupt?).")
+        known[keys[i]] = medseg_mask_rot90(pixels, labels)
+    if missing and cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, cache_file)
+    return [int(known[key]) for key in keys]
+
+
 @register_dataset("medseg", "MedSeg COVID-19 CT segmentation (images/ + infection masks/)", ("medseg-covid19-100", "medseg"))
-def load_medseg(root: Path) -> pd.DataFrame:
+def load_medseg(root: Path, cache_root: str | Path | None | bool = None) -> pd.DataFrame:
     """MedSeg: ``images/tr_im_zNNN.png`` + ``masks/tr_mask_zNNN.png`` (infection = mask > 0), all COV.
 
-    No patient ids are published (100 slices of >40 patients): each slice is its own group, so grouped
-    splits cannot prevent patient overlap here.
+    No patient ids are published (100 slices of >40 patients). A patient's slices are consecutive, so
+    blocks of ``MEDSEG_BLOCK`` consecutive slice numbers are the group proxy (20 groups).
+
+    Most staged masks are a quarter turn away from their image: the column ``mask_rot90`` holds, per
+    row, the quarter turns ``k`` that align the mask (``np.rot90(mask, k)``, k in {0, -1}; see
+    ``medseg_mask_rot90``). Every reader of MedSeg masks applies it (``covidct.data.cache`` targets,
+    ``covidct.segment.data``). The decision needs a lung mask per slice (~0.1 s), so it is computed
+    once and cached by the files' content hashes.
+
+    Args:
+        root: the dataset folder.
+        cache_root: where the orientation decisions are cached (default ``$COVIDCT_CACHE`` or
+            ``.cache/covidct``; ``False``: no cache).
+
+    Returns:
+        Manifest with ``mask_rot90`` and ``group_proxy`` columns.
     """
     root = Path(root)
-    rows = [{"path": str(i.resolve()), "mask_path": str(m.resolve()), "label": "COV", "group": i.stem, "split": ""}
-            for i, m in _paired(root / "images", root / "masks")]
-    return _finish(rows, "medseg", "image (no patient ids)")
+    pairs = _paired(root / "images", root / "masks")
+    turns = _medseg_turns(pairs, cache_root)
+    rows = [{"path": str(i.resolve()), "mask_path": str(m.resolve()), "label": "COV", "group": medseg_group(i, n + 1),
+             "split": "", "mask_rot90": k} for n, ((i, m), k) in enumerate(zip(pairs, turns))]
+    return _finish(rows, "medseg", MEDSEG_PROXY)
 
 
 @register_dataset("kaggle-lungs", "Kaggle 'Finding lungs in CT data' (images + lung masks)", ("kaggle-lungs-ct-64px",))

@@ -41,6 +41,9 @@ class SegmentationPairs:
         names: N source image paths.
         splits: N official splits ("train"/"test", "" when none).
         groups: N group ids (patients or their proxy).
+        lungs: uint8 (N, size, size) {0, 1} dilated classical lung masks (``load_pairs(..., with_lungs=True)``),
+            or None.
+        group_proxy: how ``groups`` was obtained ("" when unknown).
     """
 
     images: np.ndarray
@@ -48,11 +51,14 @@ class SegmentationPairs:
     names: list
     splits: np.ndarray
     groups: np.ndarray
+    lungs: np.ndarray | None = None
+    group_proxy: str = ""
 
     def subset(self, index) -> SegmentationPairs:
         index = np.asarray(index)
         return SegmentationPairs(
-            self.images[index], self.masks[index], [self.names[i] for i in index], self.splits[index], self.groups[index]
+            self.images[index], self.masks[index], [self.names[i] for i in index], self.splits[index],
+            self.groups[index], None if self.lungs is None else self.lungs[index], self.group_proxy,
         )
 
     def __len__(self) -> int:
@@ -162,37 +168,64 @@ def align_mask_orientation(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndar
     return turned, -1
 
 
-def load_pairs(dataset: str, root=None, size: int = 64) -> SegmentationPairs:
+def dilated_lung_mask(image: np.ndarray, dilation_fraction: float = 0.03) -> np.ndarray:
+    """Classical lung mask of a display image, dilated so pleural lesions and effusions stay in.
+
+    Args:
+        image: (H, W) uint8 display image.
+        dilation_fraction: radius of the (elliptical) dilation as a fraction of the side (0.03: 15 px at 512).
+
+    Returns:
+        uint8 (H, W) {0, 1}.
+    """
+    from covidct.preprocess.lungs import lung_mask
+
+    lungs = (lung_mask(image, warn=False) > 0).astype(np.uint8)
+    radius = max(1, int(round(dilation_fraction * max(image.shape))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(lungs, kernel)
+
+
+def load_pairs(dataset: str, root=None, size: int = 64, with_lungs: bool = False) -> SegmentationPairs:
     """Read all image/mask pairs of a segmentation dataset at ``size`` x ``size``.
 
     Args:
         dataset: ``"kaggle-lungs"`` or ``"medseg"``.
         root: data root holding the staged folders (default ``COVIDCT_DATA_ROOT`` or ../shared/data).
         size: output side in pixels (images: area/linear resampling, masks: nearest).
+        with_lungs: also compute ``dilated_lung_mask`` of each image (for lung-masked inputs).
 
     Returns:
-        ``SegmentationPairs``; masks are binary (``mask > 0``).
+        ``SegmentationPairs``; masks are binary (``mask > 0``), MedSeg masks turned to match their images.
     """
     if dataset not in SEGMENTATION_DATASETS:
         raise unknown_name_error("segmentation dataset", dataset, SEGMENTATION_DATASETS)
     root = Path(root) if root is not None else default_root()
     rows = _rows_from_data_layer(dataset, root) or _rows_from_folders(dataset, root)
-    images, masks = [], []
+    images, masks, lungs = [], [], []
     for row in rows:
         if not Path(row["mask_path"]).is_file():
             raise CovidctError(f"Mask {row['mask_path']} for image {row['path']} is missing.")
         image = _read_gray(row["path"])
         mask = (_read_gray(row["mask_path"]) > 0).astype(np.uint8)
         if dataset == "medseg":
-            mask, _ = align_mask_orientation(image, mask)
+            turns = row.get("mask_rot90")
+            if turns is None:  # folders read directly: decide here, by the data layer's criterion
+                mask, _ = align_mask_orientation(image, mask)
+            else:
+                mask = np.ascontiguousarray(np.rot90(mask, int(turns)))
         images.append(_resize(image, size))
         masks.append(_resize(mask, size, nearest=True))
+        if with_lungs:
+            lungs.append(_resize(dilated_lung_mask(image), size, nearest=True))
     return SegmentationPairs(
         images=np.stack(images)[..., None],
         masks=np.stack(masks),
         names=[str(r["path"]) for r in rows],
         splits=np.array([r["split"] for r in rows]),
         groups=np.array([r["group"] for r in rows]),
+        lungs=np.stack(lungs) if with_lungs else None,
+        group_proxy=str(rows[0].get("group_proxy", "")),
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, unknown_name_error
 from covidct.segment.data import SegmentationPairs, load_pairs
 from covidct.segment.metrics import per_image_metrics, summarize
 
@@ -45,9 +45,15 @@ class SegmentConfig:
     folds: int = 0
     val_fraction: float = 0.15
     augment: bool = True
+    rotation_deg: float = 0.0
+    patience: int = 0
+    lung_input: str = "none"
     seed: int = 0
     model_kwargs: dict = field(default_factory=dict)
     task: str = "segmentation"
+
+
+LUNG_INPUTS = ("none", "masked", "auto")
 
 
 def dice_bce_loss(y_true, logits, smooth: float = 1.0):
@@ -87,9 +93,66 @@ def build_segmenter(model, size: int, model_kwargs: dict | None = None):
     return build_model(model, input_shape=(size, size, 1), num_classes=1, **(model_kwargs or {}))
 
 
-def _augment(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Add horizontally flipped copies (left-right mirror images are plausible slices)."""
-    return np.concatenate([images, images[:, :, ::-1]]), np.concatenate([masks, masks[:, :, ::-1]])
+def augment_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, rotation_deg: float = 0.0):
+    """Randomly mirror (left-right, p = 0.5) and rotate (uniform in +-``rotation_deg``) each image/mask pair.
+
+    Left-right mirror images and small rotations are plausible slices. Images are rotated with linear
+    interpolation and a 0 (air) fill, masks with nearest-neighbour interpolation, so masks stay binary.
+
+    Args:
+        images: float32 (N, H, W, C).
+        masks: float32 (N, H, W, 1) in {0, 1}.
+        rng: numpy random generator.
+        rotation_deg: largest rotation in degrees (0: flips only).
+
+    Returns:
+        (images, masks), new arrays of the same shapes.
+    """
+    import cv2
+
+    images, masks = images.copy(), masks.copy()
+    height, width = images.shape[1:3]
+    for index in range(len(images)):
+        if rng.random() < 0.5:
+            images[index], masks[index] = images[index, :, ::-1], masks[index, :, ::-1]
+        if rotation_deg > 0:
+            angle = float(rng.uniform(-rotation_deg, rotation_deg))
+            matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, 1.0)
+            image = cv2.warpAffine(images[index], matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            mask = cv2.warpAffine(masks[index, ..., 0], matrix, (width, height), flags=cv2.INTER_NEAREST,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            images[index] = image.reshape(images[index].shape)
+            masks[index, ..., 0] = mask
+    return images, masks
+
+
+def _batches(images: np.ndarray, masks: np.ndarray, batch_size: int, seed: int, rotation_deg: float):
+    """A ``keras.utils.PyDataset`` of shuffled, freshly augmented batches (a new draw every epoch)."""
+    import keras
+
+    class AugmentedBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(images))
+
+        def __len__(self):
+            return int(np.ceil(len(images) / batch_size))
+
+        def __getitem__(self, index):
+            rows = self.order[index * batch_size : (index + 1) * batch_size]
+            return augment_batch(images[rows], masks[rows], self.rng, rotation_deg)
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(images))
+
+    return AugmentedBatches()
+
+
+def lung_masked(images: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """Images with everything outside the (dilated) lung mask set to 0: the ``masked`` lung input."""
+    return images * (lungs[..., None] > 0)
 
 
 def _group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,21 +191,18 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int = 16) -> np
     return (1.0 / (1.0 + np.exp(-logits[..., 0]))).astype(np.float32)
 
 
-def fit_one(cfg: SegmentConfig, model_spec, train: SegmentationPairs, test: SegmentationPairs, run_dir: Path) -> dict:
-    """Fit one model on ``train`` (validation carved out by group), evaluate on ``test``, write run files.
-
-    Returns:
-        The summary written to ``metrics_test.json``.
-    """
+def _fit_variant(cfg: SegmentConfig, model_spec, fit: SegmentationPairs, val: SegmentationPairs, masked: bool,
+                 history_path: Path):
+    """Fit one model (lung-masked input or not); returns (model, history dict, best validation Dice)."""
     import keras
-    import pandas as pd
 
     keras.utils.set_random_seed(cfg.seed)
-    fit_index, val_index = _group_split(train.groups, cfg.val_fraction, cfg.seed)
-    fit, val = train.subset(fit_index), train.subset(val_index)
-    x_fit, y_fit = fit.images.astype(np.float32), fit.masks[..., None].astype(np.float32)
-    if cfg.augment:
-        x_fit, y_fit = _augment(x_fit, y_fit)
+
+    def inputs(pairs: SegmentationPairs) -> np.ndarray:
+        images = pairs.images.astype(np.float32)
+        return lung_masked(images, pairs.lungs) if masked else images
+
+    x_fit, y_fit = inputs(fit), fit.masks[..., None].astype(np.float32)
     model = build_segmenter(model_spec, cfg.size, cfg.model_kwargs)
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
@@ -151,39 +211,73 @@ def fit_one(cfg: SegmentConfig, model_spec, train: SegmentationPairs, test: Segm
         # XLA compilation costs more than it saves for these small models on CPU.
         jit_compile=False,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
     # history.csv grows epoch by epoch, so a long run can be watched (and its progress is not lost).
-    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv"))]
+    callbacks = [keras.callbacks.CSVLogger(str(history_path))]
     validation = None
     if len(val):
-        validation = (val.images.astype(np.float32), val.masks[..., None].astype(np.float32))
-        # The weights of the best validation epoch are kept (selection on validation, never on test).
+        validation = (inputs(val), val.masks[..., None].astype(np.float32))
+        # The weights of the best validation epoch are kept (selection on validation, never on test);
+        # with ``patience`` training also stops once validation Dice has not improved for that many epochs.
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_dice_metric", mode="max", patience=cfg.epochs, restore_best_weights=True
+                monitor="val_dice_metric", mode="max", patience=cfg.patience or cfg.epochs, restore_best_weights=True
             )
         )
-    history = model.fit(
-        x_fit,
-        y_fit,
-        validation_data=validation,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=0,
-    )
+    if cfg.augment:
+        data = {"x": _batches(x_fit, y_fit, cfg.batch_size, cfg.seed, cfg.rotation_deg)}
+    else:
+        data = {"x": x_fit, "y": y_fit, "batch_size": cfg.batch_size, "shuffle": True}
+    history = model.fit(**data, validation_data=validation, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
+    best = float(max(history.history["val_dice_metric"])) if validation is not None else float("nan")
+    return model, history.history, best
+
+
+def fit_one(cfg: SegmentConfig, model_spec, train: SegmentationPairs, test: SegmentationPairs, run_dir: Path) -> dict:
+    """Fit one model on ``train`` (validation carved out by group), evaluate on ``test``, write run files.
+
+    With ``cfg.lung_input == "auto"`` two models are fitted on the same split, one on the plain images and
+    one on lung-masked images, and the one with the better validation Dice is kept (the test part plays
+    no role in the choice).
+
+    Returns:
+        The summary written to ``metrics_test.json``.
+    """
+    import pandas as pd
+
+    if cfg.lung_input not in LUNG_INPUTS:
+        raise unknown_name_error("lung input", cfg.lung_input, LUNG_INPUTS)
+    if cfg.lung_input != "none" and (train.lungs is None or test.lungs is None):
+        raise CovidctError(f"lung_input={cfg.lung_input!r} needs lung masks: load the pairs with with_lungs=True.")
+    fit_index, val_index = _group_split(train.groups, cfg.val_fraction, cfg.seed)
+    fit, val = train.subset(fit_index), train.subset(val_index)
+    if cfg.lung_input == "auto" and not len(val):
+        raise CovidctError("lung_input='auto' chooses on validation data, but the validation part is empty.")
     run_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(history.history).rename_axis("epoch").to_csv(run_dir / "history.csv")
+    variants = {"none": [False], "masked": [True], "auto": [False, True]}[cfg.lung_input]
+    fitted = []
+    for masked in variants:
+        history_path = run_dir / ("history.csv" if len(variants) == 1 else f"history_{'masked' if masked else 'plain'}.csv")
+        model, history, best = _fit_variant(cfg, model_spec, fit, val, masked, history_path)
+        pd.DataFrame(history).rename_axis("epoch").to_csv(history_path)
+        fitted.append((best, masked, model, history))
+    # Ties (and NaN, no validation) keep the first variant, the plain images.
+    best_index = max(range(len(fitted)), key=lambda i: (np.nan_to_num(fitted[i][0], nan=-1.0), -i))
+    best_val, masked, model, history = fitted[best_index]
+    if len(variants) > 1:
+        pd.DataFrame(history).rename_axis("epoch").to_csv(run_dir / "history.csv")
     tmp_model = run_dir / ".model.tmp.keras"
     model.save(tmp_model)
     os.replace(tmp_model, run_dir / "model.keras")
-    predicted = predict_probabilities(model, test.images) >= 0.5
+    test_images = test.images.astype(np.float32)
+    predicted = predict_probabilities(model, lung_masked(test_images, test.lungs) if masked else test_images) >= 0.5
     per_image = per_image_metrics(predicted, test.masks, names=test.names, groups=test.groups)
     per_image.to_csv(run_dir / "per_image_test.csv", index=False)
     summary = summarize(per_image, seed=cfg.seed)
     summary.update({"split": "test", "selection": "validation (best val Dice)", "n_train": int(len(fit)),
-                    "n_val": int(len(val)), "epochs_run": int(len(history.history["loss"]))})
+                    "n_val": int(len(val)), "epochs_run": int(len(history["loss"])),
+                    "best_epoch": int(np.argmax(history["val_dice_metric"])) if len(val) else None,
+                    "val_dice": best_val, "lung_input": "masked" if masked else "none",
+                    "val_dice_by_input": {("masked" if m else "none"): b for b, m, _, _ in fitted}})
     _write_json(run_dir / "metrics_test.json", summary)
     return summary
 
@@ -210,6 +304,9 @@ def train_segmenter(
     augment: bool = True,
     model_kwargs: dict | None = None,
     pairs: SegmentationPairs | None = None,
+    rotation_deg: float = 0.0,
+    patience: int = 0,
+    lung_input: str = "none",
 ) -> Path:
     """Train and evaluate a segmenter; returns the run folder.
 
@@ -225,9 +322,15 @@ def train_segmenter(
         run_dir: output folder (default ``runs/segment-<model>-<dataset>-<size>``).
         overwrite: replace an existing finished run (otherwise an error).
         seed: random seed (splits, weights).
-        augment: add horizontally flipped copies of the training images.
+        augment: random left-right mirroring (and rotation, see ``rotation_deg``) of each training batch,
+            drawn anew every epoch.
         model_kwargs: extra builder arguments (e.g. ``{"base_filters": 8}``).
         pairs: pre-loaded ``SegmentationPairs`` (tests); default ``load_pairs(dataset, root, size)``.
+        rotation_deg: largest random rotation in degrees when augmenting (0: mirroring only).
+        patience: stop once validation Dice has not improved for this many epochs (0: run all epochs);
+            the best validation epoch is kept either way.
+        lung_input: ``"none"`` (plain images), ``"masked"`` (pixels outside the dilated classical lung mask
+            set to 0) or ``"auto"`` (fit both, keep the better on validation, per fold).
 
     Returns:
         Path of the run folder.
@@ -241,8 +344,12 @@ def train_segmenter(
         shutil.rmtree(run_dir)
     cfg = SegmentConfig(model=name, dataset=dataset, root=str(root or ""), size=size, epochs=epochs,
                         batch_size=batch_size, learning_rate=learning_rate, folds=folds, augment=augment,
-                        seed=seed, model_kwargs=dict(model_kwargs or {}))
-    pairs = pairs if pairs is not None else load_pairs(dataset, root, size)
+                        rotation_deg=rotation_deg, patience=patience, lung_input=lung_input, seed=seed,
+                        model_kwargs=dict(model_kwargs or {}))
+    if lung_input not in LUNG_INPUTS:
+        raise unknown_name_error("lung input", lung_input, LUNG_INPUTS)
+    if pairs is None:
+        pairs = load_pairs(dataset, root, size, with_lungs=lung_input != "none")
     _save_config(cfg, run_dir)
     if not folds:
         is_test = pairs.splits == "test"
@@ -264,10 +371,16 @@ def train_segmenter(
     per_image = pd.concat(all_rows, ignore_index=True)
     per_image.to_csv(run_dir / "per_image_cv.csv", index=False)
     summary = summarize(per_image, seed=seed)
+    infected = per_image[per_image["true_fraction"] > 0]
     summary.update({
         "split": f"{folds}-fold grouped cross-validation (each image predicted once, by the fold that held it out)",
         "fold_dice": [s["dice"]["mean"] for s in fold_summaries],
-        "group_proxy": "see covidct.segment.data",
+        "fold_lung_input": [s["lung_input"] for s in fold_summaries],
+        "fold_val_dice": [s["val_dice"] for s in fold_summaries],
+        "fold_epochs_run": [s["epochs_run"] for s in fold_summaries],
+        "dice_slices_with_infection": summarize(infected, seed=seed)["dice"] if len(infected) else None,
+        "n_slices_with_infection": int(len(infected)),
+        "group_proxy": pairs.group_proxy or "group column of the pairs",
     })
     _write_json(run_dir / "metrics_cv.json", summary)
     return run_dir
