@@ -3,8 +3,8 @@
 Usage::
 
     python benchmarks/bench_segmentation.py lungs --model bcd_unet --base-filters 8 --epochs 40
-    python benchmarks/bench_segmentation.py infection --model unet --base-filters 8 --batch-norm --size 128 \
-        --folds 5 --epochs 30 --patience 8 --rotation 10 --lung-input none
+    python benchmarks/bench_segmentation.py infection --model unet --base-filters 8 --batch-norm --bn-momentum 0.9 \
+        --size 64 --folds 5 --epochs 30 --patience 8 --rotation 10 --batch-size 4 --lung-input none
 
 Each run goes through ``covidct.segment.train.train_segmenter`` (the same code as ``covidct segment train``)
 and writes its run folder under runs/bench/; the summary (with wall time and machine facts) is written
@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--folds", type=int, default=5, help="infection only")
     parser.add_argument("--batch-norm", action="store_true", help="BatchNorm after each conv")
+    parser.add_argument("--bn-momentum", type=float, default=None, help="BatchNorm momentum (default Keras 0.99)")
     parser.add_argument("--rotation", type=float, default=0.0, help="random rotation (degrees) when augmenting")
     parser.add_argument("--patience", type=int, default=0, help="early stopping on validation Dice (0: off)")
     parser.add_argument("--lung-input", default="none", choices=["none", "masked", "auto"],
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         model=model, dataset=dataset, root=args.root, size=size, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, folds=folds, run_dir=run_dir, overwrite=True,
         model_kwargs={"base_filters": args.base_filters, **({"batch_norm": True} if args.batch_norm else {})},
-        rotation_deg=args.rotation, patience=args.patience, lung_input=args.lung_input,
+        rotation_deg=args.rotation, patience=args.patience, lung_input=args.lung_input, bn_momentum=args.bn_momentum,
     )
     wall_s = time.perf_counter() - start
     summary = json.loads((run / ("metrics_cv.json" if folds else "metrics_test.json")).read_text())
@@ -70,6 +71,7 @@ def main(argv=None) -> int:
         "size_px": size,
         "base_filters": args.base_filters,
         "batch_norm": args.batch_norm,
+        "bn_momentum": args.bn_momentum,
         "augmentation": f"random left-right flip, rotation +-{args.rotation:g} deg (per batch, per epoch)",
         "patience": args.patience,
         "lung_input": args.lung_input,

@@ -78,3 +78,19 @@ def test_gradcam_command_target_class_and_refusals(run_and_images, capsys):
     assert "Unknown class 'Covid'" in capsys.readouterr().err
     assert main([*args, "--layer", "nope", "--overwrite"]) == 2
     assert "relu2" in capsys.readouterr().err
+
+
+def test_lung_focus_of_samples_matches_the_pieces(lesion_task):
+    """The evaluation entry point: heatmaps, scores and summary of preprocessed samples in one call."""
+    from covidct.explain import compute_heatmaps, lung_focus_scores
+    from covidct.explain.runs import lung_focus_of_samples
+
+    images = lesion_task["images"][:6].astype(np.uint8)
+    masks = lesion_task["lung_labels"][:6]
+    labels = np.where(lesion_task["labels"][:6] == 1, "COV", "Normal")
+    focus = lung_focus_of_samples(lesion_task["model"], images, masks, labels, class_index=1, warn=False)
+    heatmaps = compute_heatmaps(lesion_task["model"], images, class_index=1)
+    np.testing.assert_allclose(focus.cams.heatmaps, heatmaps)
+    np.testing.assert_allclose(focus.scores, lung_focus_scores(heatmaps, masks))
+    np.testing.assert_allclose(focus.area_fractions, (masks > 0).mean(axis=(1, 2)))
+    assert set(focus.summary["per_class"]) == set(labels) and focus.summary["layer"] == "relu2"

@@ -148,3 +148,107 @@ def test_medseg_masks_are_aligned_with_their_images(data_root):
         if mask.any()
     ]
     assert np.mean(inside) >= 0.8
+
+
+def test_augment_batch_moves_images_and_masks_together():
+    from covidct.segment.train import augment_batch
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((16, 32, 32, 1), np.float32)
+    masks[:, 4:20, 6:14] = 1.0  # off-centre, so a flip or turn moves it
+    images = masks * 200.0
+    flipped, flipped_masks = augment_batch(images, masks, np.random.default_rng(1), rotation_deg=0.0)
+    moved = [not np.array_equal(m, masks[0]) for m in flipped_masks]
+    assert 0 < sum(moved) < 16  # about half mirrored
+    for image, mask in zip(flipped, flipped_masks):
+        assert np.array_equal(image, mask * 200.0)
+        assert np.array_equal(mask, masks[0]) or np.array_equal(mask, masks[0, :, ::-1])
+    turned, turned_masks = augment_batch(images, masks, rng, rotation_deg=10.0)
+    assert set(np.unique(turned_masks)) <= {0.0, 1.0}
+    # Linear vs nearest interpolation differ only at the edge of the rectangle.
+    assert ((turned > 100) == (turned_masks > 0)).mean() > 0.97
+    areas = turned_masks.sum(axis=(1, 2, 3))
+    assert np.all(np.abs(areas - masks[0].sum()) <= 0.15 * masks[0].sum())
+    assert images.max() == 200.0 and masks.sum() == 16 * 16 * 8  # inputs untouched
+
+
+def test_lung_input_auto_chooses_on_validation(discs, tmp_path, tiny_unet_builder):
+    # A "lung mask" that hides everything: the masked variant cannot find the discs, so validation
+    # must pick the plain images.
+    discs.lungs = np.zeros_like(discs.masks)
+    run = train_segmenter(tiny_unet_builder, size=32, epochs=4, batch_size=4, learning_rate=1e-2,
+                          run_dir=tmp_path / "auto", pairs=discs, lung_input="auto", patience=3, rotation_deg=5)
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    assert metrics["lung_input"] == "none"
+    by_input = metrics["val_dice_by_input"]
+    assert by_input["none"] > by_input["masked"] and by_input["none"] == metrics["val_dice"]
+    assert (run / "history_plain.csv").is_file() and (run / "history_masked.csv").is_file()
+    with pytest.raises(CovidctError, match="with_lungs"):
+        discs.lungs = None
+        train_segmenter(tiny_unet_builder, size=32, epochs=1, run_dir=tmp_path / "m", pairs=discs, lung_input="masked")
+    with pytest.raises(CovidctError, match="Did you mean"):
+        train_segmenter(tiny_unet_builder, size=32, epochs=1, run_dir=tmp_path / "x", pairs=discs, lung_input="mask")
+
+
+def test_cv_summary_reports_dice_on_slices_with_infection(discs, tmp_path, tiny_unet_builder):
+    import pandas as pd
+
+    for index in (0, 1, 10):  # slices without infection
+        discs.masks[index] = 0
+        discs.images[index] = 180
+    run = train_segmenter(tiny_unet_builder, dataset="medseg", size=32, epochs=1, folds=2, run_dir=tmp_path / "cv",
+                          pairs=discs)
+    summary = json.loads((run / "metrics_cv.json").read_text())
+    per_image = pd.read_csv(run / "per_image_cv.csv")
+    assert summary["n_slices_with_infection"] == len(discs) - 3
+    expected = per_image.loc[per_image["true_fraction"] > 0, "dice"].mean()
+    assert summary["dice_slices_with_infection"]["mean"] == pytest.approx(expected)
+    assert summary["dice"]["mean"] == pytest.approx(per_image["dice"].mean())
+    assert summary["fold_lung_input"] == ["none", "none"] and len(summary["fold_epochs_run"]) == 2
+
+
+def test_medseg_pairs_follow_the_data_layer_orientation(tmp_path, monkeypatch):
+    """load_pairs turns each mask by the manifest's ``mask_rot90`` and groups blocks of 5 slices."""
+    from covidct.data.datasets import load_dataset
+    from covidct.data.phantom import make_slice
+    from covidct.preprocess.body import to_display_u8
+
+    monkeypatch.setenv("COVIDCT_CACHE", str(tmp_path / "cache"))
+    phantom = make_slice("COV", size=128, seed=1)
+    image, lesion = to_display_u8(phantom.image_hu), phantom.lesion.astype(np.uint8)
+    folder = tmp_path / "medseg-covid19-100"
+    for kind in ("images", "masks"):
+        (folder / kind).mkdir(parents=True)
+    for k in range(1, 7):
+        cv2.imwrite(str(folder / "images" / f"tr_im_z{k:03d}.png"), image)
+        cv2.imwrite(str(folder / "masks" / f"tr_mask_z{k:03d}.png"), np.ascontiguousarray(np.rot90(lesion, 1)) * 255)
+    manifest = load_dataset("medseg", folder)
+    pairs = load_pairs("medseg", tmp_path, size=64)
+    assert (manifest["mask_rot90"] == -1).all()
+    expected = cv2.resize(lesion, (64, 64), interpolation=cv2.INTER_NEAREST)
+    for mask in pairs.masks:
+        np.testing.assert_array_equal(mask, expected)
+    assert pairs.groups.tolist() == manifest["group"].tolist() == ["medseg_block00"] * 5 + ["medseg_block01"]
+    assert "5 consecutive slice numbers" in pairs.group_proxy
+    with_lungs = load_pairs("medseg", tmp_path, size=64, with_lungs=True)
+    assert with_lungs.lungs.shape == (6, 64, 64) and set(np.unique(with_lungs.lungs)) <= {0, 1}
+    # The dilated lung mask holds the whole lesion of this phantom.
+    assert (with_lungs.lungs[0][expected > 0] > 0).mean() == 1.0
+
+
+def test_bn_momentum_reaches_every_batch_norm_layer():
+    import keras
+
+    from covidct.segment.train import build_segmenter
+
+    def two_bn(input_shape):
+        inputs = keras.Input(input_shape, name="image")
+        x = keras.layers.BatchNormalization(name="bn_outer")(inputs)
+        inner = keras.Sequential([keras.layers.BatchNormalization(name="bn_inner")], name="inner")
+        return keras.Model(inputs, keras.layers.Conv2D(1, 1, name="logits")(inner(x)), name="two_bn")
+
+    default = build_segmenter(two_bn, 16)
+    assert default.get_layer("bn_outer").momentum == 0.99
+    model = build_segmenter(two_bn, 16, bn_momentum=0.9)
+    assert model.get_layer("bn_outer").momentum == 0.9
+    assert model.get_layer("inner").get_layer("bn_inner").momentum == 0.9

@@ -8,7 +8,8 @@ on every row and stores the results under ``<cache_root>/<stage>-<size>-<key>/``
 - ``targets.u8`` (only when the manifest has ``mask_path``): the mask files (> 0), zero-padded to a
   centred square and resized to size x size with nearest-neighbour interpolation: the geometry of the
   full-field stages (``original``, ``nobackg``, ``lungs-nocrop``). Do not pair them with cropping or
-  halving stages;
+  halving stages. A manifest column ``mask_rot90`` (MedSeg: masks a quarter turn away from their
+  images) turns each mask by ``np.rot90(mask, k)`` before that;
 - ``manifest.csv``: one row per sample (a stage may give several per image, e.g. ``halves``), with the
   input row's columns plus ``suffix`` and ``source_row``;
 - ``failed.csv``: files that could not be read or processed (``path, error``), skipped, never fatal;
@@ -42,7 +43,7 @@ from covidct.errors import CovidctError
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "1"
-KEY_COLUMNS = ("path", "label", "group", "split", "source", "mask_path", "slice_index")
+KEY_COLUMNS = ("path", "label", "group", "split", "source", "mask_path", "slice_index", "mask_rot90")
 
 
 @dataclass
@@ -122,7 +123,7 @@ def cache_key(manifest: pd.DataFrame, stage: str, size: int, stage_fn=None) -> s
     return digest.hexdigest()
 
 
-def _read_target(path: str, size: int) -> np.ndarray:
+def _read_target(path: str, size: int, rot90: int = 0) -> np.ndarray:
     import cv2
 
     from covidct.data.io import read_image
@@ -130,6 +131,8 @@ def _read_target(path: str, size: int) -> np.ndarray:
     mask = read_image(path).array
     if mask.ndim != 2:
         raise CovidctError(f"{path}: a mask must be a 2-D image, got shape {mask.shape}.")
+    if rot90:
+        mask = np.rot90(mask, rot90)
     height, width = mask.shape
     side = max(height, width)
     top, left = (side - height) // 2, (side - width) // 2
@@ -154,7 +157,10 @@ def _process_chunk(job: dict) -> tuple[int, int, int]:
             if image.array.ndim != 2:
                 raise CovidctError(f"{path}: a volume row needs a slice_index for a 2-D stage.")
             outputs = stage_fn(image, size)
-            target = _read_target(row["mask_path"], size) if job["has_targets"] and row.get("mask_path") else None
+            turns = row.get("mask_rot90", 0)
+            turns = int(turns) if pd.notna(turns) and turns != "" else 0
+            target = (_read_target(row["mask_path"], size, turns)
+                      if job["has_targets"] and row.get("mask_path") else None)
         except Exception as error:  # one bad file must not stop a batch job
             message = str(error) if isinstance(error, CovidctError) else f"{path}: {error.__class__.__name__}: {error}"
             failed.append({"path": path, "slice_index": slice_index, "error": message})

@@ -574,13 +574,18 @@ def medseg_mask_rot90(image, mask) -> int:
 def _medseg_turns(pairs: list[tuple[Path, Path]], cache_root: str | Path | None | bool) -> list[int]:
     """``medseg_mask_rot90`` of every pair, cached in ``<cache_root>/medseg_mask_rot90.json`` by content hash."""
     import hashlib
+    import inspect
     import json
 
     import cv2
 
+    import covidct.preprocess.lungs
+
+    # The decision depends on the lung-mask code too: a change there recomputes it.
+    version = MEDSEG_ORIENTATION_VERSION + hashlib.sha256(inspect.getsource(covidct.preprocess.lungs).encode()).hexdigest()
     keys = []
     for image, mask in pairs:
-        digest = hashlib.sha256(MEDSEG_ORIENTATION_VERSION.encode())
+        digest = hashlib.sha256(version.encode())
         digest.update(image.read_bytes())
         digest.update(mask.read_bytes())
         keys.append(digest.hexdigest())

@@ -23,11 +23,14 @@ from covidct.explain.gradcam import (
     layer_activations,
 )
 from covidct.explain.overlay import comparison_grid, contact_sheet, heatmap_rgb, overlay
+from covidct.explain.runs import GradcamOutput, LungFocusResult, gradcam_run, lung_focus_of_samples
 
 __all__ = [
     "LUNG_FOCUS_MARGIN",
     "METHODS",
     "CamResult",
+    "GradcamOutput",
+    "LungFocusResult",
     "LungFocusWarning",
     "compute_cams",
     "comparison_grid",
@@ -35,9 +38,11 @@ __all__ = [
     "contact_sheet",
     "conv_layer_names",
     "feature_maps",
+    "gradcam_run",
     "heatmap_rgb",
     "layer_activations",
     "lung_area_fractions",
+    "lung_focus_of_samples",
     "lung_focus_score",
     "lung_focus_scores",
     "lung_focus_summary",

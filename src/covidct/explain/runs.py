@@ -116,6 +116,82 @@ def _preprocess(loaded, files: list[Path]):
     return np.stack(samples).astype(np.uint8), np.stack(masks), rows, failed
 
 
+@dataclass
+class LungFocusResult:
+    """Grad-CAM of a set of samples with their lung-focus scores.
+
+    Attributes:
+        cams: the ``CamResult`` (heatmaps, explained classes, logits, layer).
+        scores: float (N,) lung-focus scores (NaN for all-zero heatmaps).
+        area_fractions: float (N,) lung area fractions (the score of a uniform heatmap).
+        summary: ``lung_focus_summary`` of the scores grouped by ``labels``.
+    """
+
+    cams: object
+    scores: np.ndarray
+    area_fractions: np.ndarray
+    summary: dict
+
+
+def lung_focus_of_samples(
+    model,
+    samples,
+    masks,
+    labels,
+    input_names: tuple = ("image",),
+    class_index=None,
+    method: str = "gradcam",
+    layer_name: str | None = None,
+    model_name: str | None = None,
+    batch_size: int = 16,
+    warn: bool = True,
+) -> LungFocusResult:
+    """Grad-CAM and lung-focus scores of preprocessed samples (e.g. a cache's test rows and masks).
+
+    This is the one call an evaluation needs: ``cache.images[test]``, ``cache.masks[test]`` and the
+    labels give the per-class lung-focus distribution and the shortcut warning.
+
+    Args:
+        model: the trained classifier.
+        samples: uint8/float (N, H, W, C) stage outputs in [0, 255]; for image+mask models the
+            ``masked-pair`` channels, split by ``input_names``.
+        masks: (N, H, W) lung masks of the samples (the stage's masks).
+        labels: N labels to group the summary by (true classes, or names of the explained classes).
+        input_names: the model's input names (two names split the channels, as in training).
+        class_index: None (predicted class), an int or N ints.
+        method: ``"gradcam"``, ``"guided"`` or ``"gradcam++"``.
+        layer_name: layer to explain (default: the spec's ``gradcam_layer`` / last 4-D layer).
+        model_name: registry name for the default layer (default ``model.name``).
+        batch_size: images per pass.
+        warn: emit the ``LungFocusWarning`` when a class's median is below its threshold.
+
+    Returns:
+        A ``LungFocusResult``.
+    """
+    from covidct.explain.focus import lung_area_fractions, lung_focus_scores, lung_focus_summary
+    from covidct.explain.gradcam import compute_cams
+    from covidct.train.data import split_inputs
+
+    samples = np.asarray(samples)
+    if samples.ndim == 3:
+        samples = samples[..., None]
+    cams = compute_cams(
+        model,
+        split_inputs(samples.astype(np.float32), tuple(input_names)),
+        class_index=class_index,
+        layer_name=layer_name,
+        method=method,
+        batch_size=batch_size,
+        model_name=model_name,
+    )
+    masks = np.asarray(masks)
+    scores = lung_focus_scores(cams.heatmaps, masks)
+    areas = lung_area_fractions(masks)
+    summary = lung_focus_summary(scores, labels, area_fractions=areas, warn=warn)
+    summary.update({"method": method, "layer": cams.layer})
+    return LungFocusResult(cams, scores, areas, summary)
+
+
 def gradcam_run(
     run_dir,
     images,
@@ -157,10 +233,8 @@ def gradcam_run(
     import pandas as pd
 
     from covidct.evaluate.metrics import logits_to_probs
-    from covidct.explain.focus import lung_area_fractions, lung_focus_scores, lung_focus_summary
-    from covidct.explain.gradcam import compute_cams
+    from covidct.explain.focus import lung_focus_summary
     from covidct.explain.overlay import contact_sheet, overlay
-    from covidct.train.data import split_inputs
     from covidct.train.run import load_run
 
     loaded = load_run(run_dir)
@@ -176,20 +250,23 @@ def gradcam_run(
     files = expand_image_paths(images)
     samples, masks, rows, failed = _preprocess(loaded, files)
 
-    model_inputs = split_inputs(samples.astype(np.float32), loaded.input_names)
-    result = compute_cams(
+    # Summarised below, once the true labels (or predictions) to group by are known.
+    focus = lung_focus_of_samples(
         loaded.model,
-        model_inputs,
+        samples,
+        masks,
+        labels=[""] * len(samples),
+        input_names=loaded.input_names,
         class_index=class_index,
-        layer_name=layer_name,
         method=method,
-        batch_size=batch_size,
+        layer_name=layer_name,
         model_name=loaded.config.model.name,
+        batch_size=batch_size,
+        warn=False,
     )
+    result, scores, areas = focus.cams, focus.scores, focus.area_fractions
     probabilities = logits_to_probs(result.logits)
     predicted = probabilities.argmax(axis=1)
-    scores = lung_focus_scores(result.heatmaps, masks)
-    areas = lung_area_fractions(masks)
 
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     overlay_paths = []
@@ -221,7 +298,9 @@ def gradcam_run(
     known = table["true_label"].astype(bool).all()
     groups = table["true_label"] if known else table["predicted"]
     summary = lung_focus_summary(scores, groups.to_numpy(), area_fractions=areas)
-    summary.update({"method": method, "layer": result.layer, "run": str(run_dir), "grouped_by": "true" if known else "predicted"})
+    summary.update(
+        {"method": method, "layer": result.layer, "run": str(run_dir), "grouped_by": "true" if known else "predicted"}
+    )
     (out_dir / "lung_focus.json").write_text(json.dumps(summary, indent=2, default=float) + os.linesep)
 
     figure = contact_sheet(

@@ -8,15 +8,16 @@ and group. It uses the data layer's ``covidct.data.datasets.load_dataset`` when 
   train/test split; every slice is its own group (no patient ids are recoverable).
 - ``medseg``: ``<root>/medseg-covid19-100/{images,masks}/tr_{im,mask}_zNNN.png``; the binary infection
   mask is ``mask > 0`` (labels were rescaled per slice). Most masks are a quarter turn away from their
-  image in the staged PNGs: ``align_mask_orientation`` turns each one to match (see there). No patient ids are given: the slices of one
-  patient are consecutive, so blocks of ``MEDSEG_BLOCK`` consecutive slice numbers are the group proxy.
+  image in the staged PNGs: each mask is turned by the data layer's ``mask_rot90`` column (one source
+  of truth: ``covidct.data.datasets.medseg_mask_rot90``). No patient ids are given: the slices of one
+  patient are consecutive, so blocks of ``MEDSEG_BLOCK`` consecutive slice numbers are the group proxy
+  (the data layer's ``group``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from covidct.errors import CovidctError, unknown_name_error
 logger = logging.getLogger(__name__)
 
 SEGMENTATION_DATASETS = {"kaggle-lungs": "kaggle-lungs-ct-64px", "medseg": "medseg-covid19-100"}
-MEDSEG_BLOCK = 5
+MEDSEG_BLOCK = 5  # same as covidct.data.datasets.MEDSEG_BLOCK
 
 
 @dataclass
@@ -102,8 +103,9 @@ def _rows_from_folders(dataset: str, root: Path) -> list[dict]:
     else:
         for image_path in sorted((folder / "images").glob("*.png")):
             mask_path = folder / "masks" / image_path.name.replace("_im_", "_mask_")
-            group = _medseg_group(image_path, len(rows))
-            rows.append({"path": image_path, "mask_path": mask_path, "split": "", "group": group})
+            group = _medseg_group(image_path, len(rows) + 1)
+            rows.append({"path": image_path, "mask_path": mask_path, "split": "", "group": group,
+                         "group_proxy": f"blocks of {MEDSEG_BLOCK} consecutive slice numbers"})
     if not rows:
         raise CovidctError(f"No image/mask pairs found in {folder} for dataset {dataset!r}.")
     return rows
@@ -124,30 +126,31 @@ def _rows_from_data_layer(dataset: str, root: Path) -> list[dict] | None:
         return None
     if "mask_path" not in manifest or (manifest["mask_path"].astype(str) == "").any():
         return None
-    rows = [
-        {"path": Path(r.path), "mask_path": Path(r.mask_path), "split": str(r.split), "group": str(r.group)}
-        for r in manifest.itertuples()
-    ]
-    if dataset == "medseg":
-        for row in rows:
-            row["group"] = _medseg_group(row["path"], len(rows))
+    rows = []
+    for record in manifest.to_dict("records"):
+        row = {"path": Path(record["path"]), "mask_path": Path(record["mask_path"]), "split": str(record["split"]),
+               "group": str(record["group"]), "group_proxy": str(record.get("group_proxy", ""))}
+        if "mask_rot90" in record:
+            row["mask_rot90"] = int(record["mask_rot90"])
+        rows.append(row)
     return rows
 
 
 def _medseg_group(path: Path, fallback: int) -> str:
-    """Blocks of ``MEDSEG_BLOCK`` consecutive slice numbers: the patient proxy for MedSeg."""
-    number = re.search(r"(\d+)", Path(path).stem)
-    index = int(number.group(1)) if number else fallback
-    return f"medseg_block{(index - 1) // MEDSEG_BLOCK:02d}"
+    """Blocks of ``MEDSEG_BLOCK`` consecutive slice numbers: the patient proxy for MedSeg (data layer's rule)."""
+    from covidct.data.datasets import medseg_group
+
+    return medseg_group(path, fallback)
 
 
 def align_mask_orientation(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Turn a MedSeg infection mask to match its image; returns (mask, quarter turns applied).
 
     In the staged MedSeg PNGs most masks (91 of the 99 with infection) are a quarter turn
-    (``np.rot90(mask, -1)``) away from their image, a few are aligned as they are. The orientation
-    whose infection lies more inside the classical lung mask wins; when both are within 0.05 (small
-    central lesions) the majority orientation (a quarter turn) is used.
+    (``np.rot90(mask, -1)``) away from their image, a few are aligned as they are. The decision is the
+    data layer's ``covidct.data.datasets.medseg_mask_rot90`` (the orientation whose infection lies more
+    inside the classical lung mask; the quarter turn when both are within 0.05). Manifests from
+    ``load_dataset("medseg")`` already carry it in ``mask_rot90``; this is for masks read otherwise.
 
     Args:
         image: (H, W) uint8 display image.
@@ -156,16 +159,10 @@ def align_mask_orientation(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndar
     Returns:
         (aligned mask, k) with ``aligned = np.rot90(mask, k)``, k in {0, -1}.
     """
-    from covidct.preprocess.lungs import lung_mask
+    from covidct.data.datasets import medseg_mask_rot90
 
-    if not mask.any() or mask.shape[0] != mask.shape[1]:
-        return mask, 0
-    lungs = lung_mask(image, warn=False) > 0
-    turned = np.ascontiguousarray(np.rot90(mask, -1))
-    as_is, quarter = lungs[mask > 0].mean(), lungs[turned > 0].mean()
-    if as_is > quarter + 0.05:
-        return mask, 0
-    return turned, -1
+    turns = medseg_mask_rot90(image, mask)
+    return (np.ascontiguousarray(np.rot90(mask, turns)) if turns else mask), turns
 
 
 def dilated_lung_mask(image: np.ndarray, dilation_fraction: float = 0.03) -> np.ndarray:

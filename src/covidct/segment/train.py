@@ -48,6 +48,7 @@ class SegmentConfig:
     rotation_deg: float = 0.0
     patience: int = 0
     lung_input: str = "none"
+    bn_momentum: float | None = None
     seed: int = 0
     model_kwargs: dict = field(default_factory=dict)
     task: str = "segmentation"
@@ -83,14 +84,33 @@ def dice_metric(y_true, logits):
     return ops.mean(ops.where(total > 0, 2.0 * intersection / ops.maximum(total, 1e-7), 1.0))
 
 
-def build_segmenter(model, size: int, model_kwargs: dict | None = None):
+def build_segmenter(model, size: int, model_kwargs: dict | None = None, bn_momentum: float | None = None):
     """Build a segmenter: a registry name (``build_model(name, (size, size, 1), num_classes=1)``) or a
-    callable ``builder(input_shape) -> keras.Model`` (used by tests)."""
-    if callable(model):
-        return model((size, size, 1))
-    from covidct.models import build_model
+    callable ``builder(input_shape) -> keras.Model`` (used by tests).
 
-    return build_model(model, input_shape=(size, size, 1), num_classes=1, **(model_kwargs or {}))
+    ``bn_momentum`` (when given) replaces the momentum of every BatchNormalization layer. On a small set
+    (a few hundred steps per run) Keras' default 0.99 leaves the moving statistics near their initial
+    values for many epochs, so validation predictions (inference mode) stay empty while training Dice
+    rises; 0.9 lets them follow within an epoch or two.
+    """
+    if callable(model):
+        network = model((size, size, 1))
+    else:
+        from covidct.models import build_model
+
+        network = build_model(model, input_shape=(size, size, 1), num_classes=1, **(model_kwargs or {}))
+    if bn_momentum is not None:
+        import keras
+
+        def all_layers(container):
+            for layer in getattr(container, "layers", []):
+                yield layer
+                yield from all_layers(layer)
+
+        for layer in all_layers(network):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
+    return network
 
 
 def augment_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, rotation_deg: float = 0.0):
@@ -203,7 +223,7 @@ def _fit_variant(cfg: SegmentConfig, model_spec, fit: SegmentationPairs, val: Se
         return lung_masked(images, pairs.lungs) if masked else images
 
     x_fit, y_fit = inputs(fit), fit.masks[..., None].astype(np.float32)
-    model = build_segmenter(model_spec, cfg.size, cfg.model_kwargs)
+    model = build_segmenter(model_spec, cfg.size, cfg.model_kwargs, cfg.bn_momentum)
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
         loss=dice_bce_loss,
@@ -217,10 +237,13 @@ def _fit_variant(cfg: SegmentConfig, model_spec, fit: SegmentationPairs, val: Se
     if len(val):
         validation = (inputs(val), val.masks[..., None].astype(np.float32))
         # The weights of the best validation epoch are kept (selection on validation, never on test);
-        # with ``patience`` training also stops once validation Dice has not improved for that many epochs.
+        # with ``patience`` training also stops once validation Dice has not improved for that many epochs,
+        # counted only after the first ``patience`` epochs (validation Dice often sits at 0 while a
+        # segmenter learns to predict any foreground at all).
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_dice_metric", mode="max", patience=cfg.patience or cfg.epochs, restore_best_weights=True
+                monitor="val_dice_metric", mode="max", patience=cfg.patience or cfg.epochs, restore_best_weights=True,
+                start_from_epoch=min(cfg.patience, cfg.epochs // 2),
             )
         )
     if cfg.augment:
@@ -307,6 +330,7 @@ def train_segmenter(
     rotation_deg: float = 0.0,
     patience: int = 0,
     lung_input: str = "none",
+    bn_momentum: float | None = None,
 ) -> Path:
     """Train and evaluate a segmenter; returns the run folder.
 
@@ -331,6 +355,8 @@ def train_segmenter(
             the best validation epoch is kept either way.
         lung_input: ``"none"`` (plain images), ``"masked"`` (pixels outside the dilated classical lung mask
             set to 0) or ``"auto"`` (fit both, keep the better on validation, per fold).
+        bn_momentum: momentum of the BatchNormalization layers (default: the builder's); see
+            ``build_segmenter``.
 
     Returns:
         Path of the run folder.
@@ -344,7 +370,7 @@ def train_segmenter(
         shutil.rmtree(run_dir)
     cfg = SegmentConfig(model=name, dataset=dataset, root=str(root or ""), size=size, epochs=epochs,
                         batch_size=batch_size, learning_rate=learning_rate, folds=folds, augment=augment,
-                        rotation_deg=rotation_deg, patience=patience, lung_input=lung_input, seed=seed,
+                        rotation_deg=rotation_deg, patience=patience, lung_input=lung_input, bn_momentum=bn_momentum, seed=seed,
                         model_kwargs=dict(model_kwargs or {}))
     if lung_input not in LUNG_INPUTS:
         raise unknown_name_error("lung input", lung_input, LUNG_INPUTS)
