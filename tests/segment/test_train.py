@@ -176,8 +176,8 @@ def test_lung_input_auto_chooses_on_validation(discs, tmp_path, tiny_unet_builde
     # A "lung mask" that hides everything: the masked variant cannot find the discs, so validation
     # must pick the plain images.
     discs.lungs = np.zeros_like(discs.masks)
-    run = train_segmenter(tiny_unet_builder, size=32, epochs=4, batch_size=4, learning_rate=1e-2,
-                          run_dir=tmp_path / "auto", pairs=discs, lung_input="auto", patience=3, rotation_deg=5)
+    run = train_segmenter(tiny_unet_builder, size=32, epochs=6, batch_size=4, learning_rate=1e-2,
+                          run_dir=tmp_path / "auto", pairs=discs, lung_input="auto")
     metrics = json.loads((run / "metrics_test.json").read_text())
     assert metrics["lung_input"] == "none"
     by_input = metrics["val_dice_by_input"]
