@@ -64,6 +64,11 @@ class DataConfig:
         classes: class order (the model's output order); None: sorted labels after the label map.
         cache_root: folder of the preprocessed cache.
         options: extra keyword arguments of the dataset loader (e.g. ``n`` for phantoms).
+        volume_shape: for volume models (``task="volume"``, e.g. ``cnn3d_covidscan``) the (D, H, W) every
+            volume is resized to, in covidct's order (slices, rows, columns), e.g. ``[32, 64, 64]``, or a
+            name of ``covidct.data.volumes.SHAPES`` (``covidscan`` = [32, 64, 64], ``kerasio`` =
+            [64, 128, 128]); None: the model's default input shape. ``stage`` and ``size`` do not apply
+            to volume models.
     """
 
     dataset: str = "phantom"
@@ -77,6 +82,7 @@ class DataConfig:
     classes: tuple | None = None
     cache_root: str = ".cache/covidct"
     options: dict = field(default_factory=dict)
+    volume_shape: tuple | str | None = None
 
 
 @dataclass(frozen=True)

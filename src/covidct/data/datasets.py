@@ -97,7 +97,7 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> pd.Dat
     if name not in DATASETS:
         raise unknown_name_error("dataset", name, DATASETS)
     spec = DATASETS[name]
-    if name == "phantom":
+    if name in ("phantom", "phantom-volumes"):  # synthetic: written on first use, no folder to find
         return spec.loader(root, **options)
     return spec.loader(resolve_root(name, root), **options)
 
@@ -227,6 +227,42 @@ def load_phantom(root: str | Path | None = None, n: int = 120, size: int = 64, s
     if "mask_path" in frame:
         frame["mask_path"] = [str(Path(p).resolve()) if p else "" for p in frame["mask_path"].fillna("")]
     frame["source"] = "phantom"
+    frame["group_proxy"] = "patient"
+    manifest = make_manifest(frame.to_dict("records"))
+    manifest.to_csv(manifest_file, index=False)
+    return manifest
+
+
+@register_dataset("phantom-volumes", "synthetic CT volumes with lungs and 3D lesions (COV / Normal / OtherPneumonia)")
+def load_phantom_volumes(
+    root: str | Path | None = None, n: int = 36, shape: tuple | list = (32, 64, 64), seed: int = 0
+) -> pd.DataFrame:
+    """Synthetic phantom volumes written once to ``data/phantom-volumes/n<n>-<D>x<H>x<W>-seed<seed>``.
+
+    Volume ``i`` has class ``CLASSES[i % 3]`` (``covidct.data.volumes.write_phantom_volumes``), so the
+    classes are balanced; use ``data.label_map`` (``OtherPneumonia: drop``) for COV vs Normal.
+
+    Args:
+        root: where to write/read the files; default ``data/phantom-volumes/n{n}-{D}x{H}x{W}-seed{seed}``.
+        n: number of volumes (each is its own patient).
+        shape: (D, H, W) of each volume in voxels (D >= 4, H and W >= 32).
+        seed: random seed.
+
+    Returns:
+        Manifest with one row per ``.npy`` HU volume (``slice_index`` -1, group = patient).
+    """
+    from covidct.data.volumes import write_phantom_volumes
+
+    shape = tuple(int(s) for s in shape)
+    tag = "x".join(str(s) for s in shape)
+    root = Path(root) if root is not None else Path("data") / "phantom-volumes" / f"n{n}-{tag}-seed{seed}"
+    manifest_file = root / "manifest.csv"
+    if manifest_file.is_file():
+        frame = pd.read_csv(manifest_file, keep_default_na=False, dtype={"group": str, "label": str})
+        if all(Path(p).is_file() for p in frame["path"]):
+            return make_manifest(frame.to_dict("records"))
+    frame = write_phantom_volumes(root, n=n, shape=shape, seed=seed).copy()
+    frame["source"] = "phantom-volumes"
     frame["group_proxy"] = "patient"
     manifest = make_manifest(frame.to_dict("records"))
     manifest.to_csv(manifest_file, index=False)
