@@ -404,6 +404,13 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
         raise CovidctError(f"{source}: data.split_fractions must be three non-negative numbers summing to 1, got {d.split_fractions}.")
     if not 0 < e.ci < 1:
         raise CovidctError(f"{source}: evaluation.ci must lie in (0, 1), got {e.ci}.")
+    if d.volume_shape is not None:
+        from covidct.data.volumes import resolve_shape
+
+        try:
+            resolve_shape(d.volume_shape)
+        except (CovidctError, TypeError, ValueError) as error:
+            raise CovidctError(f"{source}: data.volume_shape: {error} E.g. [32, 64, 64] or 'covidscan'.") from None
     if check_registries:
         from covidct.models import get_spec
 

@@ -32,7 +32,7 @@ def nifti(path: Path, depth: int = 3) -> Path:
 
 def test_registry_lists_every_loader():
     assert list_datasets() == sorted(
-        ["covid-ct", "covid-ct-md", "ct-cov19", "folder", "kaggle-lungs", "medseg", "mosmeddata", "phantom", "sars-cov-2-ct"]
+        ["covid-ct", "covid-ct-md", "ct-cov19", "folder", "kaggle-lungs", "medseg", "mosmeddata", "phantom", "phantom-volumes", "sars-cov-2-ct"]
     )
     with pytest.raises(CovidctError, match="Did you mean: sars-cov-2-ct"):
         load_dataset("sars-cov2-ct")

@@ -29,3 +29,17 @@ def test_curves_reliability_and_history():
     history = {"epoch": [1, 2], "loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "val_macro_f1": [0.3, 0.6], "val_auc": [0.5, 0.8]}
     fig = plots.plot_training_curves(history)
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2
+
+
+def test_result_row_reads_values_and_ci():
+    from covidct.evaluate.report import result_row
+
+    result = {
+        "evaluated_on": {"split": "test"},
+        "slice": {"n": 10, "macro_f1": 0.8, "auc_macro_ovr": 0.9, "ci": {"auc_macro_ovr": {"low": 0.7, "high": 0.95}}},
+        "patient": {"mean": {"n": 3, "macro_f1": 1.0, "auc_macro_ovr": 1.0, "ci": {}}},
+    }
+    assert result_row(result) == {"set": "test", "level": "slice", "n": 10, "macro_f1": 0.8, "auc": 0.9,
+                                  "auc low": 0.7, "auc high": 0.95}
+    row = result_row(result, "patient", "mean")
+    assert (row["level"], row["n"], row["auc low"]) == ("mean", 3, None)

@@ -3,7 +3,7 @@
 For a run folder it predicts one split of the run's own dataset (``section: internal``) or a whole
 other dataset mapped onto the run's classes with a label map (``section: external``), then writes
 
-* ``predictions_<tag>.csv``: one row per image with the class probabilities,
+* ``predictions_<tag>.csv``: one row per image (per volume for 3D models) with the class probabilities,
 * ``metrics_<tag>.json``: every protocol metric with 95% bootstrap CIs over groups, calibration,
   patient-level aggregation, and a ``selection``/``evaluated_on`` block saying which set chose the
   checkpoint (always validation) and which set produced the numbers,
@@ -160,7 +160,10 @@ def _external_data(loaded, dataset: str, root, label_map, progress: bool):
     from covidct.data.cache import build_cache
     from covidct.data.datasets import load_dataset
     from covidct.train.data import apply_label_map, data_from_arrays
+    from covidct.train.volume_data import external_volume_data, is_volume_model
 
+    if is_volume_model(loaded.config.model.name):  # a 3D run: the external volumes at the run's shape
+        return external_volume_data(loaded, dataset, root, label_map, progress)
     manifest = load_dataset(dataset, root=root)
     manifest = apply_label_map(manifest, label_map, source=dataset)
     unknown = sorted(set(manifest["label"].astype(str)) - set(loaded.class_names))
@@ -283,6 +286,11 @@ def evaluate_run(
         result["warning"] = "These numbers come from the training split: they measure fit, not generalisation."
 
     result["slice"] = metrics_with_ci(y_true, probs, groups, class_names, n_bootstrap, e.ci, threshold, positive_class)
+    # A row is a slice, or a whole volume for 3D models: "slice" is the per-row block either way (one
+    # reader for reports); volume runs also name it "volume" so a reader cannot mistake the unit.
+    result["level"] = "volume" if np.ndim(eval_data.images) == 5 else "slice"
+    if result["level"] == "volume":
+        result["volume"] = result["slice"]
     result["calibration"] = {"ece": expected_calibration_error(y_true, probs), "n_bins": 15}
 
     if temperature_scaling:

@@ -135,3 +135,27 @@ def write_report(runs_root: str | os.PathLike = "runs", readme: str | os.PathLik
         write_text_atomic(readme, replace_between_markers(readme.read_text(), markdown))
         written["readme"] = str(readme)
     return written
+
+
+def result_row(result: dict, level: str = "slice", method: str | None = None) -> dict:
+    """One summary row (set, level, n, macro-F1, AUC with its CI) of an ``evaluate_run`` result.
+
+    Args:
+        result: the dict returned by ``evaluate_run`` (or read from ``metrics_<split>.json``).
+        level: ``"slice"`` or ``"patient"``.
+        method: for ``level="patient"``, the aggregation (``"mean"``, ``"max"``, ``"topk"``).
+
+    Returns:
+        A dict ready for a DataFrame row.
+    """
+    block = result[level] if method is None else result[level].get(method, {})
+    ci = block.get("ci", {}).get("auc_macro_ovr", {})
+    return {
+        "set": result["evaluated_on"]["split"],
+        "level": method or level,
+        "n": block.get("n"),
+        "macro_f1": block.get("macro_f1"),
+        "auc": block.get("auc_macro_ovr"),
+        "auc low": ci.get("low"),
+        "auc high": ci.get("high"),
+    }

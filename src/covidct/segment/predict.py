@@ -29,6 +29,20 @@ def resolve_model_path(run) -> Path:
     raise CovidctError(f"No model.keras in {path}: pass a run folder from `covidct segment train` or a .keras file.")
 
 
+def lung_input_of(model_path: Path) -> str:
+    """The input a saved segmenter was trained on: ``"masked"`` (lung-masked images) or ``"none"``.
+
+    Read from ``metrics_test.json`` next to ``model.keras`` (written by ``train_segmenter``), so that
+    prediction feeds the model what it was trained on.
+    """
+    metrics = Path(model_path).parent / "metrics_test.json"
+    if metrics.is_file():
+        import json
+
+        return str(json.loads(metrics.read_text()).get("lung_input", "none"))
+    return "none"
+
+
 def read_display(path) -> np.ndarray:
     """Read one 2D image as display uint8 (H, W) (HU files through the lung window)."""
     from covidct.preprocess.body import to_display_u8
@@ -119,7 +133,9 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
     """
     from covidct.preprocess.lungs import load_segmenter, predict_foreground
 
-    model = load_segmenter(resolve_model_path(run))
+    model_path = resolve_model_path(run)
+    model = load_segmenter(model_path)
+    masked_input = lung_input_of(model_path) == "masked"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -138,7 +154,12 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
             logger.warning("skipping %s: %s", path, error)
             results.append({"path": str(path), "error": str(error)})
             continue
-        mask = predict_foreground(model, image[None], threshold=threshold)[0]
+        if masked_input:
+            from covidct.segment.data import dilated_lung_mask
+
+            mask = predict_foreground(model, (image * dilated_lung_mask(image))[None], threshold=threshold)[0]
+        else:
+            mask = predict_foreground(model, image[None], threshold=threshold)[0]
         mask_path = out_dir / f"{path.stem}_mask.png"
         overlay_path = out_dir / f"{path.stem}_overlay.png"
         cv2.imwrite(str(mask_path), mask.astype(np.uint8) * 255)

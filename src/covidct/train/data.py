@@ -145,12 +145,16 @@ def prepare_data(cfg, progress: bool = True) -> TrainingData:
         progress: show the cache's progress bar.
 
     Returns:
-        TrainingData over the cache (images are a read-only memmap).
+        TrainingData over the cache (images are a read-only memmap); for a volume model (``task="volume"``)
+        the volume cache of ``covidct.train.volume_data.prepare_volume_data``.
     """
     from covidct.data.cache import build_cache
     from covidct.data.datasets import load_dataset
     from covidct.data.splits import assign_splits
+    from covidct.train.volume_data import is_volume_model, prepare_volume_data
 
+    if is_volume_model(cfg.model.name):  # 3D models read the volume cache (N, D, H, W, 1) instead
+        return prepare_volume_data(cfg, progress=progress)
     d = cfg.data
     manifest = load_dataset(d.dataset, root=d.root, **dict(d.options or {}))
     manifest = apply_label_map(manifest, d.label_map, source=d.dataset)

@@ -1,10 +1,11 @@
 """``train(cfg)``: the one place in covidct that compiles and fits a model.
 
 Flow: resolve the run folder (refuse to clobber a finished run) → seed everything → load the data
-(grouped split, preprocessed cache) → check the splits are usable → optional shortcut probe → build the
-registered model → compile (loss, optimizer, schedule, mixed precision) → fit on a ``PyDataset`` with
-one callback that, every epoch, scores the validation set on probabilities, keeps the best checkpoint
-(``model.keras``, written atomically), stops early, writes ``history.csv`` and a resumable
+(grouped split, preprocessed cache; the volume cache for 3D models, ``covidct.train.volume_data``)
+→ check the splits are usable → optional shortcut probe → build the registered model → compile (loss,
+optimizer, schedule, mixed precision) → fit on a ``PyDataset`` with one callback that, every epoch,
+scores the validation set on probabilities, keeps the best checkpoint (``model.keras``, written
+atomically), stops early, writes ``history.csv`` and a resumable
 ``train_state.npz`` → ``run.json`` + ``run_report.md``.
 
 The validation set selects the checkpoint; it is never reported as a test score (``covidct
@@ -112,12 +113,17 @@ def build_configured_model(cfg: RunConfig, images: np.ndarray, num_classes: int)
     from covidct.models import build_model, get_spec
 
     spec = get_spec(cfg.model.name)
-    if spec.task != "classification":
+    if spec.task not in ("classification", "volume"):
         raise CovidctError(
-            f"Model {cfg.model.name!r} is a {spec.task} model; train(cfg) trains slice classifiers "
-            "(see covidct.models.list_models(task='classification'))."
+            f"Model {cfg.model.name!r} is a {spec.task} model; train(cfg) trains slice and volume classifiers "
+            "(see covidct.models.list_models(task='classification') and list_models(task='volume'))."
         )
-    shape = model_input_shape(images, tuple(spec.inputs))
+    if (spec.task == "volume") != (images.ndim == 5):
+        raise CovidctError(
+            f"Model {cfg.model.name!r} ({spec.task}) cannot take images of shape {tuple(images.shape[1:])}: volume "
+            "models take (D, H, W, 1) volumes, slice models (H, W, C) images. Let prepare_data(cfg) build the data."
+        )
+    shape = tuple(int(s) for s in images.shape[1:]) if spec.task == "volume" else model_input_shape(images, tuple(spec.inputs))
     return build_model(cfg.model.name, input_shape=shape, num_classes=num_classes, weights=cfg.model.weights, **dict(cfg.model.kwargs or {}))
 
 
@@ -172,8 +178,8 @@ def predict_logits(model, images, indices, batch_size: int = 64, input_names: tu
         order = np.argsort(rows, kind="stable")
         batch = np.empty((len(rows),) + tuple(images.shape[1:]), dtype="float32")
         batch[order] = images[rows[order]]
-        if flip:
-            batch = batch[:, :, ::-1, :].copy()
+        if flip:  # left-right: the W axis of (N, H, W, C) slices and of (N, D, H, W, C) volumes
+            batch = batch[..., ::-1, :].copy()
         from covidct.train.data import split_inputs
 
         out = model(split_inputs(batch, input_names), training=False)
@@ -343,6 +349,8 @@ def _shortcut_probe(cfg: RunConfig, data: TrainingData) -> dict:
     """Run covidct.data.audit's nuisance-feature probe on the training split (advisory, never fatal)."""
     if not cfg.training.shortcut_probe:
         return {"status": "skipped (training.shortcut_probe=false)"}
+    if data.images.ndim == 5:
+        return {"status": "skipped (volume model: the probe fingerprints 2-D images)"}
     train_manifest = data.manifest.iloc[data.indices("train")]
     if not all(os.path.exists(p) for p in train_manifest["path"].head(20)):
         return {"status": "skipped (the training rows are not image files)"}
@@ -434,14 +442,19 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
     class_weights = None
     if t.class_weight == "balanced":
         class_weights = balanced_class_weights(data.labels[train_index], num_classes)
-    trainer.train_sequence = SliceSequence(
+    sequence_class, augmentation = SliceSequence, augmentation_factors(t, cfg.data.stage)
+    if data.images.ndim == 5:  # volumes: 3D augmentation (covidct.train.volume_data)
+        from covidct.train.volume_data import VolumeSequence, volume_augmentation
+
+        sequence_class, augmentation = VolumeSequence, volume_augmentation(t)
+    trainer.train_sequence = sequence_class(
         data.images,
         train_index,
         labels=data.labels,
         batch_size=t.batch_size,
         shuffle=True,
         seed=t.seed,
-        augmentation=augmentation_factors(t, cfg.data.stage),
+        augmentation=augmentation,
         class_weights=class_weights,
         input_names=trainer.input_names,
         max_steps=t.max_steps_per_epoch,
@@ -523,6 +536,8 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
         "split_counts": _split_counts(data, split, class_names),
         "shortcut_probe": probe,
     }
+    if data.images.ndim == 5:
+        run_info.update(task="volume", volume_shape=[int(s) for s in data.images.shape[1:4]])
     if trainer.nan_epoch is not None:
         run_info["status"] = "nan"
         write_json_atomic(run_dir / RUN_FILE, run_info)
@@ -557,8 +572,10 @@ def run_report(cfg: RunConfig, info: dict, history: list[dict]) -> str:
     lines = [
         f"# Run {info['name']}",
         "",
-        f"Status: **{info.get('status', '?')}**. Model `{info['model']}`, dataset `{info['dataset']}`, stage "
-        f"`{info['stage']}`, {info['size']} px, classes {info['class_names']}.",
+        f"Status: **{info.get('status', '?')}**. Model `{info['model']}`, dataset `{info['dataset']}`, "
+        + (f"volumes {'x'.join(map(str, info['volume_shape']))} (D x H x W)" if info.get("volume_shape")
+           else f"stage `{info['stage']}`, {info['size']} px")
+        + f", classes {info['class_names']}.",
         f"Backend {info['backend']} (Keras {info['keras_version']}, {info['dtype_policy']}), "
         f"{info['epochs_run']} epoch(s) in {info['seconds']} s.",
         "",

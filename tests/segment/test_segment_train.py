@@ -183,6 +183,13 @@ def test_lung_input_auto_chooses_on_validation(discs, tmp_path, tiny_unet_builde
     by_input = metrics["val_dice_by_input"]
     assert by_input["none"] > by_input["masked"] and by_input["none"] == metrics["val_dice"]
     assert (run / "history_plain.csv").is_file() and (run / "history_masked.csv").is_file()
+    # Prediction feeds a saved model what it was trained on.
+    from covidct.segment.predict import lung_input_of
+
+    assert lung_input_of(run / "model.keras") == "none"
+    (tmp_path / "masked_run").mkdir()
+    (tmp_path / "masked_run" / "metrics_test.json").write_text(json.dumps({"lung_input": "masked"}))
+    assert lung_input_of(tmp_path / "masked_run" / "model.keras") == "masked"
     with pytest.raises(CovidctError, match="with_lungs"):
         discs.lungs = None
         train_segmenter(tiny_unet_builder, size=32, epochs=1, run_dir=tmp_path / "m", pairs=discs, lung_input="masked")
