@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MPLBACKEND ?= Agg
 export COVIDCT_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: install demo test lint test-tf test-jax test-notebooks strip-notebooks figures benchmarks clean
+.PHONY: install demo test test-all test-rest lint test-tf test-jax test-notebooks strip-notebooks figures benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -28,13 +28,25 @@ lint: install
 test-tf: install
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -m "not jax and not gpu and not network" -q
 
+# The JAX-without-TensorFlow training test needs a process in which nothing has imported TensorFlow.
 test-jax: install
-	KERAS_BACKEND=jax $(PY) -m pytest -m "jax" -q -p no:cacheprovider
+	KERAS_BACKEND=jax $(PY) -m pytest -m "jax" -q -p no:cacheprovider tests/train/test_backends.py
+	KERAS_BACKEND=jax $(PY) -m pytest -m "jax" -q -p no:cacheprovider --ignore=tests/train/test_backends.py
 
 test-notebooks: install
 	COVIDCT_SMOKE=1 $(PY) -m pytest --nbmake --nbmake-timeout=600 -q notebooks
 
-test: lint test-tf test-jax test-notebooks
+# The TensorFlow suite uses about one core on average, so it runs beside the JAX tests + notebooks
+# (notebooks work under notebooks/, tests under tmp folders and the repo root: no shared files).
+test: lint
+	$(MAKE) --no-print-directory -j2 -Oline test-tf test-rest
+
+test-rest: install
+	$(MAKE) --no-print-directory test-jax
+	$(MAKE) --no-print-directory test-notebooks
+
+test-all: install
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q
 
 strip-notebooks: install
 	$(PY) -m covidct.notebook_tools strip notebooks

@@ -96,7 +96,7 @@ def make_tiny_config(**training):
     )
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def tiny_config():
     """The ``make_tiny_config(**training_overrides)`` factory."""
     return make_tiny_config
