@@ -52,7 +52,7 @@ strip-notebooks: install
 	$(PY) -m covidct.notebook_tools strip notebooks
 
 figures: install
-	$(PY) benchmarks/make_figures.py
+	$(PY) benchmarks/make_figures.py $(if $(wildcard runs/demo/gradcam/contact_sheet.png),--demo-run runs/demo)
 
 clean:
 	rm -rf runs/demo .pytest_cache .ruff_cache

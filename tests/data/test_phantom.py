@@ -257,3 +257,12 @@ def test_bad_arguments_raise_clear_errors():
         make_dataset(n=0)
     with pytest.raises(CovidctError, match="shape"):
         make_volume("Normal", shape=(64, 64))
+
+
+def test_plot_phantom_classes_shows_every_class():
+    from covidct.data.phantom import CLASSES, plot_phantom_classes
+
+    figure = plot_phantom_classes(size=64, seed=1)
+    titles = [axis.get_title() for axis in figure.axes]
+    assert len(figure.axes) == 2 * len(CLASSES)
+    assert all(any(title.startswith(label) for title in titles) for label in CLASSES)

@@ -1113,3 +1113,30 @@ def write_dataset(
     manifest = make_manifest(rows)
     manifest.to_csv(root / "manifest.csv", index=False)
     return manifest
+
+
+def plot_phantom_classes(size: int = 256, seed: int = 3):
+    """One phantom slice per class in the lung window, above its lung labels and lesion mask.
+
+    Args:
+        size: slice side in pixels.
+        seed: phantom seed (the same for every class).
+
+    Returns:
+        A matplotlib Figure (2 rows x 3 classes).
+    """
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, len(CLASSES), figsize=(3.4 * len(CLASSES), 7))
+    for column, label in enumerate(CLASSES):
+        item = make_slice(label, size=size, seed=seed)
+        # Lung window W1500 / L-600 shown as HU -1350..150.
+        axes[0, column].imshow(item.image_hu, cmap="gray", vmin=-1350, vmax=150)
+        axes[0, column].set_title(f"{label} (lung window)")
+        axes[1, column].imshow(item.lung_labels + 3 * item.lesion.astype(np.uint8), cmap="viridis", vmin=0, vmax=5)
+        axes[1, column].set_title("lungs (1 right, 2 left) + lesion")
+    for axis in axes.ravel():
+        axis.axis("off")
+    figure.suptitle("covidct synthetic CT phantoms (not patient data)")
+    figure.tight_layout()
+    return figure
