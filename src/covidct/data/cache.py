@@ -46,8 +46,29 @@ CACHE_FORMAT = "1"
 KEY_COLUMNS = ("path", "label", "group", "split", "source", "mask_path", "slice_index", "mask_rot90")
 
 
+class ManifestRows:
+    """Row bookkeeping shared by the slice cache and the volume cache (``self.manifest`` aligned with rows)."""
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Sorted class names present in the cache."""
+        return sorted(set(self.manifest["label"]))
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of ``split`` (``train``, ``val``, ``test``)."""
+        known = sorted(set(self.manifest["split"]))
+        if split not in known:
+            from covidct.errors import unknown_name_error
+
+            raise unknown_name_error("split", split, known)
+        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
+
+
 @dataclass
-class Cache:
+class Cache(ManifestRows):
     """A built cache: memory-mapped arrays aligned with ``manifest`` rows.
 
     Attributes:
@@ -89,22 +110,6 @@ class Cache:
             pd.DataFrame(columns=["path", "error"])
         return cls(path, meta["key"], images, masks, manifest, failed, meta, targets)
 
-    def __len__(self) -> int:
-        return len(self.manifest)
-
-    @property
-    def class_names(self) -> list[str]:
-        """Sorted class names present in the cache."""
-        return sorted(set(self.manifest["label"]))
-
-    def indices(self, split: str) -> np.ndarray:
-        """Row indices of ``split`` (``train``, ``val``, ``test``)."""
-        known = sorted(set(self.manifest["split"]))
-        if split not in known:
-            from covidct.errors import unknown_name_error
-
-            raise unknown_name_error("split", split, known)
-        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
 
 
 def cache_key(manifest: pd.DataFrame, stage: str, size: int, stage_fn=None) -> str:

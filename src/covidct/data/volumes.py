@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from covidct.data.cache import ManifestRows
 from covidct.errors import CovidctError, unknown_name_error
 
 logger = logging.getLogger(__name__)
@@ -357,7 +358,7 @@ def preprocess_volume(image, shape=(32, 64, 64), target_spacing_mm=None) -> np.n
 
 # ---------------------------------------------------------------------------------------------- cache
 @dataclass
-class VolumeCache:
+class VolumeCache(ManifestRows):
     """A built volume cache: a uint8 memmap (N, D, H, W, 1) aligned with ``manifest`` rows.
 
     Attributes:
@@ -399,25 +400,11 @@ class VolumeCache:
         )
         return cls(path, meta["key"], images, manifest, failed, meta)
 
-    def __len__(self) -> int:
-        return len(self.manifest)
-
     @property
     def shape(self) -> tuple[int, int, int]:
         """The (D, H, W) of every cached volume."""
         return tuple(self.meta["shape"])
 
-    @property
-    def class_names(self) -> list[str]:
-        """Sorted class names present in the cache."""
-        return sorted(set(self.manifest["label"]))
-
-    def indices(self, split: str) -> np.ndarray:
-        """Row indices of ``split`` (``train``, ``val``, ``test``)."""
-        known = sorted(set(self.manifest["split"]))
-        if split not in known:
-            raise unknown_name_error("split", split, known)
-        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
 
 
 def volume_rows(manifest: pd.DataFrame) -> pd.DataFrame:
