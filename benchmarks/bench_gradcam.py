@@ -58,26 +58,45 @@ def speed(model_name: str, size: int, count: int, batch_size: int) -> dict:
 
 
 def train_small_cnn(images, labels, epochs: int, seed: int = 0):
-    import keras
+    """Train the registered ``small_cnn`` through the one training path and return the best checkpoint.
 
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(images.shape[1:], name="image")
-    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
-    for i, width in enumerate((8, 16, 32)):
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
-        x = keras.layers.Activation("relu", name=f"relu{i}")(x)
-        if i < 2:
-            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(x), name="bench_cnn")
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+    Classes are the strings "0" and "1", so class index 1 is the positive class; every 5th training image
+    is the validation split that selects the checkpoint.
+    """
+    import tempfile
+
+    import pandas as pd
+
+    from covidct.config import config_from_dict
+    from covidct.train import train
+    from covidct.train.data import data_from_arrays
+    from covidct.train.run import load_run
+
+    count = len(labels)
+    manifest = pd.DataFrame(
+        {
+            "path": [f"bench/{i}" for i in range(count)],
+            "label": [str(int(value)) for value in labels],
+            "group": [str(i) for i in range(count)],
+            "split": ["val" if i % 5 == 0 else "train" for i in range(count)],
+            "source": "bench",
+        }
     )
-    model.fit(images, labels, epochs=epochs, batch_size=16, verbose=0)
-    return model
+    data = data_from_arrays(np.clip(images, 0, 255).astype(np.uint8), manifest, source="bench")
+    cfg = config_from_dict(
+        {
+            "name": "bench-gradcam",
+            "data": {"dataset": "phantom", "stage": "original", "size": int(images.shape[1])},
+            "model": {"name": "small_cnn"},
+            "training": {
+                "epochs": epochs, "batch_size": 16, "learning_rate": 3e-3, "bn_momentum": 0.9, "seed": seed,
+                "shortcut_probe": False, "min_epochs": 0, "early_stopping_patience": 0, "mixed_precision": "off",
+            },
+        }
+    )
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-gradcam-")) / "run"
+    train(cfg, run_dir=run_dir, data=data, progress=False)
+    return load_run(run_dir).model
 
 
 def quality(n: int, seed: int) -> dict:
