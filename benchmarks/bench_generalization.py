@@ -44,8 +44,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "robust"
-#: Cumulative arms, then the leave-one-out arm.
-ARMS = ("plain", "lungs", "standardize", "appearance", "robust", "no-standardize")
+#: Cumulative arms, then the leave-one-out arm, then ``histogram`` (``standardize`` with rank equalisation
+#: inside the lungs instead of the two percentile anchors: the mean lung brightness no longer differs).
+ARMS = ("plain", "lungs", "standardize", "appearance", "robust", "no-standardize", "histogram")
 EXTERNAL = "covid-ct-md"
 #: covid-ct-md's labels onto sars-cov-2-ct's classes: COVID-19 vs (CAP + Normal).
 EXTERNAL_LABEL_MAP = {"COV": "COV", "OtherPneumonia": "NonCOV", "Normal": "NonCOV"}

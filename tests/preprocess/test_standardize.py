@@ -151,3 +151,21 @@ def test_stage_shrinks_a_blur_difference():
 def test_stage_rejects_a_bad_size():
     with pytest.raises(CovidctError, match="size"):
         robust_lung_crop(np.zeros((32, 32), np.float32), 4)
+
+
+def test_histogram_stage_removes_the_mean_lung_brightness():
+    """``lungs-hist``: the lung pixels of every slice get about the same grey-level distribution, so a class
+    difference in mean lung brightness (here: ground glass in COV) is gone, while ``lungs`` keeps it."""
+    means = {"lungs": {}, "lungs-hist": {}}
+    for label in ("COV", "Normal"):
+        for stage in means:
+            values = []
+            for seed in range(3):
+                phantom = make_slice(label, size=128, seed=seed)
+                out = get_stage(stage)(CTImage(phantom.image_hu, "HU"), 64)[0]
+                values.append(out.image[..., 0][out.mask.astype(bool)].astype(float).mean())
+            means[stage][label] = np.mean(values)
+    assert means["lungs"]["COV"] - means["lungs"]["Normal"] > 5
+    assert abs(means["lungs-hist"]["COV"] - means["lungs-hist"]["Normal"]) < 3
+    # Rank equalisation puts the lung mean near mid-grey (127) whatever the slice (low-pass and rounding aside).
+    assert all(115 < value < 140 for value in means["lungs-hist"].values())

@@ -25,6 +25,8 @@ what it can of those differences *before* the network sees the image, as a pure 
   differences are larger. Random blur/sharpen at training time (``covidct.train.appearance``) does the
   rest.
 
+Stage ``lungs-hist`` (registered here) is the same with ``standardize_histogram`` as the intensity step.
+
 Stage ``lungs-robust`` (registered here): lung mask → intensity standardisation inside the lungs →
 crop to the lungs plus 5% margin → square pad and resize → fixed low-pass → everything outside the
 lungs set to 0. One channel, uint8.
@@ -301,6 +303,19 @@ def lungs_robust(image, size: int) -> list[StageOutput]:
     return [robust_lung_crop(image, size)]
 
 
+@register_stage("lungs-hist")
+def lungs_hist(image, size: int) -> list[StageOutput]:
+    """``lungs-robust`` with rank (histogram) equalisation inside the lungs instead of the two anchors.
+
+    Every image's lung pixels then have the same (uniform) grey-level distribution, so the mean lung
+    brightness carries no information: in sars-cov-2-ct the COVID lungs are brighter than the non-COVID
+    ones (``lungs`` stage, 102 vs 95 grey levels) while in covid-ct-md they are darker (93 vs 95-98), a cue
+    that inverts between hospitals. What is left for the model is where the dense pixels are (texture and
+    spatial pattern), not how bright the lung is overall.
+    """
+    return [robust_lung_crop(image, size, intensity="histogram")]
+
+
 __all__ = [
     "ANCHOR_PERCENTILES",
     "ANCHOR_TARGETS",
@@ -308,6 +323,7 @@ __all__ = [
     "LOWPASS_SIGMA_FRACTION",
     "laplacian_variance",
     "lowpass",
+    "lungs_hist",
     "lungs_robust",
     "match_sharpness",
     "robust_lung_crop",
