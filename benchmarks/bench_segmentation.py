@@ -6,9 +6,11 @@ Usage::
     python benchmarks/bench_segmentation.py infection --model unet --base-filters 8 --batch-norm --bn-momentum 0.9 \
         --size 64 --folds 5 --epochs 30 --patience 8 --rotation 10 --batch-size 4 --lung-input none
 
-Each run goes through ``covidct.segment.train.train_segmenter`` (the same code as ``covidct segment train``)
-and writes its run folder under runs/bench/; the summary (with wall time and machine facts) is written
-to benchmarks/results/segmentation_<task>_<model>.json.
+Each run is fitted by the one training path, ``covidct.train.train(cfg)`` with ``task: segmentation``
+(checkpoint and lung input selected on validation Dice), through ``covidct.segment.train.train_segmenter``
+(the code behind ``covidct segment train``, which builds the config and then scores the test rows per
+image). It writes its run folder under runs/bench/; the summary (with wall time and machine facts) is
+written to benchmarks/results/segmentation_<task>_<model>.json.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("task", choices=["lungs", "infection"])
     parser.add_argument("--model", default=None, help="default: bcd_unet for lungs, unet for infection")
     parser.add_argument("--base-filters", type=int, default=8)
@@ -37,11 +41,19 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--folds", type=int, default=5, help="infection only")
     parser.add_argument("--batch-norm", action="store_true", help="BatchNorm after each conv")
-    parser.add_argument("--bn-momentum", type=float, default=None, help="BatchNorm momentum (default Keras 0.99)")
-    parser.add_argument("--rotation", type=float, default=0.0, help="random rotation (degrees) when augmenting")
+    parser.add_argument(
+        "--bn-momentum", type=float, default=None, help="BatchNorm momentum (default Keras 0.99)"
+    )
+    parser.add_argument(
+        "--rotation", type=float, default=0.0, help="random rotation (degrees) when augmenting"
+    )
     parser.add_argument("--patience", type=int, default=0, help="early stopping on validation Dice (0: off)")
-    parser.add_argument("--lung-input", default="none", choices=["none", "masked", "auto"],
-                        help="auto: plain or lung-masked input, chosen per fold on inner validation Dice")
+    parser.add_argument(
+        "--lung-input",
+        default="none",
+        choices=["none", "masked", "auto"],
+        help="auto: plain or lung-masked input, chosen per fold on inner validation Dice",
+    )
     parser.add_argument("--root", default=None)
     parser.add_argument("--run-dir", default=None)
     args = parser.parse_args(argv)
@@ -55,10 +67,21 @@ def main(argv=None) -> int:
     run_dir = Path(args.run_dir or f"runs/bench/segment-{model}-{dataset}-{size}")
     start = time.perf_counter()
     run = train_segmenter(
-        model=model, dataset=dataset, root=args.root, size=size, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, folds=folds, run_dir=run_dir, overwrite=True,
+        model=model,
+        dataset=dataset,
+        root=args.root,
+        size=size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        folds=folds,
+        run_dir=run_dir,
+        overwrite=True,
         model_kwargs={"base_filters": args.base_filters, **({"batch_norm": True} if args.batch_norm else {})},
-        rotation_deg=args.rotation, patience=args.patience, lung_input=args.lung_input, bn_momentum=args.bn_momentum,
+        rotation_deg=args.rotation,
+        patience=args.patience,
+        lung_input=args.lung_input,
+        bn_momentum=args.bn_momentum,
     )
     wall_s = time.perf_counter() - start
     summary = json.loads((run / ("metrics_cv.json" if folds else "metrics_test.json")).read_text())
@@ -91,12 +114,21 @@ def main(argv=None) -> int:
     out = RESULTS / f"segmentation_{args.task}_{model}.json"
     out.write_text(json.dumps(result, indent=2, default=float))
     dice = summary["dice"]
-    print(f"{model} {dataset} {size}px: Dice {dice['mean']:.4f} [{dice['low']:.4f}, {dice['high']:.4f}] "
-          f"in {wall_s:.0f} s -> {out}")
+    print(
+        f"{model} {dataset} {size}px: Dice {dice['mean']:.4f} [{dice['low']:.4f}, {dice['high']:.4f}] "
+        f"in {wall_s:.0f} s -> {out}"
+    )
     if summary.get("fold_dice"):
-        print("per fold:", [round(d, 3) for d in summary["fold_dice"]], "lung input:", summary["fold_lung_input"])
+        print(
+            "per fold:",
+            [round(d, 3) for d in summary["fold_dice"]],
+            "lung input:",
+            summary["fold_lung_input"],
+        )
         infected = summary.get("dice_slices_with_infection") or {}
-        print(f"slices with infection (n={summary['n_slices_with_infection']}): Dice {infected.get('mean', float('nan')):.4f}")
+        print(
+            f"slices with infection (n={summary['n_slices_with_infection']}): Dice {infected.get('mean', float('nan')):.4f}"
+        )
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,14 +25,26 @@ def _separable_data():
     groups = [f"p{i // 2}" for i in range(80)]
     split = np.array(["train", "train", "val", "test"] * 20)
     manifest = pd.DataFrame(
-        {"path": [f"x{i}" for i in range(80)], "label": np.where(labels == 1, "COVID", "nonCOVID"), "group": groups, "split": split, "source": "synthetic"}
+        {
+            "path": [f"x{i}" for i in range(80)],
+            "label": np.where(labels == 1, "COVID", "nonCOVID"),
+            "group": groups,
+            "split": split,
+            "source": "synthetic",
+        }
     )
     return data_from_arrays(images.clip(0, 255).astype(np.uint8), manifest)
 
 
 def test_feature_baseline_end_to_end(tmp_path):
     data = _separable_data()
-    cfg = config_from_dict({"data": {"dataset": "phantom", "size": 32}, "model": {"name": "simple_cnn"}, "evaluation": {"n_bootstrap": 20}})
+    cfg = config_from_dict(
+        {
+            "data": {"dataset": "phantom", "size": 32},
+            "model": {"name": "simple_cnn"},
+            "evaluation": {"n_bootstrap": 20},
+        }
+    )
     cfg = dataclasses.replace(cfg, output_root=str(tmp_path))
     result = run_feature_baseline(cfg, classifier="lr", data=data)
     assert result["evaluated_on"]["split"] == "test" and result["evaluated_on"]["n_images"] == 20
@@ -51,3 +65,101 @@ def test_extractor_is_the_layer_before_logits():
     assert extract_features(model, images, np.arange(3)).shape == (3, 32)
     with pytest.raises(CovidctError, match="Did you mean: svm"):
         make_classifier("svn")
+
+
+@pytest.fixture(scope="module")
+def features_config(tmp_path_factory, tiny_config):
+    """A config YAML for the phantom dataset (150 slices of 30 patients, written and cached under tmp)."""
+    from covidct.config import dump_config
+
+    tmp = tmp_path_factory.mktemp("features_cli")
+    cfg = tiny_config()
+    cfg = dataclasses.replace(
+        cfg,
+        output_root=str(tmp / "runs"),
+        data=dataclasses.replace(
+            cfg.data,
+            options={"n": 150, "size": 64, "seed": 0},
+            root=str(tmp / "phantom"),
+            cache_root=str(tmp / "cache"),
+            size=32,
+            split_fractions=(0.5, 0.25, 0.25),
+        ),
+        evaluation=dataclasses.replace(cfg.evaluation, n_bootstrap=50),
+    )
+    return dump_config(cfg, tmp / "features.yaml"), cfg
+
+
+def test_features_command_writes_runs_that_the_evaluator_reproduces(features_config, capsys):
+    from covidct.cli import main
+    from covidct.evaluate.evaluator import metrics_with_ci
+
+    path, cfg = features_config
+    assert main(["features", "--config", str(path), "--classifier", "lr", "knn"]) == 0
+    printed = capsys.readouterr().out
+    for classifier in ("lr", "knn"):
+        run_dir = Path(cfg.output_root) / f"features-simple_cnn-original-{classifier}"
+        stored = json.loads((run_dir / "metrics_test.json").read_text())
+        predictions = pd.read_csv(run_dir / "predictions_test.csv", dtype={"group": str})
+        names = stored["class_names"]
+        assert names == ["COV", "Normal", "OtherPneumonia"] and stored["classifier"] == classifier
+        # Validation selected nothing (fixed hyperparameters); the numbers are the test split's.
+        assert stored["selection"]["split"] == "none" and stored["validation"]["role"].startswith("check")
+        assert (
+            stored["evaluated_on"]["split"] == "test" and stored["evaluated_on"]["is_selection_set"] is False
+        )
+        assert stored["evaluated_on"]["n_images"] == len(predictions) > 0
+        assert stored["evaluated_on"]["n_groups"] == predictions["group"].nunique() >= 3
+        # The metrics JSON is exactly what the shared evaluator computes from the predictions CSV.
+        probs = predictions[[f"prob_{c}" for c in names]].to_numpy()
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+        e = cfg.evaluation
+        again = metrics_with_ci(
+            predictions["label_index"],
+            probs,
+            predictions["group"].to_numpy(),
+            names,
+            50,
+            e.ci,
+            e.threshold,
+            e.positive_class,
+        )
+        for key in ("macro_f1", "auc_macro_ovr", "balanced_accuracy", "accuracy"):
+            assert stored["slice"][key] == pytest.approx(again[key], abs=1e-12)
+            assert stored["slice"]["ci"][key]["low"] == pytest.approx(again["ci"][key]["low"], abs=1e-12)
+            assert stored["slice"]["ci"][key]["high"] == pytest.approx(again["ci"][key]["high"], abs=1e-12)
+        assert stored["slice"]["confusion_matrix"] == again["confusion_matrix"]
+        ci = stored["slice"]["ci"]["macro_f1"]
+        assert (
+            f"macro_f1           {stored['slice']['macro_f1']:.3f}  [{ci['low']:.3f}, {ci['high']:.3f}]"
+            in printed
+        )
+        assert json.loads((run_dir / "run.json").read_text())["model"] == f"simple_cnn+{classifier}"
+    assert printed.count("test (reported;") == 2
+
+
+def test_features_command_refuses_to_overwrite_and_bad_input(features_config, capsys):
+    from covidct.cli import main
+
+    path, cfg = features_config
+    run_dir = Path(cfg.output_root) / "features-simple_cnn-original-lr"
+    if not (run_dir / "metrics_test.json").is_file():  # when this test runs alone
+        assert main(["features", "--config", str(path), "--classifier", "lr"]) == 0
+    before = (run_dir / "metrics_test.json").stat().st_mtime_ns
+    assert main(["features", "--config", str(path), "--classifier", "svm", "lr"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir} holds a finished feature baseline" in err and "--overwrite" in err
+    assert (run_dir / "metrics_test.json").stat().st_mtime_ns == before
+    assert not (
+        Path(cfg.output_root) / "features-simple_cnn-original-svm"
+    ).exists()  # checked before any work
+    assert main(["features", "--config", str(path), "--classifier", "svn"]) == 2
+    assert "Unknown classifier 'svn'. Did you mean: svm" in capsys.readouterr().err
+    assert main(["features", "--model", "simple_cnn"]) == 2
+    assert "--model NAME and --dataset NAME" in capsys.readouterr().err
+    assert (
+        main(["features", "--config", str(path), "--classifier", "lr", "--overwrite", "--bootstrap", "0"])
+        == 0
+    )
+    assert (run_dir / "metrics_test.json").stat().st_mtime_ns > before
+    assert "ci" not in json.loads((run_dir / "metrics_test.json").read_text())["slice"]

@@ -56,6 +56,13 @@ def _add_segment(subparsers) -> None:
     train.add_argument("--run-dir", default=None, help="default runs/segment-<model>-<dataset>-<size>")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    train.add_argument("--lung-input", default="none", choices=["none", "masked", "auto"],
+                       help="plain, lung-masked, or both with the better kept on validation Dice")
+    train.add_argument("--rotation", type=float, default=0.0, help="largest random rotation in degrees")
+    train.add_argument("--patience", type=int, default=0, help="early stopping on validation Dice (0: off)")
+    evaluate = actions.add_parser("evaluate", help="per-image Dice/IoU/HD95 of a trained run on its test rows")
+    evaluate.add_argument("--run", required=True, help="run folder from `segment train` or `train` (task: segmentation)")
     predict = actions.add_parser("predict", help="write masks and overlays for images")
     predict.add_argument("--model", required=True, help="run folder or .keras file from `segment train`")
     predict.add_argument("--images", nargs="+", required=True, help="image files or folders")
@@ -73,8 +80,18 @@ def _run_segment(args) -> int:
             model=args.model, dataset=args.dataset, root=args.root, size=args.size, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.learning_rate, folds=args.folds,
             run_dir=args.run_dir, overwrite=args.overwrite, seed=args.seed, model_kwargs=kwargs,
+            resume=args.resume, lung_input=args.lung_input, rotation_deg=args.rotation, patience=args.patience,
+            progress=True,
         )
         print(f"run folder: {run_dir}")
+        return 0
+    if args.segment_action == "evaluate":
+        from covidct.segment.evaluate import evaluate_segmentation
+
+        summary = evaluate_segmentation(args.run)
+        dice = summary["dice"]
+        print(f"{args.run}: Dice {dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}] on {summary['n_images']} "
+              f"test image(s) ({summary['split']}); selected on validation")
         return 0
     from covidct.segment.predict import predict_files
 
@@ -236,8 +253,14 @@ def _run_train(args) -> int:
     run_dir = train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite)
     print(f"Run saved in {run_dir}")
     if args.evaluate:
-        from covidct.evaluate import evaluate_run
+        from covidct.evaluate.evaluator import evaluate_run, run_task
 
+        if run_task(run_dir) == "segmentation":
+            from covidct.segment.evaluate import evaluate_segmentation
+
+            dice = evaluate_segmentation(run_dir)["dice"]
+            print(f"test Dice {dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}] (selected on validation)")
+            return 0
         result = evaluate_run(run_dir, split="test")
         print(f"test macro-F1 {result['slice']['macro_f1']:.3f}, AUC {result['slice']['auc_macro_ovr']:.3f}")
     return 0
@@ -276,12 +299,18 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--mc-dropout", type=int, default=None, metavar="N", help="Monte-Carlo dropout passes")
     parser.add_argument("--temperature-scaling", action="store_true", help="fit a temperature on validation")
     parser.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap replicates")
+    parser.add_argument("--lung-focus", type=int, default=None, metavar="N",
+                        help="also score Grad-CAM lung focus on N images of the split (writes RUN/lung_focus.json, "
+                        "the lung-focus column of `covidct report`)")
     parser.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
+    from covidct.errors import CovidctError
     from covidct.evaluate import evaluate_run
 
+    if args.lung_focus is not None and (args.dataset is not None or args.lung_focus < 1):
+        raise CovidctError("--lung-focus N (N >= 1) scores the run's own split; it does not apply with --dataset.")
     result = evaluate_run(
         args.run,
         split=args.split,
@@ -303,6 +332,50 @@ def _run_evaluate(args) -> int:
         print(f"  {key:<18} {block[key]:.3f}  [{ci.get('low', float('nan')):.3f}, {ci.get('high', float('nan')):.3f}]")
     if result.get("warning"):
         print(f"  warning: {result['warning']}")
+    if args.lung_focus is not None:
+        from covidct.explain.runs import format_lung_focus, run_lung_focus
+
+        print(format_lung_focus(run_lung_focus(args.run, n=args.lung_focus, split=args.split)))
+    return 0
+
+
+def _add_features(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "features",
+        help="frozen CNN features + scikit-learn classifiers (feature baselines)",
+        description="Extract frozen features of a registered classifier (the input of its logits layer) once, "
+        "fit each scikit-learn classifier on the train split with fixed hyperparameters, and evaluate it on the "
+        "test split like any run (validation scores are printed as a check; nothing is selected on them). "
+        "Each classifier gets a run folder: config.yaml, predictions_test.csv, metrics_test.json, run.json.",
+    )
+    parser.add_argument("--config", default=None, help="run config YAML (data + feature model)")
+    parser.add_argument("--model", default=None, help="feature model, same as --set model.name=NAME")
+    parser.add_argument("--dataset", default=None, help="dataset, same as --set data.dataset=NAME")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. data.stage=lungs")
+    parser.add_argument("--classifier", nargs="+", default=["lr"], metavar="NAME",
+                        help="one or more of svm, rf, lr, knn, mlp (default lr)")
+    parser.add_argument("--run-dir", default=None, help="output folder (one classifier only; default "
+                        "OUTPUT_ROOT/features-<model>-<stage>-<classifier>)")
+    parser.add_argument("--output-root", default=None, help="parent of the run folders (default: the config's output_root)")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap replicates")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in the run folder(s)")
+    parser.set_defaults(func=_run_features)
+
+
+def _run_features(args) -> int:
+    from covidct.config import load_config
+    from covidct.errors import CovidctError
+    from covidct.features import feature_run_dir, format_feature_result, run_feature_baselines
+
+    if args.config is None and (args.model is None or args.dataset is None):
+        raise CovidctError("Give --config CONFIG.yaml, or --model NAME and --dataset NAME (plus --set overrides).")
+    if args.run_dir is not None and len(args.classifier) != 1:
+        raise CovidctError(f"--run-dir names one folder but {len(args.classifier)} classifiers were given; use --output-root.")
+    shortcuts = [f"{key}={value}" for key, value in (("model.name", args.model), ("data.dataset", args.dataset)) if value]
+    cfg = load_config(args.config, [*shortcuts, *args.set])
+    run_dirs = [args.run_dir] if args.run_dir else [feature_run_dir(cfg, c, args.output_root) for c in args.classifier]
+    results = run_feature_baselines(cfg, args.classifier, run_dirs, n_bootstrap=args.bootstrap, overwrite=args.overwrite)
+    print("\n".join(format_feature_result(result) for result in results))
     return 0
 
 
@@ -357,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_grid(subparsers)
     _add_evaluate(subparsers)
+    _add_features(subparsers)
     _add_report(subparsers)
     _add_audit(subparsers)
     _add_preprocess(subparsers)

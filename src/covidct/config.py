@@ -5,6 +5,11 @@ reads a YAML file, applies overrides such as ``"training.epochs=3"``, checks eve
 models, stages and choices stop with close matches) and returns the frozen config; ``dump_config``
 writes the resolved config that is saved with every run, so a run can be reproduced from its folder.
 
+``task`` (top level) switches what ``train(cfg)`` fits: ``classification`` (2-D slices), ``volume``
+(3-D volumes) or ``segmentation`` (a per-pixel mask: Dice + BCE loss, selection on validation Dice,
+settings in the ``segmentation`` section); empty means the registered model's own task (classification
+and volume models; a segmentation model needs ``task: segmentation`` written out).
+
 Experiment names follow ``<model>-<stage>-<setting>`` with setting one of ``baseline``, ``classw``
 (class weights "balanced"), ``dataaug`` (the stage's augmentation), ``classw-dataaug``, and ``robust`` /
 ``classw-robust`` (issue 8's geometry + appearance augmentation, ``training.augmentation: robust``).
@@ -25,9 +30,15 @@ from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 SETTINGS = ("baseline", "classw", "dataaug", "classw-dataaug", "robust", "classw-robust")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine")
-LOSSES = ("ce", "focal")
+LOSSES = ("ce", "focal", "dice_bce")
 CLASS_WEIGHTS = ("none", "balanced")
-MONITORS = ("val_macro_f1", "val_auc", "val_loss")
+MONITORS = ("val_macro_f1", "val_auc", "val_loss", "val_dice")
+TASKS = ("classification", "volume", "segmentation")
+# task: segmentation (issue #4): the loss, the selection scores and the lung-masked input choices.
+SEGMENTATION_LOSSES = ("dice_bce",)
+SEGMENTATION_MONITORS = ("val_dice", "val_loss")
+LUNG_INPUTS = ("none", "masked", "auto")
+SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg", "phantom")
 MIXED_PRECISION = ("auto", "on", "off")
 FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
 
@@ -190,20 +201,49 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """One experiment: name + data + model + training + evaluation.
+class SegmentationConfig:
+    """Settings of ``task: segmentation`` runs (ignored by, and refused for, other tasks).
+
+    The data are image/mask pairs (``covidct.segment.data.load_pairs``: ``data.dataset`` is
+    ``kaggle-lungs``, ``medseg`` or ``phantom``; ``data.size`` is the side in pixels). The loss is
+    ``training.loss: dice_bce`` and the checkpoint is selected on ``training.monitor: val_dice`` (both the
+    defaults when ``task: segmentation``). ``training.augmentation`` is ``"none"`` or a dict of ``flip``
+    (random left-right mirror) and ``rotation`` (largest random rotation as a fraction of a full turn,
+    as for slices), applied to image and mask together.
 
     Attributes:
-        name: run name (folder under ``output_root``); empty: ``<model>-<stage>-<setting>``.
+        lung_input: ``"none"`` (plain images), ``"masked"`` (pixels outside the dilated classical lung
+            mask set to 0) or ``"auto"`` (fit both, keep the one with the better validation Dice).
+        folds: 0 evaluates on the dataset's test split; k >= 2 runs grouped k-fold cross-validation
+            (each fold a sub-run ``fold_<k>/``; for datasets without a test split such as ``medseg``).
+        val_fraction: fraction of the training groups held out as the validation (selection) part when
+            the data have no ``val`` split of their own.
+    """
+
+    lung_input: str = "none"
+    folds: int = 0
+    val_fraction: float = 0.15
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One experiment: name + task + data + model + training + evaluation (+ segmentation).
+
+    Attributes:
+        name: run name (folder under ``output_root``); empty: ``<model>-<stage>-<setting>``
+            (``segment-<model>-<dataset>-<size>`` for segmentation).
         output_root: parent folder of run folders.
+        task: ``""`` (the model's own task), ``"classification"``, ``"volume"`` or ``"segmentation"``.
     """
 
     name: str = ""
     output_root: str = "runs"
+    task: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
     @property
     def setting(self) -> str:
@@ -212,11 +252,21 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        """``name`` or, when empty, ``<model>-<stage>-<setting>``."""
+        """``name`` or, when empty, ``<model>-<stage>-<setting>`` (``segment-<model>-<dataset>-<size>``)."""
+        if not self.name and self.task == "segmentation":
+            return f"segment-{self.model.name}-{self.data.dataset}-{self.data.size}"
         return self.name or experiment_name(self.model.name, self.data.stage, self.setting)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "evaluation": EvaluationConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+    "segmentation": SegmentationConfig,
+}
+# Training defaults that differ for task: segmentation (used when the YAML does not set them).
+SEGMENTATION_TRAINING_DEFAULTS = {"loss": "dice_bce", "monitor": "val_dice"}
 _TUPLE_FIELDS = {("data", "split_fractions"), ("data", "classes"), ("evaluation", "aggregation")}
 
 
@@ -287,6 +337,124 @@ def augmentation_factors(training: TrainingConfig, stage: str) -> dict | None:
     )
 
 
+def segmentation_augmentation(training: TrainingConfig) -> dict | None:
+    """Resolve ``training.augmentation`` for ``task: segmentation`` to ``{flip, rotation_deg}`` or None (off).
+
+    Only geometry that can move a mask with its image exactly is offered: a random left-right mirror
+    (``flip``, default true) and a random rotation of at most ``rotation`` (a fraction of a full turn,
+    as for slices: 10 degrees is 10 / 360) with a nearest-neighbour mask.
+
+    Raises:
+        CovidctError: a classification preset (``stage``, ``robust``) or keys other than flip/rotation.
+    """
+    aug = training.augmentation
+    if aug in ("none", None, False):
+        return None
+    if isinstance(aug, dict):
+        known = {"flip", "rotation"}
+        other = sorted(
+            key for key in aug if key not in known and aug[key] not in (0, 0.0, None, False, "none")
+        )
+        if other:
+            raise CovidctError(
+                f"training.augmentation: {other} do(es) not apply to task segmentation.{did_you_mean(other[0], known)} "
+                "Segmentation augments image and mask together with 'flip' and 'rotation' only."
+            )
+        rotation = aug.get("rotation", 0.0)
+        if not isinstance(rotation, (int, float)) or isinstance(rotation, bool) or not 0 <= rotation < 0.5:
+            raise CovidctError(
+                f"training.augmentation.rotation must be a fraction of a full turn in [0, 0.5), got {rotation!r} "
+                "(10 degrees is 0.0278)."
+            )
+        return {"flip": bool(aug.get("flip", True)), "rotation_deg": 360.0 * float(rotation)}
+    raise CovidctError(
+        f"training.augmentation={aug!r} is a classification preset; task segmentation takes 'none' or a dict "
+        "{flip: true, rotation: R} (R: largest rotation as a fraction of a full turn, e.g. 0.0278 for 10 degrees)."
+    )
+
+
+def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
+    """Check ``task`` and the settings that belong to one task only (no registry needed).
+
+    Raises:
+        CovidctError: a segmentation loss, monitor or section on another task, or classification settings
+            (loss, monitor, class weights, augmentation preset, dataset) on a segmentation run.
+    """
+    _check_choice(source, "task", cfg.task, ("", *TASKS))
+    t, s = cfg.training, cfg.segmentation
+    if cfg.task != "segmentation":
+        if t.loss in SEGMENTATION_LOSSES or t.monitor == "val_dice":
+            key, value = (
+                ("training.loss", t.loss)
+                if t.loss in SEGMENTATION_LOSSES
+                else ("training.monitor", t.monitor)
+            )
+            raise CovidctError(
+                f"{source}: {key}={value!r} is for segmentation, but task is {cfg.task or 'the model default'!r}. "
+                "Set task: segmentation, or use loss ce/focal and monitor val_macro_f1/val_auc/val_loss."
+            )
+        if s != SegmentationConfig():
+            raise CovidctError(
+                f"{source}: the segmentation section ({dataclasses.asdict(s)}) applies to task: segmentation only; "
+                "set task: segmentation or remove it."
+            )
+        return
+    if t.loss not in SEGMENTATION_LOSSES:
+        raise CovidctError(
+            f"{source}: training.loss={t.loss!r} is a classification loss; task segmentation trains with 'dice_bce' "
+            "(binary cross-entropy + soft Dice, the default when task: segmentation)."
+        )
+    if t.monitor not in SEGMENTATION_MONITORS:
+        raise CovidctError(
+            f"{source}: training.monitor={t.monitor!r} is a classification score; task segmentation selects the "
+            f"checkpoint on one of {list(SEGMENTATION_MONITORS)} (default val_dice)."
+        )
+    if t.class_weight != "none":
+        raise CovidctError(
+            f"{source}: training.class_weight={t.class_weight!r} does not apply to task segmentation; use 'none'."
+        )
+    _check_choice(source, "segmentation.lung_input", s.lung_input, LUNG_INPUTS)
+    if not isinstance(s.folds, int) or isinstance(s.folds, bool) or s.folds < 0 or s.folds == 1:
+        raise CovidctError(
+            f"{source}: segmentation.folds must be 0 (use the test split) or an integer >= 2, got {s.folds!r}."
+        )
+    if not (isinstance(s.val_fraction, (int, float)) and 0 < s.val_fraction < 1):
+        raise CovidctError(f"{source}: segmentation.val_fraction must lie in (0, 1), got {s.val_fraction!r}.")
+    if cfg.data.dataset not in SEGMENTATION_DATASETS:
+        raise CovidctError(
+            f"{source}: data.dataset={cfg.data.dataset!r} has no masks.{did_you_mean(cfg.data.dataset, SEGMENTATION_DATASETS)} "
+            f"Segmentation datasets: {', '.join(SEGMENTATION_DATASETS)}."
+        )
+    try:
+        segmentation_augmentation(t)
+    except CovidctError as error:
+        raise CovidctError(f"{source}: {error}") from None
+
+
+def resolve_task(cfg: RunConfig, source: str = "config") -> str:
+    """The task of a run: ``cfg.task`` checked against the registered model's task, or the model's task.
+
+    Raises:
+        CovidctError: the task and the model disagree (e.g. a classification model with task
+            segmentation), or a segmentation model without ``task: segmentation``.
+    """
+    from covidct.models import get_spec, list_models
+
+    spec = get_spec(cfg.model.name)
+    if cfg.task and cfg.task != spec.task:
+        names = ", ".join(list_models(task=cfg.task)) or "none registered"
+        raise CovidctError(
+            f"{source}: task={cfg.task!r} but model {cfg.model.name!r} is a {spec.task} model. "
+            f"Choose a {cfg.task} model ({names}) or set task: {spec.task}."
+        )
+    if not cfg.task and spec.task == "segmentation":
+        raise CovidctError(
+            f"{source}: model {cfg.model.name!r} is a segmentation model; set task: segmentation "
+            "(its Dice + BCE loss, validation-Dice selection and image/mask data follow from it)."
+        )
+    return spec.task
+
+
 def _parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise CovidctError(f"Override {text!r} must look like section.key=value (e.g. training.epochs=3).")
@@ -341,12 +509,25 @@ def config_from_dict(tree: dict, source: str = "config") -> RunConfig:
         tree = {}
     if not isinstance(tree, dict):
         raise CovidctError(f"{source}: the top level must be a mapping of sections.")
-    top = ["name", "output_root", *SECTIONS]
+    top = ["name", "output_root", "task", *SECTIONS]
     for key in tree:
         if key not in top:
             raise CovidctError(f"{source}: unknown key {key!r}.{did_you_mean(key, top)} Known keys: {', '.join(top)}.")
-    sections = {name: _section_from_dict(name, cls, tree.get(name), source) for name, cls in SECTIONS.items()}
-    return RunConfig(name=str(tree.get("name") or ""), output_root=str(tree.get("output_root") or "runs"), **sections)
+    task = str(tree.get("task") or "")
+    values = dict(tree)
+    if task == "segmentation" and (
+        values.get("training") is None or isinstance(values.get("training"), dict)
+    ):
+        values["training"] = {**SEGMENTATION_TRAINING_DEFAULTS, **(values.get("training") or {})}
+    sections = {
+        name: _section_from_dict(name, cls, values.get(name), source) for name, cls in SECTIONS.items()
+    }
+    return RunConfig(
+        name=str(tree.get("name") or ""),
+        output_root=str(tree.get("output_root") or "runs"),
+        task=task,
+        **sections,
+    )
 
 
 def config_to_dict(cfg: RunConfig) -> dict:
@@ -385,6 +566,7 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
     _check_choice(source, "training.monitor", t.monitor, MONITORS)
     _check_choice(source, "training.mixed_precision", t.mixed_precision, MIXED_PRECISION)
     _check_choice(source, "model.freeze", m.freeze, FREEZE_MODES)
+    check_task_settings(cfg, source)
     augmentation_factors(t, d.stage)
     for key, value, low in (
         ("training.epochs", t.epochs, 1),
@@ -415,6 +597,7 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
         from covidct.models import get_spec
 
         get_spec(m.name)  # raises "Unknown model ... Did you mean"
+        resolve_task(cfg, source)  # the task and the model agree
         import covidct.preprocess as preprocess
 
         if d.stage not in preprocess.STAGES:

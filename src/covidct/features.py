@@ -44,7 +44,9 @@ def make_classifier(name: str, seed: int = 0):
         "rf": lambda: RandomForestClassifier(n_estimators=300, random_state=seed, n_jobs=1),
         "lr": lambda: LogisticRegression(C=1.0, max_iter=3000),
         "knn": lambda: KNeighborsClassifier(n_neighbors=5),
-        "mlp": lambda: MLPClassifier(hidden_layer_sizes=(128,), early_stopping=True, max_iter=500, random_state=seed),
+        "mlp": lambda: MLPClassifier(
+            hidden_layer_sizes=(128,), early_stopping=True, max_iter=500, random_state=seed
+        ),
     }
     if name not in models:
         raise unknown_name_error("classifier", name, CLASSIFIERS)
@@ -66,13 +68,214 @@ def feature_extractor(model, layer_name: str | None = None):
     return keras.Model(inputs, output, name=f"{model.name}_features")
 
 
-def extract_features(model, images, indices, batch_size: int = 64, input_names: tuple = ("image",), layer_name=None) -> np.ndarray:
+def extract_features(
+    model, images, indices, batch_size: int = 64, input_names: tuple = ("image",), layer_name=None
+) -> np.ndarray:
     """Frozen features (N, F) of rows ``indices`` of a uint8 image array (flattened if not 1-D per image)."""
     from covidct.train.trainer import predict_logits
 
     extractor = feature_extractor(model, layer_name)
     features = predict_logits(extractor, images, indices, batch_size, input_names)
     return features.reshape(len(features), -1)
+
+
+def feature_run_dir(cfg, classifier: str, output_root: str | os.PathLike | None = None) -> Path:
+    """The default folder of a feature baseline: ``<output_root>/features-<model>-<stage>-<classifier>``."""
+    root = Path(output_root) if output_root is not None else Path(cfg.output_root)
+    return root / f"features-{cfg.model.name}-{cfg.data.stage}-{classifier}"
+
+
+def _refuse_existing(run_dir: Path) -> None:
+    from covidct.train.trainer import run_status
+
+    held = [name for name in RESULT_FILES if (run_dir / name).exists()]
+    if held:
+        finished = " a finished feature baseline" if run_status(run_dir) == "finished" else " results"
+        raise CovidctError(
+            f"{run_dir} holds{finished} ({', '.join(held)}); refusing to overwrite it. "
+            "Pass overwrite=True (--overwrite) or choose another folder (--run-dir / --output-root)."
+        )
+
+
+RESULT_FILES = ("run.json", "metrics_test.json", "predictions_test.csv")
+
+
+def run_feature_baselines(
+    cfg,
+    classifiers=("lr",),
+    run_dirs=None,
+    data=None,
+    n_bootstrap: int | None = None,
+    overwrite: bool = False,
+) -> list[dict]:
+    """Fit several classifiers on one extraction of frozen ``cfg.model`` features; evaluate each like a run.
+
+    Features are computed once; each classifier gets its own run folder with ``config.yaml``,
+    ``predictions_test.csv``, ``metrics_test.json`` and ``run.json``. Every folder is checked before any
+    work starts, so nothing is half-written when one of them already holds results.
+
+    Args:
+        cfg: RunConfig (data + the feature model, e.g. ``resnet50`` with ``weights: imagenet``).
+        classifiers: names from ``CLASSIFIERS`` (duplicates are an error).
+        run_dirs: one output folder per classifier (default ``feature_run_dir(cfg, classifier)``).
+        data: TrainingData (default: built from ``cfg.data``).
+        n_bootstrap: bootstrap replicates (default: the config's).
+        overwrite: replace results already in those folders.
+
+    Returns:
+        The test metrics dicts, in the order of ``classifiers`` (each also in its ``metrics_test.json``).
+
+    Raises:
+        CovidctError: unknown or repeated classifier, a folder that already holds results (without
+            ``overwrite``), a class missing from train/val, or an empty test split.
+    """
+    import keras
+
+    from covidct.models import get_spec
+    from covidct.train.data import check_training_splits, prepare_data
+    from covidct.train.trainer import build_configured_model
+
+    classifiers = list(classifiers)
+    if not classifiers:
+        raise CovidctError(f"Name at least one classifier ({', '.join(CLASSIFIERS)}).")
+    if len(set(classifiers)) < len(classifiers):
+        raise CovidctError(f"Classifiers {classifiers} repeat a name; each one gets its own run folder.")
+    for name in classifiers:
+        make_classifier(name)  # fail fast on an unknown name
+    run_dirs = (
+        [feature_run_dir(cfg, c) for c in classifiers] if run_dirs is None else [Path(d) for d in run_dirs]
+    )
+    if len(run_dirs) != len(classifiers) or len(set(run_dirs)) < len(run_dirs):
+        raise CovidctError(
+            f"Give one distinct run folder per classifier; got {len(run_dirs)} for {classifiers}."
+        )
+    if not overwrite:
+        for run_dir in run_dirs:
+            _refuse_existing(run_dir)
+    keras.utils.set_random_seed(cfg.training.seed)
+    data = data if data is not None else prepare_data(cfg)
+    split = data.manifest["split"].astype(str).to_numpy()
+    check_training_splits(data.labels, split, data.class_names, source=cfg.data.dataset)
+    if not (split == "test").any():
+        raise CovidctError(
+            f"{cfg.data.dataset}: the 'test' split is empty, so there is nothing to report. Set "
+            "data.split_fractions (e.g. [0.7, 0.15, 0.15])."
+        )
+    model = build_configured_model(cfg, data.images, len(data.class_names))
+    inputs = tuple(get_spec(cfg.model.name).inputs)
+    batch = max(1, cfg.training.batch_size)
+    features = {
+        s: extract_features(model, data.images, data.indices(s), batch, inputs)
+        for s in ("train", "val", "test")
+    }
+    return [
+        _fit_and_write(cfg, name, run_dir, data, features, n_bootstrap)
+        for name, run_dir in zip(classifiers, run_dirs)
+    ]
+
+
+def _fit_and_write(cfg, classifier: str, run_dir: Path, data, features: dict, n_bootstrap) -> dict:
+    from covidct.config import dump_config
+    from covidct.evaluate.evaluator import metrics_with_ci
+    from covidct.train.state import write_json_atomic, write_text_atomic
+
+    fitted = make_classifier(classifier, seed=cfg.training.seed).fit(
+        features["train"], data.labels[data.indices("train")]
+    )
+
+    def probabilities(part: str) -> np.ndarray:
+        # Columns of predict_proba follow fitted.classes_; put them in class-index order.
+        out = np.zeros((len(features[part]), len(data.class_names)))
+        out[:, fitted.classes_] = fitted.predict_proba(features[part])
+        return out
+
+    e = cfg.evaluation
+    n_bootstrap = e.n_bootstrap if n_bootstrap is None else int(n_bootstrap)
+    name = run_dir.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    val_rows, test_rows = data.indices("val"), data.indices("test")
+    val_metrics = metrics_with_ci(
+        data.labels[val_rows],
+        probabilities("val"),
+        None,
+        data.class_names,
+        0,
+        e.ci,
+        e.threshold,
+        e.positive_class,
+    )
+    test_probs = probabilities("test")
+    groups = data.groups[test_rows]
+    command = f"covidct features --config {run_dir}/config.yaml --classifier {classifier} --run-dir {run_dir} --overwrite"
+    result = {
+        "run": name,
+        "run_dir": str(run_dir),
+        "selection": {
+            "split": "none",
+            "monitor": f"fixed hyperparameters, {classifier} fitted on train",
+            "note": "nothing was selected on validation or test; the validation scores are a check, test is reported",
+            "score": val_metrics["macro_f1"],
+        },
+        "evaluated_on": {
+            "section": "internal",
+            "split": "test",
+            "dataset": cfg.data.dataset,
+            "n_images": int(len(test_rows)),
+            "n_groups": int(len(set(groups))),
+            "is_selection_set": False,
+        },
+        "class_names": list(data.class_names),
+        "feature_model": {
+            "name": cfg.model.name,
+            "weights": cfg.model.weights,
+            "dimension": int(features["train"].shape[1]),
+        },
+        "classifier": classifier,
+        "options": {"n_bootstrap": n_bootstrap, "threshold": e.threshold},
+        "val_macro_f1": val_metrics["macro_f1"],
+        "validation": {
+            "role": "check (not used for selection)",
+            "n_images": int(len(val_rows)),
+            "macro_f1": val_metrics["macro_f1"],
+            "auc_macro_ovr": val_metrics["auc_macro_ovr"],
+        },
+        "slice": metrics_with_ci(
+            data.labels[test_rows],
+            test_probs,
+            groups,
+            data.class_names,
+            n_bootstrap,
+            e.ci,
+            e.threshold,
+            e.positive_class,
+        ),
+        "command": command,
+    }
+    predictions = data.manifest.iloc[test_rows][["path", "group", "label"]].reset_index(drop=True)
+    predictions["label_index"] = data.labels[test_rows]
+    predictions["predicted"] = [data.class_names[i] for i in test_probs.argmax(axis=1)]
+    for c, class_name in enumerate(data.class_names):
+        predictions[f"prob_{class_name}"] = test_probs[:, c]
+    write_text_atomic(run_dir / "predictions_test.csv", predictions.to_csv(index=False))
+    write_json_atomic(run_dir / "metrics_test.json", result)
+    write_json_atomic(
+        run_dir / "run.json",
+        {
+            "status": "finished",
+            "name": name,
+            "model": f"{cfg.model.name}+{classifier}",
+            "dataset": cfg.data.dataset,
+            "stage": cfg.data.stage,
+            "size": cfg.data.size,
+            "class_names": list(data.class_names),
+            "monitor": "none",
+            "selection_split": "none",
+            "task": "features",
+            "command": command,
+        },
+    )
+    return result
 
 
 def run_feature_baseline(
@@ -96,70 +299,28 @@ def run_feature_baseline(
     Returns:
         The test metrics dict (also in ``metrics_test.json``; ``predictions_test.csv``, ``run.json``).
     """
-    import keras
+    run_dirs = None if run_dir is None else [run_dir]
+    return run_feature_baselines(cfg, [classifier], run_dirs, data, n_bootstrap, overwrite)[0]
 
-    from covidct.config import dump_config
-    from covidct.evaluate.evaluator import metrics_with_ci
-    from covidct.models import get_spec
-    from covidct.train.data import check_training_splits, prepare_data
-    from covidct.train.state import write_json_atomic, write_text_atomic
-    from covidct.train.trainer import build_configured_model, run_status
 
-    name = f"features-{cfg.model.name}-{cfg.data.stage}-{classifier}"
-    run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_root) / name
-    if run_status(run_dir) == "finished" and not overwrite:
-        raise CovidctError(f"{run_dir} holds a finished feature baseline; pass overwrite=True to replace it.")
-    make_classifier(classifier)  # fail fast on an unknown name
-    keras.utils.set_random_seed(cfg.training.seed)
-    data = data if data is not None else prepare_data(cfg)
-    split = data.manifest["split"].astype(str).to_numpy()
-    check_training_splits(data.labels, split, data.class_names, source=cfg.data.dataset)
-    model = build_configured_model(cfg, data.images, len(data.class_names))
-    inputs = tuple(get_spec(cfg.model.name).inputs)
-    batch = max(1, cfg.training.batch_size)
-    features = {s: extract_features(model, data.images, data.indices(s), batch, inputs) for s in ("train", "val", "test")}
-    fitted = make_classifier(classifier, seed=cfg.training.seed).fit(features["train"], data.labels[data.indices("train")])
-
-    def probabilities(part: str) -> np.ndarray:
-        # Columns of predict_proba follow fitted.classes_; put them in class-index order.
-        out = np.zeros((len(features[part]), len(data.class_names)))
-        out[:, fitted.classes_] = fitted.predict_proba(features[part])
-        return out
-
-    e = cfg.evaluation
-    n_bootstrap = e.n_bootstrap if n_bootstrap is None else n_bootstrap
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    val_rows, test_rows = data.indices("val"), data.indices("test")
-    val_metrics = metrics_with_ci(data.labels[val_rows], probabilities("val"), None, data.class_names, 0)
-    test_probs = probabilities("test")
-    groups = data.groups[test_rows]
-    result = {
-        "run": name,
-        "selection": {"split": "none", "monitor": f"fixed hyperparameters, {classifier} fitted on train", "score": val_metrics["macro_f1"]},
-        "evaluated_on": {
-            "section": "internal",
-            "split": "test",
-            "dataset": cfg.data.dataset,
-            "n_images": int(len(test_rows)),
-            "n_groups": int(len(set(groups))),
-            "is_selection_set": False,
-        },
-        "class_names": list(data.class_names),
-        "feature_model": {"name": cfg.model.name, "weights": cfg.model.weights, "dimension": int(features["train"].shape[1])},
-        "classifier": classifier,
-        "val_macro_f1": val_metrics["macro_f1"],
-        "slice": metrics_with_ci(data.labels[test_rows], test_probs, groups, data.class_names, n_bootstrap, e.ci, e.threshold, e.positive_class),
-    }
-    predictions = data.manifest.iloc[test_rows][["path", "group", "label"]].reset_index(drop=True)
-    predictions["label_index"] = data.labels[test_rows]
-    for c, class_name in enumerate(data.class_names):
-        predictions[f"prob_{class_name}"] = test_probs[:, c]
-    write_text_atomic(run_dir / "predictions_test.csv", predictions.to_csv(index=False))
-    write_json_atomic(run_dir / "metrics_test.json", result)
-    write_json_atomic(
-        run_dir / "run.json",
-        {"status": "finished", "name": name, "model": f"{cfg.model.name}+{classifier}", "dataset": cfg.data.dataset,
-         "stage": cfg.data.stage, "size": cfg.data.size, "class_names": list(data.class_names), "monitor": "none"},
+def format_feature_result(result: dict) -> str:
+    """Lines for the command line: what was fitted, the validation check and the test metrics with CIs."""
+    where, block = result["evaluated_on"], result["slice"]
+    feature = result["feature_model"]
+    lines = [
+        f"{result['run']}: {feature['name']} features ({feature['dimension']}-d, weights {feature['weights'] or 'random init'}) "
+        f"+ {result['classifier']} fitted on train, fixed hyperparameters (nothing selected on validation)",
+        f"  validation (check, not selection): macro_f1 {result['validation']['macro_f1']:.3f}, "
+        f"auc_macro_ovr {result['validation']['auc_macro_ovr']:.3f}",
+        f"  test (reported; {where['n_images']} images, {where['n_groups']} groups), "
+        f"{result['options']['n_bootstrap']} bootstrap replicates over groups:",
+    ]
+    for key in ("macro_f1", "auc_macro_ovr", "balanced_accuracy"):
+        ci = block.get("ci", {}).get(key, {})
+        low, high = ci.get("low"), ci.get("high")
+        interval = f"  [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        lines.append(f"    {key:<18} {block[key]:.3f}{interval}")
+    lines.append(
+        f"  written: {result['run_dir']}/metrics_test.json, predictions_test.csv, run.json, config.yaml"
     )
-    return result
+    return "\n".join(lines)

@@ -1,4 +1,8 @@
-"""A tiny U-Net and a tiny synthetic segmentation set (dark discs on grey) for fast training tests."""
+"""A tiny U-Net and a tiny synthetic segmentation set (dark discs on grey) for fast training tests.
+
+``train(cfg)`` builds registered models only, so the ``tiny_segmenter`` fixture registers the tiny
+U-Net as ``tiny_unet`` for the duration of one test (the registry is restored afterwards).
+"""
 
 import numpy as np
 import pytest
@@ -46,8 +50,23 @@ def make_discs(n=24, size=32, seed=0):
 
 
 @pytest.fixture
-def tiny_unet_builder():
-    return tiny_unet
+def tiny_segmenter(monkeypatch):
+    """The registry name ``tiny_unet`` of the tiny U-Net, registered for this test only."""
+    from covidct.models import registry
+
+    def build_tiny_unet(input_shape, num_classes: int = 1, weights=None):
+        return tiny_unet(input_shape)
+
+    spec = registry.ModelSpec(
+        name="tiny_unet",
+        builder=build_tiny_unet,
+        task="segmentation",
+        family="test",
+        input_shape=(32, 32, 1),
+        description="two-level U-Net with 8 filters (tests only)",
+    )
+    monkeypatch.setitem(registry._REGISTRY, "tiny_unet", spec)
+    return "tiny_unet"
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
-"""Segmenter training: run folder contents, learning on a solvable task, CV folds, predict, CLI, loaders."""
+"""Segmentation through train(cfg): run folder, learning, selection, CV, resume, lung input, predict, loaders."""
 
 import json
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -11,29 +12,96 @@ from covidct.cli import main
 from covidct.errors import CovidctError
 from covidct.segment.data import load_pairs
 from covidct.segment.predict import overlay_masks, plot_overlays, predict_files
-from covidct.segment.train import dice_bce_loss, grouped_folds, train_segmenter
+from covidct.segment.train import segmentation_config, train_segmenter
+from covidct.train import train
+from covidct.train import trainer as trainer_module
+from covidct.train.losses import dice_bce_loss
+from covidct.train.segmentation import (
+    dice_bce_numpy,
+    grouped_folds,
+    mask_validation_scores,
+    predict_mask_logits,
+)
 
 
 def test_dice_bce_loss_by_hand():
     y = np.array([[[[1.0], [0.0]]]], np.float32)  # one 1x2 image
     logits = np.array([[[[0.0], [0.0]]]], np.float32)
     # BCE of p=0.5 is log 2; soft Dice = (2*0.5 + 1) / (1 + 1 + 1) = 2/3.
-    assert float(dice_bce_loss(y, logits)) == pytest.approx(np.log(2) + 1 / 3, rel=1e-5)
+    assert float(np.mean(dice_bce_loss(y, logits))) == pytest.approx(np.log(2) + 1 / 3, rel=1e-5)
+    assert dice_bce_numpy(y[..., 0], logits[..., 0]) == pytest.approx(np.log(2) + 1 / 3, rel=1e-9)
+    rng = np.random.default_rng(0)
+    masks = (rng.random((3, 8, 8, 1)) > 0.7).astype(np.float32)
+    logits = rng.normal(0, 3, (3, 8, 8, 1)).astype(np.float32)
+    # The validation loss (NumPy) is the training loss (keras.ops), averaged over images.
+    assert dice_bce_numpy(masks, logits) == pytest.approx(
+        float(np.mean(dice_bce_loss(masks, logits))), rel=1e-5
+    )
+    scores = mask_validation_scores(masks[..., 0], logits[..., 0])
+    hard = logits[..., 0] >= 0
+    expected = [2 * (h & (m > 0)).sum() / (h.sum() + (m > 0).sum()) for h, m in zip(hard, masks[..., 0])]
+    assert scores["val_dice"] == pytest.approx(np.mean(expected))
 
 
-def test_train_writes_a_run_folder_and_learns(discs, tmp_path, tiny_unet_builder):
-    tiny_unet = tiny_unet_builder
-    run = train_segmenter(tiny_unet, dataset="kaggle-lungs", size=32, epochs=10, batch_size=4, learning_rate=1e-2,
-                          run_dir=tmp_path / "run", pairs=discs)
-    for name in ("config.yaml", "model.keras", "history.csv", "metrics_test.json", "per_image_test.csv"):
+def _val_dice_of_saved_model(run, pairs):
+    import keras
+
+    split = pd.read_csv(run / "split.csv", dtype=str)
+    rows = np.array([pairs.names.index(name) for name in split.loc[split["split"] == "val", "name"]])
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    return mask_validation_scores(pairs.masks[rows], predict_mask_logits(model, pairs.images, rows))[
+        "val_dice"
+    ]
+
+
+def test_train_writes_a_run_folder_and_learns(discs, tmp_path, tiny_segmenter):
+    run = train_segmenter(
+        tiny_segmenter,
+        dataset="kaggle-lungs",
+        size=32,
+        epochs=10,
+        batch_size=4,
+        learning_rate=1e-2,
+        run_dir=tmp_path / "run",
+        pairs=discs,
+    )
+    for name in (
+        "config.yaml",
+        "model.keras",
+        "history.csv",
+        "run.json",
+        "split.csv",
+        "metrics_test.json",
+        "per_image_test.csv",
+        "run_report.md",
+    ):
         assert (run / name).is_file(), name
+    assert not (run / "train_state.npz").exists()
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"] == "tiny_unet" and config["task"] == "segmentation"
+    assert config["model"]["name"] == "tiny_unet" and config["task"] == "segmentation"
+    assert config["training"]["loss"] == "dice_bce" and config["training"]["monitor"] == "val_dice"
+    # Validation selects, test reports, and the JSON says so.
+    info = json.loads((run / "run.json").read_text())
+    assert (
+        info["status"] == "finished" and info["selection_split"] == "val" and info["report_split"] == "test"
+    )
     metrics = json.loads((run / "metrics_test.json").read_text())
-    assert metrics["n_images"] == 6 and metrics["split"] == "test"
+    assert metrics["split"] == "test" and metrics["selection"]["split"] == "val"
+    assert metrics["n_images"] == 6 and metrics["n_train"] + metrics["n_val"] == 18
     assert metrics["dice"]["mean"] > 0.8, metrics["dice"]
+    assert metrics["dice"]["low"] <= metrics["dice"]["mean"] <= metrics["dice"]["high"]
+    split = pd.read_csv(run / "split.csv", dtype=str)
+    assert set(split.loc[split["split"] == "test", "name"]) == {f"disc_{i}.png" for i in range(18, 24)}
+    assert not set(split.loc[split["split"] == "val", "group"]) & set(
+        split.loc[split["split"] == "train", "group"]
+    )
+    # model.keras is the epoch with the best validation Dice, not the last one.
+    history = pd.read_csv(run / "history.csv")
+    assert info["best_score"] == pytest.approx(history["val_dice"].max())
+    assert info["best_epoch"] == int(history["val_dice"].idxmax()) + 1
+    assert _val_dice_of_saved_model(run, discs) == pytest.approx(info["best_score"], abs=1e-6)
     with pytest.raises(CovidctError, match="overwrite"):
-        train_segmenter(tiny_unet, size=32, epochs=1, run_dir=run, pairs=discs)
+        train_segmenter(tiny_segmenter, size=32, epochs=1, run_dir=run, pairs=discs)
 
     out = tmp_path / "pred"
     paths = []
@@ -41,7 +109,10 @@ def test_train_writes_a_run_folder_and_learns(discs, tmp_path, tiny_unet_builder
         path = tmp_path / f"img{index}.png"
         cv2.imwrite(str(path), discs.images[index, ..., 0])
         paths.append(path)
-    assert main(["segment", "predict", "--model", str(run), "--images", *map(str, paths), "--out", str(out)]) == 0
+    assert (
+        main(["segment", "predict", "--model", str(run), "--images", *map(str, paths), "--out", str(out)])
+        == 0
+    )
     mask = cv2.imread(str(out / "img18_mask.png"), cv2.IMREAD_GRAYSCALE)
     overlay = cv2.imread(str(out / "img18_overlay.png"))
     assert mask.shape == (32, 32) and overlay.shape == (32, 32, 3)
@@ -50,19 +121,157 @@ def test_train_writes_a_run_folder_and_learns(discs, tmp_path, tiny_unet_builder
     assert "error" in results[0]
 
 
-def test_cross_validation_folds_are_grouped(discs, tmp_path, tiny_unet_builder):
-    tiny_unet = tiny_unet_builder
-    folds = grouped_folds(discs.groups, 3)
-    assert sorted(np.concatenate(folds).tolist()) == list(range(len(discs)))
+def test_resume_after_a_crash_gives_the_uninterrupted_result(discs, tmp_path, monkeypatch, tiny_segmenter):
+    import keras
+
+    cfg = segmentation_config(
+        tiny_segmenter,
+        dataset="medseg",
+        size=32,
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-2,
+        folds=2,
+        rotation_deg=10,
+    )
+    reference = train(cfg, run_dir=tmp_path / "reference", data=discs, progress=False)
+
+    original = trainer_module._Trainer.end_epoch
+
+    def crash_in_the_second_fold(self, epoch, logs, seconds):
+        original(self, epoch, logs, seconds)
+        if self.run_dir.name == "fold_1" and epoch == 0:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", crash_in_the_second_fold)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, run_dir=tmp_path / "resumed", data=discs, progress=False)
+    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
+    resumed = tmp_path / "resumed"
+    assert trainer_module.run_status(resumed) == "interrupted"
+    assert (resumed / "fold_1" / "train_state.npz").is_file()
+    with pytest.raises(CovidctError, match="--resume"):
+        train(cfg, run_dir=resumed, data=discs, progress=False)
+    finished_fold = (resumed / "fold_0" / "model.keras").stat().st_mtime_ns
+    train(cfg, run_dir=resumed, data=discs, progress=False, resume=True)
+    assert (resumed / "fold_0" / "model.keras").stat().st_mtime_ns == finished_fold  # not refitted
+    assert json.loads((resumed / "run.json").read_text())["status"] == "finished"
+    for k in range(2):
+        history = [
+            pd.read_csv(run / f"fold_{k}" / "history.csv").drop(columns=["seconds"])
+            for run in (reference, resumed)
+        ]
+        pd.testing.assert_frame_equal(*history, rtol=1e-5)
+        weights = [
+            keras.saving.load_model(run / f"fold_{k}" / "model.keras", compile=False).get_weights()
+            for run in (reference, resumed)
+        ]
+        for x, y in zip(*weights):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert not list(resumed.rglob("train_state.npz"))
+
+
+def test_lung_input_auto_chooses_on_validation(discs, tmp_path, tiny_segmenter):
+    # A "lung mask" that hides everything: the masked variant cannot find the discs, so validation
+    # must pick the plain images.
+    discs.lungs = np.zeros_like(discs.masks)
+    run = train_segmenter(
+        tiny_segmenter,
+        size=32,
+        epochs=6,
+        batch_size=4,
+        learning_rate=1e-2,
+        run_dir=tmp_path / "auto",
+        pairs=discs,
+        lung_input="auto",
+    )
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    assert metrics["lung_input"] == "none"
+    by_input = metrics["val_dice_by_input"]
+    assert by_input["none"] > by_input["masked"] and by_input["none"] == metrics["val_dice"]
+    for variant in ("none", "masked"):
+        assert (run / f"input_{variant}" / "history.csv").is_file()
+        assert (run / f"input_{variant}" / "model.keras").is_file()
+    assert (run / "model.keras").read_bytes() == (run / "input_none" / "model.keras").read_bytes()
+    # Prediction feeds a saved model what it was trained on.
+    from covidct.segment.predict import lung_input_of
+
+    assert lung_input_of(run / "model.keras") == "none"
+    (tmp_path / "masked_run").mkdir()
+    (tmp_path / "masked_run" / "run.json").write_text(
+        json.dumps({"task": "segmentation", "lung_input": "masked"})
+    )
+    assert lung_input_of(tmp_path / "masked_run" / "model.keras") == "masked"
+    with pytest.raises(CovidctError, match="with_lungs"):
+        discs.lungs = None
+        train_segmenter(
+            tiny_segmenter, size=32, epochs=1, run_dir=tmp_path / "m", pairs=discs, lung_input="masked"
+        )
+    with pytest.raises(CovidctError, match="Did you mean: masked"):
+        train_segmenter(
+            tiny_segmenter, size=32, epochs=1, run_dir=tmp_path / "x", pairs=discs, lung_input="mask"
+        )
+
+
+def test_cross_validation_from_a_yaml_config_is_grouped_and_reports_every_image_once(
+    tmp_path, tiny_segmenter, capsys
+):
+    """The one training path from a config file (`covidct train`), then `covidct segment evaluate`."""
+    from covidct.segment.data import phantom_pairs
+
+    pairs = phantom_pairs(24, 32, "lesion")
+    groups = pairs.groups
+    folds = grouped_folds(groups, 3)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(groups)))
     for test in folds:
-        assert not set(discs.groups[test]) & set(np.delete(discs.groups, test))
-    run = train_segmenter(tiny_unet, dataset="medseg", size=32, epochs=1, folds=2, run_dir=tmp_path / "cv",
-                          pairs=discs)
-    summary = json.loads((run / "metrics_cv.json").read_text())
-    assert summary["n_images"] == len(discs) and len(summary["fold_dice"]) == 2
-    assert (run / "fold_1" / "model.keras").is_file()
+        assert not set(groups[test]) & set(np.delete(groups, test))
     with pytest.raises(CovidctError, match="folds"):
-        grouped_folds(discs.groups, 100)
+        grouped_folds(groups, 100)
+
+    config = tmp_path / "segment.yaml"
+    config.write_text(
+        "task: segmentation\n"
+        "data: {dataset: phantom, size: 32, options: {n: 24, target: lesion}}\n"
+        f"model: {{name: {tiny_segmenter}}}\n"
+        "training: {epochs: 1, batch_size: 4, mixed_precision: 'off'}\n"
+        "segmentation: {folds: 2}\n"
+    )
+    run = tmp_path / "cv"
+    assert main(["train", "--config", str(config), "--run-dir", str(run), "--evaluate"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["task"] == "segmentation" and info["folds"] == 2 and info["selection_split"] == "val"
+    first = json.loads((run / "metrics_cv.json").read_text())  # written by `covidct train --evaluate`
+    # The classification evaluator refuses and points to the segmentation one.
+    assert main(["evaluate", "--run", str(run)]) != 0
+    assert "covidct segment evaluate --run" in capsys.readouterr().err
+    assert main(["segment", "evaluate", "--run", str(run)]) == 0
+    summary = json.loads((run / "metrics_cv.json").read_text())
+    assert summary["dice"] == first["dice"]  # evaluation is deterministic
+    per_image = pd.read_csv(run / "per_image_cv.csv")
+    assert summary["n_images"] == 24 and sorted(per_image["name"]) == sorted(pairs.names)
+    assert len(summary["fold_dice"]) == 2 and summary["fold_lung_input"] == ["none", "none"]
+    assert summary["selection"]["split"] == "val" and summary["fold_epochs_run"] == [1, 1]
+    # Normal phantoms have no lesion: the Dice on slices with infection leaves them out.
+    assert summary["n_slices_with_infection"] == int(pairs.masks.any(axis=(1, 2)).sum()) == 15
+    expected = per_image.loc[per_image["true_fraction"] > 0, "dice"].mean()
+    assert summary["dice_slices_with_infection"]["mean"] == pytest.approx(expected)
+    assert summary["dice"]["mean"] == pytest.approx(per_image["dice"].mean())
+    for k in range(2):
+        fold = run / f"fold_{k}"
+        assert (fold / "model.keras").is_file() and json.loads((fold / "run.json").read_text())[
+            "status"
+        ] == "finished"
+        split = pd.read_csv(fold / "split.csv", dtype=str)
+        parts = {part: set(split.loc[split["split"] == part, "group"]) for part in ("train", "val", "test")}
+        assert (
+            parts["val"]
+            and parts["train"]
+            and not parts["train"] & parts["test"]
+            and not parts["val"] & parts["test"]
+        )
+        fold_metrics = json.loads((fold / "metrics_test.json").read_text())
+        assert fold_metrics["dice"]["mean"] == pytest.approx(summary["fold_dice"][k])
+        assert fold_metrics["split"] == "test" and fold_metrics["n_images"] == (per_image["fold"] == k).sum()
 
 
 def test_overlay_colours_and_figure():
@@ -81,10 +290,14 @@ def test_load_pairs_from_folder_layouts(tmp_path):
         for kind in ("images", "masks"):
             (tmp_path / "kaggle-lungs-ct-64px" / split / kind).mkdir(parents=True)
         for i in range(2):
-            cv2.imwrite(str(tmp_path / "kaggle-lungs-ct-64px" / split / "images" / f"{split}_{i}.png"),
-                        np.full((64, 64), 100, np.uint8))
-            cv2.imwrite(str(tmp_path / "kaggle-lungs-ct-64px" / split / "masks" / f"{split}_{i}.png"),
-                        np.pad(np.full((32, 32), 255, np.uint8), 16))
+            cv2.imwrite(
+                str(tmp_path / "kaggle-lungs-ct-64px" / split / "images" / f"{split}_{i}.png"),
+                np.full((64, 64), 100, np.uint8),
+            )
+            cv2.imwrite(
+                str(tmp_path / "kaggle-lungs-ct-64px" / split / "masks" / f"{split}_{i}.png"),
+                np.pad(np.full((32, 32), 255, np.uint8), 16),
+            )
     pairs = load_pairs("kaggle-lungs", tmp_path, size=32)
     assert pairs.images.shape == (4, 32, 32, 1) and pairs.masks.shape == (4, 32, 32)
     assert sorted(pairs.splits.tolist()) == ["test", "test", "train", "train"]
@@ -92,8 +305,14 @@ def test_load_pairs_from_folder_layouts(tmp_path):
     (tmp_path / "medseg-covid19-100" / "images").mkdir(parents=True)
     (tmp_path / "medseg-covid19-100" / "masks").mkdir(parents=True)
     for i in range(1, 8):
-        cv2.imwrite(str(tmp_path / "medseg-covid19-100" / "images" / f"tr_im_z{i:03d}.png"), np.zeros((16, 16), np.uint8))
-        cv2.imwrite(str(tmp_path / "medseg-covid19-100" / "masks" / f"tr_mask_z{i:03d}.png"), np.full((16, 16), 85, np.uint8))
+        cv2.imwrite(
+            str(tmp_path / "medseg-covid19-100" / "images" / f"tr_im_z{i:03d}.png"),
+            np.zeros((16, 16), np.uint8),
+        )
+        cv2.imwrite(
+            str(tmp_path / "medseg-covid19-100" / "masks" / f"tr_mask_z{i:03d}.png"),
+            np.full((16, 16), 85, np.uint8),
+        )
     medseg = load_pairs("medseg", tmp_path, size=16)
     assert medseg.masks.all() and len(set(medseg.groups)) == 2  # blocks of 5 consecutive slices
     with pytest.raises(CovidctError, match="Did you mean"):
@@ -151,7 +370,7 @@ def test_medseg_masks_are_aligned_with_their_images(data_root):
 
 
 def test_augment_batch_moves_images_and_masks_together():
-    from covidct.segment.train import augment_batch
+    from covidct.train.segmentation import augment_batch
 
     rng = np.random.default_rng(0)
     masks = np.zeros((16, 32, 32, 1), np.float32)
@@ -170,48 +389,35 @@ def test_augment_batch_moves_images_and_masks_together():
     areas = turned_masks.sum(axis=(1, 2, 3))
     assert np.all(np.abs(areas - masks[0].sum()) <= 0.15 * masks[0].sum())
     assert images.max() == 200.0 and masks.sum() == 16 * 16 * 8  # inputs untouched
+    unflipped, _ = augment_batch(images, masks, np.random.default_rng(1), rotation_deg=0.0, flip=False)
+    assert np.array_equal(unflipped, images)
 
 
-def test_lung_input_auto_chooses_on_validation(discs, tmp_path, tiny_unet_builder):
-    # A "lung mask" that hides everything: the masked variant cannot find the discs, so validation
-    # must pick the plain images.
-    discs.lungs = np.zeros_like(discs.masks)
-    run = train_segmenter(tiny_unet_builder, size=32, epochs=6, batch_size=4, learning_rate=1e-2,
-                          run_dir=tmp_path / "auto", pairs=discs, lung_input="auto")
-    metrics = json.loads((run / "metrics_test.json").read_text())
-    assert metrics["lung_input"] == "none"
-    by_input = metrics["val_dice_by_input"]
-    assert by_input["none"] > by_input["masked"] and by_input["none"] == metrics["val_dice"]
-    assert (run / "history_plain.csv").is_file() and (run / "history_masked.csv").is_file()
-    # Prediction feeds a saved model what it was trained on.
-    from covidct.segment.predict import lung_input_of
+def test_mask_batches_are_a_function_of_seed_epoch_and_batch(discs):
+    """A resumed run must draw the batches an uninterrupted one would: same (seed, epoch, batch), same pairs."""
+    from covidct.train.segmentation import MaskSequence
 
-    assert lung_input_of(run / "model.keras") == "none"
-    (tmp_path / "masked_run").mkdir()
-    (tmp_path / "masked_run" / "metrics_test.json").write_text(json.dumps({"lung_input": "masked"}))
-    assert lung_input_of(tmp_path / "masked_run" / "model.keras") == "masked"
-    with pytest.raises(CovidctError, match="with_lungs"):
-        discs.lungs = None
-        train_segmenter(tiny_unet_builder, size=32, epochs=1, run_dir=tmp_path / "m", pairs=discs, lung_input="masked")
-    with pytest.raises(CovidctError, match="Did you mean"):
-        train_segmenter(tiny_unet_builder, size=32, epochs=1, run_dir=tmp_path / "x", pairs=discs, lung_input="mask")
+    def batches(epoch):
+        sequence = MaskSequence(
+            discs.images,
+            discs.masks,
+            np.arange(18),
+            batch_size=4,
+            seed=3,
+            augmentation={"flip": True, "rotation_deg": 10.0},
+        )
+        sequence.set_epoch(epoch)
+        return [sequence[i] for i in range(len(sequence))]
 
-
-def test_cv_summary_reports_dice_on_slices_with_infection(discs, tmp_path, tiny_unet_builder):
-    import pandas as pd
-
-    for index in (0, 1, 10):  # slices without infection
-        discs.masks[index] = 0
-        discs.images[index] = 180
-    run = train_segmenter(tiny_unet_builder, dataset="medseg", size=32, epochs=1, folds=2, run_dir=tmp_path / "cv",
-                          pairs=discs)
-    summary = json.loads((run / "metrics_cv.json").read_text())
-    per_image = pd.read_csv(run / "per_image_cv.csv")
-    assert summary["n_slices_with_infection"] == len(discs) - 3
-    expected = per_image.loc[per_image["true_fraction"] > 0, "dice"].mean()
-    assert summary["dice_slices_with_infection"]["mean"] == pytest.approx(expected)
-    assert summary["dice"]["mean"] == pytest.approx(per_image["dice"].mean())
-    assert summary["fold_lung_input"] == ["none", "none"] and len(summary["fold_epochs_run"]) == 2
+    first, again, other = batches(1), batches(1), batches(2)
+    assert len(first) == 5 and first[-1][0].shape == (2, 32, 32, 1) and first[0][1].shape == (4, 32, 32, 1)
+    for (x, y), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+    assert not all(np.array_equal(x, x2) for (x, _), (x2, _) in zip(first, other))
+    # Every training pair appears once per epoch, and masks stay binary.
+    assert sum(len(x) for x, _ in first) == 18
+    assert set(np.unique(np.concatenate([y for _, y in first]))) <= {0.0, 1.0}
 
 
 def test_medseg_pairs_follow_the_data_layer_orientation(tmp_path, monkeypatch):
@@ -228,7 +434,9 @@ def test_medseg_pairs_follow_the_data_layer_orientation(tmp_path, monkeypatch):
         (folder / kind).mkdir(parents=True)
     for k in range(1, 7):
         cv2.imwrite(str(folder / "images" / f"tr_im_z{k:03d}.png"), image)
-        cv2.imwrite(str(folder / "masks" / f"tr_mask_z{k:03d}.png"), np.ascontiguousarray(np.rot90(lesion, 1)) * 255)
+        cv2.imwrite(
+            str(folder / "masks" / f"tr_mask_z{k:03d}.png"), np.ascontiguousarray(np.rot90(lesion, 1)) * 255
+        )
     manifest = load_dataset("medseg", folder)
     pairs = load_pairs("medseg", tmp_path, size=64)
     assert (manifest["mask_rot90"] == -1).all()
@@ -246,7 +454,7 @@ def test_medseg_pairs_follow_the_data_layer_orientation(tmp_path, monkeypatch):
 def test_bn_momentum_reaches_every_batch_norm_layer():
     import keras
 
-    from covidct.segment.train import build_segmenter
+    from covidct.train.trainer import set_batch_norm_momentum
 
     def two_bn(input_shape):
         inputs = keras.Input(input_shape, name="image")
@@ -254,8 +462,8 @@ def test_bn_momentum_reaches_every_batch_norm_layer():
         inner = keras.Sequential([keras.layers.BatchNormalization(name="bn_inner")], name="inner")
         return keras.Model(inputs, keras.layers.Conv2D(1, 1, name="logits")(inner(x)), name="two_bn")
 
-    default = build_segmenter(two_bn, 16)
-    assert default.get_layer("bn_outer").momentum == 0.99
-    model = build_segmenter(two_bn, 16, bn_momentum=0.9)
+    model = two_bn((16, 16, 1))
+    assert model.get_layer("bn_outer").momentum == 0.99
+    assert set_batch_norm_momentum(model, 0.9) == 2
     assert model.get_layer("bn_outer").momentum == 0.9
     assert model.get_layer("inner").get_layer("bn_inner").momentum == 0.9

@@ -145,6 +145,29 @@ def test_slice_aggregation_of_a_2d_model_agrees(volume_run, tmp_path, tiny_confi
     assert roc_auc_score(data.labels[rows], scores) >= 0.85
 
 
+
+def test_slice_tools_refuse_a_volume_run(volume_run, capsys):
+    """predict_images, predict-volume and gradcam explain 2-D slices: a 3-D run is refused, by name (issue #7)."""
+    from covidct.cli import main
+    from covidct.evaluate.volume_predict import predict_volume
+    from covidct.train.run import load_run, predict_images
+
+    _, data, run_dir = volume_run
+    loaded = load_run(run_dir)
+    assert loaded.is_volume
+    volume = data.manifest["path"].iloc[0]
+    with pytest.raises(CovidctError, match=r"predict_images: run .*holds a 3-D volume model \(cnn3d_covidscan") as error:
+        predict_images(loaded, [np.zeros((32, 32), np.float32)])
+    assert str(run_dir) in str(error.value) and f"covidct evaluate --run {run_dir} --dataset" in str(error.value)
+    with pytest.raises(CovidctError, match=r"predict_volume \(slice aggregation\): run .*3-D volume model"):
+        predict_volume(run_dir, volume, criterion="air-fraction")
+    assert main(["predict-volume", "--run", str(run_dir), volume, "--criterion", "air-fraction", "--out", str(run_dir / "pv")]) == 2
+    assert "3-D volume model" in capsys.readouterr().err and not (run_dir / "pv").exists()
+    assert main(["gradcam", "--run", str(run_dir), "--images", volume]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("covidct gradcam: error: Grad-CAM (covidct gradcam): run ") and str(run_dir) in err
+    assert not (run_dir / "gradcam").exists()
+
 def test_volume_sequence_augments_reproducibly():
     rng = np.random.default_rng(0)
     volumes = rng.integers(0, 256, size=(6, 10, 16, 16, 1), dtype=np.uint8)

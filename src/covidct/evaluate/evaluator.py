@@ -181,6 +181,16 @@ def _external_data(loaded, dataset: str, root, label_map, progress: bool):
     return data_from_arrays(cache.images, cache.manifest.assign(split="test"), classes=loaded.class_names, cache_path=str(cache.path), source=dataset)
 
 
+def run_task(run_dir) -> str:
+    """The task recorded in a run folder's ``run.json`` (``""`` when absent or unreadable)."""
+    import json
+
+    try:
+        return str(json.loads((Path(run_dir) / "run.json").read_text()).get("task") or "")
+    except (OSError, ValueError):
+        return ""
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     split: str = "test",
@@ -223,6 +233,11 @@ def evaluate_run(
     from covidct.train.state import write_json_atomic, write_text_atomic
 
     run_dir = Path(run_dir)
+    if run_task(run_dir) == "segmentation":
+        raise CovidctError(
+            f"{run_dir} is a segmentation run: its per-image Dice/IoU/HD95 come from "
+            "covidct.segment.evaluate.evaluate_segmentation (`covidct segment evaluate --run RUN`)."
+        )
     loaded = load_run(run_dir)
     cfg = loaded.config
     e = cfg.evaluation

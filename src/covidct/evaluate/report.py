@@ -2,8 +2,14 @@
 
 One row per evaluated set of each run: the run, what selected its checkpoint (validation), which set
 the numbers come from (test or an external dataset), macro-F1 and AUC with their 95% group-bootstrap
-CIs, and the exact commands that reproduce the row. Numbers are read from ``metrics_<tag>.json``, so
-the README cannot drift from what was run.
+CIs, the lung-focus score, and the exact commands that reproduce the row. Numbers are read from
+``metrics_<tag>.json``, so the README cannot drift from what was run.
+
+**Lung focus.** The median share of Grad-CAM mass inside the lung mask over a run's test images, with
+the shortcut threshold of ``covidct.explain.focus`` (``LOW`` when some class's median is below it). It
+is read from ``<run>/lung_focus.json``, written by ``covidct evaluate --run R --lung-focus N``; the
+report never computes it. The cell is blank when that file is absent, or when it was computed on
+another split than the row's.
 """
 
 from __future__ import annotations
@@ -45,6 +51,49 @@ def _with_ci(block: dict, key: str) -> str:
     return f"{value:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
 
 
+LUNG_FOCUS_COLUMN = "lung focus (median; threshold)"
+LUNG_FOCUS_NOTE = (
+    "Lung focus: median share of Grad-CAM mass inside the lung mask over the test images (predicted class "
+    "explained); LOW = some class's median is below its threshold a + 0.25(1 - a), a = lung area fraction: a "
+    "possible shortcut. Blank: not computed (`covidct evaluate --run RUN --lung-focus N` computes it)."
+)
+
+
+def lung_focus_cell(run_dir: str | os.PathLike, split: str) -> str:
+    """The lung-focus cell of a run's row: ``"0.52 (>= 0.36, n=40)"``, ``"LOW 0.03 (< 0.36, n=40; low: COV)"``.
+
+    Args:
+        run_dir: the run folder (``lung_focus.json`` is read from it, never computed).
+        split: the row's evaluated set; a file computed on another split gives a blank cell.
+
+    Returns:
+        The cell text; ``""`` when the file is absent or belongs to another split.
+
+    Raises:
+        CovidctError: the file is not valid JSON or not a lung-focus summary (naming the file).
+    """
+    path = Path(run_dir) / "lung_focus.json"
+    if not path.is_file():
+        return ""
+    rerun = f"rerun `covidct evaluate --run {Path(run_dir)} --lung-focus N` or delete it"
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CovidctError(f"{path} is not valid JSON ({error}); {rerun}.") from None
+    overall = summary.get("overall") if isinstance(summary, dict) else None
+    if not isinstance(overall, dict) or not {"median", "threshold", "n"} <= set(overall) or "warning" not in summary:
+        raise CovidctError(f"{path} is not a lung-focus summary (no overall median/threshold/n or warning); {rerun}.")
+    if summary.get("split", "test") != split:
+        return ""
+    median, threshold, n = overall["median"], overall["threshold"], overall["n"]
+    if median is None or (isinstance(median, float) and math.isnan(median)):
+        return f"n/a (all {overall.get('n_empty', 0)} heatmaps empty)"
+    if summary["warning"] or overall.get("low_focus"):
+        low = ", ".join(str(c) for c in summary.get("low_focus_classes") or []) or "all"
+        return f"LOW {median:.2f} ({'<' if median < threshold else '>='} {threshold:.2f}, n={n}; low: {low})"
+    return f"{median:.2f} (>= {threshold:.2f}, n={n})"
+
+
 def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = False) -> pd.DataFrame:
     """One row per ``metrics_<tag>.json`` found under ``runs_root`` (searched recursively).
 
@@ -54,7 +103,7 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
 
     Returns:
         DataFrame: run, model, dataset, stage, setting, evaluated on, selected on, n images / groups,
-        macro-F1 [CI], AUC [CI], patient-level AUC, command.
+        macro-F1 [CI], AUC [CI], patient-level AUC, lung focus (``lung_focus_cell``), command.
     """
     root = Path(runs_root)
     if not root.is_dir():
@@ -72,12 +121,17 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
         selection = metrics.get("selection", {})
         slice_block = metrics.get("slice", {})
         patient = (metrics.get("patient") or {}).get("mean") or {}
+        focus = lung_focus_cell(run_dir, evaluated.get("split", "test"))
         command = f"covidct train --config {run_dir}/config.yaml --run-dir {run_dir} --overwrite && covidct evaluate --run {run_dir}"
-        if evaluated.get("section") == "external":
+        if metrics.get("command"):  # e.g. feature baselines, which are not trained by `covidct train`
+            command = metrics["command"]
+        elif evaluated.get("section") == "external":
             mapping = ",".join(f"{k}={v}" for k, v in (evaluated.get("label_map") or {}).items())
             command += f" --dataset {evaluated.get('dataset')}" + (f' --label-map "{mapping}"' if mapping else "")
         else:
             command += f" --split {evaluated.get('split', 'test')}"
+            if focus:
+                command += f" --lung-focus {json.loads((run_dir / 'lung_focus.json').read_text()).get('n_images')}"
         rows.append(
             {
                 "run": run_dir.name,
@@ -92,6 +146,7 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
                 "macro-F1 [95% CI]": _with_ci(slice_block, "macro_f1"),
                 "AUC [95% CI]": _with_ci(slice_block, "auc_macro_ovr"),
                 "patient AUC (mean)": _with_ci(patient, "auc_macro_ovr") if patient else "n/a",
+                LUNG_FOCUS_COLUMN: focus,
                 "command": f"`{command}`",
             }
         )
@@ -120,7 +175,7 @@ def write_report(runs_root: str | os.PathLike = "runs", readme: str | os.PathLik
     out_dir = Path(out_dir or runs_root)
     note = (
         "Scores are on the test split (or an external dataset) with 95% bootstrap CIs over patients/groups; "
-        "checkpoints were selected on the validation split. Generated by `covidct report`."
+        "checkpoints were selected on the validation split. Generated by `covidct report`.\n\n" + LUNG_FOCUS_NOTE
     )
     markdown = (markdown_table(table) if len(table) else "_No evaluated runs yet._") + "\n\n" + note + "\n"
     written = {

@@ -172,7 +172,7 @@ def _predictor(model_or_run, class_names, batch_size: int) -> tuple[Callable, li
     """A function list[CTImage] -> (N, C) probabilities, and the class names it knows."""
     if callable(model_or_run) and not hasattr(model_or_run, "predict"):
         return model_or_run, class_names
-    from covidct.train.run import LoadedRun, load_run, predict_images
+    from covidct.train.run import LoadedRun, load_run, predict_images, require_slice_run
 
     run = model_or_run
     if isinstance(run, (str, os.PathLike)):
@@ -182,6 +182,7 @@ def _predictor(model_or_run, class_names, batch_size: int) -> tuple[Callable, li
             f"predict_volume: expected a run folder, a LoadedRun or a function(images) -> probabilities, got "
             f"{type(model_or_run).__name__}. A bare keras model does not know its preprocessing: save it as a run."
         )
+    require_slice_run(run, "predict_volume (slice aggregation)")
     return (lambda items: predict_images(run, items, batch_size=batch_size)), list(
         class_names or run.class_names
     )

@@ -23,7 +23,13 @@ from covidct.explain.gradcam import (
     layer_activations,
 )
 from covidct.explain.overlay import comparison_grid, contact_sheet, heatmap_rgb, overlay
-from covidct.explain.runs import GradcamOutput, LungFocusResult, gradcam_run, lung_focus_of_samples
+from covidct.explain.runs import (
+    GradcamOutput,
+    LungFocusResult,
+    gradcam_run,
+    lung_focus_of_samples,
+    run_lung_focus,
+)
 
 __all__ = [
     "LUNG_FOCUS_MARGIN",
@@ -48,4 +54,5 @@ __all__ = [
     "lung_focus_summary",
     "lung_focus_threshold",
     "overlay",
+    "run_lung_focus",
 ]

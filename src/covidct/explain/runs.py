@@ -10,6 +10,10 @@ saved model; the stage's lung mask gives each heatmap its lung-focus score. Writ
 - ``gradcam.csv``: one row per sample: file, suffix, true label (from the parent folder when it is a
   class name), predicted class and probability, explained class, lung-focus score, lung area fraction;
 - ``lung_focus.json``: ``lung_focus_summary`` grouped by true label (predicted class when unknown).
+
+``run_lung_focus`` (``covidct evaluate --run R --lung-focus N``) scores N images of the run's own test
+split against the cache's lung masks and writes ``R/lung_focus.json``, the column ``covidct report``
+reads.
 """
 
 from __future__ import annotations
@@ -192,6 +196,118 @@ def lung_focus_of_samples(
     return LungFocusResult(cams, scores, areas, summary)
 
 
+LUNG_FOCUS_FILE = "lung_focus.json"
+
+
+def run_lung_focus(
+    run_dir,
+    n: int = 64,
+    split: str = "test",
+    data=None,
+    masks=None,
+    method: str = "gradcam",
+    batch_size: int = 16,
+    seed: int = 0,
+    warn: bool = True,
+) -> dict:
+    """Lung focus of a run on up to ``n`` images of one of its splits, written to ``<run_dir>/lung_focus.json``.
+
+    Grad-CAM explains each image's predicted class with the run's saved model; the score of an image is
+    the share of heatmap mass inside the lung mask its preprocessing stage produced (the cache's
+    ``masks``), summarised per true class with the shortcut threshold of ``covidct.explain.focus``. This
+    is what ``covidct evaluate --lung-focus N`` runs, and the file ``covidct report`` reads (it never
+    recomputes it).
+
+    Args:
+        run_dir: a finished run folder of a 2-D slice classifier.
+        n: images scored: a seeded random sample of the split when it has more (all of them otherwise).
+        split: ``"test"`` (default), ``"val"`` or ``"train"`` of the run's own dataset.
+        data: TrainingData to use instead of the run's cache (tests, notebooks); needs ``masks``
+            unless it came from a cache.
+        masks: (N, H, W) lung masks aligned with ``data.images`` (default: the cache's ``masks``).
+        method: ``"gradcam"``, ``"guided"`` or ``"gradcam++"``.
+        batch_size: images per pass.
+        seed: seed of the sample.
+        warn: emit ``LungFocusWarning`` when a class's median is below its threshold.
+
+    Returns:
+        The summary written to the file: ``lung_focus_summary`` (``per_class``, ``overall``, ``warning``,
+        ``low_focus_classes``, ``rule``) plus ``split``, ``n_images``, ``n_available``, ``sample``,
+        ``explained``, ``method``, ``layer`` and ``command``.
+
+    Raises:
+        CovidctError: a volume run, an empty split, ``n`` < 1, or no lung masks for the data.
+    """
+    from covidct.data.cache import Cache
+    from covidct.train.data import prepare_data
+    from covidct.train.run import load_run, require_slice_run
+    from covidct.train.state import write_json_atomic
+
+    if split not in ("train", "val", "test"):
+        raise unknown_name_error("split", split, ("train", "val", "test"))
+    if int(n) < 1:
+        raise CovidctError(f"--lung-focus needs a number of images >= 1, got {n}.")
+    run_dir = Path(run_dir)
+    loaded = load_run(run_dir)
+    require_slice_run(loaded, "lung focus (covidct evaluate --lung-focus)")
+    data = data if data is not None else prepare_data(loaded.config, progress=False)
+    if list(data.class_names) != list(loaded.class_names):
+        raise CovidctError(f"Run {run_dir}: the data's classes {data.class_names} differ from the run's {loaded.class_names}.")
+    if masks is None:
+        if not data.cache_path:
+            raise CovidctError(
+                f"Run {run_dir}: the data has no cache, so no lung masks to score Grad-CAM against; pass masks."
+            )
+        masks = Cache.open(data.cache_path).masks
+    if len(masks) != len(data.images):
+        raise CovidctError(f"Run {run_dir}: {len(masks)} lung masks for {len(data.images)} images.")
+    rows = data.indices(split)
+    if len(rows) == 0:
+        raise CovidctError(f"Run {run_dir}: the {split!r} split has no images to explain.")
+    if len(rows) > int(n):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, int(n), replace=False))
+    labels = [loaded.class_names[int(y)] for y in data.labels[rows]]
+    focus = lung_focus_of_samples(
+        loaded.model,
+        np.asarray(data.images[rows]),
+        np.asarray(masks[rows]),
+        labels,
+        input_names=loaded.input_names,
+        method=method,
+        model_name=loaded.config.model.name,
+        batch_size=batch_size,
+        warn=warn,
+    )
+    summary = {
+        **focus.summary,
+        "run": str(run_dir),
+        "split": split,
+        "n_images": int(len(rows)),
+        "n_available": int(len(data.indices(split))),
+        "sample": f"random, seed {seed}" if len(rows) < len(data.indices(split)) else "all",
+        "grouped_by": "true",
+        "explained": "predicted class",
+        "command": f"covidct evaluate --run {run_dir} --split {split} --lung-focus {int(n)}",
+    }
+    write_json_atomic(run_dir / LUNG_FOCUS_FILE, summary)
+    return summary
+
+
+def format_lung_focus(summary: dict) -> str:
+    """Lines for the command line: the overall and per-class medians against their thresholds."""
+    overall = summary["overall"]
+    lines = [
+        f"lung focus ({summary.get('method')} at {summary.get('layer')}, {summary['n_images']} {summary['split']} "
+        f"image(s), predicted class explained): median {overall['median']:.2f}, threshold {overall['threshold']:.2f}"
+        + ("  <- LOW: possible shortcut" if summary["warning"] else ""),
+    ]
+    for label, stats in summary["per_class"].items():
+        flag = "  <- LOW" if stats["low_focus"] else ""
+        lines.append(f"  {label:<20} n={stats['n']:<4} median {stats['median']:.2f}  threshold {stats['threshold']:.2f}{flag}")
+    lines.append(f"  ({summary['rule']})")
+    return "\n".join(lines)
+
+
 def gradcam_run(
     run_dir,
     images,
@@ -222,8 +338,8 @@ def gradcam_run(
         A ``GradcamOutput``.
 
     Raises:
-        CovidctError: unknown class, missing run or images, or an output folder that already holds
-            results (without ``overwrite``).
+        CovidctError: unknown class, missing run or images, a 3-D volume run, or an output folder that
+            already holds results (without ``overwrite``).
     """
     import cv2
     import matplotlib
@@ -235,9 +351,10 @@ def gradcam_run(
     from covidct.evaluate.metrics import logits_to_probs
     from covidct.explain.focus import lung_focus_summary
     from covidct.explain.overlay import contact_sheet, overlay
-    from covidct.train.run import load_run
+    from covidct.train.run import load_run, require_slice_run
 
     loaded = load_run(run_dir)
+    require_slice_run(loaded, "Grad-CAM (covidct gradcam)")
     class_names = list(loaded.class_names)
     class_index = None
     if class_name is not None:

@@ -58,8 +58,13 @@ class SegmentationPairs:
     def subset(self, index) -> SegmentationPairs:
         index = np.asarray(index)
         return SegmentationPairs(
-            self.images[index], self.masks[index], [self.names[i] for i in index], self.splits[index],
-            self.groups[index], None if self.lungs is None else self.lungs[index], self.group_proxy,
+            self.images[index],
+            self.masks[index],
+            [self.names[i] for i in index],
+            self.splits[index],
+            self.groups[index],
+            None if self.lungs is None else self.lungs[index],
+            self.group_proxy,
         )
 
     def __len__(self) -> int:
@@ -82,7 +87,9 @@ def _read_gray(path: Path) -> np.ndarray:
 def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     if image.shape == (size, size):
         return image
-    interpolation = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR)
+    interpolation = (
+        cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR)
+    )
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
@@ -99,13 +106,22 @@ def _rows_from_folders(dataset: str, root: Path) -> list[dict]:
         for split in ("train", "test"):
             for image_path in sorted((folder / split / "images").glob("*.png")):
                 mask_path = folder / split / "masks" / image_path.name
-                rows.append({"path": image_path, "mask_path": mask_path, "split": split, "group": image_path.stem})
+                rows.append(
+                    {"path": image_path, "mask_path": mask_path, "split": split, "group": image_path.stem}
+                )
     else:
         for image_path in sorted((folder / "images").glob("*.png")):
             mask_path = folder / "masks" / image_path.name.replace("_im_", "_mask_")
             group = _medseg_group(image_path, len(rows) + 1)
-            rows.append({"path": image_path, "mask_path": mask_path, "split": "", "group": group,
-                         "group_proxy": f"blocks of {MEDSEG_BLOCK} consecutive slice numbers"})
+            rows.append(
+                {
+                    "path": image_path,
+                    "mask_path": mask_path,
+                    "split": "",
+                    "group": group,
+                    "group_proxy": f"blocks of {MEDSEG_BLOCK} consecutive slice numbers",
+                }
+            )
     if not rows:
         raise CovidctError(f"No image/mask pairs found in {folder} for dataset {dataset!r}.")
     return rows
@@ -128,8 +144,13 @@ def _rows_from_data_layer(dataset: str, root: Path) -> list[dict] | None:
         return None
     rows = []
     for record in manifest.to_dict("records"):
-        row = {"path": Path(record["path"]), "mask_path": Path(record["mask_path"]), "split": str(record["split"]),
-               "group": str(record["group"]), "group_proxy": str(record.get("group_proxy", ""))}
+        row = {
+            "path": Path(record["path"]),
+            "mask_path": Path(record["mask_path"]),
+            "split": str(record["split"]),
+            "group": str(record["group"]),
+            "group_proxy": str(record.get("group_proxy", "")),
+        }
         if "mask_rot90" in record:
             row["mask_rot90"] = int(record["mask_rot90"])
         rows.append(row)
@@ -249,7 +270,7 @@ def phantom_pairs(n: int = 60, size: int = 64, target: str = "lungs", seed: int 
     masks = (phantoms.lung_labels > 0) if target == "lungs" else phantoms.lesion_masks
     groups = np.array(phantoms.groups)
     unique = list(dict.fromkeys(groups))
-    test_groups = set(unique[int(round(0.8 * len(unique))):])
+    test_groups = set(unique[int(round(0.8 * len(unique))) :])
     splits = np.array(["test" if g in test_groups else "train" for g in groups])
     names = [f"phantom_{i:04d}_{label}" for i, label in enumerate(phantoms.labels)]
     return SegmentationPairs(images, masks.astype(np.uint8), names, splits, groups)

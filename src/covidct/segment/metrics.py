@@ -21,7 +21,9 @@ def _pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
     pred = np.asarray(pred) > 0
     true = np.asarray(true) > 0
     if pred.shape != true.shape:
-        raise CovidctError(f"Predicted mask shape {pred.shape} differs from the true mask shape {true.shape}.")
+        raise CovidctError(
+            f"Predicted mask shape {pred.shape} differs from the true mask shape {true.shape}."
+        )
     return pred, true
 
 
@@ -66,7 +68,9 @@ def hausdorff(pred, true, percentile: float = 95.0, spacing=None) -> float:
     pred_edge, true_edge = boundary(pred), boundary(true)
     to_true = ndimage.distance_transform_edt(~true_edge, sampling=spacing)
     to_pred = ndimage.distance_transform_edt(~pred_edge, sampling=spacing)
-    return float(max(np.percentile(to_true[pred_edge], percentile), np.percentile(to_pred[true_edge], percentile)))
+    return float(
+        max(np.percentile(to_true[pred_edge], percentile), np.percentile(to_pred[true_edge], percentile))
+    )
 
 
 def hausdorff95(pred, true, spacing=None) -> float:
@@ -125,11 +129,23 @@ def summarize(per_image: pd.DataFrame, n_bootstrap: int = 1000, ci: float = 0.95
         values = per_image[metric].to_numpy(dtype=np.float64)
         undefined = int(np.isnan(values).sum())
         if undefined == len(values):
-            summary[metric] = {"mean": float("nan"), "low": float("nan"), "high": float("nan"),
-                               "median": float("nan"), "n_undefined": undefined}
+            summary[metric] = {
+                "mean": float("nan"),
+                "low": float("nan"),
+                "high": float("nan"),
+                "median": float("nan"),
+                "n_undefined": undefined,
+            }
             continue
-        result = bootstrap_ci(lambda y, s: float(np.nanmean(y)), values, values, groups=groups,
-                              n_bootstrap=n_bootstrap, ci=ci, seed=seed)
+        result = bootstrap_ci(
+            lambda y, s: float(np.nanmean(y)),
+            values,
+            values,
+            groups=groups,
+            n_bootstrap=n_bootstrap,
+            ci=ci,
+            seed=seed,
+        )
         summary[metric] = {
             "mean": float(np.nanmean(values)),
             "low": float(result["low"]),

@@ -1,4 +1,8 @@
-"""Predicting masks with a trained segmenter and drawing overlays (``covidct segment predict``)."""
+"""Predicting masks with a trained segmenter and drawing overlays (``covidct segment predict``).
+
+Reads a run folder written by ``train(cfg)`` with ``task: segmentation`` (``covidct segment train``):
+its ``model.keras`` (fold 0's for a cross-validation run) and the lung input it was trained on.
+"""
 
 from __future__ import annotations
 
@@ -26,21 +30,47 @@ def resolve_model_path(run) -> Path:
             if candidate.parent.name == "fold_0":
                 logger.info("%s is a cross-validation run; using the model of fold 0.", path)
             return candidate
-    raise CovidctError(f"No model.keras in {path}: pass a run folder from `covidct segment train` or a .keras file.")
+    raise CovidctError(
+        f"No model.keras in {path}: pass a run folder from `covidct segment train` or a .keras file."
+    )
 
 
 def lung_input_of(model_path: Path) -> str:
     """The input a saved segmenter was trained on: ``"masked"`` (lung-masked images) or ``"none"``.
 
-    Read from ``metrics_test.json`` next to ``model.keras`` (written by ``train_segmenter``), so that
-    prediction feeds the model what it was trained on.
+    Read from ``run.json`` next to ``model.keras`` (written by ``train(cfg)`` for ``task: segmentation``;
+    a fold's own ``run.json`` in cross-validation runs), else from ``metrics_test.json`` (runs written
+    before segmentation moved into ``train(cfg)``), so that prediction feeds the model what it was
+    trained on.
     """
-    metrics = Path(model_path).parent / "metrics_test.json"
-    if metrics.is_file():
-        import json
+    import json
 
-        return str(json.loads(metrics.read_text()).get("lung_input", "none"))
+    folder = Path(model_path).parent
+    for name in ("run.json", "metrics_test.json"):
+        path = folder / name
+        if path.is_file():
+            lung_input = json.loads(path.read_text()).get("lung_input")
+            if lung_input is not None:
+                return str(lung_input)
     return "none"
+
+
+def predict_probabilities(model, images, batch_size: int = 16) -> np.ndarray:
+    """sigmoid(model(images)) as float32 (N, H, W) for display images (N, H, W) or (N, H, W, 1).
+
+    Args:
+        model: a loaded segmenter, a run folder or a ``.keras`` file.
+        images: display images (uint8 or float in [0, 255]) at the model's input size.
+        batch_size: images per forward pass.
+    """
+    from covidct.preprocess.lungs import load_segmenter
+    from covidct.train.segmentation import predict_mask_logits
+
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    logits = predict_mask_logits(load_segmenter(model), images, batch_size=batch_size)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
 def read_display(path) -> np.ndarray:
@@ -81,7 +111,9 @@ def overlay_masks(image_u8: np.ndarray, pred=None, true=None, alpha: float = 0.4
         rgb[inside] = (1 - alpha) * rgb[inside] + alpha * np.array(PRED_COLOUR_RGB, np.float32)
     rgb = rgb.astype(np.uint8)
     if true is not None:
-        contours, _ = cv2.findContours((np.asarray(true) > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        contours, _ = cv2.findContours(
+            (np.asarray(true) > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE
+        )
         cv2.drawContours(rgb, contours, -1, TRUE_COLOUR_RGB, 1)
     return rgb
 
@@ -141,7 +173,13 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm", ".npy", ".tif", ".tiff", ".bmp"}))
+            files.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm", ".npy", ".tif", ".tiff", ".bmp"}
+                )
+            )
         else:
             files.append(path)
     if not files:
@@ -164,6 +202,12 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
         overlay_path = out_dir / f"{path.stem}_overlay.png"
         cv2.imwrite(str(mask_path), mask.astype(np.uint8) * 255)
         cv2.imwrite(str(overlay_path), cv2.cvtColor(overlay_masks(image, mask), cv2.COLOR_RGB2BGR))
-        results.append({"path": str(path), "mask": str(mask_path), "overlay": str(overlay_path),
-                        "foreground_fraction": float(mask.mean())})
+        results.append(
+            {
+                "path": str(path),
+                "mask": str(mask_path),
+                "overlay": str(overlay_path),
+                "foreground_fraction": float(mask.mean()),
+            }
+        )
     return results

@@ -148,10 +148,15 @@ def run_grid(
             if status != "finished":
                 train(cfg, run_dir=run_dir, resume=status == "interrupted", overwrite=status == "failed", progress=progress)
                 status = "finished"
-            if evaluate and not (run_dir / "metrics_test.json").is_file():
-                from covidct.evaluate import evaluate_run
+            if evaluate and not any((run_dir / name).is_file() for name in ("metrics_test.json", "metrics_cv.json")):
+                from covidct.evaluate.evaluator import evaluate_run, run_task
 
-                evaluate_run(run_dir, split="test", n_bootstrap=n_bootstrap, progress=progress)
+                if run_task(run_dir) == "segmentation":
+                    from covidct.segment.evaluate import evaluate_segmentation
+
+                    evaluate_segmentation(run_dir, n_bootstrap=n_bootstrap)
+                else:
+                    evaluate_run(run_dir, split="test", n_bootstrap=n_bootstrap, progress=progress)
         except CovidctError as failure:
             # One failed experiment (NaN loss, a model that does not fit the size) must not stop the grid.
             status, error = "failed", str(failure)

@@ -1,7 +1,9 @@
 """Losses on logits, written with ``keras.ops`` so they run on TensorFlow, JAX and PyTorch.
 
-Both losses take integer labels (``y_true`` of shape (B,) or (B, 1)) and logits: (B, C) for a softmax
-model or (B, 1) for a single sigmoid logit. They are computed in float32 even under mixed precision.
+The classification losses take integer labels (``y_true`` of shape (B,) or (B, 1)) and logits: (B, C)
+for a softmax model or (B, 1) for a single sigmoid logit. The segmentation loss (``dice_bce``, for
+``task: segmentation``) takes binary masks (B, H, W, 1) and per-pixel logits of the same shape. All are
+computed in float32 even under mixed precision.
 
 The focal loss (Lin et al. 2017, arXiv:1708.02002) is ``-alpha_t (1 - p_t)^gamma log p_t`` averaged
 over the batch (the seed summed it and had no alpha; mean reduction keeps the learning rate
@@ -84,18 +86,63 @@ class FocalLossFromLogits(keras.losses.Loss):
         return loss
 
     def get_config(self):
-        return {**super().get_config(), "gamma": self.gamma, "alpha": self.alpha, "num_classes": self.num_classes}
+        return {
+            **super().get_config(),
+            "gamma": self.gamma,
+            "alpha": self.alpha,
+            "num_classes": self.num_classes,
+        }
+
+
+def dice_bce_loss(y_true, logits, smooth: float = 1.0):
+    """Per-image binary cross-entropy (from logits, mean over pixels) plus soft Dice loss (1 - soft Dice).
+
+    Args:
+        y_true: (B, H, W, 1) binary masks.
+        logits: (B, H, W, 1) per-pixel logits.
+        smooth: added to numerator and denominator of the soft Dice (an empty mask predicted empty scores 1).
+
+    Returns:
+        (B,) losses; Keras averages them over the batch.
+    """
+    logits = ops.cast(logits, "float32")
+    y_true = ops.cast(y_true, "float32")
+    axes = tuple(range(1, len(logits.shape)))
+    # Stable BCE from logits: max(x, 0) - x * y + log(1 + exp(-|x|)).
+    bce = ops.mean(ops.relu(logits) - logits * y_true + ops.log1p(ops.exp(-ops.abs(logits))), axis=axes)
+    probabilities = ops.sigmoid(logits)
+    intersection = ops.sum(y_true * probabilities, axis=axes)
+    total = ops.sum(y_true, axis=axes) + ops.sum(probabilities, axis=axes)
+    soft_dice = (2.0 * intersection + smooth) / (total + smooth)
+    return bce + (1.0 - soft_dice)
+
+
+@keras.saving.register_keras_serializable(package="covidct")
+class DiceBCEFromLogits(keras.losses.Loss):
+    """Binary cross-entropy + soft Dice loss of a per-pixel mask from logits (``task: segmentation``)."""
+
+    def __init__(self, smooth: float = 1.0, name: str = "dice_bce", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smooth = float(smooth)
+
+    def call(self, y_true, y_pred):
+        return dice_bce_loss(y_true, y_pred, self.smooth)
+
+    def get_config(self):
+        return {**super().get_config(), "smooth": self.smooth}
 
 
 def make_loss(name: str, num_classes: int, gamma: float = 2.0, alpha=None) -> keras.losses.Loss:
-    """The configured loss: ``"ce"`` or ``"focal"``."""
+    """The configured loss: ``"ce"``, ``"focal"`` or ``"dice_bce"`` (segmentation)."""
     if name == "ce":
         return CrossEntropyFromLogits()
     if name == "focal":
         return FocalLossFromLogits(gamma=gamma, alpha=alpha, num_classes=num_classes)
+    if name == "dice_bce":
+        return DiceBCEFromLogits()
     from covidct.errors import unknown_name_error
 
-    raise unknown_name_error("loss", name, ("ce", "focal"))
+    raise unknown_name_error("loss", name, ("ce", "focal", "dice_bce"))
 
 
 def loss_numpy(name: str, y_true: np.ndarray, logits: np.ndarray, gamma: float = 2.0, alpha=None) -> float:

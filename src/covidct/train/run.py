@@ -47,6 +47,34 @@ class LoadedRun:
     def input_names(self) -> tuple:
         return tuple(self.info.get("input_names", ("image",)))
 
+    @property
+    def is_volume(self) -> bool:
+        """Whether the run holds a 3-D volume model (``task: volume`` in run.json, or a 5-D model input)."""
+        if self.info.get("task") == "volume":
+            return True
+        inputs = getattr(self.model, "inputs", None) or []
+        return any(len(tensor.shape) == 5 for tensor in inputs)
+
+
+def require_slice_run(loaded: LoadedRun, what: str) -> None:
+    """Refuse a volume run where only 2-D slice classifiers make sense (``predict_images``, Grad-CAM).
+
+    Args:
+        loaded: the LoadedRun.
+        what: the caller, named in the message (e.g. ``"predict_images"``).
+
+    Raises:
+        CovidctError: naming the run and the command that does handle it.
+    """
+    if loaded.is_volume:
+        model = loaded.info.get("model") or loaded.config.model.name
+        raise CovidctError(
+            f"{what}: run {loaded.run_dir} holds a 3-D volume model ({model}, task 'volume') that takes whole "
+            f"volumes, not 2-D slices. Score volumes with `covidct evaluate --run {loaded.run_dir} --dataset NAME` "
+            "(one prediction per volume); `covidct predict-volume` aggregates the slices of a volume with a 2-D "
+            "slice run, not with this one."
+        )
+
 
 def load_run(run_dir: str | os.PathLike) -> LoadedRun:
     """Load ``config.yaml``, ``run.json`` and ``model.keras`` from a run folder.
@@ -125,10 +153,14 @@ def predict_images(loaded: LoadedRun, items, batch_size: int = 32, tta: bool = F
     Returns:
         float64 (N, C) probabilities in the order of ``loaded.class_names`` (samples of one input, e.g.
         two halves, are averaged).
+
+    Raises:
+        CovidctError: the run holds a 3-D volume model (see ``require_slice_run``), or an input is unreadable.
     """
     from covidct.evaluate.metrics import logits_to_probs
     from covidct.train.trainer import predict_logits
 
+    require_slice_run(loaded, "predict_images")
     items = list(items)
     samples, owner = preprocess_images(loaded, items)
     index = np.arange(len(samples))

@@ -8,12 +8,23 @@ scores the validation set on probabilities, keeps the best checkpoint (``model.k
 atomically), stops early, writes ``history.csv`` and a resumable
 ``train_state.npz`` → ``run.json`` + ``run_report.md``.
 
+**Tasks.** ``covidct.config.resolve_task(cfg)`` picks what is fitted: ``classification`` (2-D slices)
+and ``volume`` (3-D volumes) share everything above; ``segmentation`` (``task: segmentation``, see
+``covidct.train.segmentation``) swaps the data for image/mask pairs, the loss for Dice + BCE, the
+selection score for validation Dice and the batches for jointly augmented image/mask batches, and may
+fit several units (``segmentation.folds`` grouped CV folds ``fold_<k>/``; with ``lung_input: auto`` a
+plain and a lung-masked variant ``input_none/`` / ``input_masked/`` per split, the better on validation
+kept). Every unit goes through the same epoch loop (``_fit_phases`` + ``EpochControl``): same
+checkpointing, early stopping, NaN handling, history and resume.
+
 The validation set selects the checkpoint; it is never reported as a test score (``covidct
-evaluate`` does that on the test split).
+evaluate`` does that on the test split; ``covidct.segment.evaluate.evaluate_segmentation`` for
+segmenters, per image with bootstrap intervals).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,7 +37,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump_config
+from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump_config, resolve_task
 from covidct.errors import CovidctError
 from covidct.evaluate.report import markdown_table
 from covidct.train.data import (
@@ -39,6 +50,7 @@ from covidct.train.data import (
 from covidct.train.losses import loss_numpy, make_loss
 from covidct.train.state import (
     assign_variables,
+    atomic_path,
     load_train_state,
     save_model_atomic,
     save_train_state,
@@ -52,6 +64,7 @@ MODEL_FILE = "model.keras"
 STATE_FILE = "train_state.npz"
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.csv"
+FIT_FILE = "fit.json"  # a finished unit of a segmentation run (one fold / lung-input variant)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -115,16 +128,63 @@ def build_configured_model(cfg: RunConfig, images: np.ndarray, num_classes: int)
     spec = get_spec(cfg.model.name)
     if spec.task not in ("classification", "volume"):
         raise CovidctError(
-            f"Model {cfg.model.name!r} is a {spec.task} model; train(cfg) trains slice and volume classifiers "
-            "(see covidct.models.list_models(task='classification') and list_models(task='volume'))."
+            f"Model {cfg.model.name!r} is a {spec.task} model; it takes task: {spec.task} (build_segmentation_model), "
+            "not the classifier builder (see covidct.models.list_models(task='classification'))."
         )
     if (spec.task == "volume") != (images.ndim == 5):
         raise CovidctError(
             f"Model {cfg.model.name!r} ({spec.task}) cannot take images of shape {tuple(images.shape[1:])}: volume "
             "models take (D, H, W, 1) volumes, slice models (H, W, C) images. Let prepare_data(cfg) build the data."
         )
-    shape = tuple(int(s) for s in images.shape[1:]) if spec.task == "volume" else model_input_shape(images, tuple(spec.inputs))
-    return build_model(cfg.model.name, input_shape=shape, num_classes=num_classes, weights=cfg.model.weights, **dict(cfg.model.kwargs or {}))
+    shape = (
+        tuple(int(s) for s in images.shape[1:])
+        if spec.task == "volume"
+        else model_input_shape(images, tuple(spec.inputs))
+    )
+    return build_model(
+        cfg.model.name,
+        input_shape=shape,
+        num_classes=num_classes,
+        weights=cfg.model.weights,
+        **dict(cfg.model.kwargs or {}),
+    )
+
+
+def build_segmentation_model(cfg: RunConfig, size_hw: tuple):
+    """Build the registered segmenter ``cfg.model.name`` for (H, W, 1) display images, 1 logit per pixel."""
+    from covidct.models import build_model, get_spec
+
+    spec = get_spec(cfg.model.name)
+    if spec.task != "segmentation":
+        raise CovidctError(
+            f"Model {cfg.model.name!r} is a {spec.task} model; task segmentation needs a segmentation model "
+            "(covidct models --task segmentation)."
+        )
+    shape = (int(size_hw[0]), int(size_hw[1]), 1)
+    return build_model(
+        cfg.model.name,
+        input_shape=shape,
+        num_classes=1,
+        weights=cfg.model.weights,
+        **dict(cfg.model.kwargs or {}),
+    )
+
+
+def all_layers(container):
+    """Every layer of a model, nested models' layers included (depth first)."""
+    for layer in getattr(container, "layers", []):
+        yield layer
+        yield from all_layers(layer)
+
+
+def set_batch_norm_momentum(model, momentum: float) -> int:
+    """Set the momentum of every BatchNormalization layer, also inside nested models; returns how many."""
+    changed = 0
+    for layer in all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            changed += 1
+    return changed
 
 
 def is_head_layer(layer) -> bool:
@@ -167,7 +227,9 @@ def current_learning_rate(optimizer) -> float:
 # ------------------------------------------------------------------------------------------------------
 
 
-def predict_logits(model, images, indices, batch_size: int = 64, input_names: tuple = ("image",), flip: bool = False) -> np.ndarray:
+def predict_logits(
+    model, images, indices, batch_size: int = 64, input_names: tuple = ("image",), flip: bool = False
+) -> np.ndarray:
     """Logits (N, C) of the rows ``indices`` of ``images`` (optionally horizontally flipped)."""
     indices = np.asarray(indices)
     if len(indices) == 0:
@@ -198,7 +260,9 @@ def validation_scores(y_true: np.ndarray, logits: np.ndarray, loss: str, gamma: 
     present = sorted(set(np.asarray(y_true).tolist()))
     return {
         "val_loss": loss_numpy(loss, y_true, logits, gamma=gamma, alpha=alpha),
-        "val_macro_f1": float(f1_score(y_true, probs.argmax(1), labels=present, average="macro", zero_division=0)),
+        "val_macro_f1": float(
+            f1_score(y_true, probs.argmax(1), labels=present, average="macro", zero_division=0)
+        ),
         "val_auc": macro_auc(y_true, probs),
         "val_accuracy": float(np.mean(probs.argmax(1) == y_true)),
     }
@@ -233,10 +297,11 @@ class EpochControl(keras.callbacks.Callback):
 class _Trainer:
     """State of one training run (kept out of the public API; use ``train``)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, data: TrainingData, progress: bool):
+    def __init__(self, cfg: RunConfig, run_dir: Path, validate, progress: bool):
+        """``validate(model) -> {score name: value}`` scores the validation set (it holds ``training.monitor``)."""
         self.cfg = cfg
         self.run_dir = run_dir
-        self.data = data
+        self.validate = validate
         self.progress = progress
         self.history: list[dict] = []
         self.best_score = None
@@ -245,6 +310,7 @@ class _Trainer:
         self.current_epoch = 0
         self.phase = 0
         self.stopped_early = False
+        self.is_last_phase = True
         t = cfg.training
         self.higher_is_better = t.monitor != "val_loss"
 
@@ -259,10 +325,13 @@ class _Trainer:
         t = self.cfg.training
         self.current_epoch = epoch + 1
         if self.nan_epoch is not None:
-            log.error("Loss became NaN in epoch %d; stopping. model.keras keeps epoch %d.", epoch + 1, self.best_epoch + 1)
+            log.error(
+                "Loss became NaN in epoch %d; stopping. model.keras keeps epoch %d.",
+                epoch + 1,
+                self.best_epoch + 1,
+            )
             return
-        logits = predict_logits(self.model, self.data.images, self.val_index, t.batch_size, self.input_names)
-        scores = validation_scores(self.data.labels[self.val_index], logits, t.loss, t.focal_gamma, t.focal_alpha)
+        scores = self.validate(self.model)
         logs.update(scores)
         row = {"epoch": epoch + 1, "phase": self.phase, "loss": float(logs.get("loss", float("nan")))}
         row.update(scores)
@@ -276,7 +345,12 @@ class _Trainer:
             save_model_atomic(self.model, self.run_dir / MODEL_FILE)
         log.info(
             "epoch %d: loss %.4f, %s %.4f (best %.4f at epoch %d)",
-            epoch + 1, row["loss"], t.monitor, score, self.best_score, self.best_epoch + 1,
+            epoch + 1,
+            row["loss"],
+            t.monitor,
+            score,
+            self.best_score,
+            self.best_epoch + 1,
         )
         # Early stopping counts only epochs after min_epochs (BatchNorm warm-up on small data).
         if t.early_stopping_patience and self.is_last_phase:
@@ -309,9 +383,14 @@ class _Trainer:
 
 
 def run_status(run_dir: str | os.PathLike) -> str:
-    """``"finished"``, ``"interrupted"`` (resumable state), ``"failed"`` or ``"new"``."""
+    """``"finished"``, ``"interrupted"`` (resumable state), ``"failed"`` or ``"new"``.
+
+    A run that fits several units (segmentation folds or lung-input variants) writes ``run.json`` with
+    status ``"running"`` first, so stopping between units also counts as interrupted.
+    """
     run_dir = Path(run_dir)
     run_file = run_dir / RUN_FILE
+    status = ""
     if run_file.is_file():
         try:
             status = json.loads(run_file.read_text()).get("status", "")
@@ -319,7 +398,7 @@ def run_status(run_dir: str | os.PathLike) -> str:
             status = ""
         if status == "finished":
             return "finished"
-    if (run_dir / STATE_FILE).is_file():
+    if (run_dir / STATE_FILE).is_file() or status == "running":
         return "interrupted"
     if run_file.is_file():
         return "failed"
@@ -361,7 +440,11 @@ def _shortcut_probe(cfg: RunConfig, data: TrainingData) -> dict:
     try:
         prints = compute_fingerprints(train_manifest, cache_root=cfg.data.cache_root, progress=False)
         features, names = nuisance_matrix(prints)
-        result = shortcut_probe(features, train_manifest["label"].astype(str).to_numpy(), groups=train_manifest["group"].astype(str).to_numpy())
+        result = shortcut_probe(
+            features,
+            train_manifest["label"].astype(str).to_numpy(),
+            groups=train_manifest["group"].astype(str).to_numpy(),
+        )
     except Exception as error:  # The probe is advisory: it must never stop a training run.
         return {"status": f"failed ({type(error).__name__}: {error})"}
     out = {"status": "ran", "features": names, **result}
@@ -381,7 +464,7 @@ def train(
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    data: TrainingData | None = None,
+    data=None,
     progress: bool = True,
 ) -> Path:
     """Train the model described by ``cfg`` and save the run folder.
@@ -391,18 +474,30 @@ def train(
         run_dir: the run folder (default ``<cfg.output_root>/<cfg.run_name>``).
         resume: continue an interrupted run from its last completed epoch.
         overwrite: delete an existing run folder (finished or not) and start again.
-        data: already-loaded TrainingData (tests, notebooks); default: built from ``cfg.data``.
+        data: already-loaded data (tests, notebooks): ``TrainingData`` for classification and volume
+            runs, ``covidct.segment.data.SegmentationPairs`` for ``task: segmentation``; default: built
+            from ``cfg.data``.
         progress: show Keras' progress bar.
 
     Returns:
         The run folder, holding ``config.yaml``, ``model.keras`` (best validation checkpoint),
-        ``history.csv``, ``run.json`` (classes, preprocessing, best epoch) and ``run_report.md``.
+        ``history.csv``, ``run.json`` (classes or lung input, preprocessing, best epoch, which split
+        selected) and ``run_report.md``; segmentation runs also ``split.csv`` (rows of train/val/test)
+        and, with folds, one such folder ``fold_<k>/`` per fold.
 
     Raises:
-        CovidctError: finished run without overwrite, unusable splits, NaN loss (after keeping the last
-            good checkpoint), a full disk.
+        CovidctError: finished run without overwrite, a model of another task, unusable splits, NaN
+            loss (after keeping the last good checkpoint), a full disk.
     """
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_root) / cfg.run_name
+    task = resolve_task(cfg, source=f"config of {run_dir}")
+    if task == "segmentation":
+        return _train_segmentation(cfg, run_dir, resume, overwrite, data, progress)
+    if data is not None and not isinstance(data, TrainingData):
+        raise CovidctError(
+            f"train(cfg): a {task} run takes TrainingData (covidct.train.data), got {type(data).__name__}; "
+            "image/mask pairs train a segmentation model with task: segmentation."
+        )
     resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite)
     started = time.perf_counter()
     seed_everything(cfg.training.seed)
@@ -414,63 +509,51 @@ def train(
     dump_config(cfg, run_dir / "config.yaml")
 
     probe = _shortcut_probe(cfg, data)
+    with _dtype_policy(cfg) as policy:
+        return _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progress, started)
+
+
+@contextlib.contextmanager
+def _dtype_policy(cfg: RunConfig):
+    """Set the run's mixed-precision policy (yields its name); the previous policy is restored afterwards."""
     policy = mixed_precision_policy(cfg.training.mixed_precision)
-    previous_policy = keras.mixed_precision.dtype_policy().name
+    previous = keras.mixed_precision.dtype_policy().name
     keras.mixed_precision.set_dtype_policy(policy)
     try:
-        return _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progress, started)
+        yield policy
     finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
+        keras.mixed_precision.set_dtype_policy(previous)
 
 
-def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progress, started) -> Path:
-    from covidct.models import get_spec
-
+def _phases(cfg: RunConfig) -> list[tuple]:
+    """Training phases (first epoch, end epoch, backbone trainable, learning rate) from ``model.freeze``."""
     t, m = cfg.training, cfg.model
-    trainer = _Trainer(cfg, run_dir, data, progress)
-    num_classes = len(class_names)
-    model = build_configured_model(cfg, data.images, num_classes)
-    spec = get_spec(m.name)
-    if t.bn_momentum is not None:
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = float(t.bn_momentum)
-    trainer.model = model
-    trainer.input_names = tuple(spec.inputs)
-    train_index = data.indices("train")
-    trainer.val_index = data.indices("val")
-    class_weights = None
-    if t.class_weight == "balanced":
-        class_weights = balanced_class_weights(data.labels[train_index], num_classes)
-    sequence_class, augmentation = SliceSequence, augmentation_factors(t, cfg.data.stage)
-    if data.images.ndim == 5:  # volumes: 3D augmentation (covidct.train.volume_data)
-        from covidct.train.volume_data import VolumeSequence, volume_augmentation
-
-        sequence_class, augmentation = VolumeSequence, volume_augmentation(t)
-    trainer.train_sequence = sequence_class(
-        data.images,
-        train_index,
-        labels=data.labels,
-        batch_size=t.batch_size,
-        shuffle=True,
-        seed=t.seed,
-        augmentation=augmentation,
-        class_weights=class_weights,
-        input_names=trainer.input_names,
-        max_steps=t.max_steps_per_epoch,
-    )
-    steps_per_epoch = len(trainer.train_sequence)
-
-    # Phases: (first epoch, end epoch, backbone trainable, learning rate).
     if m.freeze == "frozen":
-        phases = [(0, t.epochs, False, t.learning_rate)]
-    elif m.freeze == "frozen-then-finetune":
+        return [(0, t.epochs, False, t.learning_rate)]
+    if m.freeze == "frozen-then-finetune":
         split_epoch = min(max(int(m.frozen_epochs), 0), t.epochs)
-        phases = [(0, split_epoch, False, t.learning_rate), (split_epoch, t.epochs, True, t.learning_rate * m.finetune_learning_rate_factor)]
-        phases = [p for p in phases if p[1] > p[0]]
-    else:
-        phases = [(0, t.epochs, True, t.learning_rate)]
+        phases = [
+            (0, split_epoch, False, t.learning_rate),
+            (split_epoch, t.epochs, True, t.learning_rate * m.finetune_learning_rate_factor),
+        ]
+        return [p for p in phases if p[1] > p[0]]
+    return [(0, t.epochs, True, t.learning_rate)]
 
+
+def _fit_phases(
+    cfg: RunConfig, run_dir: Path, trainer: _Trainer, loss, resuming: bool, progress: bool, **compile_options
+) -> None:
+    """The epoch loop every task shares: compile per phase, restore a saved state, ``model.fit``.
+
+    ``trainer`` holds the model, its ``train_sequence`` (a PyDataset with ``set_epoch``) and the
+    validation function; ``EpochControl`` checkpoints, stops early and saves the resumable state.
+    """
+    t, m = cfg.training, cfg.model
+    model = trainer.model
+    if t.bn_momentum is not None:
+        set_batch_norm_momentum(model, t.bn_momentum)
+    steps_per_epoch = len(trainer.train_sequence)
+    phases = _phases(cfg)
     start_epoch, saved = 0, None
     if resuming:
         model_arrays, optimizer_arrays, state = load_train_state(run_dir / STATE_FILE)
@@ -480,7 +563,13 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
         trainer.best_score = state["best_score"]
         trainer.best_epoch = int(state["best_epoch"])
         trainer.stopped_early = bool(state.get("stopped_early"))
-        log.info("Resuming %s after epoch %d (best %s at epoch %d).", run_dir, start_epoch, trainer.best_score, trainer.best_epoch + 1)
+        log.info(
+            "Resuming %s after epoch %d (best %s at epoch %d).",
+            run_dir,
+            start_epoch,
+            trainer.best_score,
+            trainer.best_epoch + 1,
+        )
 
     callbacks = [EpochControl(trainer)]
     for index, (first, end, trainable, learning_rate) in enumerate(phases):
@@ -491,8 +580,7 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
         if m.freeze != "none":
             set_backbone_trainable(model, trainable)
         optimizer = make_optimizer(cfg, learning_rate, steps_per_epoch * (end - first))
-        loss = make_loss(t.loss, num_classes, gamma=t.focal_gamma, alpha=t.focal_alpha)
-        model.compile(optimizer=optimizer, loss=loss)
+        model.compile(optimizer=optimizer, loss=loss, **compile_options)
         if saved is not None:
             assign_variables(model.variables, saved[0], "model")
             if start_epoch > first:
@@ -512,6 +600,58 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
             break
         start_epoch = end
 
+
+def _nan_error(cfg: RunConfig, trainer: _Trainer, run_dir: Path) -> CovidctError:
+    kept = (
+        f"model.keras keeps the best epoch ({trainer.best_epoch + 1})"
+        if trainer.best_epoch >= 0
+        else "no checkpoint was saved"
+    )
+    return CovidctError(
+        f"Training {cfg.run_name}: the loss became NaN in epoch {trainer.nan_epoch + 1}; stopped, {kept} in {run_dir}. "
+        "Lower training.learning_rate, check the inputs, or use mixed_precision=off."
+    )
+
+
+def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progress, started) -> Path:
+    from covidct.models import get_spec
+
+    t, m = cfg.training, cfg.model
+    num_classes = len(class_names)
+    input_names = tuple(get_spec(m.name).inputs)
+    val_index = data.indices("val")
+
+    def validate(model) -> dict:
+        logits = predict_logits(model, data.images, val_index, t.batch_size, input_names)
+        return validation_scores(data.labels[val_index], logits, t.loss, t.focal_gamma, t.focal_alpha)
+
+    trainer = _Trainer(cfg, run_dir, validate, progress)
+    trainer.model = build_configured_model(cfg, data.images, num_classes)
+    trainer.input_names = input_names
+    train_index = data.indices("train")
+    class_weights = None
+    if t.class_weight == "balanced":
+        class_weights = balanced_class_weights(data.labels[train_index], num_classes)
+    sequence_class, augmentation = SliceSequence, augmentation_factors(t, cfg.data.stage)
+    if data.images.ndim == 5:  # volumes: 3D augmentation (covidct.train.volume_data)
+        from covidct.train.volume_data import VolumeSequence, volume_augmentation
+
+        sequence_class, augmentation = VolumeSequence, volume_augmentation(t)
+    trainer.train_sequence = sequence_class(
+        data.images,
+        train_index,
+        labels=data.labels,
+        batch_size=t.batch_size,
+        shuffle=True,
+        seed=t.seed,
+        augmentation=augmentation,
+        class_weights=class_weights,
+        input_names=input_names,
+        max_steps=t.max_steps_per_epoch,
+    )
+    loss = make_loss(t.loss, num_classes, gamma=t.focal_gamma, alpha=t.focal_alpha)
+    _fit_phases(cfg, run_dir, trainer, loss, resuming, progress)
+
     seconds = time.perf_counter() - started
     run_info = {
         "name": cfg.run_name,
@@ -520,7 +660,7 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
         "stage": cfg.data.stage,
         "size": cfg.data.size,
         "channels": int(data.images.shape[-1]),
-        "input_names": list(trainer.input_names),
+        "input_names": list(input_names),
         "model": m.name,
         "monitor": t.monitor,
         "selection_split": "val",
@@ -542,16 +682,237 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
         run_info["status"] = "nan"
         write_json_atomic(run_dir / RUN_FILE, run_info)
         write_text_atomic(run_dir / "run_report.md", run_report(cfg, run_info, trainer.history))
-        kept = f"model.keras keeps the best epoch ({trainer.best_epoch + 1})" if trainer.best_epoch >= 0 else "no checkpoint was saved"
-        raise CovidctError(
-            f"Training {cfg.run_name}: the loss became NaN in epoch {trainer.nan_epoch + 1}; stopped, {kept} in {run_dir}. "
-            "Lower training.learning_rate, check the inputs, or use mixed_precision=off."
-        )
+        raise _nan_error(cfg, trainer, run_dir)
     run_info["status"] = "finished"
     write_json_atomic(run_dir / RUN_FILE, run_info)
     write_text_atomic(run_dir / "run_report.md", run_report(cfg, run_info, trainer.history))
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     return run_dir
+
+
+# ------------------------------------------------------------------------------------------------------
+# task: segmentation
+# ------------------------------------------------------------------------------------------------------
+
+LUNG_INPUT_VARIANTS = {"none": ("none",), "masked": ("masked",), "auto": ("none", "masked")}
+
+
+def _train_segmentation(
+    cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, pairs, progress: bool
+) -> Path:
+    """``train(cfg)`` for ``task: segmentation``: fit every split (and lung-input variant), write run.json."""
+    from covidct.config import check_task_settings
+    from covidct.train import segmentation as seg
+
+    check_task_settings(cfg, source=f"config of {run_dir}")
+    if pairs is not None and isinstance(pairs, TrainingData):
+        raise CovidctError(
+            "train(cfg): task segmentation takes image/mask pairs (covidct.segment.data.SegmentationPairs), not "
+            "TrainingData; pass data=load_pairs(...) or leave data=None to load data.dataset."
+        )
+    resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite)
+    started = time.perf_counter()
+    if pairs is None:
+        pairs = seg.load_segmentation_pairs(cfg)
+    seg.check_pairs(pairs, cfg)
+    plans = seg.plan_splits(pairs, cfg)
+    if not resuming:  # leftovers of a failed run in this folder must not pass for finished units
+        for leftover in (*run_dir.glob("fold_*"), *run_dir.glob("input_*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for name in (STATE_FILE, FIT_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    write_json_atomic(run_dir / RUN_FILE, {"name": cfg.run_name, "task": "segmentation", "status": "running"})
+    with _dtype_policy(cfg) as policy:
+        splits = []
+        for number, plan in enumerate(plans, start=1):
+            if plan.name:
+                log.info(
+                    "%s (%d/%d): %d train, %d val, %d test",
+                    plan.name,
+                    number,
+                    len(plans),
+                    len(plan.train),
+                    len(plan.val),
+                    len(plan.test),
+                )
+            split_dir = run_dir / plan.name if plan.name else run_dir
+            splits.append(_fit_segmentation_split(cfg, split_dir, plan, pairs, resuming, progress))
+    t = cfg.training
+    info = {
+        "name": cfg.run_name,
+        "task": "segmentation",
+        "status": "finished",
+        "dataset": cfg.data.dataset,
+        "size": int(pairs.images.shape[1]),
+        "channels": 1,
+        "input_names": ["image"],
+        "model": cfg.model.name,
+        "monitor": t.monitor,
+        "selection_split": "val",
+        "selection": "a validation part of the training data (by group) selects the checkpoint and the lung input",
+        "report_split": "test"
+        if not cfg.segmentation.folds
+        else f"held-out fold of {cfg.segmentation.folds}-fold grouped CV",
+        "folds": int(cfg.segmentation.folds),
+        "group_proxy": pairs.group_proxy or "group column of the pairs",
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "dtype_policy": policy,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if cfg.segmentation.folds:
+        info["fold_results"] = splits
+        info["fold_lung_input"] = [s["lung_input"] for s in splits]
+    else:
+        info.update(splits[0])
+    write_json_atomic(run_dir / RUN_FILE, info)
+    write_text_atomic(run_dir / "run_report.md", segmentation_run_report(info))
+    return run_dir
+
+
+def _fit_segmentation_split(
+    cfg: RunConfig, split_dir: Path, plan, pairs, resuming: bool, progress: bool
+) -> dict:
+    """Fit one split (the test split, or one fold) with each lung-input variant; keep the best on validation.
+
+    Returns:
+        The split's summary (also ``split_dir/run.json`` for a fold): lung input chosen, its validation
+        scores, best epoch, epochs run, sizes of the parts.
+    """
+    from covidct.train import segmentation as seg
+
+    if plan.name and resuming and run_status(split_dir) == "finished":
+        return json.loads((split_dir / RUN_FILE).read_text())
+    split_dir.mkdir(parents=True, exist_ok=True)
+    split_csv = plan.frame(pairs).to_csv(index=False)
+    saved_split = split_dir / seg.SPLIT_FILE
+    if resuming and saved_split.is_file() and saved_split.read_text() != split_csv:
+        raise CovidctError(
+            f"Cannot resume: the data give other train/val/test rows than {saved_split} of the interrupted run "
+            "(another data.root, size or seed?). Resume with the same data, or rerun with --overwrite."
+        )
+    write_text_atomic(saved_split, split_csv)
+    variants = LUNG_INPUT_VARIANTS[cfg.segmentation.lung_input]
+    fits = []
+    for variant in variants:
+        unit_dir = split_dir if len(variants) == 1 else split_dir / f"input_{variant}"
+        fits.append(_fit_segmentation_unit(cfg, unit_dir, plan, pairs, variant, resuming, progress))
+    higher = cfg.training.monitor != "val_loss"
+
+    def rank(i: int) -> tuple:
+        score = fits[i]["best_score"]
+        score = -math.inf if score is None or not math.isfinite(score) else (score if higher else -score)
+        return (score, -i)  # ties keep the first variant, the plain images
+
+    chosen = fits[max(range(len(fits)), key=rank)]
+    if len(variants) > 1:
+        # The chosen variant's checkpoint and history become the split's own (what predict reads).
+        unit_dir = split_dir / f"input_{chosen['lung_input']}"
+        for name in (MODEL_FILE, HISTORY_FILE):
+            with atomic_path(split_dir / name, suffix=Path(name).suffix) as tmp:
+                shutil.copyfile(unit_dir / name, tmp)
+    summary = {
+        "status": "finished",
+        "split": plan.name or "test",
+        "lung_input": chosen["lung_input"],
+        "monitor": cfg.training.monitor,
+        "best_epoch": chosen["best_epoch"],
+        "best_score": chosen["best_score"],
+        "val_dice": chosen["val_dice"],
+        "val_dice_by_input": {f["lung_input"]: f["val_dice"] for f in fits},
+        "epochs_run": chosen["epochs_run"],
+        "stopped_early": chosen["stopped_early"],
+        "split_counts": {
+            part: {"images": int(len(rows)), "groups": int(len(set(np.asarray(pairs.groups)[rows])))}
+            for part, rows in (("train", plan.train), ("val", plan.val), ("test", plan.test))
+        },
+    }
+    if plan.name:
+        write_json_atomic(split_dir / RUN_FILE, summary)
+    return summary
+
+
+def _fit_segmentation_unit(
+    cfg: RunConfig, unit_dir: Path, plan, pairs, lung_input: str, resuming: bool, progress: bool
+) -> dict:
+    """Fit one segmenter on ``plan.train`` with ``lung_input`` images, selecting epochs on ``plan.val``."""
+    from covidct.config import segmentation_augmentation
+    from covidct.train import segmentation as seg
+
+    t = cfg.training
+    fit_file = unit_dir / FIT_FILE
+    if resuming and fit_file.is_file():
+        return json.loads(fit_file.read_text())
+    resume_here = resuming and (unit_dir / STATE_FILE).is_file()
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(t.seed)
+    images = seg.model_inputs(pairs, lung_input == "masked")
+    val_masks = np.asarray(pairs.masks)[plan.val]
+
+    def validate(model) -> dict:
+        logits = seg.predict_mask_logits(model, images, plan.val, t.batch_size)
+        return seg.mask_validation_scores(val_masks, logits)
+
+    trainer = _Trainer(cfg, unit_dir, validate, progress)
+    trainer.model = build_segmentation_model(cfg, images.shape[1:3])
+    trainer.input_names = ("image",)
+    trainer.train_sequence = seg.MaskSequence(
+        images,
+        pairs.masks,
+        plan.train,
+        batch_size=t.batch_size,
+        shuffle=True,
+        seed=t.seed,
+        augmentation=segmentation_augmentation(t),
+        max_steps=t.max_steps_per_epoch,
+    )
+    # XLA compilation costs more than it saves for these small fully convolutional models on a CPU.
+    _fit_phases(cfg, unit_dir, trainer, make_loss(t.loss, 1), resume_here, progress, jit_compile=False)
+    best = trainer.history[trainer.best_epoch] if trainer.best_epoch >= 0 else {}
+    fit = {
+        "status": "nan" if trainer.nan_epoch is not None else "finished",
+        "lung_input": lung_input,
+        "best_epoch": trainer.best_epoch + 1,
+        "best_score": trainer.best_score,
+        "val_dice": best.get("val_dice"),
+        "epochs_run": len(trainer.history),
+        "stopped_early": trainer.stopped_early,
+    }
+    if trainer.nan_epoch is not None:
+        write_json_atomic(unit_dir / RUN_FILE, {**fit, "name": cfg.run_name, "task": "segmentation"})
+        raise _nan_error(cfg, trainer, unit_dir)
+    write_json_atomic(fit_file, fit)
+    (unit_dir / STATE_FILE).unlink(missing_ok=True)
+    return fit
+
+
+def segmentation_run_report(info: dict) -> str:
+    """Markdown summary of a segmentation run: data, what selected, per-split results."""
+    lines = [
+        f"# Run {info['name']}",
+        "",
+        f"Status: **{info['status']}**. Segmenter `{info['model']}`, dataset `{info['dataset']}`, {info['size']} px; "
+        f"backend {info['backend']} (Keras {info['keras_version']}, {info['dtype_policy']}), {info['seconds']} s.",
+        "",
+        f"Checkpoints (and the lung input) were selected on the **validation** part by `{info['monitor']}`; "
+        f"this is a selection score, not a test score. Reported split: {info['report_split']} "
+        "(`covidct segment evaluate` writes per-image Dice, IoU and HD95 with bootstrap intervals).",
+        "",
+        "| split | lung input | best epoch | epochs run | "
+        + f"{info['monitor']} | train / val / test images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in info.get("fold_results") or [info]:
+        counts = row["split_counts"]
+        sizes = " / ".join(str(counts[p]["images"]) for p in ("train", "val", "test"))
+        score = row["best_score"]
+        score = f"{score:.4f}" if isinstance(score, float) and math.isfinite(score) else str(score)
+        lines.append(
+            f"| {row['split']} | {row['lung_input']} | {row['best_epoch']} | {row['epochs_run']} | {score} | {sizes} |"
+        )
+    lines += ["", f"Groups: {info['group_proxy']}.", ""]
+    return "\n".join(lines)
 
 
 def _split_counts(data: TrainingData, split: np.ndarray, class_names: list) -> dict:
@@ -573,8 +934,11 @@ def run_report(cfg: RunConfig, info: dict, history: list[dict]) -> str:
         f"# Run {info['name']}",
         "",
         f"Status: **{info.get('status', '?')}**. Model `{info['model']}`, dataset `{info['dataset']}`, "
-        + (f"volumes {'x'.join(map(str, info['volume_shape']))} (D x H x W)" if info.get("volume_shape")
-           else f"stage `{info['stage']}`, {info['size']} px")
+        + (
+            f"volumes {'x'.join(map(str, info['volume_shape']))} (D x H x W)"
+            if info.get("volume_shape")
+            else f"stage `{info['stage']}`, {info['size']} px"
+        )
         + f", classes {info['class_names']}.",
         f"Backend {info['backend']} (Keras {info['keras_version']}, {info['dtype_policy']}), "
         f"{info['epochs_run']} epoch(s) in {info['seconds']} s.",
@@ -589,11 +953,17 @@ def run_report(cfg: RunConfig, info: dict, history: list[dict]) -> str:
         "|---|---|---|" + "---|" * len(info["class_names"]),
     ]
     for name, row in info["split_counts"].items():
-        lines.append(f"| {name} | {row['images']} | {row['groups']} | " + " | ".join(str(row[c]) for c in info["class_names"]) + " |")
+        lines.append(
+            f"| {name} | {row['images']} | {row['groups']} | "
+            + " | ".join(str(row[c]) for c in info["class_names"])
+            + " |"
+        )
     probe = info.get("shortcut_probe") or {}
     lines += ["", "## Shortcut probe (training split)", ""]
     if "auc" in probe:
-        lines.append(f"Nuisance features alone (size, intensity statistics, format) predict the class with AUC {probe['auc']}.")
+        lines.append(
+            f"Nuisance features alone (size, intensity statistics, format) predict the class with AUC {probe['auc']}."
+        )
     lines.append(f"Status: {probe.get('status', '-')}.")
     if probe.get("warning"):
         lines.append(f"**Warning:** {probe['warning']}.")
@@ -604,5 +974,4 @@ def run_report(cfg: RunConfig, info: dict, history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-
-__all__ = ["train", "run_status", "predict_logits", "set_backbone_trainable"]
+__all__ = ["train", "run_status", "predict_logits", "set_backbone_trainable", "set_batch_norm_momentum"]
