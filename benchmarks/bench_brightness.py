@@ -46,8 +46,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/bench_brightness.json")
     args = parser.parse_args(argv)
 
-    import covidct.preprocess.standardize  # noqa: F401  (registers lungs-robust, lungs-hist)
     from bench_generalization import MIN_LUNG_FRACTION, lung_fractions
+
+    import covidct.preprocess.standardize  # noqa: F401  (registers lungs-robust, lungs-hist)
     from covidct.data.datasets import load_dataset
 
     root = Path(args.data_root)
