@@ -10,7 +10,8 @@ Each run is fitted by the one training path, ``covidct.train.train(cfg)`` with `
 (checkpoint and lung input selected on validation Dice), through ``covidct.segment.train.train_segmenter``
 (the code behind ``covidct segment train``, which builds the config and then scores the test rows per
 image). It writes its run folder under runs/bench/; the summary (with wall time and machine facts) is
-written to benchmarks/results/segmentation_<task>_<model>.json.
+written to benchmarks/results/segmentation_<task>_<model>.json (or, when that file holds another
+configuration's result, to ..._<size>px_b<filters>_<lung input>.json: results are never overwritten silently).
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"segmentation_{args.task}_{model}.json"
+    if out.exists() and json.loads(out.read_text()).get("command") != result["command"]:
+        # Another configuration's result is already there: keep it, name this one by its settings.
+        out = RESULTS / f"segmentation_{args.task}_{model}_{size}px_b{args.base_filters}_{args.lung_input}.json"
     out.write_text(json.dumps(result, indent=2, default=float))
     dice = summary["dice"]
     print(
