@@ -256,6 +256,13 @@ def test_cross_validation_from_a_yaml_config_is_grouped_and_reports_every_image_
     expected = per_image.loc[per_image["true_fraction"] > 0, "dice"].mean()
     assert summary["dice_slices_with_infection"]["mean"] == pytest.approx(expected)
     assert summary["dice"]["mean"] == pytest.approx(per_image["dice"].mean())
+    # `covidct report`: one row for the CV run (not one per fold), its Dice with the CI, no F1/AUC.
+    from covidct.evaluate.report import collect_results
+
+    table = collect_results(tmp_path)
+    assert list(table["run"]) == ["cv"] and table["macro-F1 [95% CI]"].iloc[0] == ""
+    dice = summary["dice"]
+    assert table["Dice [95% CI]"].iloc[0] == f"{dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}]"
     for k in range(2):
         fold = run / f"fold_{k}"
         assert (fold / "model.keras").is_file() and json.loads((fold / "run.json").read_text())[

@@ -94,6 +94,33 @@ def lung_focus_cell(run_dir: str | os.PathLike, split: str) -> str:
     return f"{median:.2f} (>= {threshold:.2f}, n={n})"
 
 
+def _segmentation_row(run_dir: Path, metrics: dict, info: dict) -> dict:
+    """The results-table row of a segmentation run: mean per-image Dice with its CI (no F1/AUC)."""
+    evaluated = metrics.get("evaluated_on", {})
+    selection = metrics.get("selection", {})
+    dice = metrics.get("dice") or {}
+    dice_cell = f"{dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}]" if {"mean", "low", "high"} <= set(dice) else "n/a"
+    command = (
+        f"covidct train --config {run_dir}/config.yaml --run-dir {run_dir} --overwrite && "
+        f"covidct segment evaluate --run {run_dir}"
+    )
+    return {
+        "run": run_dir.name,
+        "model": info.get("model", ""),
+        "dataset": info.get("dataset", ""),
+        "stage": "segmentation",
+        "evaluated on": evaluated.get("split", metrics.get("split", "")),
+        "selected on": f"{selection.get('split', 'val')} ({selection.get('monitor', 'val_dice')})",
+        "images / groups": f"{evaluated.get('n_images', '')} / {evaluated.get('n_groups', '')}",
+        "macro-F1 [95% CI]": "",
+        "AUC [95% CI]": "",
+        "patient AUC (mean)": "",
+        "Dice [95% CI]": dice_cell,
+        LUNG_FOCUS_COLUMN: "",
+        "command": f"`{command}`",
+    }
+
+
 def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = False) -> pd.DataFrame:
     """One row per ``metrics_<tag>.json`` found under ``runs_root`` (searched recursively).
 
@@ -103,7 +130,8 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
 
     Returns:
         DataFrame: run, model, dataset, stage, setting, evaluated on, selected on, n images / groups,
-        macro-F1 [CI], AUC [CI], patient-level AUC, lung focus (``lung_focus_cell``), command.
+        macro-F1 [CI], AUC [CI], patient-level AUC, Dice [CI] (segmentation runs: one row per run, the
+        cross-validation summary for a k-fold run), lung focus (``lung_focus_cell``), command.
     """
     root = Path(runs_root)
     if not root.is_dir():
@@ -118,6 +146,11 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
         if evaluated.get("split") == "train":
             continue
         info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+        if "dice" in metrics:
+            if run_dir.name.startswith("fold_") and (run_dir.parent / "metrics_cv.json").is_file():
+                continue  # one cross-validation row (metrics_cv.json), not one per fold
+            rows.append(_segmentation_row(run_dir, metrics, info))
+            continue
         selection = metrics.get("selection", {})
         slice_block = metrics.get("slice", {})
         patient = (metrics.get("patient") or {}).get("mean") or {}
@@ -146,6 +179,7 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
                 "macro-F1 [95% CI]": _with_ci(slice_block, "macro_f1"),
                 "AUC [95% CI]": _with_ci(slice_block, "auc_macro_ovr"),
                 "patient AUC (mean)": _with_ci(patient, "auc_macro_ovr") if patient else "n/a",
+                "Dice [95% CI]": "",
                 LUNG_FOCUS_COLUMN: focus,
                 "command": f"`{command}`",
             }
