@@ -1,6 +1,6 @@
 """Volume check on phantoms (issue 7): does a 3D CNN learn COV vs Normal, and does slice aggregation agree?
 
-    python benchmarks/bench_volumes.py                     # 120 volumes 32x64x64, cnn3d_covidscan, ~CPU minutes
+    python benchmarks/bench_volumes.py                     # 180 volumes 32x64x64 cached at 16x32x32, ~10 CPU min
     python benchmarks/bench_volumes.py --smoke             # 24 volumes, 2 epochs: the script runs end to end
     python benchmarks/bench_volumes.py --model cnn3d_kerasio --epochs 30
 
@@ -26,11 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=120, help="phantom volumes (classes cycle COV/Normal/Other)")
+    parser.add_argument("--n", type=int, default=180, help="phantom volumes (classes cycle COV/Normal/Other)")
     parser.add_argument("--shape", type=int, nargs=3, default=[32, 64, 64], help="written (D, H, W)")
-    parser.add_argument("--volume-shape", type=int, nargs=3, default=[32, 64, 64], help="cached model input")
+    parser.add_argument("--volume-shape", type=int, nargs=3, default=[16, 32, 32], help="cached model input")
     parser.add_argument("--model", default="cnn3d_covidscan")
-    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--monitor", default="val_loss", help="checkpoint selection on validation (val_loss, val_auc, ...)")
+    parser.add_argument("--bn-momentum", type=float, default=0.9)
+    parser.add_argument("--schedule", default="cosine", help="learning-rate schedule (none, cosine)")
+    parser.add_argument("--patience", type=int, default=0, help="early stopping patience (0: off)")
     parser.add_argument("--slice-epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="runs/bench-volumes")
@@ -45,7 +49,7 @@ def volume_config(args, runs: Path):
     tag = f"n{args.n}-{'x'.join(map(str, args.shape))}-seed{args.seed}"
     return config_from_dict(
         {
-            "name": f"{args.model}-{tag}-{'x'.join(map(str, args.volume_shape))}",
+            "name": f"{args.model}-{tag}-{'x'.join(map(str, args.volume_shape))}-{args.monitor}-bn{args.bn_momentum}-{args.schedule}-p{args.patience}",
             "output_root": str(runs),
             "data": {
                 "dataset": "phantom-volumes",
@@ -63,9 +67,10 @@ def volume_config(args, runs: Path):
                 "learning_rate": 3e-4,
                 "mixed_precision": "off",
                 "min_epochs": 5,
-                "early_stopping_patience": 10,
-                "bn_momentum": 0.5,
-                "monitor": "val_auc",
+                "early_stopping_patience": args.patience,
+                "schedule": args.schedule,
+                "bn_momentum": args.bn_momentum,
+                "monitor": args.monitor,
                 "augmentation": "stage",
                 "seed": args.seed,
             },
@@ -159,7 +164,8 @@ def main(argv=None) -> dict:
     out = {
         "command": "python benchmarks/bench_volumes.py " + " ".join(sys.argv[1:]),
         "config": {"n": args.n, "shape": args.shape, "volume_shape": args.volume_shape, "model": args.model,
-                   "epochs": args.epochs, "seed": args.seed},
+                   "epochs": args.epochs, "seed": args.seed, "monitor": args.monitor,
+                   "bn_momentum": args.bn_momentum, "schedule": args.schedule, "patience": args.patience},
         "test_volumes": int(len(rows)),
         "cnn3d": {"macro_f1": volume["macro_f1"], "auc": volume["auc_macro_ovr"], "ci": volume["ci"],
                   "train_seconds_wall": round(train_s, 1)},
