@@ -196,6 +196,13 @@ def split_inputs(batch: np.ndarray, input_names: tuple):
     return {name: batch[..., i : i + 1] for i, name in enumerate(input_names)}
 
 
+def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The rows of one epoch: ``indices`` permuted by a pure function of (seed, epoch), or as given."""
+    if not shuffle:
+        return indices
+    return indices[np.random.default_rng([seed, epoch]).permutation(len(indices))]
+
+
 class SliceSequence(keras.utils.PyDataset):
     """Batches of (x, y[, sample_weight]) read from a uint8 image array by row index.
 
@@ -243,11 +250,7 @@ class SliceSequence(keras.utils.PyDataset):
     def set_epoch(self, epoch: int) -> None:
         """Fix this epoch's row order and augmentation draws (a pure function of seed and epoch)."""
         self.epoch = int(epoch)
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            self.order = self.indices[rng.permutation(len(self.indices))]
-        else:
-            self.order = self.indices
+        self.order = epoch_order(self.indices, self.seed, self.epoch, self.shuffle)
         self.augmenter = make_augmenter(self.augmentation, seed=self.seed * 10007 + self.epoch * 101)
 
     def __len__(self) -> int:

@@ -323,12 +323,10 @@ class MaskSequence(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Fix this epoch's row order (a pure function of seed and epoch; augmentation adds the batch index)."""
+        from covidct.train.data import epoch_order
+
         self.epoch = int(epoch)
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            self.order = self.indices[rng.permutation(len(self.indices))]
-        else:
-            self.order = self.indices
+        self.order = epoch_order(self.indices, self.seed, self.epoch, self.shuffle)
 
     def __len__(self) -> int:
         steps = int(np.ceil(len(self.order) / self.batch_size))
