@@ -81,23 +81,10 @@ def volume_config(args, runs: Path):
 
 def train_slice_model(args, runs: Path, size: int):
     """small_cnn on separate phantom slices (COV vs Normal), windowed like the volume preprocessing."""
-    import numpy as np
-    import pandas as pd
-
     from covidct.config import config_from_dict
-    from covidct.data.phantom import make_dataset
-    from covidct.data.windows import window_hu
-    from covidct.train.data import data_from_arrays
+    from covidct.train.data import phantom_slice_data
 
-    phantoms = make_dataset(n=300 if not args.smoke else 60, size=size, seed=args.seed + 1, slices_per_patient=5)
-    images = np.round(window_hu(phantoms.images_hu) * 255).astype(np.uint8)[..., None]
-    groups = np.asarray(phantoms.groups)
-    patients = sorted(set(groups))
-    split_of = {p: ("val" if i % 5 == 0 else "train") for i, p in enumerate(patients)}
-    manifest = pd.DataFrame({"path": [f"s{i}" for i in range(len(groups))], "label": phantoms.labels,
-                             "group": groups, "split": [split_of[g] for g in groups], "source": "phantom"})
-    keep = (manifest["label"] != "OtherPneumonia").to_numpy()
-    data = data_from_arrays(images[keep], manifest[keep].reset_index(drop=True), source="phantom")
+    data = phantom_slice_data(300 if not args.smoke else 60, size, seed=args.seed + 1, drop="OtherPneumonia")
     cfg = config_from_dict(
         {
             "name": f"small_cnn-slices-{size}px-seed{args.seed}",

@@ -20,7 +20,7 @@ from covidct.data.volumes import preprocess_volume
 from covidct.errors import CovidctError
 from covidct.evaluate import evaluate_run
 from covidct.train import train
-from covidct.train.data import data_from_arrays, prepare_data
+from covidct.train.data import prepare_data
 from covidct.train.trainer import build_configured_model
 from covidct.train.volume_data import VolumeSequence, volume_augmentation, volume_shape_of
 
@@ -119,20 +119,11 @@ def test_volume_run_learns_and_evaluates_per_volume(volume_run):
 
 def test_slice_aggregation_of_a_2d_model_agrees(volume_run, tmp_path, tiny_config):
     """A 2D slice classifier, aggregated per volume, separates the same test volumes."""
-    from covidct.data.phantom import make_dataset
-    from covidct.data.windows import window_hu
     from covidct.evaluate.volume_predict import predict_volume
+    from covidct.train.data import phantom_slice_data
 
     _, data, _ = volume_run
-    phantoms = make_dataset(n=240, size=32, seed=1, slices_per_patient=5)
-    images = np.round(window_hu(phantoms.images_hu) * 255).astype(np.uint8)[..., None]
-    groups = np.asarray(phantoms.groups)
-    patients = sorted(set(groups))
-    split_of = {p: ("val" if i % 5 == 0 else "train") for i, p in enumerate(patients)}
-    manifest = pd.DataFrame({"path": [f"s{i}" for i in range(len(groups))], "label": phantoms.labels,
-                             "group": groups, "split": [split_of[g] for g in groups], "source": "phantom"})
-    keep = (manifest["label"] != "COV").to_numpy()
-    slices = data_from_arrays(images[keep], manifest[keep], source="phantom")
+    slices = phantom_slice_data(240, 32, seed=1, drop="COV")
     cfg = tiny_config(epochs=6, learning_rate=3e-3, bn_momentum=0.5)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, size=32), model=dataclasses.replace(cfg.model, name="small_cnn"))
     run_dir = train(cfg, run_dir=tmp_path / "slices", data=slices, progress=False)

@@ -103,35 +103,23 @@ def segmentation_config(
 
 def train_segmenter(
     model="bcd_unet",
-    dataset: str = "kaggle-lungs",
-    root=None,
-    size: int = 64,
-    epochs: int = 30,
-    batch_size: int = 8,
-    learning_rate: float = 1e-3,
-    folds: int = 0,
     run_dir=None,
     overwrite: bool = False,
-    seed: int = 0,
-    augment: bool = True,
-    model_kwargs: dict | None = None,
     pairs=None,
-    rotation_deg: float = 0.0,
-    patience: int = 0,
-    lung_input: str = "none",
-    bn_momentum: float | None = None,
     resume: bool = False,
     progress: bool = False,
-    val_fraction: float = 0.15,
+    **settings,
 ) -> Path:
     """Train a segmenter through ``train(cfg)`` and evaluate it per image on its test rows; returns the run folder.
 
-    Arguments are those of ``segmentation_config`` plus:
+    Args:
+        model: registered segmenter, as in ``segmentation_config``.
         run_dir: output folder (default ``runs/segment-<model>-<dataset>-<size>``).
         overwrite: replace an existing run (otherwise a finished run is an error).
         pairs: pre-loaded ``SegmentationPairs`` (tests, notebooks); default: loaded from ``dataset``/``root``.
         resume: continue an interrupted run (finished folds and epochs are kept).
         progress: show Keras' progress bar.
+        **settings: the other keyword arguments of ``segmentation_config`` (dataset, root, size, epochs, ...).
 
     Returns:
         Path of the run folder (with ``metrics_test.json``, or ``metrics_cv.json`` for folds).
@@ -139,24 +127,7 @@ def train_segmenter(
     from covidct.segment.evaluate import evaluate_segmentation
     from covidct.train import train
 
-    cfg = segmentation_config(
-        model=model,
-        dataset=dataset,
-        root=root,
-        size=size,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        folds=folds,
-        seed=seed,
-        augment=augment,
-        model_kwargs=model_kwargs,
-        rotation_deg=rotation_deg,
-        patience=patience,
-        lung_input=lung_input,
-        bn_momentum=bn_momentum,
-        val_fraction=val_fraction,
-    )
+    cfg = segmentation_config(model=model, **settings)
     run = train(cfg, run_dir=run_dir, resume=resume, overwrite=overwrite, data=pairs, progress=progress)
     evaluate_segmentation(run, pairs=pairs)
     return run

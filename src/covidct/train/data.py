@@ -178,6 +178,23 @@ def data_from_arrays(images, manifest: pd.DataFrame, classes=None, cache_path: s
     return TrainingData(images=images, labels=labels, manifest=manifest, class_names=class_names, cache_path=cache_path)
 
 
+def phantom_slice_data(n: int, size: int, seed: int = 0, drop: str | None = None, val_every: int = 5) -> TrainingData:
+    """Windowed phantom slices (``make_dataset``) as TrainingData: every ``val_every``-th patient in ``val``,
+    the rest in ``train`` (patient-disjoint), rows of class ``drop`` left out. For comparisons that need a
+    2-D model beside another one (slice aggregation on volumes) without a cache."""
+    from covidct.data.phantom import make_dataset
+    from covidct.data.windows import window_hu
+
+    phantoms = make_dataset(n=n, size=size, seed=seed, slices_per_patient=5)
+    images = np.round(window_hu(phantoms.images_hu) * 255).astype(np.uint8)[..., None]
+    groups = np.asarray(phantoms.groups)
+    split_of = {p: ("val" if i % val_every == 0 else "train") for i, p in enumerate(sorted(set(groups)))}
+    manifest = pd.DataFrame({"path": [f"s{i}" for i in range(len(groups))], "label": phantoms.labels,
+                             "group": groups, "split": [split_of[g] for g in groups], "source": "phantom"})
+    keep = (manifest["label"] != drop).to_numpy()
+    return data_from_arrays(images[keep], manifest[keep].reset_index(drop=True), source="phantom")
+
+
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """scikit-learn's "balanced" weights n / (k * count_c), one per class (classes must be present)."""
     classes = np.arange(num_classes)
