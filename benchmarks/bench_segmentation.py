@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import time
@@ -27,6 +28,42 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def accelerator() -> str:
+    """The device Keras trains on, in words (``CPU`` when no GPU is visible)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    else:
+        import torch
+
+        gpus = [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else []
+    return ", ".join(gpus) if gpus else "CPU"
+
+
+def result_path(explicit: str | None, command: str, stems: list[str]) -> Path:
+    """Where to write a result: ``explicit`` if given (refused when it holds another command's result),
+    else the first of ``stems`` (then ``<last stem>_2``, ``_3``...) that is free or holds this same command."""
+
+    def same_or_free(path: Path) -> bool:
+        return not path.exists() or json.loads(path.read_text()).get("command") == command
+
+    if explicit:
+        path = Path(explicit)
+        if not same_or_free(path):
+            raise SystemExit(f"{path} holds the result of another command; choose another --out or move it first.")
+        return path
+    candidates = [RESULTS / f"{stem}.json" for stem in stems]
+    candidates += [RESULTS / f"{stems[-1]}_{k}.json" for k in range(2, 100)]
+    return next(path for path in candidates if same_or_free(path))
 
 
 def main(argv=None) -> int:
@@ -57,7 +94,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--root", default=None)
     parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--out", default=None, help="result JSON (default: named by task, model and settings in "
+                        "benchmarks/results/; a file holding another configuration's result is never overwritten)")
     args = parser.parse_args(argv)
+    # Per-epoch and per-fold progress (the trainer's log) so that an interrupted run still shows how far it got.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from covidct.segment.train import train_segmenter
 
@@ -106,16 +147,14 @@ def main(argv=None) -> int:
         "folds": folds,
         "run_dir": str(run),
         "wall_s": round(wall_s, 1),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {accelerator()}",
         "keras_backend": keras.backend.backend(),
         "command": "python benchmarks/bench_segmentation.py " + " ".join(argv or __import__("sys").argv[1:]),
         "metrics": summary,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"segmentation_{args.task}_{model}.json"
-    if out.exists() and json.loads(out.read_text()).get("command") != result["command"]:
-        # Another configuration's result is already there: keep it, name this one by its settings.
-        out = RESULTS / f"segmentation_{args.task}_{model}_{size}px_b{args.base_filters}_{args.lung_input}.json"
+    out = result_path(args.out, result["command"], [f"segmentation_{args.task}_{model}",
+                                                    f"segmentation_{args.task}_{model}_{size}px_b{args.base_filters}_{args.lung_input}"])
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float))
     dice = summary["dice"]
     print(

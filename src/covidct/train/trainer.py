@@ -276,6 +276,11 @@ def validation_scores(y_true: np.ndarray, logits: np.ndarray, loss: str, gamma: 
 class EpochControl(keras.callbacks.Callback):
     """Per-epoch bookkeeping: data seeding, validation, best checkpoint, early stopping, NaN, resume state."""
 
+    #: The per-batch NaN check only reads the logs and sets flags, so Keras may run it off the training
+    #: thread. Without this, JAX turns every batch's loss into a Python float before the next step is
+    #: dispatched (a device sync per batch: the GPU idles while the next batch is prepared).
+    async_safe = True
+
     def __init__(self, trainer: _Trainer):
         super().__init__()
         self.trainer = trainer
@@ -867,8 +872,10 @@ def _fit_segmentation_unit(
         augmentation=segmentation_augmentation(t),
         max_steps=t.max_steps_per_epoch,
     )
-    # XLA compilation costs more than it saves for these small fully convolutional models on a CPU.
-    _fit_phases(cfg, unit_dir, trainer, make_loss(t.loss, 1), resume_here, progress, jit_compile=False)
+    # XLA compilation costs more than it saves for these small fully convolutional models on a CPU under
+    # TensorFlow (graph mode either way). JAX without jit runs op by op: 0.65 s per batch of 8 on an H100.
+    jit = "auto" if gpu_available() or keras.backend.backend() != "tensorflow" else False
+    _fit_phases(cfg, unit_dir, trainer, make_loss(t.loss, 1), resume_here, progress, jit_compile=jit)
     best = trainer.history[trainer.best_epoch] if trainer.best_epoch >= 0 else {}
     fit = {
         "status": "nan" if trainer.nan_epoch is not None else "finished",
