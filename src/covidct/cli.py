@@ -299,6 +299,9 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--mc-dropout", type=int, default=None, metavar="N", help="Monte-Carlo dropout passes")
     parser.add_argument("--temperature-scaling", action="store_true", help="fit a temperature on validation")
     parser.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap replicates")
+    parser.add_argument("--threshold", default=None, metavar="T|val",
+                        help="two classes: decision threshold on the positive-class probability, or 'val' = the "
+                        "threshold with the best macro-F1 on the run's validation split (default: the config's; argmax)")
     parser.add_argument("--lung-focus", type=int, default=None, metavar="N",
                         help="also score Grad-CAM lung focus on N images of the split (writes RUN/lung_focus.json, "
                         "the lung-focus column of `covidct report`)")
@@ -321,6 +324,7 @@ def _run_evaluate(args) -> int:
         mc_dropout=args.mc_dropout,
         temperature_scaling=args.temperature_scaling or None,
         n_bootstrap=args.bootstrap,
+        threshold=_threshold_argument(args.threshold),
         progress=True,
     )
     where = result["evaluated_on"]
@@ -330,6 +334,10 @@ def _run_evaluate(args) -> int:
     for key in ("macro_f1", "auc_macro_ovr", "balanced_accuracy"):
         ci = block.get("ci", {}).get(key, {})
         print(f"  {key:<18} {block[key]:.3f}  [{ci.get('low', float('nan')):.3f}, {ci.get('high', float('nan')):.3f}]")
+    chosen = result.get("threshold")
+    if chosen:
+        print(f"  threshold {chosen['value']:.3f} on P({chosen['positive_class']}), chosen on {chosen['chosen_on']} "
+              f"(val macro-F1 {chosen['val_macro_f1']:.3f}; {chosen['val_macro_f1_at_0.5']:.3f} at 0.5)")
     if result.get("warning"):
         print(f"  warning: {result['warning']}")
     if args.lung_focus is not None:
@@ -337,6 +345,18 @@ def _run_evaluate(args) -> int:
 
         print(format_lung_focus(run_lung_focus(args.run, n=args.lung_focus, split=args.split)))
     return 0
+
+
+def _threshold_argument(text: str | None):
+    """``--threshold``: None, ``val`` or a number (checked by the evaluator)."""
+    if text is None or text == "val":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        from covidct.errors import CovidctError
+
+        raise CovidctError(f"--threshold must be a number in (0, 1) or 'val'; got {text!r}.") from None
 
 
 def _add_features(subparsers) -> None:

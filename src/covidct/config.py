@@ -183,7 +183,9 @@ class EvaluationConfig:
         tta: test-time augmentation (average of the image and its horizontal flip).
         mc_dropout: number of Monte-Carlo-dropout passes (0: off).
         temperature_scaling: fit a temperature on the validation set and report calibrated scores too.
-        threshold: decision threshold on the positive-class probability (two classes; None: argmax).
+        threshold: decision threshold on the positive-class probability (two classes; None: argmax), or
+            ``"val"``: the threshold that maximises macro-F1 on the run's validation split
+            (``covidct.evaluate.metrics.choose_threshold``), applied unchanged to the evaluated data.
         positive_class: the positive class for sensitivity/specificity (None: the one starting "COV").
         aggregation: patient-level aggregation methods to report.
         topk: k of the top-k mean aggregation.
@@ -194,7 +196,7 @@ class EvaluationConfig:
     tta: bool = False
     mc_dropout: int = 0
     temperature_scaling: bool = False
-    threshold: float | None = None
+    threshold: float | str | None = None
     positive_class: str | None = None
     aggregation: tuple = ("mean", "max", "topk")
     topk: int = 5
@@ -552,6 +554,16 @@ def _check_choice(source: str, key: str, value, choices) -> None:
         )
 
 
+def check_threshold(value, where: str):
+    """``evaluation.threshold``: None (argmax), a number in (0, 1), or ``"val"`` (chosen on validation)."""
+    if value is None or value == "val":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 1:
+        raise CovidctError(f"{where} must be a number in (0, 1), 'val' (chosen on the validation split) or "
+                           f"empty (argmax); got {value!r}.")
+    return float(value)
+
+
 def validate_config(cfg: RunConfig, source: str = "config", check_registries: bool = True) -> RunConfig:
     """Check choices, ranges and (optionally) that the model, stage and dataset are registered.
 
@@ -586,6 +598,7 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
         raise CovidctError(f"{source}: data.split_fractions must be three non-negative numbers summing to 1, got {d.split_fractions}.")
     if not 0 < e.ci < 1:
         raise CovidctError(f"{source}: evaluation.ci must lie in (0, 1), got {e.ci}.")
+    check_threshold(e.threshold, f"{source}: evaluation.threshold")
     if d.volume_shape is not None:
         from covidct.data.volumes import resolve_shape
 

@@ -113,3 +113,38 @@ def test_report_table_and_readme(tiny_run, phantom_data, tmp_path):
     readme.write_text("no markers")
     with pytest.raises(CovidctError, match="results:start"):
         write_report(tiny_run.parent, readme=readme, out_dir=tmp_path)
+
+
+def test_threshold_chosen_on_validation(phantom_data, tiny_config, tmp_path):
+    """threshold='val': chosen by macro-F1 on the validation predictions, applied unchanged to test."""
+    import dataclasses
+
+    from covidct.evaluate.metrics import choose_threshold
+    from covidct.train import train
+
+    keep = (phantom_data.manifest["label"] != "OtherPneumonia").to_numpy()  # two classes: COV vs Normal
+    binary = data_from_arrays(phantom_data.images[keep], phantom_data.manifest[keep], source="phantom")
+    cfg = tiny_config(epochs=1, max_steps_per_epoch=2)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="small_cnn"))
+    run = train(cfg, run_dir=tmp_path / "binary", data=binary, progress=False)
+    evaluate_run(run, split="val", data=binary, n_bootstrap=0, figures=False)
+    val = pd.read_csv(run / "predictions_val.csv")
+    expected = choose_threshold(val["label"] == "COV", val["prob_COV"])
+
+    result = evaluate_run(run, split="test", data=binary, n_bootstrap=0, figures=False, threshold="val")
+    chosen = result["threshold"]
+    assert chosen["chosen_on"] == "val" and chosen["positive_class"] == "COV"
+    assert chosen["value"] == pytest.approx(expected["value"]) and chosen["val_macro_f1"] == pytest.approx(expected["score"])
+    test = pd.read_csv(run / "predictions_test.csv")
+    again = compute_metrics(test["label_index"].to_numpy(), test[["prob_COV", "prob_Normal"]].to_numpy(),
+                            ["COV", "Normal"], threshold=chosen["value"])
+    assert result["slice"]["macro_f1"] == pytest.approx(again["macro_f1"])
+    assert result["slice"]["threshold"] == pytest.approx(chosen["value"])
+    assert (test["predicted"] == np.where(test["prob_COV"] >= chosen["value"], "COV", "Normal")).all()
+
+
+def test_threshold_errors(tiny_run, phantom_data):
+    with pytest.raises(CovidctError, match="needs two classes"):
+        evaluate_run(tiny_run, split="test", data=phantom_data, n_bootstrap=0, figures=False, threshold="val")
+    with pytest.raises(CovidctError, match="number in \\(0, 1\\), 'val'"):
+        evaluate_run(tiny_run, split="test", data=phantom_data, n_bootstrap=0, figures=False, threshold=1.5)

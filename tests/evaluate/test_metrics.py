@@ -59,3 +59,22 @@ def test_single_logit_sigmoid_and_errors():
     assert np.isnan(macro_auc(np.array([1, 1]), probs))
     with pytest.raises(CovidctError, match="labels must lie"):
         compute_metrics([0, 5], probs)
+
+
+def test_choose_threshold_hand_computed():
+    from sklearn.metrics import f1_score
+
+    from covidct.evaluate.metrics import choose_threshold
+
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.6, 0.55, 0.7, 0.9])
+    chosen = choose_threshold(y, p)
+    # Candidates 0.325/0.5 (macro-F1 16/21), 0.575 (7/12), 0.65 (0.8), 0.8 (2/3): 0.65 wins.
+    assert chosen["value"] == pytest.approx(0.65)
+    assert chosen["score"] == pytest.approx(0.8)
+    assert chosen["score_at_0.5"] == pytest.approx(16 / 21)
+    assert chosen["score"] == pytest.approx(f1_score(y, p >= chosen["value"], average="macro"))
+    # Ties keep the threshold closest to 0.5 (a model whose argmax is best keeps it).
+    assert choose_threshold([0, 1], [0.2, 0.9])["value"] == 0.5
+    with pytest.raises(CovidctError, match="both classes"):
+        choose_threshold([1, 1, 1], [0.2, 0.5, 0.9])

@@ -26,6 +26,7 @@ from covidct.evaluate.aggregate import aggregate_groups
 from covidct.evaluate.bootstrap import bootstrap_ci
 from covidct.evaluate.calibration import expected_calibration_error, fit_temperature
 from covidct.evaluate.metrics import (
+    choose_threshold,
     compute_metrics,
     logits_to_probs,
     macro_auc,
@@ -219,7 +220,9 @@ def evaluate_run(
         mc_dropout: Monte-Carlo-dropout passes (0: off).
         temperature_scaling: fit a temperature on the run's validation split and report calibrated scores.
         n_bootstrap: bootstrap replicates for the CIs.
-        threshold: binary decision threshold on the positive-class probability.
+        threshold: binary decision threshold on the positive-class probability, or ``"val"``: the threshold
+            that maximises macro-F1 on the run's validation split, applied unchanged here (recorded under
+            ``threshold`` in the result, with its validation score).
         data: TrainingData to use instead of the run's cache (tests, notebooks); for an external
             evaluation it is the external data.
         figures: save the figures under ``figures/``.
@@ -228,6 +231,7 @@ def evaluate_run(
     Returns:
         The metrics dict also written to ``metrics_<tag>.json``.
     """
+    from covidct.config import check_threshold
     from covidct.train.data import parse_label_map, prepare_data
     from covidct.train.run import load_run
     from covidct.train.state import write_json_atomic, write_text_atomic
@@ -245,7 +249,7 @@ def evaluate_run(
     mc_dropout = e.mc_dropout if mc_dropout is None else int(mc_dropout)
     temperature_scaling = e.temperature_scaling if temperature_scaling is None else temperature_scaling
     n_bootstrap = e.n_bootstrap if n_bootstrap is None else int(n_bootstrap)
-    threshold = e.threshold if threshold is None else threshold
+    threshold = check_threshold(e.threshold if threshold is None else threshold, f"evaluate_run({run_dir}): threshold")
     class_names = loaded.class_names
     label_map = parse_label_map(label_map)
     own_data = None
@@ -269,6 +273,25 @@ def evaluate_run(
 
     batch_size = max(1, int(cfg.training.batch_size))
     probs, logits, std = _predict(loaded, eval_data.images, rows, batch_size, tta, mc_dropout)
+    validation_cache: dict = {}
+
+    def validation_predictions():
+        """(labels, logits) of the run's own validation split (predicted once, for threshold and temperature)."""
+        nonlocal own_data
+        if "logits" not in validation_cache:
+            if own_data is None:
+                own_data = prepare_data(cfg, progress=progress)
+            val_rows = own_data.indices("val")
+            if len(val_rows) == 0:
+                raise CovidctError(f"Run {run_dir}: its validation split is empty; nothing to fit on.")
+            _, validation_cache["logits"], _ = _predict(loaded, own_data.images, val_rows, batch_size, tta, 0)
+            validation_cache["labels"] = own_data.labels[val_rows]
+        return validation_cache["labels"], validation_cache["logits"]
+
+    threshold_info = None
+    if threshold == "val":
+        threshold_info = _threshold_from_validation(run_dir, class_names, e.positive_class, validation_predictions)
+        threshold = threshold_info["value"]
     y_true = eval_data.labels[rows]
     manifest = eval_data.manifest.iloc[rows].reset_index(drop=True)
     groups = manifest["group"].astype(str).to_numpy()
@@ -295,6 +318,8 @@ def evaluate_run(
         "class_names": class_names,
         "options": {"tta": bool(tta), "mc_dropout": int(mc_dropout), "n_bootstrap": n_bootstrap, "threshold": threshold},
     }
+    if threshold_info is not None:
+        result["threshold"] = threshold_info
     if section == "internal" and split == "val":
         result["warning"] = "These numbers come from the validation split that selected the checkpoint: they are optimistic and are not test scores."
     elif section == "internal" and split == "train":
@@ -309,15 +334,12 @@ def evaluate_run(
     result["calibration"] = {"ece": expected_calibration_error(y_true, probs), "n_bins": 15}
 
     if temperature_scaling:
-        if own_data is None:
-            try:
-                own_data = prepare_data(cfg, progress=progress)
-            except Exception as error:  # External evaluation without the run's own data: say so.
-                result["temperature_scaling"] = {"status": f"skipped (validation data unavailable: {error})"}
-        if own_data is not None:
-            val_rows = own_data.indices("val")
-            _, val_logits, _ = _predict(loaded, own_data.images, val_rows, batch_size, tta, 0)
-            temperature = fit_temperature(own_data.labels[val_rows], val_logits)
+        try:
+            val_labels, val_logits = validation_predictions()
+        except Exception as error:  # External evaluation without the run's own data: say so.
+            result["temperature_scaling"] = {"status": f"skipped (validation data unavailable: {error})"}
+        else:
+            temperature = fit_temperature(val_labels, val_logits)
             calibrated = logits_to_probs(logits, temperature)
             result["temperature_scaling"] = {
                 "fitted_on": "val",
@@ -343,7 +365,8 @@ def evaluate_run(
 
     predictions = manifest[[c for c in ("path", "group", "label", "source", "slice_index") if c in manifest]].copy()
     predictions["label_index"] = y_true
-    predictions["predicted"] = [class_names[i] for i in probs.argmax(axis=1)]
+    positive_index = resolve_positive_index(class_names, positive_class) if len(class_names) == 2 else 1
+    predictions["predicted"] = [class_names[i] for i in predict_labels(probs, threshold, positive_index)]
     for c, name in enumerate(class_names):
         predictions[f"prob_{name}"] = probs[:, c]
         if std is not None:
@@ -353,6 +376,27 @@ def evaluate_run(
         result["figures"] = save_figures(run_dir, tag, y_true, probs, class_names, result["slice"]["confusion_matrix"])
     write_json_atomic(run_dir / f"metrics_{tag}.json", result)
     return result
+
+
+def _threshold_from_validation(run_dir, class_names, positive_class, validation_predictions) -> dict:
+    """``choose_threshold`` on the run's validation split (two classes only), as recorded in the result."""
+    if len(class_names) != 2:
+        raise CovidctError(
+            f"Run {run_dir}: threshold 'val' needs two classes (a threshold on one class's probability); "
+            f"this run has {len(class_names)}: {class_names}. Use the argmax (no threshold)."
+        )
+    positive = resolve_positive_index(class_names, positive_class)
+    labels, logits = validation_predictions()
+    chosen = choose_threshold(np.asarray(labels) == positive, logits_to_probs(logits)[:, positive])
+    return {
+        "value": chosen["value"],
+        "chosen_on": "val",
+        "criterion": "macro-F1 on the validation split",
+        "positive_class": class_names[positive],
+        "val_macro_f1": chosen["score"],
+        "val_macro_f1_at_0.5": chosen["score_at_0.5"],
+        "n_val": int(len(labels)),
+    }
 
 
 def save_figures(run_dir: Path, tag: str, y_true, probs, class_names, confusion) -> list[str]:

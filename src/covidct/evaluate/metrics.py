@@ -43,6 +43,52 @@ def predict_labels(probs: np.ndarray, threshold: float | None = None, positive_i
     return probs.argmax(axis=1)
 
 
+def choose_threshold(y_true, positive_probs) -> dict:
+    """The decision threshold on the positive-class probability that maximises macro-F1 on these labels.
+
+    Meant for the **validation** split: the threshold is then applied unchanged to test or external data
+    (validation selects, test reports). Candidates are 0.5 and the midpoints between consecutive distinct
+    probabilities; among equally good thresholds the one closest to 0.5 wins, so a model whose argmax is
+    already best keeps 0.5.
+
+    Args:
+        y_true: (N,) 1 for the positive class, 0 otherwise.
+        positive_probs: (N,) probability of the positive class.
+
+    Returns:
+        ``{"value": threshold, "criterion": "macro_f1", "score": macro-F1 at it, "score_at_0.5": ...}``.
+
+    Raises:
+        CovidctError: fewer than one sample of each class, or mismatched lengths.
+    """
+    y = np.asarray(y_true).astype(int).ravel()
+    p = np.asarray(positive_probs, dtype=np.float64).ravel()
+    if len(y) != len(p):
+        raise CovidctError(f"choose_threshold: {len(y)} labels but {len(p)} probabilities.")
+    if y.min(initial=1) == y.max(initial=0) or not set(np.unique(y)) <= {0, 1}:
+        raise CovidctError(
+            "choose_threshold: the labels must hold both classes (0 and 1) to choose a threshold; "
+            f"got classes {sorted(set(y.tolist()))}."
+        )
+    levels = np.unique(p)
+    candidates = np.unique(np.concatenate([[0.5], (levels[:-1] + levels[1:]) / 2]))
+    predicted = p[None, :] >= candidates[:, None]  # (T, N)
+    positive = y[None, :] == 1
+    tp = (predicted & positive).sum(axis=1)
+    fp = (predicted & ~positive).sum(axis=1)
+    fn = (~predicted & positive).sum(axis=1)
+    tn = (~predicted & ~positive).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1_pos = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        f1_neg = np.where(2 * tn + fn + fp > 0, 2 * tn / np.maximum(2 * tn + fn + fp, 1), 0.0)
+    macro = (f1_pos + f1_neg) / 2
+    best = np.flatnonzero(np.isclose(macro, macro.max(), rtol=0, atol=1e-12))
+    pick = best[np.argmin(np.abs(candidates[best] - 0.5))]
+    at_half = int(np.flatnonzero(candidates == 0.5)[0])
+    return {"value": float(candidates[pick]), "criterion": "macro_f1", "score": float(macro[pick]),
+            "score_at_0.5": float(macro[at_half])}
+
+
 def _check(y_true: np.ndarray, probs: np.ndarray, class_names) -> tuple[np.ndarray, np.ndarray, list[str]]:
     y_true = np.asarray(y_true).astype(int).ravel()
     probs = np.asarray(probs, dtype=np.float64)
