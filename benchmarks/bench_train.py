@@ -7,7 +7,9 @@
     KERAS_BACKEND=jax python benchmarks/bench_train.py --dataset sars-cov-2-ct --root ... \
         --model efficientnet_b0 --size 224 --batch 128 --mixed-precision   # GPU throughput (no TensorFlow)
 
-Epoch times exclude the first epoch (compilation). Results print as a markdown table and go to --out (JSON).
+Each arm is timed in two blocks in mirrored order (A B C, then C B A: a slow phase of a shared machine hits
+every arm alike); the first epoch of each block (compilation, set-up) is not timed; medians of the timed
+epochs are compared. Results print as a markdown table and go to --out (JSON).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="small_cnn")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
+    parser.add_argument("--epochs", type=int, default=4, help="timed epochs per arm (two blocks, each after a warm-up epoch)")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many training images")
     parser.add_argument("--augment", action="store_true", help="also time the pipeline with the stage's augmentation")
     parser.add_argument("--mixed-precision", action="store_true")
@@ -65,6 +67,21 @@ def timed_fit(model, epochs, **fit_kwargs) -> list[float]:
 
     model.fit(epochs=epochs + 1, callbacks=[Timer()], verbose=0, **fit_kwargs)
     return times[1:]
+
+
+def interleaved_epochs(arms: dict, epochs: int) -> dict[str, list[float]]:
+    """Per-epoch wall times of every arm, measured in two blocks per arm in mirrored order (A B C, C B A),
+    so that a slow phase of a shared machine hits every arm alike. Each block is one ``model.fit`` call
+    whose first epoch (compilation, adapter set-up: paid once in a real run) is not timed; ``epochs`` timed
+    epochs per arm in all (rounded up to even). ``arms``: ``{key: (compiled model, fit kwargs)}``."""
+    times: dict[str, list[float]] = {key: [] for key in arms}
+    per_block = max(1, int(np.ceil(epochs / 2)))
+    keys = list(arms)
+    for order in (keys, keys[::-1]):
+        for key in order:
+            model, kwargs = arms[key]
+            times[key] += timed_fit(model, per_block, **kwargs)
+    return times
 
 
 def record(results: dict, key: str, epoch_seconds: list[float]) -> None:
@@ -163,28 +180,23 @@ def main(argv=None) -> dict:
     results = {"backend": keras.backend.backend(), "model": args.model, "size": args.size, "batch": args.batch,
                "images": int(len(rows)), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)", "epochs_timed": args.epochs}
 
+    # The arms train in turn, one epoch each per round (after one untimed warm-up epoch each), so that a
+    # slow phase of a shared machine hits every arm alike; ratios are medians of per-round ratios.
+    arms = {}
     # (b) in-memory float32 arrays: the floor every pipeline is compared with.
     x = np.asarray(data.images[rows], dtype="float32")
-    y = data.labels[rows]
-    record(results, "in_memory_s", timed_fit(fresh_model(args, shape, n_classes), args.epochs, x=x, y=y, batch_size=args.batch, shuffle=True))
-    # (a) covidct's PyDataset over the cache memmap (shuffled per epoch, optionally augmented).
-    sequence = SliceSequence(data.images, rows, data.labels, batch_size=args.batch, shuffle=True)
+    arms["in_memory_s"] = (fresh_model(args, shape, n_classes), {"x": x, "y": data.labels[rows], "batch_size": args.batch, "shuffle": True})
+    # (a) covidct's PyDataset over the cache memmap (shuffled, optionally augmented).
     if not args.skip_pipeline:
-        record(results, "covidct_pipeline_s", timed_fit(fresh_model(args, shape, n_classes), args.epochs, x=sequence, shuffle=False))
+        sequence = SliceSequence(data.images, rows, data.labels, batch_size=args.batch, shuffle=True)
+        arms["covidct_pipeline_s"] = (fresh_model(args, shape, n_classes), {"x": sequence, "shuffle": False})
     if args.augment:
         from covidct.config import STAGE_AUGMENTATION
 
         r, z, t = STAGE_AUGMENTATION["original"]
         augmented = SliceSequence(data.images, rows, data.labels, batch_size=args.batch, shuffle=True,
                                   augmentation={"rotation": r, "zoom": z, "translation": t, "flip": True})
-        record(results, "covidct_pipeline_augmented_s", timed_fit(fresh_model(args, shape, n_classes), args.epochs, x=augmented, shuffle=False))
-    if args.train_path:
-        results.update(time_train_path(args, data, rows))
-        results["train_path_ratio"] = results["in_memory_s"] / results["covidct_train_s"]
-    timed = [k for k in ("in_memory_s", "covidct_pipeline_s", "covidct_train_s") if k in results]
-    results["throughput_img_s"] = {k.removesuffix("_s"): len(rows) / results[k] for k in timed}
-    if "covidct_pipeline_s" in results:
-        results["pipeline_overhead_pct"] = 100.0 * (results["covidct_pipeline_s"] / results["in_memory_s"] - 1.0)
+        arms["covidct_pipeline_augmented_s"] = (fresh_model(args, shape, n_classes), {"x": augmented, "shuffle": False})
     # (c) the seed's loop: image_dataset_from_directory over the PNG class folders (TensorFlow only).
     if keras.backend.backend() == "tensorflow" and args.root and args.dataset != "phantom" and not args.skip_pipeline:
         dataset = keras.utils.image_dataset_from_directory(
@@ -192,8 +204,19 @@ def main(argv=None) -> dict:
             batch_size=args.batch, shuffle=True, seed=0)
         if args.limit:
             dataset = dataset.take(int(np.ceil(args.limit / args.batch)))
-        record(results, "image_dataset_from_directory_s", timed_fit(fresh_model(args, shape, len(dataset.class_names)), args.epochs, x=dataset))
+        arms["image_dataset_from_directory_s"] = (fresh_model(args, shape, len(dataset.class_names)), {"x": dataset})
+    for key, seconds in interleaved_epochs(arms, args.epochs).items():
+        record(results, key, seconds)
+    for key, name in (("covidct_pipeline_s", "pipeline_overhead_pct"), ("covidct_pipeline_augmented_s", "augmented_pipeline_overhead_pct")):
+        if key in results:
+            results[name] = 100.0 * (results[key] / results["in_memory_s"] - 1.0)
+    if "image_dataset_from_directory_s" in results and "covidct_pipeline_s" in results:
         results["covidct_vs_directory_ratio"] = results["covidct_pipeline_s"] / results["image_dataset_from_directory_s"]
+    if args.train_path:
+        results.update(time_train_path(args, data, rows))
+        results["train_path_ratio"] = results["in_memory_s"] / results["covidct_train_s"]
+    timed = [k for k in ("in_memory_s", "covidct_pipeline_s", "covidct_train_s") if k in results]
+    results["throughput_img_s"] = {k.removesuffix("_s"): len(rows) / results[k] for k in timed}
 
     print("| pipeline | epoch s (median) | img/s |\n|---|---|---|")
     for key, label in (("in_memory_s", "in-memory arrays"), ("covidct_pipeline_s", "covidct PyDataset (cache)"),

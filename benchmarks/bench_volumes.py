@@ -140,6 +140,8 @@ def main(argv=None) -> dict:
 
     predictions = pd.read_csv(run_dir / "predictions_test.csv")
     pred_3d = (predictions["prob_COV"].to_numpy() >= 0.5).astype(int)
+    # The same model with the decision threshold chosen on the validation volumes (macro-F1), applied to test.
+    at_val = evaluate_run(run_dir, split="test", data=data, figures=False, threshold="val")
     slice_scores = {}
     for method, scores in aggregates.items():
         scores = np.asarray(scores)
@@ -155,12 +157,16 @@ def main(argv=None) -> dict:
                    "bn_momentum": args.bn_momentum, "schedule": args.schedule, "patience": args.patience},
         "test_volumes": int(len(rows)),
         "cnn3d": {"macro_f1": volume["macro_f1"], "auc": volume["auc_macro_ovr"], "ci": volume["ci"],
-                  "train_seconds_wall": round(train_s, 1)},
+                  "train_seconds_wall": round(train_s, 1),
+                  "val_threshold": {"threshold": at_val["threshold"], "macro_f1": at_val["volume"]["macro_f1"],
+                                    "macro_f1_ci": at_val["volume"]["ci"]["macro_f1"]}},
         "slice_aggregation": slice_scores,
         "agreement_3d_vs_slice_mean": agreement,
     }
     print(f"3D {args.model} on {len(rows)} test volumes (COV vs Normal): macro-F1 {volume['macro_f1']:.3f} "
           f"[{volume['ci']['macro_f1']['low']:.3f}, {volume['ci']['macro_f1']['high']:.3f}], AUC {volume['auc_macro_ovr']:.3f}")
+    print(f"   at the validation-chosen threshold {at_val['threshold']['value']:.3f}: macro-F1 {at_val['volume']['macro_f1']:.3f} "
+          f"[{at_val['volume']['ci']['macro_f1']['low']:.3f}, {at_val['volume']['ci']['macro_f1']['high']:.3f}]")
     for method, block in slice_scores.items():
         print(f"2D small_cnn, slice {method}: macro-F1 {block['macro_f1']:.3f}, AUC {block['auc']:.3f}")
     print(f"agreement 3D vs slice mean: {agreement:.2f}")
