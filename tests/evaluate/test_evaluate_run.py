@@ -141,6 +141,10 @@ def test_threshold_chosen_on_validation(phantom_data, tiny_config, tmp_path):
     assert result["slice"]["macro_f1"] == pytest.approx(again["macro_f1"])
     assert result["slice"]["threshold"] == pytest.approx(chosen["value"])
     assert (test["predicted"] == np.where(test["prob_COV"] >= chosen["value"], "COV", "Normal")).all()
+    # The results table says at which threshold the F1 was taken, and how to reproduce it.
+    row = collect_results(tmp_path).set_index("evaluated on").loc["test"]
+    assert f"at threshold {chosen['value']:.3f} (chosen on val)" in row["macro-F1 [95% CI]"]
+    assert row["command"].rstrip("`").endswith("--split test --threshold val")
 
 
 def test_threshold_errors(tiny_run, phantom_data):

@@ -165,6 +165,15 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
             command += f" --split {evaluated.get('split', 'test')}"
             if focus:
                 command += f" --lung-focus {json.loads((run_dir / 'lung_focus.json').read_text()).get('n_images')}"
+        f1_cell = _with_ci(slice_block, "macro_f1")
+        chosen = metrics.get("threshold")
+        fixed = (metrics.get("options") or {}).get("threshold")
+        if chosen and not metrics.get("command"):
+            f1_cell += f" at threshold {chosen['value']:.3f} (chosen on {chosen.get('chosen_on', 'val')})"
+            command += " --threshold val"
+        elif fixed is not None and not chosen and not metrics.get("command"):
+            f1_cell += f" at threshold {float(fixed):.3f}"
+            command += f" --threshold {fixed}"
         rows.append(
             {
                 "run": run_dir.name,
@@ -176,7 +185,7 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
                 ),
                 "selected on": f"{selection.get('split', 'val')} ({selection.get('monitor', '')})",
                 "images / groups": f"{evaluated.get('n_images', '')} / {evaluated.get('n_groups', '')}",
-                "macro-F1 [95% CI]": _with_ci(slice_block, "macro_f1"),
+                "macro-F1 [95% CI]": f1_cell,
                 "AUC [95% CI]": _with_ci(slice_block, "auc_macro_ovr"),
                 "patient AUC (mean)": _with_ci(patient, "auc_macro_ovr") if patient else "n/a",
                 "Dice [95% CI]": "",
