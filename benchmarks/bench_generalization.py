@@ -255,6 +255,8 @@ def evaluate_arm(run_dir: Path, ext, args) -> dict:
     if args.data_dir:
         info = json.loads((run_dir / "run.json").read_text())
         own = bundle_data(args.data_dir, "internal", info["stage"], int(info["size"]), info["class_names"])
+    # Macro-F1 at a threshold chosen on validation first (recorded), then the argmax evaluation the files keep.
+    at_val = evaluate_run(run_dir, split="test", n_bootstrap=0, figures=False, data=own, threshold="val")
     internal = evaluate_run(run_dir, split="test", n_bootstrap=args.n_bootstrap, figures=False, data=own)
     ci = internal["slice"].get("ci", {}).get("auc_macro_ovr", {})
     tag = "external-" + ("phantom-shifted" if args.smoke else EXTERNAL)
@@ -269,6 +271,9 @@ def evaluate_arm(run_dir: Path, ext, args) -> dict:
         "shortcut_probe_auc": (info.get("shortcut_probe") or {}).get("auc"),
         "internal_test_auc": internal["slice"]["auc_macro_ovr"],
         "internal_test_auc_ci": [ci.get("low"), ci.get("high")] if ci else None,
+        "internal_test_macro_f1": internal["slice"]["macro_f1"],
+        "internal_test_macro_f1_at_val_threshold": at_val["slice"]["macro_f1"],
+        "val_threshold": at_val["threshold"]["value"],
         "external": external_summary(predictions, args.n_bootstrap, list(internal["class_names"])),
     }
 
@@ -413,8 +418,10 @@ def run_ablation(args) -> dict:
             block["seeds"].append(scores)
             block["train_seconds"].append(seconds)
             block["run_dirs"].append(str(run_dir))
-            log.info("%s seed %d: val %.3f, test %.3f, external %.3f (%.0f s)", arm, seed, scores["val_auc"],
-                     scores["internal_test_auc"], scores["external"]["slice_auc"], seconds)
+            log.info("%s seed %d: val AUC %.3f, test AUC %.3f, test macro-F1 %.3f (%.3f at the val threshold %.3f), "
+                     "external AUC %.3f (%.0f s)", arm, seed, scores["val_auc"], scores["internal_test_auc"],
+                     scores["internal_test_macro_f1"], scores["internal_test_macro_f1_at_val_threshold"],
+                     scores["val_threshold"], scores["external"]["slice_auc"], seconds)
         if len(args.seeds) > 1:
             dirs = [Path(d) for d in block["run_dirs"]]
             tag = "external-" + ("phantom-shifted" if args.smoke else EXTERNAL)
