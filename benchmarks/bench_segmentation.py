@@ -30,25 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def accelerator() -> str:
-    """The device Keras trains on, in words (``CPU`` when no GPU is visible)."""
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-
-        gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
-    elif keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    else:
-        import torch
-
-        gpus = [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else []
-    return ", ".join(gpus) if gpus else "CPU"
-
-
 def result_path(explicit: str | None, command: str, stems: list[str]) -> Path:
     """Where to write a result: ``explicit`` if given (refused when it holds another command's result),
     else the first of ``stems`` (then ``<last stem>_2``, ``_3``...) that is free or holds this same command."""
@@ -101,6 +82,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from covidct.segment.train import train_segmenter
+    from covidct.train.trainer import gpu_names
 
     model = args.model or ("bcd_unet" if args.task == "lungs" else "unet")
     size = args.size or (64 if args.task == "lungs" else 128)
@@ -147,7 +129,7 @@ def main(argv=None) -> int:
         "folds": folds,
         "run_dir": str(run),
         "wall_s": round(wall_s, 1),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {accelerator()}",
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {', '.join(gpu_names()) or 'CPU'}",
         "keras_backend": keras.backend.backend(),
         "command": "python benchmarks/bench_segmentation.py " + " ".join(argv or __import__("sys").argv[1:]),
         "metrics": summary,

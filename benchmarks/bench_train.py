@@ -164,6 +164,7 @@ def main(argv=None) -> dict:
 
     from covidct.config import config_from_dict
     from covidct.train.data import SliceSequence, prepare_data
+    from covidct.train.trainer import gpu_names
 
     if args.mixed_precision:
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if keras.backend.backend() == "jax" else "mixed_float16")
@@ -178,7 +179,7 @@ def main(argv=None) -> dict:
     shape = tuple(data.images.shape[1:])
     n_classes = len(data.class_names)
     results = {"backend": keras.backend.backend(), "model": args.model, "size": args.size, "batch": args.batch,
-               "images": int(len(rows)), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)", "epochs_timed": args.epochs}
+               "images": int(len(rows)), "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {', '.join(gpu_names()) or 'no GPU'})", "epochs_timed": args.epochs}
 
     # The arms train in turn, one epoch each per round (after one untimed warm-up epoch each), so that a
     # slow phase of a shared machine hits every arm alike; ratios are medians of per-round ratios.

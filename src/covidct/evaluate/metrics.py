@@ -65,7 +65,7 @@ def choose_threshold(y_true, positive_probs) -> dict:
     p = np.asarray(positive_probs, dtype=np.float64).ravel()
     if len(y) != len(p):
         raise CovidctError(f"choose_threshold: {len(y)} labels but {len(p)} probabilities.")
-    if y.min(initial=1) == y.max(initial=0) or not set(np.unique(y)) <= {0, 1}:
+    if set(np.unique(y).tolist()) != {0, 1}:
         raise CovidctError(
             "choose_threshold: the labels must hold both classes (0 and 1) to choose a threshold; "
             f"got classes {sorted(set(y.tolist()))}."

@@ -171,7 +171,7 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
         if chosen and not metrics.get("command"):
             f1_cell += f" at threshold {chosen['value']:.3f} (chosen on {chosen.get('chosen_on', 'val')})"
             command += " --threshold val"
-        elif fixed is not None and not chosen and not metrics.get("command"):
+        elif fixed is not None and not metrics.get("command"):
             f1_cell += f" at threshold {float(fixed):.3f}"
             command += f" --threshold {fixed}"
         rows.append(

@@ -72,25 +72,30 @@ FIT_FILE = "fit.json"  # a finished unit of a segmentation run (one fold / lung-
 # ------------------------------------------------------------------------------------------------------
 
 
-def gpu_available() -> bool:
-    """Whether the active Keras backend sees a GPU."""
+def gpu_names() -> list[str]:
+    """The GPUs the active Keras backend sees, by name (empty: none, or a broken accelerator stack)."""
     backend = keras.backend.backend()
     try:
         if backend == "tensorflow":
             import tensorflow as tf
 
-            return bool(tf.config.list_physical_devices("GPU"))
+            return [d.name for d in tf.config.list_physical_devices("GPU")]
         if backend == "jax":
             import jax
 
-            return any(d.platform == "gpu" for d in jax.devices())
+            return [d.device_kind for d in jax.devices() if d.platform == "gpu"]
         if backend == "torch":
             import torch
 
-            return bool(torch.cuda.is_available())
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except Exception:  # A broken accelerator stack means "no GPU", not a crash.
-        return False
-    return False
+        return []
+    return []
+
+
+def gpu_available() -> bool:
+    """Whether the active Keras backend sees a GPU."""
+    return bool(gpu_names())
 
 
 def seed_everything(seed: int) -> None:
