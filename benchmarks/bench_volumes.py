@@ -33,6 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--monitor", default="val_loss", help="checkpoint selection on validation (val_loss, val_auc, ...)")
     parser.add_argument("--bn-momentum", type=float, default=0.9)
+    parser.add_argument("--bn-recalibration", type=int, default=1024,
+                        help="training.bn_recalibration: clean training samples that reset BatchNorm statistics before each validation (0: off)")
     parser.add_argument("--schedule", default="cosine", help="learning-rate schedule (none, cosine)")
     parser.add_argument("--patience", type=int, default=0, help="early stopping patience (0: off)")
     parser.add_argument("--slice-epochs", type=int, default=8)
@@ -49,7 +51,7 @@ def volume_config(args, runs: Path):
     tag = f"n{args.n}-{'x'.join(map(str, args.shape))}-seed{args.seed}"
     return config_from_dict(
         {
-            "name": f"{args.model}-{tag}-{'x'.join(map(str, args.volume_shape))}-{args.monitor}-bn{args.bn_momentum}-{args.schedule}-p{args.patience}",
+            "name": f"{args.model}-{tag}-{'x'.join(map(str, args.volume_shape))}-{args.monitor}-bn{args.bn_momentum}-{args.schedule}-p{args.patience}-rc{args.bn_recalibration}",
             "output_root": str(runs),
             "data": {
                 "dataset": "phantom-volumes",
@@ -70,6 +72,7 @@ def volume_config(args, runs: Path):
                 "early_stopping_patience": args.patience,
                 "schedule": args.schedule,
                 "bn_momentum": args.bn_momentum,
+                "bn_recalibration": args.bn_recalibration,
                 "monitor": args.monitor,
                 "augmentation": "stage",
                 "seed": args.seed,
@@ -154,7 +157,8 @@ def main(argv=None) -> dict:
         "command": "python benchmarks/bench_volumes.py " + " ".join(sys.argv[1:]),
         "config": {"n": args.n, "shape": args.shape, "volume_shape": args.volume_shape, "model": args.model,
                    "epochs": args.epochs, "seed": args.seed, "monitor": args.monitor,
-                   "bn_momentum": args.bn_momentum, "schedule": args.schedule, "patience": args.patience},
+                   "bn_momentum": args.bn_momentum, "bn_recalibration": args.bn_recalibration,
+                   "schedule": args.schedule, "patience": args.patience},
         "test_volumes": int(len(rows)),
         "cnn3d": {"macro_f1": volume["macro_f1"], "auc": volume["auc_macro_ovr"], "ci": volume["ci"],
                   "train_seconds_wall": round(train_s, 1),

@@ -75,6 +75,7 @@ def test_settings_and_stage_augmentation(config_file):
         ("data.dataset=phantoms", "Did you mean: phantom"),
         ("training.optimizer=adamm", "Did you mean: adam"),
         ("training.epochs=0", "integer >= 1"),
+        ("training.bn_recalibration=-1", "bn_recalibration must be an integer >= 0"),
         ("data.split_fractions=[0.5,0.2,0.2]", "summing to 1"),
         ("training.augmentation={rotate: 0.1}", "Did you mean: rotation"),
     ],

@@ -150,6 +150,12 @@ class TrainingConfig:
         bn_momentum: override the momentum of every BatchNormalization layer (None: the model's own,
             0.99 in Keras). On small datasets 0.9 lets the running statistics catch up within a few
             epochs; with 0.99 validation scores can sit at chance while training loss is near zero.
+        bn_recalibration: before every validation pass, replace each trainable BatchNormalization
+            layer's running mean and variance by the average of its batch statistics over this many
+            training samples, read without augmentation and with dropout off ("precise BN", Wu &
+            Johnson 2021, arXiv:2105.07576); 0 turns it off. The running averages otherwise mix
+            statistics of older weights and of augmented, dropout-perturbed activations, and the model
+            ranks well (high AUC) while its probabilities pile up on one class (argmax F1 at chance).
     """
 
     epochs: int = 30
@@ -171,6 +177,7 @@ class TrainingConfig:
     shortcut_probe: bool = True
     max_steps_per_epoch: int | None = None
     bn_momentum: float | None = None
+    bn_recalibration: int = 1024
 
 
 @dataclass(frozen=True)
@@ -586,6 +593,7 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
         ("data.size", d.size, 8),
         ("training.early_stopping_patience", t.early_stopping_patience, 0),
         ("training.min_epochs", t.min_epochs, 0),
+        ("training.bn_recalibration", t.bn_recalibration, 0),
         ("evaluation.n_bootstrap", e.n_bootstrap, 0),
         ("evaluation.mc_dropout", e.mc_dropout, 0),
     ):

@@ -147,3 +147,30 @@ def test_frozen_backbone_trains_only_the_head(phantom_data, tmp_path, tiny_confi
     trained = keras.saving.load_model(run / "model.keras", compile=False)
     np.testing.assert_array_equal(initial.get_layer("conv1").get_weights()[0], trained.get_layer("conv1").get_weights()[0])
     assert not np.allclose(initial.get_layer("logits").get_weights()[0], trained.get_layer("logits").get_weights()[0])
+
+
+def test_checkpoint_holds_batch_norm_statistics_of_clean_training_rows(phantom_data, tmp_path, tiny_config):
+    import keras
+
+    from covidct.train.batchnorm import recalibration_rows
+
+    cfg = tiny_config(epochs=1, max_steps_per_epoch=2, bn_recalibration=40, augmentation={"flip": True})
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="small_cnn"))  # BN and dropout
+    run = train(cfg, run_dir=tmp_path / "r", data=phantom_data, progress=False)
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    bn = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    rows = recalibration_rows(phantom_data.indices("train"), 40, seed=cfg.training.seed)
+    assert len(rows) == 40
+    # Independent computation: the layer's inputs in inference mode (no dropout before it), per batch of
+    # batch_size rows, biased mean/variance per channel, averaged with the batch sizes as weights.
+    features = keras.Model(model.inputs, bn.input)
+    means, variances, sizes = [], [], []
+    for start in range(0, len(rows), cfg.training.batch_size):
+        batch = phantom_data.images[rows[start : start + cfg.training.batch_size]].astype("float32")
+        out = keras.ops.convert_to_numpy(features(batch, training=False)).astype("float64")
+        axes = tuple(range(out.ndim - 1))
+        means.append(out.mean(axis=axes))
+        variances.append(out.var(axis=axes))
+        sizes.append(len(batch))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), np.average(means, axis=0, weights=sizes), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), np.average(variances, axis=0, weights=sizes), rtol=1e-4, atol=1e-6)
