@@ -291,15 +291,20 @@ def ensemble(run_dirs: list[Path], tag: str) -> pd.DataFrame:
     return merged.drop(columns=columns[1:])
 
 
-def internal_auc(predictions: pd.DataFrame, n_bootstrap: int) -> tuple[float, list | None]:
-    """Slice AUC of the internal test predictions with a CI over groups."""
+def internal_scores(predictions: pd.DataFrame, n_bootstrap: int) -> dict:
+    """Slice AUC and macro-F1 (argmax of the averaged probabilities) of internal test predictions, CIs over groups."""
     from covidct.evaluate.evaluator import metrics_with_ci
 
     y = (predictions["label"].astype(str) == POSITIVE).to_numpy().astype(int)
     p = predictions[f"prob_{POSITIVE}"].to_numpy()
     result = metrics_with_ci(y, np.stack([1 - p, p], 1), predictions["group"].astype(str).to_numpy(), ["other", POSITIVE], n_bootstrap)
-    ci = result.get("ci", {}).get("auc_macro_ovr")
-    return result["auc_macro_ovr"], ([ci["low"], ci["high"]] if ci else None)
+    ci = result.get("ci", {})
+    return {
+        "internal_test_auc": result["auc_macro_ovr"],
+        "internal_test_auc_ci": [ci["auc_macro_ovr"]["low"], ci["auc_macro_ovr"]["high"]] if ci else None,
+        "internal_test_macro_f1": result["macro_f1"],
+        "internal_test_macro_f1_ci": [ci["macro_f1"]["low"], ci["macro_f1"]["high"]] if ci else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -311,6 +316,7 @@ def summarise(results: dict) -> pd.DataFrame:
         values = {
             "val_auc": [s["val_auc"] for s in seeds],
             "internal_test_auc": [s["internal_test_auc"] for s in seeds],
+            "internal_test_macro_f1": [s["internal_test_macro_f1"] for s in seeds],
             "external_slice_auc": [s["external"]["slice_auc"] for s in seeds],
             "external_patient_auc": [s["external"]["patient_mean_auc"] for s in seeds],
         }
@@ -333,10 +339,10 @@ def summarise(results: dict) -> pd.DataFrame:
 def markdown_table(results: dict) -> str:
     """The results as a markdown table (mean ± SD over seeds; ensemble with 95% CI over groups)."""
     lines = [
-        "| arm | val AUC (selects) | internal test AUC | external slice AUC | external patient AUC | COVID ranked first "
-        "| ensemble: internal AUC [95% CI] | ensemble: external slice AUC [95% CI] | ensemble: patient AUC, ranked first "
+        "| arm | val AUC (selects) | internal test AUC | internal test macro-F1 | external slice AUC | external patient AUC | COVID ranked first "
+        "| ensemble: internal AUC [95% CI] | ensemble: internal macro-F1 [95% CI] | ensemble: external slice AUC [95% CI] | ensemble: patient AUC, ranked first "
         "| train s/run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(mean, sd):
@@ -355,10 +361,12 @@ def markdown_table(results: dict) -> str:
         lines.append(
             f"| {row['arm']} | {fmt(row['val_auc_mean'], row['val_auc_sd'])} "
             f"| {fmt(row['internal_test_auc_mean'], row['internal_test_auc_sd'])} "
+            f"| {fmt(row['internal_test_macro_f1_mean'], row['internal_test_macro_f1_sd'])} "
             f"| {fmt(row['external_slice_auc_mean'], row['external_slice_auc_sd'])} "
             f"| {fmt(row['external_patient_auc_mean'], row['external_patient_auc_sd'])} "
             f"| {row['covid_ranked_first_seeds']}/{row['seeds']} seeds "
             f"| {ci(ens['internal_test_auc'], ens.get('internal_test_auc_ci')) if ens else '-'} "
+            f"| {ci(ens['internal_test_macro_f1'], ens.get('internal_test_macro_f1_ci')) if ens else '-'} "
             f"| {ci(ens_ext['slice_auc'], ens_ext.get('slice_auc_ci')) if ens else '-'} "
             f"| {patient_cell} "
             f"| {row['train_seconds_mean']:.0f} |"
@@ -425,8 +433,7 @@ def run_ablation(args) -> dict:
         if len(args.seeds) > 1:
             dirs = [Path(d) for d in block["run_dirs"]]
             tag = "external-" + ("phantom-shifted" if args.smoke else EXTERNAL)
-            auc, ci = internal_auc(ensemble(dirs, "test"), args.n_bootstrap)
-            block["ensemble"] = {"internal_test_auc": auc, "internal_test_auc_ci": ci,
+            block["ensemble"] = {**internal_scores(ensemble(dirs, "test"), args.n_bootstrap),
                                  "external": external_summary(ensemble(dirs, tag), args.n_bootstrap, ["NonCOV", POSITIVE])}
         results["arms"][arm] = block
         if args.out:
