@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--bn-momentum", type=float, default=None, help="BatchNorm momentum (default Keras 0.99)"
     )
+    parser.add_argument("--bn-recalibration", type=int, default=1024,
+                        help="clean training images that reset BatchNorm statistics before each validation (0: off)")
     parser.add_argument(
         "--rotation", type=float, default=0.0, help="random rotation (degrees) when augmenting"
     )
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
         patience=args.patience,
         lung_input=args.lung_input,
         bn_momentum=args.bn_momentum,
+        bn_recalibration=args.bn_recalibration,
     )
     wall_s = time.perf_counter() - start
     summary = json.loads((run / ("metrics_cv.json" if folds else "metrics_test.json")).read_text())
@@ -119,6 +122,7 @@ def main(argv=None) -> int:
         "base_filters": args.base_filters,
         "batch_norm": args.batch_norm,
         "bn_momentum": args.bn_momentum,
+        "bn_recalibration": args.bn_recalibration,
         "augmentation": f"random left-right flip, rotation +-{args.rotation:g} deg (per batch, per epoch)",
         "patience": args.patience,
         "lung_input": args.lung_input,

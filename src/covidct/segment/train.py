@@ -38,6 +38,7 @@ def segmentation_config(
     patience: int = 0,
     lung_input: str = "none",
     bn_momentum: float | None = None,
+    bn_recalibration: int = 1024,
     val_fraction: float = 0.15,
     name: str = "",
     output_root: str = "runs",
@@ -61,6 +62,8 @@ def segmentation_config(
             ``min(patience, epochs // 2)`` on (0: run all epochs); the best validation epoch is kept either way.
         lung_input: ``"none"``, ``"masked"`` or ``"auto"`` (see ``covidct.config.SegmentationConfig``).
         bn_momentum: momentum of every BatchNormalization layer (default: the builder's).
+        bn_recalibration: clean training images that reset BatchNorm statistics before each validation
+            (``training.bn_recalibration``; 0: off).
         val_fraction: fraction of the training groups that selects (validation part).
         name: run name (default ``segment-<model>-<dataset>-<size>``).
         output_root: parent folder of run folders.
@@ -93,6 +96,7 @@ def segmentation_config(
             "seed": seed,
             "shortcut_probe": False,
             "bn_momentum": bn_momentum,
+            "bn_recalibration": bn_recalibration,
         },
         "segmentation": {"lung_input": lung_input, "folds": folds, "val_fraction": val_fraction},
     }
