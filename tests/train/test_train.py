@@ -165,8 +165,9 @@ def test_checkpoint_holds_batch_norm_statistics_of_clean_training_rows(phantom_d
     # batch_size rows, biased mean/variance per channel, averaged with the batch sizes as weights.
     features = keras.Model(model.inputs, bn.input)
     means, variances, sizes = [], [], []
-    for start in range(0, len(rows), cfg.training.batch_size):
-        batch = phantom_data.images[rows[start : start + cfg.training.batch_size]].astype("float32")
+    step = 128  # recalibration batches: max(training batch, min(128, 2**21 // values per image)) = 128 at 48x48
+    for start in range(0, len(rows), step):
+        batch = phantom_data.images[rows[start : start + step]].astype("float32")
         out = keras.ops.convert_to_numpy(features(batch, training=False)).astype("float64")
         axes = tuple(range(out.ndim - 1))
         means.append(out.mean(axis=axes))

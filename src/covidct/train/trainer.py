@@ -186,7 +186,11 @@ def recalibration_source(cfg: RunConfig, images, train_index, input_names: tuple
     rows = recalibration_rows(train_index, t.bn_recalibration, t.seed)
     if len(rows) == 0:
         return None
-    sequence = SliceSequence(images, rows, batch_size=t.batch_size, input_names=input_names)
+    # Larger batches than training's where they are small: fewer eager calls (the passes run outside
+    # model.fit, op by op), same statistics in expectation. Capped at about 2 M input values per batch.
+    per_sample = int(np.prod(np.shape(images)[1:]))
+    batch_size = max(t.batch_size, min(128, (1 << 21) // max(per_sample, 1)))
+    sequence = SliceSequence(images, rows, batch_size=batch_size, input_names=input_names)
     return lambda: (sequence[i][0] for i in range(len(sequence)))
 
 
