@@ -7,7 +7,8 @@ validation and test at the argmax (macro-F1, AUC, accuracy, cross-entropy, mean 
 the second class), then replace every trainable BatchNorm layer's running statistics by the mean batch
 statistics of ``--samples`` clean training samples (``covidct.train.batchnorm.recalibrate_batch_norm``,
 the same code ``train(cfg)`` runs before each validation when ``training.bn_recalibration`` > 0) and score
-again. The run folder is not modified. A collapse shows as a high AUC with macro-F1 near 1/num_classes
+again; the channel-average running mean of every BatchNorm layer is recorded before and after. The run
+folder is not modified. A collapse shows as a high AUC with macro-F1 near 1/num_classes
 and a mean probability near 0 or 1; recalibration should move the F1 and leave the AUC about where it was.
 """
 
@@ -45,7 +46,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="write the results JSON here")
     args = parser.parse_args(argv)
 
-    from covidct.train.batchnorm import recalibrate_batch_norm
+    import keras
+    import numpy as np
+
+    from covidct.train.batchnorm import all_layers, recalibrate_batch_norm
     from covidct.train.data import prepare_data
     from covidct.train.run import load_run
     from covidct.train.trainer import recalibration_source
@@ -58,12 +62,16 @@ def main(argv=None) -> int:
         data = prepare_data(cfg, progress=False)
         batch = cfg.training.batch_size
         row = {"run": str(run), "model": cfg.model.name, "best_epoch": loaded.info.get("best_epoch")}
+        norms = [layer for layer in all_layers(loaded.model) if isinstance(layer, keras.layers.BatchNormalization)]
+        row["bn_running_mean_channel_average"] = {}
         for tag in ("saved", "recalibrated"):
             if tag == "recalibrated":
                 started = time.perf_counter()
                 source = recalibration_source(cfg, data.images, data.indices("train"), loaded.input_names)
                 row["batches"] = recalibrate_batch_norm(loaded.model, source())
                 row["recalibration_seconds"] = round(time.perf_counter() - started, 2)
+            row["bn_running_mean_channel_average"][tag] = {
+                layer.name: round(float(np.mean(keras.ops.convert_to_numpy(layer.moving_mean))), 4) for layer in norms}
             row[tag] = {split: scores(loaded.model, data, data.indices(split), batch, loaded.input_names)
                         for split in ("val", "test")}
             print(f"{run} [{tag}] " + "; ".join(

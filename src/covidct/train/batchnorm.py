@@ -8,7 +8,7 @@ one class while the ranking stayed good: ``cnn3d_covidscan`` on phantom volumes 
 Conv3D + MaxPool: max-pooling dropout-amplified activations raises the next BN's mean from 0.32 to
 0.55) scored test AUC 0.966 but argmax macro-F1 0.333, and ``small_cnn`` on sars-cov-2-ct test AUC
 0.968 but macro-F1 0.358. Recomputing the statistics with the final weights on clean training inputs
-(``recalibrate_batch_norm``) gave macro-F1 0.900 and 0.914 on the same checkpoints (BENCHMARKS.md,
+(``recalibrate_batch_norm``) gave macro-F1 0.900 and 0.905 on the same checkpoints (BENCHMARKS.md,
 "BatchNorm recalibration").
 
 Reference: Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, arXiv:2105.07576 (precise BN).
