@@ -32,7 +32,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine")
 LOSSES = ("ce", "focal", "dice_bce")
 CLASS_WEIGHTS = ("none", "balanced")
-MONITORS = ("val_macro_f1", "val_auc", "val_loss", "val_dice")
+MONITORS = ("val_macro_f1", "val_auc", "val_loss", "val_dice", "last")
 TASKS = ("classification", "volume", "segmentation")
 # task: segmentation (issue #4): the loss, the selection scores and the lung-masked input choices.
 SEGMENTATION_LOSSES = ("dice_bce",)
@@ -139,7 +139,10 @@ class TrainingConfig:
             (``ROBUST_AUGMENTATION``: geometry plus appearance, issue 8) or a dict with ``rotation``,
             ``zoom``, ``translation``, ``flip`` (bool) and ``appearance`` (a preset of
             ``covidct.train.appearance.APPEARANCE_PRESETS`` or a dict of its layers).
-        monitor: the validation score that selects the checkpoint and drives early stopping.
+        monitor: the validation score that selects the checkpoint and drives early stopping, or ``"last"``:
+            a fixed epoch budget, the final epoch's weights are kept and early stopping is off (validation
+            is still scored every epoch, for the history only). Use it when the validation split is too
+            small to rank epochs (its score flat within noise): selecting on noise picks early epochs.
         early_stopping_patience: epochs without improvement before stopping (0: never stop early).
         min_epochs: epochs before early stopping may stop the run (BatchNorm statistics need a few
             epochs on small data; validation AUC can sit at 0.5 meanwhile).
@@ -400,7 +403,7 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
             )
             raise CovidctError(
                 f"{source}: {key}={value!r} is for segmentation, but task is {cfg.task or 'the model default'!r}. "
-                "Set task: segmentation, or use loss ce/focal and monitor val_macro_f1/val_auc/val_loss."
+                "Set task: segmentation, or use loss ce/focal and monitor val_macro_f1/val_auc/val_loss/last."
             )
         if s != SegmentationConfig():
             raise CovidctError(
@@ -415,7 +418,7 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
         )
     if t.monitor not in SEGMENTATION_MONITORS:
         raise CovidctError(
-            f"{source}: training.monitor={t.monitor!r} is a classification score; task segmentation selects the "
+            f"{source}: training.monitor={t.monitor!r} is not a segmentation selection rule; task segmentation selects the "
             f"checkpoint on one of {list(SEGMENTATION_MONITORS)} (default val_dice)."
         )
     if t.class_weight != "none":

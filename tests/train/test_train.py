@@ -175,3 +175,22 @@ def test_checkpoint_holds_batch_norm_statistics_of_clean_training_rows(phantom_d
         sizes.append(len(batch))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), np.average(means, axis=0, weights=sizes), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), np.average(variances, axis=0, weights=sizes), rtol=1e-4, atol=1e-6)
+
+
+def test_monitor_last_keeps_the_final_epoch_and_never_stops_early(phantom_data, tmp_path, monkeypatch, tiny_config):
+    saved_at = []
+    real_save = trainer_module.save_model_atomic
+
+    def counting_save(model, path):
+        saved_at.append(path)
+        real_save(model, path)
+
+    # patience 1 would stop a run on a flat validation score after epoch 2; with monitor last it is ignored.
+    cfg = tiny_config(epochs=3, max_steps_per_epoch=2, monitor="last", early_stopping_patience=1, learning_rate=0.0)
+    monkeypatch.setattr(trainer_module, "save_model_atomic", counting_save)
+    run = train(cfg, run_dir=tmp_path / "last", data=phantom_data, progress=False)
+    info = json.loads((run / "run.json").read_text())
+    assert (info["monitor"], info["best_epoch"], info["epochs_run"], info["stopped_early"]) == ("last", 3, 3, False)
+    assert len(saved_at) == 3  # every epoch replaced the checkpoint
+    assert len(_history(run)) == 3 and "val_auc" in _history(run).columns  # validation still scored, for reading
+    assert "nothing was selected on validation" in (run / "run_report.md").read_text()

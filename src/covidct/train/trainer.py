@@ -327,6 +327,8 @@ class _Trainer:
         self.is_last_phase = True
         t = cfg.training
         self.higher_is_better = t.monitor != "val_loss"
+        #: ``monitor: last``: every epoch replaces the checkpoint (its "score" is the epoch number).
+        self.keep_last = t.monitor == "last"
 
     def improved(self, score: float) -> bool:
         if score is None or not math.isfinite(score):
@@ -354,7 +356,7 @@ class _Trainer:
         row["learning_rate"] = current_learning_rate(self.model.optimizer)
         row["seconds"] = round(seconds, 3)
         self.history.append(row)
-        score = scores[t.monitor]
+        score = float(epoch + 1) if self.keep_last else scores[t.monitor]
         if self.improved(score):
             self.best_score = float(score)
             self.best_epoch = epoch
@@ -369,7 +371,7 @@ class _Trainer:
             self.best_epoch + 1,
         )
         # Early stopping counts only epochs after min_epochs (BatchNorm warm-up on small data).
-        if t.early_stopping_patience and self.is_last_phase:
+        if t.early_stopping_patience and self.is_last_phase and not self.keep_last:
             wait = (epoch + 1) - max(self.best_epoch + 1, t.min_epochs)
             if epoch + 1 >= t.min_epochs and wait >= t.early_stopping_patience:
                 self.stopped_early = True
@@ -963,9 +965,14 @@ def run_report(cfg: RunConfig, info: dict, history: list[dict]) -> str:
         f"Backend {info['backend']} (Keras {info['keras_version']}, {info['dtype_policy']}), "
         f"{info['epochs_run']} epoch(s) in {info['seconds']} s.",
         "",
-        f"The checkpoint was selected on the **validation** split by `{info['monitor']}`: best "
-        f"{info['best_score']} at epoch {info['best_epoch']}. This is a selection score, not a test score; "
-        "test numbers come from `covidct evaluate` on the test split.",
+        (
+            f"`monitor: last`: a fixed budget; model.keras holds the final epoch ({info['best_epoch']}), "
+            "nothing was selected on validation (its scores in history.csv are for reading only). "
+            if info["monitor"] == "last"
+            else f"The checkpoint was selected on the **validation** split by `{info['monitor']}`: best "
+            f"{info['best_score']} at epoch {info['best_epoch']}. This is a selection score, not a test score; "
+        )
+        + "test numbers come from `covidct evaluate` on the test split.",
         "",
         "## Data",
         "",
