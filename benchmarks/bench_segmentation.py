@@ -79,18 +79,27 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--out", default=None, help="result JSON (default: named by task, model and settings in "
                         "benchmarks/results/; a file holding another configuration's result is never overwritten)")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run folder (finished or interrupted) "
+                        "and train again; without it an interrupted run resumes and a finished one is refused")
     args = parser.parse_args(argv)
     # Per-epoch and per-fold progress (the trainer's log) so that an interrupted run still shows how far it got.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from covidct.segment.train import train_segmenter
-    from covidct.train.trainer import gpu_names
+    from covidct.train.trainer import gpu_names, run_status
 
     model = args.model or ("bcd_unet" if args.task == "lungs" else "unet")
     size = args.size or (64 if args.task == "lungs" else 128)
     dataset = "kaggle-lungs" if args.task == "lungs" else "medseg"
     folds = 0 if args.task == "lungs" else args.folds
     run_dir = Path(args.run_dir or f"runs/bench/segment-{model}-{dataset}-{size}")
+    # An interrupted run resumes (finished folds and epochs are kept; a changed config is refused); a finished
+    # one is refused unless --overwrite: a benchmark never deletes an earlier run folder silently.
+    status = run_status(run_dir)
+    if status == "finished" and not args.overwrite:
+        parser.error(f"{run_dir} holds a finished run; pass --overwrite to train it again or choose another --run-dir")
+    if status == "interrupted" and not args.overwrite:
+        logging.getLogger("bench_segmentation").info("resuming the interrupted run in %s", run_dir)
     start = time.perf_counter()
     run = train_segmenter(
         model=model,
@@ -102,7 +111,8 @@ def main(argv=None) -> int:
         learning_rate=args.learning_rate,
         folds=folds,
         run_dir=run_dir,
-        overwrite=True,
+        overwrite=args.overwrite,
+        resume=True,
         model_kwargs={"base_filters": args.base_filters, **({"batch_norm": True} if args.batch_norm else {})},
         rotation_deg=args.rotation,
         patience=args.patience,

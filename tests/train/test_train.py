@@ -194,3 +194,15 @@ def test_monitor_last_keeps_the_final_epoch_and_never_stops_early(phantom_data, 
     assert len(saved_at) == 3  # every epoch replaced the checkpoint
     assert len(_history(run)) == 3 and "val_auc" in _history(run).columns  # validation still scored, for reading
     assert "nothing was selected on validation" in (run / "run_report.md").read_text()
+
+
+def test_resuming_with_another_config_is_refused(phantom_data, tmp_path, tiny_config):
+    from covidct.config import dump_config
+
+    run_dir = tmp_path / "interrupted"
+    run_dir.mkdir()
+    dump_config(tiny_config(epochs=2), run_dir / "config.yaml")
+    (run_dir / "run.json").write_text(json.dumps({"status": "running"}))  # stopped between units: interrupted
+    with pytest.raises(CovidctError, match=r"another config \(training.epochs: 2 -> 3\)"):
+        train(tiny_config(epochs=3), run_dir=run_dir, resume=True, data=phantom_data, progress=False)
+    assert (run_dir / "config.yaml").is_file()  # nothing deleted

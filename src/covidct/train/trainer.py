@@ -36,6 +36,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import yaml
 
 from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump_config, resolve_task
 from covidct.errors import CovidctError
@@ -439,7 +440,38 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: boo
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return status == "interrupted" and resume and not overwrite
+    resuming = status == "interrupted" and resume and not overwrite
+    if resuming:
+        _check_resumed_config(cfg, run_dir)
+    return resuming
+
+
+def _check_resumed_config(cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse to resume a run folder whose saved config differs from ``cfg`` (the result would mix two runs)."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    try:
+        saved = yaml.safe_load(saved_file.read_text())
+    except yaml.YAMLError as error:
+        raise CovidctError(f"{saved_file}: cannot read the interrupted run's config ({error}).") from error
+
+    def leaves(tree, prefix=""):
+        if isinstance(tree, dict):
+            for key, value in tree.items():
+                yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1], tree
+
+    now, before = dict(leaves(config_to_dict(cfg))), dict(leaves(saved or {}))
+    changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        raise CovidctError(
+            f"Run folder {run_dir} holds an interrupted run with another config ({shown}"
+            f"{', ...' if len(changed) > 6 else ''}); resuming would mix two runs. Use the same settings, "
+            "another run folder, or overwrite=True (--overwrite) to start again."
+        )
 
 
 def _shortcut_probe(cfg: RunConfig, data: TrainingData) -> dict:
