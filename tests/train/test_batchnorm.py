@@ -75,3 +75,44 @@ def test_recalibration_rows():
     assert len(picked) == 10 and len(set(picked)) == 10 and set(picked) <= set(rows)
     assert np.all(np.diff(picked) > 0)
     np.testing.assert_array_equal(picked, recalibration_rows(rows, 10, seed=3))
+
+
+def _conv_model():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn_a")(x)
+    x = keras.layers.Dropout(0.5, name="drop")(keras.layers.ReLU()(x))
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.BatchNormalization(name="bn_b")(x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def _all_stats(model):
+    return [keras.ops.convert_to_numpy(v) for name in ("bn_a", "bn_b") for v in (model.get_layer(name).moving_mean, model.get_layer(name).moving_variance)]
+
+
+def test_compiled_passes_give_the_eager_statistics():
+    keras.utils.set_random_seed(0)
+    model = _conv_model()
+    batches = [np.random.default_rng(i).normal(i, 1 + i, (5 - i, 8, 8, 1)).astype("float32") for i in range(3)]
+    weights = model.get_weights()
+    assert recalibrate_batch_norm(model, batches, compiled=False) == 3
+    eager = _all_stats(model)
+    model.set_weights(weights)
+    assert recalibrate_batch_norm(model, batches, compiled=True) == 3
+    for a, b in zip(eager, _all_stats(model)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(np.abs(a - w).max() > 1e-3 for a, w in zip(eager, [weights[i] for i in (4, 5, 8, 9)]))
+
+
+def test_a_thawed_layer_is_recalibrated_by_the_cached_compiled_pass():
+    model = _conv_model()
+    batch = np.random.default_rng(0).normal(2.0, 3.0, (6, 8, 8, 1)).astype("float32")
+    model.get_layer("bn_a").trainable = False  # traced with bn_a in inference mode
+    recalibrate_batch_norm(model, [batch])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("bn_a").moving_mean), 0.0)
+    model.get_layer("bn_a").trainable = True  # a backbone thaws: the cached function must not be reused
+    recalibrate_batch_norm(model, [batch])
+    conv = keras.ops.convert_to_numpy(model.get_layer("conv")(batch)).astype("float64")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer("bn_a").moving_mean), conv.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer("bn_a").moving_variance), conv.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
