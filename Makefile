@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MPLBACKEND ?= Agg
 export COVIDCT_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: install demo test test-all test-rest lint test-tf test-jax test-notebooks strip-notebooks figures benchmarks clean
+.PHONY: install demo test test-all test-rest lint test-tf test-tf-models test-jax test-notebooks strip-notebooks figures benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,13 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
+TF_MARKS = -m "not jax and not gpu and not network" -q
+# tests/models runs in the second stream (after the JAX tests and notebooks) to balance the two.
 test-tf: install
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -m "not jax and not gpu and not network" -q
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) --ignore=tests/models
+
+test-tf-models: install
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) -p no:cacheprovider tests/models
 
 # The JAX-without-TensorFlow training test needs a process in which nothing has imported TensorFlow.
 test-jax: install
@@ -44,6 +49,7 @@ test: lint
 test-rest: install
 	$(MAKE) --no-print-directory test-jax
 	$(MAKE) --no-print-directory test-notebooks
+	$(MAKE) --no-print-directory test-tf-models
 
 test-all: install
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q

@@ -55,7 +55,7 @@ def test_segmentation_defaults_name_and_round_trip(segment_file, tmp_path):
         ),
         ("task=segmentaton", "Did you mean: segmentation"),
         ("training.loss=ce", "classification loss.*dice_bce"),
-        ("training.monitor=val_auc", "classification score.*val_dice"),
+        ("training.monitor=val_auc", "not a segmentation selection rule.*val_dice"),
         ("training.class_weight=balanced", "class_weight.*does not apply"),
         ("training.augmentation=stage", "classification preset"),
         ("training.augmentation={zoom: 0.1}", r"\['zoom'\] do\(es\) not apply to task segmentation"),

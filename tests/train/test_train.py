@@ -211,28 +211,29 @@ def test_resuming_with_another_config_is_refused(phantom_data, tmp_path, tiny_co
 def test_slow_state_writes_are_skipped_and_resume_replays_the_epochs(phantom_data, tmp_path, monkeypatch, tiny_config):
     import time
 
-    cfg = tiny_config(epochs=5, max_steps_per_epoch=1)
+    cfg = tiny_config(epochs=4, max_steps_per_epoch=1)
     reference = train(cfg, run_dir=tmp_path / "reference", data=phantom_data, progress=False)
     real_save, written = trainer_module.save_train_state, []
 
-    def slow_save(path, model, optimizer, state):  # a write as slow as several epochs (large model, fast GPU)
-        time.sleep(1.0)
+    def slow_save(path, model, optimizer, state):  # a write far slower than an epoch (large model, fast GPU)
+        time.sleep(0.05)
         written.append(state["epochs_done"])
         return real_save(path, model, optimizer, state)
 
     original = trainer_module._Trainer.end_epoch
 
-    def crash_after_fourth_epoch(self, epoch, logs, seconds):
+    def crash_after_third_epoch(self, epoch, logs, seconds):
         original(self, epoch, logs, seconds)
-        if epoch == 3:
+        if epoch == 2:
             raise RuntimeError("simulated crash")
 
     monkeypatch.setattr(trainer_module, "save_train_state", slow_save)
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", crash_after_fourth_epoch)
+    monkeypatch.setattr(trainer_module._Trainer, "STATE_SAVE_SHARE", 10_000.0)  # next write after 500 s
+    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", crash_after_third_epoch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False)
-    # epoch 1 is always written; the next write waits until 5x the last write's time has passed
-    assert written[0] == 1 and len(written) < 4, written
+    assert written == [1]  # epoch 1 is always written; epochs 2-3 were skipped
     monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
     resumed = train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False, resume=True)
+    assert written == [1, 2]  # resumed after epoch 1: the first epoch of the resumed run is written again
     pd.testing.assert_frame_equal(_history(reference), _history(resumed), rtol=1e-5)
