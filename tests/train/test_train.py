@@ -186,7 +186,7 @@ def test_monitor_last_keeps_the_final_epoch_and_never_stops_early(phantom_data, 
         real_save(model, path)
 
     # patience 1 would stop a run on a flat validation score after epoch 2; with monitor last it is ignored.
-    cfg = tiny_config(epochs=3, max_steps_per_epoch=2, monitor="last", early_stopping_patience=1, learning_rate=0.0)
+    cfg = tiny_config(epochs=3, max_steps_per_epoch=2, monitor="last", early_stopping_patience=1, learning_rate=1e-9)
     monkeypatch.setattr(trainer_module, "save_model_atomic", counting_save)
     run = train(cfg, run_dir=tmp_path / "last", data=phantom_data, progress=False)
     info = json.loads((run / "run.json").read_text())
@@ -194,6 +194,11 @@ def test_monitor_last_keeps_the_final_epoch_and_never_stops_early(phantom_data, 
     assert len(saved_at) == 3  # every epoch replaced the checkpoint
     assert len(_history(run)) == 3 and "val_auc" in _history(run).columns  # validation still scored, for reading
     assert "nothing was selected on validation" in (run / "run_report.md").read_text()
+    assert info["selection_split"] == "none"
+    from covidct.evaluate import evaluate_run
+
+    result = evaluate_run(run, split="test", n_bootstrap=0, figures=False, data=phantom_data)
+    assert result["selection"]["split"] == "none" and result["selection"]["monitor"] == "last"
 
 
 def test_resuming_with_another_config_is_refused(phantom_data, tmp_path, tiny_config):

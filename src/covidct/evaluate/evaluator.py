@@ -301,7 +301,8 @@ def evaluate_run(
         "run": cfg.run_name,
         "run_dir": str(run_dir),
         "selection": {
-            "split": "val",
+            # monitor: last keeps the final epoch of a fixed budget: no split selected anything
+            "split": "none" if loaded.info.get("monitor", cfg.training.monitor) == "last" else "val",
             "monitor": loaded.info.get("monitor", cfg.training.monitor),
             "best_epoch": loaded.info.get("best_epoch"),
             "score": loaded.info.get("best_score"),

@@ -757,7 +757,7 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
         "input_names": list(input_names),
         "model": m.name,
         "monitor": t.monitor,
-        "selection_split": "val",
+        "selection_split": "none" if trainer.keep_last else "val",
         "best_epoch": trainer.best_epoch + 1,
         "best_score": trainer.best_score,
         "epochs_run": len(trainer.history),
