@@ -20,3 +20,9 @@ def test_statistics_and_dropout_jax():
     cases.test_statistics_are_the_row_weighted_mean_of_batch_statistics()
     cases.test_dropout_is_off_during_recalibration_and_restored_after()
     cases.test_an_interrupted_pass_puts_the_old_statistics_back()
+
+
+def test_compiled_prediction_equals_eager_jax():
+    import test_predict
+
+    test_predict.test_compiled_prediction_with_a_padded_last_batch_equals_eager()
