@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
         print(f"{name}: eager {eager * 1000:.1f} ms, compiled {jitted * 1000:.1f} ms (x{jitted / eager:.2f}), "
               f"median of {args.repeats}")
     result = {
-        "command": "python benchmarks/bench_epoch_passes.py " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "command": "python benchmarks/bench_epoch_passes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "backend": keras.backend.backend(),
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),

@@ -192,7 +192,11 @@ def test_monitor_last_keeps_the_final_epoch_and_never_stops_early(phantom_data, 
     info = json.loads((run / "run.json").read_text())
     assert (info["monitor"], info["best_epoch"], info["epochs_run"], info["stopped_early"]) == ("last", 3, 3, False)
     assert len(saved_at) == 3  # every epoch replaced the checkpoint
-    assert len(_history(run)) == 3 and "val_auc" in _history(run).columns  # validation still scored, for reading
+    history = _history(run)
+    assert len(history) == 3 and "val_auc" in history.columns  # validation still scored, for reading
+    # the premise: epoch 2 did not improve on epoch 1, so val_macro_f1 with patience 1 would have stopped here
+    assert history["val_macro_f1"][1] <= history["val_macro_f1"][0]
+    assert info["best_score"] is None  # nothing selected: no selection score
     assert "nothing was selected on validation" in (run / "run_report.md").read_text()
     assert info["selection_split"] == "none"
     from covidct.evaluate import evaluate_run

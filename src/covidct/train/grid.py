@@ -99,7 +99,8 @@ def _summary_row(cfg: RunConfig, run_dir: Path, status: str, error: str = "") ->
     info_file, metrics_file = run_dir / "run.json", run_dir / "metrics_test.json"
     if info_file.is_file():
         info = json.loads(info_file.read_text())
-        row[f"val {info.get('monitor', '')} (selection)"] = info.get("best_score")
+        if info.get("monitor") != "last":  # a fixed budget selects nothing
+            row[f"val {info.get('monitor', '')} (selection)"] = info.get("best_score")
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())["slice"]
         for key, label in (("macro_f1", "test macro-F1"), ("auc_macro_ovr", "test AUC")):

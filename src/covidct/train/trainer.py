@@ -346,7 +346,7 @@ class _Trainer:
         self.is_last_phase = True
         t = cfg.training
         self.higher_is_better = t.monitor != "val_loss"
-        #: ``monitor: last``: every epoch replaces the checkpoint (its "score" is the epoch number).
+        #: ``monitor: last``: every epoch replaces the checkpoint; nothing is selected.
         self.keep_last = t.monitor == "last"
         self.state_saved_at = None  # perf_counter() after the last resume-state write (None: none yet)
         self.state_save_seconds = 0.0
@@ -377,9 +377,10 @@ class _Trainer:
         row["learning_rate"] = current_learning_rate(self.model.optimizer)
         row["seconds"] = round(seconds, 3)
         self.history.append(row)
-        score = float(epoch + 1) if self.keep_last else scores[t.monitor]
-        if self.improved(score):
-            self.best_score = float(score)
+        # monitor last: every epoch replaces the checkpoint and there is no selection score (best_score None)
+        score = None if self.keep_last else scores[t.monitor]
+        if self.keep_last or self.improved(score):
+            self.best_score = None if self.keep_last else float(score)
             self.best_epoch = epoch
             save_model_atomic(self.model, self.run_dir / MODEL_FILE)
         if self.keep_last:
