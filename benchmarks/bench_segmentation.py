@@ -75,6 +75,9 @@ def main(argv=None) -> int:
         choices=["none", "masked", "auto"],
         help="auto: plain or lung-masked input, chosen per fold on inner validation Dice",
     )
+    parser.add_argument("--crop", default="none", choices=["none", "lungs"],
+                        help="lungs: crop each slice (at its own resolution) to the square around its dilated lung "
+                        "mask before resampling to --size; test Dice is scored on the whole slice")
     parser.add_argument("--root", default=None)
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--out", default=None, help="result JSON (default: named by task, model and settings in "
@@ -117,6 +120,7 @@ def main(argv=None) -> int:
         rotation_deg=args.rotation,
         patience=args.patience,
         lung_input=args.lung_input,
+        crop=args.crop,
         bn_momentum=args.bn_momentum,
         bn_recalibration=args.bn_recalibration,
     )
@@ -136,6 +140,7 @@ def main(argv=None) -> int:
         "augmentation": f"random left-right flip, rotation +-{args.rotation:g} deg (per batch, per epoch)",
         "patience": args.patience,
         "lung_input": args.lung_input,
+        "crop": args.crop,
         "loss": "binary cross-entropy + soft Dice",
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -149,7 +154,8 @@ def main(argv=None) -> int:
         "metrics": summary,
     }
     out = result_path(args.out, result["command"], [f"segmentation_{args.task}_{model}",
-                                                    f"segmentation_{args.task}_{model}_{size}px_b{args.base_filters}_{args.lung_input}"])
+                                                    f"segmentation_{args.task}_{model}_{size}px_b{args.base_filters}_{args.lung_input}"
+                                                    + ("_lungcrop" if args.crop == "lungs" else "")])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float))
     dice = summary["dice"]

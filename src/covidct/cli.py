@@ -59,6 +59,8 @@ def _add_segment(subparsers) -> None:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     train.add_argument("--lung-input", default="none", choices=["none", "masked", "auto"],
                        help="plain, lung-masked, or both with the better kept on validation Dice")
+    train.add_argument("--crop", default="none", choices=["none", "lungs"],
+                       help="lungs: crop each slice to the square around its lungs before resampling to --size")
     train.add_argument("--rotation", type=float, default=0.0, help="largest random rotation in degrees")
     train.add_argument("--patience", type=int, default=0, help="early stopping on validation Dice (0: off)")
     evaluate = actions.add_parser("evaluate", help="per-image Dice/IoU/HD95 of a trained run on its test rows")
@@ -80,7 +82,7 @@ def _run_segment(args) -> int:
             model=args.model, dataset=args.dataset, root=args.root, size=args.size, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.learning_rate, folds=args.folds,
             run_dir=args.run_dir, overwrite=args.overwrite, seed=args.seed, model_kwargs=kwargs,
-            resume=args.resume, lung_input=args.lung_input, rotation_deg=args.rotation, patience=args.patience,
+            resume=args.resume, lung_input=args.lung_input, crop=args.crop, rotation_deg=args.rotation, patience=args.patience,
             progress=True,
         )
         print(f"run folder: {run_dir}")

@@ -38,6 +38,7 @@ TASKS = ("classification", "volume", "segmentation")
 SEGMENTATION_LOSSES = ("dice_bce",)
 SEGMENTATION_MONITORS = ("val_dice", "val_loss")
 LUNG_INPUTS = ("none", "masked", "auto")
+SEGMENTATION_CROPS = ("none", "lungs")  # covidct.segment.data.CROPS
 SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg", "phantom")
 MIXED_PRECISION = ("auto", "on", "off")
 FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
@@ -230,11 +231,17 @@ class SegmentationConfig:
             (each fold a sub-run ``fold_<k>/``; for datasets without a test split such as ``medseg``).
         val_fraction: fraction of the training groups held out as the validation (selection) part when
             the data have no ``val`` split of their own.
+        crop: ``"none"`` (whole slices resampled to ``data.size``) or ``"lungs"``: each slice cropped, at its
+            source resolution, to the square around its dilated classical lung mask (5% margin) and then
+            resampled, so the lungs fill the input. Validation Dice (selection) is computed on the crops; test
+            predictions are pasted back into the whole slice at ``data.size`` and scored against the whole
+            slice's mask (infection outside the crop counts as missed).
     """
 
     lung_input: str = "none"
     folds: int = 0
     val_fraction: float = 0.15
+    crop: str = "none"
 
 
 @dataclass(frozen=True)
@@ -426,6 +433,7 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
             f"{source}: training.class_weight={t.class_weight!r} does not apply to task segmentation; use 'none'."
         )
     _check_choice(source, "segmentation.lung_input", s.lung_input, LUNG_INPUTS)
+    _check_choice(source, "segmentation.crop", s.crop, SEGMENTATION_CROPS)
     if not isinstance(s.folds, int) or isinstance(s.folds, bool) or s.folds < 0 or s.folds == 1:
         raise CovidctError(
             f"{source}: segmentation.folds must be 0 (use the test split) or an integer >= 2, got {s.folds!r}."

@@ -447,7 +447,8 @@ def test_medseg_pairs_follow_the_data_layer_orientation(tmp_path, monkeypatch):
     manifest = load_dataset("medseg", folder)
     pairs = load_pairs("medseg", tmp_path, size=64)
     assert (manifest["mask_rot90"] == -1).all()
-    expected = cv2.resize(lesion, (64, 64), interpolation=cv2.INTER_NEAREST)
+    # Area-averaged and cut at 0.5: the mask stays centred on its image (INTER_NEAREST would shift it).
+    expected = (cv2.resize(lesion.astype(np.float32), (64, 64), interpolation=cv2.INTER_AREA) >= 0.5).astype(np.uint8)
     for mask in pairs.masks:
         np.testing.assert_array_equal(mask, expected)
     assert pairs.groups.tolist() == manifest["group"].tolist() == ["medseg_block00"] * 5 + ["medseg_block01"]

@@ -45,6 +45,12 @@ class SegmentationPairs:
         lungs: uint8 (N, size, size) {0, 1} dilated classical lung masks (``load_pairs(..., with_lungs=True)``),
             or None.
         group_proxy: how ``groups`` was obtained ("" when unknown).
+        boxes: float (N, 4) square lung crops (``load_pairs(..., crop="lungs")``) as fractions of each source
+            image: top, left, side / height, side / width (top/left may be < 0 and top + side > 1 where the
+            square reaches past the image, which is zero-padded); None for whole slices.
+        frame_masks: uint8 (N, size, size) {0, 1} the true masks of the whole slices (crops only): what a
+            crop's prediction is scored against once pasted back (``paste_crops``), so infection outside
+            the crop counts as missed.
     """
 
     images: np.ndarray
@@ -54,6 +60,8 @@ class SegmentationPairs:
     groups: np.ndarray
     lungs: np.ndarray | None = None
     group_proxy: str = ""
+    boxes: np.ndarray | None = None
+    frame_masks: np.ndarray | None = None
 
     def subset(self, index) -> SegmentationPairs:
         index = np.asarray(index)
@@ -65,6 +73,8 @@ class SegmentationPairs:
             self.groups[index],
             None if self.lungs is None else self.lungs[index],
             self.group_proxy,
+            None if self.boxes is None else self.boxes[index],
+            None if self.frame_masks is None else self.frame_masks[index],
         )
 
     def __len__(self) -> int:
@@ -85,11 +95,16 @@ def _read_gray(path: Path) -> np.ndarray:
 
 
 def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Resample to ``size`` x ``size``: images area (down) / linear (up); binary masks (``nearest``) the same
+    way on {0, 1} and cut at 0.5, so a mask stays centred on its image. (OpenCV's ``INTER_NEAREST`` takes the
+    first source pixel of each block: a mask shifted by 1.5 source pixels up-left at 512 -> 128, mirrored
+    by the flip augmentation into a 0.75 px disagreement between samples.)"""
     if image.shape == (size, size):
         return image
-    interpolation = (
-        cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR)
-    )
+    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    if nearest:
+        resampled = cv2.resize((image > 0).astype(np.float32), (size, size), interpolation=interpolation)
+        return (resampled >= 0.5).astype(image.dtype)
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
@@ -204,7 +219,114 @@ def dilated_lung_mask(image: np.ndarray, dilation_fraction: float = 0.03) -> np.
     return cv2.dilate(lungs, kernel)
 
 
-def load_pairs(dataset: str, root=None, size: int = 64, with_lungs: bool = False) -> SegmentationPairs:
+LUNG_CROP_MARGIN = 0.05  # of the lung box's longer side, on every side (as the classification ``lungs`` stage)
+CROPS = ("none", "lungs")
+
+
+def lung_crop_box(lungs: np.ndarray, margin: float = LUNG_CROP_MARGIN) -> tuple[int, int, int]:
+    """The square around a lung mask's bounding box: (top, left, side) in pixels of the mask's image.
+
+    The square is centred on the box, its side the box's longer side plus ``margin`` of it on both sides;
+    it may reach past the image (the crop is zero-padded there). An empty mask gives the whole image
+    (padded to a square).
+    """
+    height, width = lungs.shape[:2]
+    rows = np.flatnonzero(np.asarray(lungs).any(axis=1))
+    cols = np.flatnonzero(np.asarray(lungs).any(axis=0))
+    if rows.size == 0:
+        top, bottom, left, right = 0, height, 0, width
+    else:
+        top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    side = int(round(max(bottom - top, right - left) * (1 + 2 * margin)))
+    side = max(side, 1)
+    return int((top + bottom - side) // 2), int((left + right - side) // 2), side
+
+
+def crop_square(image: np.ndarray, top: int, left: int, side: int, size: int, nearest: bool = False) -> np.ndarray:
+    """The ``side`` x ``side`` square at (top, left) of a 2-D image, zero outside the image, resized to ``size``."""
+    height, width = image.shape[:2]
+    out = np.zeros((side, side), dtype=image.dtype)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + side, height), min(left + side, width)
+    if y1 > y0 and x1 > x0:
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0:y1, x0:x1]
+    return _resize(out, size, nearest=nearest)
+
+
+def paste_crops(crops: np.ndarray, boxes: np.ndarray, frame_size: int) -> np.ndarray:
+    """Put per-crop maps (e.g. probabilities) back into whole-slice frames of ``frame_size`` px (0 outside).
+
+    Args:
+        crops: float (N, S, S) maps in crop coordinates.
+        boxes: (N, 4) the crops' ``SegmentationPairs.boxes`` (fractions of the source image).
+        frame_size: side of the output frames (the whole source image resampled to a square).
+
+    Returns:
+        float32 (N, frame_size, frame_size), bilinear resampling.
+    """
+    crops = np.asarray(crops, dtype=np.float32)
+    frames = np.zeros((len(crops), frame_size, frame_size), dtype=np.float32)
+    for index, (crop, (top, left, side_h, side_w)) in enumerate(zip(crops, np.asarray(boxes, dtype=float))):
+        scale_x, scale_y = side_w * frame_size / crop.shape[1], side_h * frame_size / crop.shape[0]
+        # Pixel centres: crop pixel u maps to frame x = left * F + (u + 0.5) * scale_x - 0.5.
+        matrix = np.array(
+            [[scale_x, 0.0, left * frame_size + 0.5 * scale_x - 0.5], [0.0, scale_y, top * frame_size + 0.5 * scale_y - 0.5]]
+        )
+        frames[index] = cv2.warpAffine(
+            crop, matrix, (frame_size, frame_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+    return frames
+
+
+def lung_crop(image: np.ndarray, mask: np.ndarray, size: int, lungs: np.ndarray | None = None):
+    """One slice cropped to the square around its (dilated classical) lungs and resized to ``size``.
+
+    Args:
+        image: (H, W) uint8 display image at its own resolution.
+        mask: (H, W) {0, 1} true mask.
+        size: side of the crop after resampling.
+        lungs: (H, W) {0, 1} lung mask to crop around (default ``dilated_lung_mask(image)``).
+
+    Returns:
+        (image crop, mask crop, lung-mask crop, box as fractions (top, left, side/H, side/W), whole-slice
+        mask at ``size``).
+    """
+    lungs = dilated_lung_mask(image) if lungs is None else lungs
+    height, width = image.shape[:2]
+    top, left, side = lung_crop_box(lungs)
+    box = np.array([top / height, left / width, side / height, side / width], dtype=np.float64)
+    return (
+        crop_square(image, top, left, side, size),
+        crop_square(mask, top, left, side, size, nearest=True),
+        crop_square(lungs, top, left, side, size, nearest=True),
+        box,
+        _resize(mask, size, nearest=True),
+    )
+
+
+def crop_pairs_to_lungs(pairs: SegmentationPairs, size: int) -> SegmentationPairs:
+    """``pairs`` (whole slices) as lung crops of ``size`` px, with ``boxes`` and ``frame_masks`` (see ``lung_crop``).
+
+    ``load_pairs(..., crop="lungs")`` crops the source images at their own resolution instead; this is for
+    pairs already in memory (phantoms, tests).
+    """
+    crops = [lung_crop(image[..., 0], mask, size) for image, mask in zip(pairs.images, pairs.masks)]
+    return SegmentationPairs(
+        images=np.stack([c[0] for c in crops])[..., None],
+        masks=np.stack([c[1] for c in crops]),
+        names=list(pairs.names),
+        splits=pairs.splits,
+        groups=pairs.groups,
+        lungs=np.stack([c[2] for c in crops]),
+        group_proxy=pairs.group_proxy,
+        boxes=np.stack([c[3] for c in crops]),
+        frame_masks=np.stack([c[4] for c in crops]),
+    )
+
+
+def load_pairs(
+    dataset: str, root=None, size: int = 64, with_lungs: bool = False, crop: str = "none"
+) -> SegmentationPairs:
     """Read all image/mask pairs of a segmentation dataset at ``size`` x ``size``.
 
     Args:
@@ -212,15 +334,20 @@ def load_pairs(dataset: str, root=None, size: int = 64, with_lungs: bool = False
         root: data root holding the staged folders (default ``COVIDCT_DATA_ROOT`` or ../shared/data).
         size: output side in pixels (images: area/linear resampling, masks: nearest).
         with_lungs: also compute ``dilated_lung_mask`` of each image (for lung-masked inputs).
+        crop: ``"none"`` (whole slices) or ``"lungs"``: each pair cropped at its source resolution to the
+            square around its dilated lung mask (``lung_crop``), so the lungs fill ``size`` px; the pairs then
+            carry ``boxes``, ``frame_masks`` and ``lungs``.
 
     Returns:
         ``SegmentationPairs``; masks are binary (``mask > 0``), MedSeg masks turned to match their images.
     """
     if dataset not in SEGMENTATION_DATASETS:
         raise unknown_name_error("segmentation dataset", dataset, SEGMENTATION_DATASETS)
+    if crop not in CROPS:
+        raise unknown_name_error("segmentation crop", crop, CROPS)
     root = Path(root) if root is not None else default_root()
     rows = _rows_from_data_layer(dataset, root) or _rows_from_folders(dataset, root)
-    images, masks, lungs = [], [], []
+    images, masks, lungs, boxes, frame_masks = [], [], [], [], []
     for row in rows:
         if not Path(row["mask_path"]).is_file():
             raise CovidctError(f"Mask {row['mask_path']} for image {row['path']} is missing.")
@@ -232,18 +359,29 @@ def load_pairs(dataset: str, root=None, size: int = 64, with_lungs: bool = False
                 mask, _ = align_mask_orientation(image, mask)
             else:
                 mask = np.ascontiguousarray(np.rot90(mask, int(turns)))
+        if crop == "lungs":
+            image_crop, mask_crop, lung_crop_, box, frame_mask = lung_crop(image, mask, size)
+            images.append(image_crop)
+            masks.append(mask_crop)
+            lungs.append(lung_crop_)
+            boxes.append(box)
+            frame_masks.append(frame_mask)
+            continue
         images.append(_resize(image, size))
         masks.append(_resize(mask, size, nearest=True))
         if with_lungs:
             lungs.append(_resize(dilated_lung_mask(image), size, nearest=True))
+    cropped = crop == "lungs"
     return SegmentationPairs(
         images=np.stack(images)[..., None],
         masks=np.stack(masks),
         names=[str(r["path"]) for r in rows],
         splits=np.array([r["split"] for r in rows]),
         groups=np.array([r["group"] for r in rows]),
-        lungs=np.stack(lungs) if with_lungs else None,
+        lungs=np.stack(lungs) if (with_lungs or cropped) else None,
         group_proxy=str(rows[0].get("group_proxy", "")),
+        boxes=np.stack(boxes) if cropped else None,
+        frame_masks=np.stack(frame_masks) if cropped else None,
     )
 
 

@@ -50,7 +50,13 @@ def _rows_of(names: pd.Series, pairs, split_file: Path) -> np.ndarray:
 
 
 def evaluate_split(
-    split_dir: Path, pairs, lung_input: str, n_bootstrap: int = 1000, ci: float = 0.95, seed: int = 0
+    split_dir: Path,
+    pairs,
+    lung_input: str,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    crop: str = "none",
 ) -> tuple[dict, pd.DataFrame]:
     """Score the ``test`` rows of one split folder with its ``model.keras``; writes per_image_test.csv.
 
@@ -59,6 +65,9 @@ def evaluate_split(
         pairs: the SegmentationPairs the run was trained on.
         lung_input: ``"none"`` or ``"masked"`` (what the checkpoint was trained on).
         n_bootstrap: bootstrap replicates; ci: interval coverage; seed: bootstrap seed.
+        crop: ``"lungs"`` when the checkpoint was trained on lung crops: its probabilities are pasted back
+            into the whole slice (``covidct.segment.data.paste_crops``) and scored against the whole slice's
+            mask, so infection outside the crop counts as missed.
 
     Returns:
         (``summarize`` dict of the test rows: Dice, IoU, HD95 with bootstrap CIs; the per-image table).
@@ -76,6 +85,10 @@ def evaluate_split(
     test = _rows_of(split.loc[split["split"] == "test", "name"], pairs, split_file)
     if not len(test):
         raise CovidctError(f"{split_file} lists no test rows; nothing to report.")
+    if crop == "lungs" and (pairs.boxes is None or pairs.frame_masks is None):
+        raise CovidctError(
+            f"{split_dir} was trained on lung crops: load the pairs with crop='lungs' to evaluate it."
+        )
     if lung_input == "masked" and pairs.lungs is None:
         raise CovidctError(
             f"{split_dir} was trained on lung-masked images: load the pairs with with_lungs=True to evaluate it."
@@ -84,8 +97,14 @@ def evaluate_split(
     subset = pairs.subset(test)
     images = seg.model_inputs(subset, lung_input == "masked")
     logits = seg.predict_mask_logits(model, images)
-    predicted = logits >= np.log(THRESHOLD / (1 - THRESHOLD))
-    per_image = per_image_metrics(predicted, subset.masks, names=subset.names, groups=subset.groups)
+    if crop == "lungs":
+        from covidct.segment.data import paste_crops
+
+        probabilities = paste_crops(1.0 / (1.0 + np.exp(-logits)), subset.boxes, subset.frame_masks.shape[1])
+        predicted, true = probabilities >= THRESHOLD, subset.frame_masks
+    else:
+        predicted, true = logits >= np.log(THRESHOLD / (1 - THRESHOLD)), subset.masks
+    per_image = per_image_metrics(predicted, true, names=subset.names, groups=subset.groups)
     write_text_atomic(split_dir / "per_image_test.csv", per_image.to_csv(index=False))
     return summarize(per_image, n_bootstrap=n_bootstrap, ci=ci, seed=seed), per_image
 
@@ -133,7 +152,7 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
 
     def split_summary(split_dir: Path, split_info: dict) -> tuple[dict, pd.DataFrame]:
         summary, per_image = evaluate_split(
-            split_dir, pairs, split_info["lung_input"], n_bootstrap, e.ci, seed
+            split_dir, pairs, split_info["lung_input"], n_bootstrap, e.ci, seed, split_info.get("crop", "none")
         )
         counts = split_info["split_counts"]
         summary.update(
@@ -152,6 +171,10 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
                 "best_epoch": split_info["best_epoch"],
                 "val_dice": split_info["val_dice"],
                 "lung_input": split_info["lung_input"],
+                "crop": split_info.get("crop", "none"),
+                "scored_on": "whole slice (lung-crop predictions pasted back)"
+                if split_info.get("crop", "none") == "lungs"
+                else "whole slice",
                 "val_dice_by_input": split_info["val_dice_by_input"],
             }
         )

@@ -35,6 +35,41 @@ def resolve_model_path(run) -> Path:
     )
 
 
+def crop_of(model_path: Path) -> str:
+    """The crop a saved segmenter was trained on: ``"lungs"`` (lung crops) or ``"none"`` (from its ``run.json``)."""
+    import json
+
+    path = Path(model_path).parent / "run.json"
+    if path.is_file():
+        return str(json.loads(path.read_text()).get("crop", "none"))
+    return "none"
+
+
+def predict_lung_crop(model, image: np.ndarray, masked_input: bool, threshold: float = 0.5) -> np.ndarray:
+    """Mask of a whole display slice from a segmenter trained on lung crops (``segmentation.crop: lungs``).
+
+    The slice is cropped (at its own resolution) to the square around its dilated classical lung mask and
+    resampled to the model's input size, as in training; the probabilities are pasted back into the slice.
+
+    Returns:
+        bool (H, W).
+    """
+    from covidct.segment.data import crop_square, dilated_lung_mask, lung_crop_box, paste_crops
+
+    size = int(model.input_shape[1])
+    height, width = image.shape[:2]
+    lungs = dilated_lung_mask(image)
+    top, left, side = lung_crop_box(lungs)
+    source = image * lungs if masked_input else image
+    probabilities = predict_probabilities(model, crop_square(source, top, left, side, size)[None])
+    frame = max(height, width)
+    box = np.array([[top / height, left / width, side / height, side / width]])
+    pasted = paste_crops(probabilities, box, frame)[0]
+    if (height, width) != (frame, frame):
+        pasted = cv2.resize(pasted, (width, height), interpolation=cv2.INTER_LINEAR)
+    return pasted >= threshold
+
+
 def lung_input_of(model_path: Path) -> str:
     """The input a saved segmenter was trained on: ``"masked"`` (lung-masked images) or ``"none"``.
 
@@ -168,6 +203,7 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
     model_path = resolve_model_path(run)
     model = load_segmenter(model_path)
     masked_input = lung_input_of(model_path) == "masked"
+    cropped = crop_of(model_path) == "lungs"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -192,7 +228,9 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
             logger.warning("skipping %s: %s", path, error)
             results.append({"path": str(path), "error": str(error)})
             continue
-        if masked_input:
+        if cropped:
+            mask = predict_lung_crop(model, image, masked_input, threshold)
+        elif masked_input:
             from covidct.segment.data import dilated_lung_mask
 
             mask = predict_foreground(model, (image * dilated_lung_mask(image))[None], threshold=threshold)[0]

@@ -37,6 +37,7 @@ def segmentation_config(
     rotation_deg: float = 0.0,
     patience: int = 0,
     lung_input: str = "none",
+    crop: str = "none",
     bn_momentum: float | None = None,
     bn_recalibration: int = 1024,
     val_fraction: float = 0.15,
@@ -61,6 +62,7 @@ def segmentation_config(
         patience: stop once validation Dice has not improved for this many epochs, counted from epoch
             ``min(patience, epochs // 2)`` on (0: run all epochs); the best validation epoch is kept either way.
         lung_input: ``"none"``, ``"masked"`` or ``"auto"`` (see ``covidct.config.SegmentationConfig``).
+        crop: ``"none"`` or ``"lungs"`` (crop to the lungs before resampling; ``SegmentationConfig.crop``).
         bn_momentum: momentum of every BatchNormalization layer (default: the builder's).
         bn_recalibration: clean training images that reset BatchNorm statistics before each validation
             (``training.bn_recalibration``; 0: off).
@@ -98,7 +100,7 @@ def segmentation_config(
             "bn_momentum": bn_momentum,
             "bn_recalibration": bn_recalibration,
         },
-        "segmentation": {"lung_input": lung_input, "folds": folds, "val_fraction": val_fraction},
+        "segmentation": {"lung_input": lung_input, "folds": folds, "val_fraction": val_fraction, "crop": crop},
     }
     return validate_config(
         config_from_dict(tree, source="covidct segment train"), source="covidct segment train"

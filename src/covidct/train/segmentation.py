@@ -54,7 +54,13 @@ def load_segmentation_pairs(cfg):
     Returns:
         ``covidct.segment.data.SegmentationPairs`` (with ``lungs`` when the lung input needs them).
     """
-    from covidct.segment.data import SEGMENTATION_DATASETS, dilated_lung_mask, load_pairs, phantom_pairs
+    from covidct.segment.data import (
+        SEGMENTATION_DATASETS,
+        crop_pairs_to_lungs,
+        dilated_lung_mask,
+        load_pairs,
+        phantom_pairs,
+    )
 
     d = cfg.data
     if d.dataset == "phantom":
@@ -70,6 +76,8 @@ def load_segmentation_pairs(cfg):
             target=str(options.get("target", "lungs")),
             seed=int(options.get("seed", d.seed)),
         )
+        if cfg.segmentation.crop == "lungs":
+            return crop_pairs_to_lungs(pairs, d.size)
         if needs_lungs(cfg):
             pairs.lungs = np.stack([dilated_lung_mask(image[..., 0]) for image in pairs.images])
         return pairs
@@ -77,7 +85,7 @@ def load_segmentation_pairs(cfg):
         from covidct.errors import unknown_name_error
 
         raise unknown_name_error("segmentation dataset", d.dataset, [*SEGMENTATION_DATASETS, "phantom"])
-    return load_pairs(d.dataset, d.root, d.size, with_lungs=needs_lungs(cfg))
+    return load_pairs(d.dataset, d.root, d.size, with_lungs=needs_lungs(cfg), crop=cfg.segmentation.crop)
 
 
 def check_pairs(pairs, cfg) -> None:
@@ -110,6 +118,13 @@ def check_pairs(pairs, cfg) -> None:
     if not np.isin(np.unique(masks), (0, 1)).all():
         raise CovidctError(
             f"{source}: masks must be binary {{0, 1}}; got values {np.unique(masks)[:6].tolist()}."
+        )
+    if cfg.segmentation.crop == "lungs" and (
+        pairs.boxes is None or pairs.frame_masks is None or len(pairs.boxes) != len(images)
+    ):
+        raise CovidctError(
+            f"{source}: segmentation.crop='lungs' needs lung-cropped pairs with boxes and whole-slice masks: load "
+            "them with load_pairs(..., crop='lungs') or covidct.segment.data.crop_pairs_to_lungs."
         )
     if needs_lungs(cfg) and pairs.lungs is None:
         raise CovidctError(

@@ -911,6 +911,7 @@ def _fit_segmentation_split(
         "status": "finished",
         "split": plan.name or "test",
         "lung_input": chosen["lung_input"],
+        "crop": cfg.segmentation.crop,
         "monitor": cfg.training.monitor,
         "best_epoch": chosen["best_epoch"],
         "best_score": chosen["best_score"],
