@@ -65,6 +65,7 @@ def test_segmentation_defaults_name_and_round_trip(segment_file, tmp_path):
         ("segmentation.folds=1", "folds must be 0"),
         ("segmentation.val_fraction=0", "val_fraction must lie in"),
         ("segmentation.fold=3", "Did you mean: folds"),
+        ("segmentation.crop=lung", "Did you mean: lungs"),
     ],
 )
 def test_bad_segmentation_configs_name_the_fix(segment_file, override, message):
@@ -113,3 +114,19 @@ def test_train_refuses_data_of_the_other_task(segment_file, classify_file, tmp_p
             progress=False,
         )
     assert not (tmp_path / "binary" / "model.keras").exists()
+
+
+def test_shipped_infection_config_is_the_benchmarked_recipe():
+    """configs/medseg/unet-infection-lungcrop.yaml is the run of bench_segmentation.py named in its header."""
+    from pathlib import Path
+
+    from covidct.segment.train import segmentation_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "medseg" / "unet-infection-lungcrop.yaml"
+    shipped = load_config(path)
+    bench = segmentation_config(
+        model="unet", dataset="medseg", size=128, epochs=60, batch_size=4, learning_rate=1e-3, folds=5,
+        model_kwargs={"base_filters": 16, "batch_norm": True}, rotation_deg=10, patience=12, lung_input="masked",
+        crop="lungs", bn_momentum=0.9, bn_recalibration=1024, name="unet-medseg-infection-lungcrop",
+    )
+    assert shipped == bench

@@ -5,7 +5,10 @@ the parts that differ when the target is a per-pixel mask instead of a class:
 
 - **Data.** Image/mask pairs from ``covidct.segment.data`` (``load_pairs`` for ``kaggle-lungs`` and
   ``medseg``, ``phantom_pairs`` for ``phantom``), uint8 display images (N, H, W, 1) and binary masks
-  (N, H, W); with ``segmentation.lung_input`` ``masked`` or ``auto`` also dilated classical lung masks.
+  (N, H, W); with ``segmentation.lung_input`` ``masked`` or ``auto`` also dilated classical lung masks;
+  with ``segmentation.crop: lungs`` each pair is the square around its lungs (``covidct.segment.data.lung_crop``),
+  with its box and the whole slice's mask, on which ``covidct.segment.evaluate`` scores the pasted-back test
+  predictions (validation Dice, the selector, is computed on the crops).
 - **Splits** (``plan_splits``). Without folds: the dataset's ``test`` rows are the reported part, its
   ``val`` rows (or, when it has none, a ``segmentation.val_fraction`` of the training groups) select
   the checkpoint, the rest trains. With ``segmentation.folds = k``: grouped k-fold cross-validation,
