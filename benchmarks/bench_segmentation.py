@@ -59,14 +59,15 @@ def source_resolution_dice(run: Path, root, size: int, folds: int, lung_input: s
     import pandas as pd
 
     import covidct.models  # noqa: F401  (custom layers of saved segmenters)
-    from covidct.segment.data import load_pairs, paste_crops
+    from covidct.segment.data import load_pairs
+    from covidct.segment.evaluate import predict_test_masks
     from covidct.segment.metrics import per_image_metrics, summarize
-    from covidct.train.segmentation import model_inputs, predict_mask_logits
 
     crops = load_pairs("medseg", root, size, with_lungs=True, crop="lungs")
     source = load_pairs("medseg", root, 512)
     if crops.names != source.names:
         raise SystemExit("the cropped and source-resolution pairs list different images")
+    crops.frame_masks = source.masks  # the whole-slice frame the crops are pasted into and scored against
     tables = []
     for k in range(folds):
         fold_dir = run / f"fold_{k}"
@@ -74,9 +75,8 @@ def source_resolution_dice(run: Path, root, size: int, folds: int, lung_input: s
         rows = np.array([crops.names.index(name) for name in split.loc[split["split"] == "test", "name"]])
         subset = crops.subset(rows)
         model = keras.saving.load_model(fold_dir / "model.keras", compile=False)
-        logits = predict_mask_logits(model, model_inputs(subset, lung_input == "masked"))
-        pasted = paste_crops(1.0 / (1.0 + np.exp(-logits)), subset.boxes, source.masks.shape[1]) >= 0.5
-        tables.append(per_image_metrics(pasted, source.masks[rows], names=subset.names, groups=subset.groups))
+        predicted, true = predict_test_masks(model, subset, lung_input, crop="lungs")
+        tables.append(per_image_metrics(predicted, true, names=subset.names, groups=subset.groups))
     summary = summarize(pd.concat(tables, ignore_index=True), n_bootstrap=1000, seed=0)
     return {"frame_px": int(source.masks.shape[1]), "dice": summary["dice"], "iou": summary["iou"],
             "hausdorff95_px": summary.get("hausdorff95")}

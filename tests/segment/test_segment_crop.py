@@ -118,6 +118,13 @@ def test_train_on_lung_crops_scores_the_whole_slice(lesion_crops, tmp_path, tiny
     mask = cv2.imread(result["mask"], cv2.IMREAD_GRAYSCALE)
     assert mask.shape == (64, 64)
     assert set(np.unique(mask)) <= {0, 255}
+    # ... and prepares the slice exactly as training did: same mask as the evaluator's, pasted at 64 px.
+    from covidct.segment.evaluate import predict_test_masks
+
+    one = crops.subset(test[:1])
+    one.frame_masks = whole.masks[test[:1]]
+    expected, _ = predict_test_masks(model, one, "masked", crop="lungs")
+    np.testing.assert_array_equal(mask > 0, expected[0])
 
 
 def test_downsampled_masks_stay_centred_on_their_images():

@@ -278,12 +278,12 @@ def paste_crops(crops: np.ndarray, boxes: np.ndarray, frame_size: int) -> np.nda
     return frames
 
 
-def lung_crop(image: np.ndarray, mask: np.ndarray, size: int, lungs: np.ndarray | None = None):
+def lung_crop(image: np.ndarray, mask: np.ndarray | None, size: int, lungs: np.ndarray | None = None):
     """One slice cropped to the square around its (dilated classical) lungs and resized to ``size``.
 
     Args:
         image: (H, W) uint8 display image at its own resolution.
-        mask: (H, W) {0, 1} true mask.
+        mask: (H, W) {0, 1} true mask, or None (prediction: the mask crops come back None).
         size: side of the crop after resampling.
         lungs: (H, W) {0, 1} lung mask to crop around (default ``dilated_lung_mask(image)``).
 
@@ -297,10 +297,10 @@ def lung_crop(image: np.ndarray, mask: np.ndarray, size: int, lungs: np.ndarray 
     box = np.array([top / height, left / width, side / height, side / width], dtype=np.float64)
     return (
         crop_square(image, top, left, side, size),
-        crop_square(mask, top, left, side, size, nearest=True),
+        None if mask is None else crop_square(mask, top, left, side, size, nearest=True),
         crop_square(lungs, top, left, side, size, nearest=True),
         box,
-        _resize(mask, size, nearest=True),
+        None if mask is None else _resize(mask, size, nearest=True),
     )
 
 

@@ -49,6 +49,23 @@ def _rows_of(names: pd.Series, pairs, split_file: Path) -> np.ndarray:
     return np.array([where[name] for name in names], dtype=np.int64)
 
 
+def predict_test_masks(model, pairs, lung_input: str, crop: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, true) binary masks of every pair, in the frame the run is scored in.
+
+    Whole slices: the model's masks against ``pairs.masks``. Lung crops: the probabilities pasted back into the
+    whole slice at ``pairs.frame_masks``' size and compared with ``pairs.frame_masks``.
+    """
+    from covidct.train import segmentation as seg
+
+    logits = seg.predict_mask_logits(model, seg.model_inputs(pairs, lung_input == "masked"))
+    if crop != "lungs":
+        return logits >= np.log(THRESHOLD / (1 - THRESHOLD)), pairs.masks
+    from covidct.segment.data import paste_crops
+
+    probabilities = paste_crops(1.0 / (1.0 + np.exp(-logits)), pairs.boxes, pairs.frame_masks.shape[1])
+    return probabilities >= THRESHOLD, pairs.frame_masks
+
+
 def evaluate_split(
     split_dir: Path,
     pairs,
@@ -95,15 +112,7 @@ def evaluate_split(
         )
     model = keras.saving.load_model(split_dir / "model.keras", compile=False)
     subset = pairs.subset(test)
-    images = seg.model_inputs(subset, lung_input == "masked")
-    logits = seg.predict_mask_logits(model, images)
-    if crop == "lungs":
-        from covidct.segment.data import paste_crops
-
-        probabilities = paste_crops(1.0 / (1.0 + np.exp(-logits)), subset.boxes, subset.frame_masks.shape[1])
-        predicted, true = probabilities >= THRESHOLD, subset.frame_masks
-    else:
-        predicted, true = logits >= np.log(THRESHOLD / (1 - THRESHOLD)), subset.masks
+    predicted, true = predict_test_masks(model, subset, lung_input, crop)
     per_image = per_image_metrics(predicted, true, names=subset.names, groups=subset.groups)
     write_text_atomic(split_dir / "per_image_test.csv", per_image.to_csv(index=False))
     return summarize(per_image, n_bootstrap=n_bootstrap, ci=ci, seed=seed), per_image
@@ -217,4 +226,4 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
     return summary
 
 
-__all__ = ["evaluate_segmentation", "evaluate_split"]
+__all__ = ["evaluate_segmentation", "evaluate_split", "predict_test_masks"]

@@ -49,22 +49,21 @@ def predict_lung_crop(model, image: np.ndarray, masked_input: bool, threshold: f
     """Mask of a whole display slice from a segmenter trained on lung crops (``segmentation.crop: lungs``).
 
     The slice is cropped (at its own resolution) to the square around its dilated classical lung mask and
-    resampled to the model's input size, as in training; the probabilities are pasted back into the slice.
+    resampled to the model's input size, then lung-masked if so trained — exactly as ``load_pairs(...,
+    crop="lungs")`` and ``model_inputs`` prepare training data; the probabilities are pasted back into the slice.
 
     Returns:
         bool (H, W).
     """
-    from covidct.segment.data import crop_square, dilated_lung_mask, lung_crop_box, paste_crops
+    from covidct.segment.data import lung_crop, paste_crops
+    from covidct.train.segmentation import lung_masked
 
-    size = int(model.input_shape[1])
     height, width = image.shape[:2]
-    lungs = dilated_lung_mask(image)
-    top, left, side = lung_crop_box(lungs)
-    source = image * lungs if masked_input else image
-    probabilities = predict_probabilities(model, crop_square(source, top, left, side, size)[None])
+    crop, _, lungs, box, _ = lung_crop(image, None, int(model.input_shape[1]))
+    inputs = lung_masked(crop[None, ..., None], lungs[None]) if masked_input else crop[None]
+    probabilities = predict_probabilities(model, inputs)
     frame = max(height, width)
-    box = np.array([[top / height, left / width, side / height, side / width]])
-    pasted = paste_crops(probabilities, box, frame)[0]
+    pasted = paste_crops(probabilities, box[None], frame)[0]
     if (height, width) != (frame, frame):
         pasted = cv2.resize(pasted, (width, height), interpolation=cv2.INTER_LINEAR)
     return pasted >= threshold
