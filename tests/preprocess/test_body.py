@@ -12,6 +12,7 @@ from covidct.preprocess.body import (
     fill_holes,
     mask_bbox,
     remove_background,
+    resize_mask,
     to_display_u8,
 )
 
@@ -99,3 +100,20 @@ def test_fill_holes_by_hand():
     open_ring = ring.copy()
     open_ring[2, 1] = False  # not enclosed any more... except diagonally: 4-connected flood reaches it
     assert fill_holes(open_ring).sum() == 7
+
+
+def test_resize_mask_by_hand_area_down_linear_up():
+    mask = np.zeros((8, 8), np.uint8)
+    mask[1:5, 1:5] = 7  # any value > 0 is inside
+    # Area 4x: block (0, 0) holds 9 of its 16 pixels inside (>= 0.5), block (0, 1) 3, (1, 0) 3, (1, 1) 1.
+    # (INTER_NEAREST reads pixel (4i, 4j) of each block instead and would give [[0, 0], [0, 1]].)
+    np.testing.assert_array_equal(resize_mask(mask, (2, 2)), [[True, False], [False, False]])
+    # The mask used by the classification stages is the same function (one resampling rule everywhere).
+    from covidct.preprocess.pipelines import fit_to_size
+
+    _, fitted = fit_to_size(np.zeros((8, 8), np.uint8), mask, 2)
+    np.testing.assert_array_equal(fitted, [[1, 0], [0, 0]])
+    # Enlarging 2 -> 4 linearly: output pixel (1, 1) takes 0.75 x 0.75 = 0.56 of the inside source pixel,
+    # (1, 2) and (2, 1) 0.75 x 0.25 = 0.19 (edges clamp): the cut at 0.5 keeps exactly the top-left 2 x 2 block.
+    np.testing.assert_array_equal(resize_mask(np.array([[1, 0], [0, 0]]), (4, 4)), np.pad(np.ones((2, 2)), ((0, 2), (0, 2))))
+    assert resize_mask(mask, (8, 8)).sum() == 16

@@ -6,7 +6,7 @@ on every row and stores the results under ``<cache_root>/<stage>-<size>-<key>/``
 - ``images.u8``: raw uint8 memmap, shape (N, size, size, C) (channels-last, C from the stage);
 - ``masks.u8``: uint8 memmap (N, size, size), the lung/body mask the stage used ({0, 1});
 - ``targets.u8`` (only when the manifest has ``mask_path``): the mask files (> 0), zero-padded to a
-  centred square and resized to size x size with nearest-neighbour interpolation: the geometry of the
+  centred square and resized to size x size (``covidct.preprocess.body.resize_mask``): the geometry of the
   full-field stages (``original``, ``nobackg``, ``lungs-nocrop``). Do not pair them with cropping or
   halving stages. A manifest column ``mask_rot90`` (MedSeg: masks a quarter turn away from their
   images) turns each mask by ``np.rot90(mask, k)`` before that;
@@ -42,7 +42,7 @@ from covidct.errors import CovidctError
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = "1"
+CACHE_FORMAT = "2"
 KEY_COLUMNS = ("path", "label", "group", "split", "source", "mask_path", "slice_index", "mask_rot90")
 
 
@@ -129,9 +129,8 @@ def cache_key(manifest: pd.DataFrame, stage: str, size: int, stage_fn=None) -> s
 
 
 def _read_target(path: str, size: int, rot90: int = 0) -> np.ndarray:
-    import cv2
-
     from covidct.data.io import read_image
+    from covidct.preprocess.body import resize_mask
 
     mask = read_image(path).array
     if mask.ndim != 2:
@@ -143,7 +142,7 @@ def _read_target(path: str, size: int, rot90: int = 0) -> np.ndarray:
     top, left = (side - height) // 2, (side - width) // 2
     square = np.zeros((side, side), np.uint8)
     square[top : top + height, left : left + width] = mask > 0
-    return cv2.resize(square, (size, size), interpolation=cv2.INTER_NEAREST)
+    return resize_mask(square, (size, size)).astype(np.uint8)
 
 
 def _process_chunk(job: dict) -> tuple[int, int, int]:

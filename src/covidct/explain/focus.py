@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import warnings
 
-import cv2
 import numpy as np
 
 from covidct.errors import CovidctError
+from covidct.preprocess.body import resize_mask
 
 LUNG_FOCUS_MARGIN = 0.25
 LUNG_FOCUS_FALLBACK_THRESHOLD = 0.5
@@ -40,7 +40,7 @@ class LungFocusWarning(UserWarning):
 
 
 def _mask_like(mask, shape: tuple) -> np.ndarray:
-    """Binary mask (any label > 0) resized with nearest neighbour to ``shape`` (H, W)."""
+    """Binary mask (any label > 0) resized to ``shape`` (H, W) by ``covidct.preprocess.body.resize_mask``."""
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[-1] == 1:
         mask = mask[..., 0]
@@ -48,7 +48,7 @@ def _mask_like(mask, shape: tuple) -> np.ndarray:
         raise CovidctError(f"A lung mask must be 2-D (H, W), got shape {mask.shape}.")
     binary = (mask > 0).astype(np.uint8)
     if binary.shape != tuple(shape):
-        binary = cv2.resize(binary, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_NEAREST)
+        binary = resize_mask(binary, shape)
     return binary.astype(bool)
 
 
@@ -57,8 +57,8 @@ def lung_focus_score(heatmap: np.ndarray, lung_mask: np.ndarray) -> float:
 
     Args:
         heatmap: float (H, W), non-negative (a ``compute_heatmaps`` output).
-        lung_mask: (H, W) or (H, W, 1) mask or lung labels (any value > 0 is lung); resized with nearest
-            neighbour when its size differs from the heatmap's.
+        lung_mask: (H, W) or (H, W, 1) mask or lung labels (any value > 0 is lung); resized (area/linear,
+            cut at 0.5) when its size differs from the heatmap's.
 
     Returns:
         A float in [0, 1]; NaN when the heatmap is all zeros (no attention to score).

@@ -37,9 +37,9 @@ from covidct.preprocess.body import (
     disk,
     fill_holes,
     mask_bbox,
+    resize_mask,
     to_display_u8,
     to_gray,
-    upsample_mask,
 )
 
 LUNG_METHODS = ("classical", "envelope", "model")
@@ -308,7 +308,7 @@ def _upsample_labels(labels: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarra
     result = np.zeros(shape_hw, dtype=np.uint8)
     for value in (RIGHT_LUNG, LEFT_LUNG):
         if (labels == value).any():
-            result[upsample_mask(labels == value, shape_hw) & (result == 0)] = value
+            result[resize_mask(labels == value, shape_hw) & (result == 0)] = value
     return result
 
 

@@ -36,6 +36,7 @@ from covidct.preprocess.body import (
     crop_to_body,
     mask_bbox,
     remove_background,
+    resize_mask,
     to_display_u8,
     to_gray,
 )
@@ -62,7 +63,7 @@ def square_pad(image: np.ndarray, mask: np.ndarray | None = None):
 def fit_to_size(
     image: np.ndarray, mask: np.ndarray, size: int, masked: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pad to a square, then resize the image (area/linear) and mask (nearest) to ``size`` x ``size``.
+    """Pad to a square, then resize the image (area/linear) and mask (``resize_mask``) to ``size`` x ``size``.
 
     Args:
         image: uint8 (H, W) or (H, W, C).
@@ -80,7 +81,7 @@ def fit_to_size(
     resized = cv2.resize(image, (size, size), interpolation=interpolation)
     if resized.ndim == 2:
         resized = resized[..., None]
-    mask_resized = (cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
+    mask_resized = resize_mask(mask, (size, size))
     if masked:
         resized = resized * mask_resized[..., None]
     return resized.astype(np.uint8), mask_resized.astype(np.uint8)
@@ -173,7 +174,7 @@ def masked_pair(image, size: int) -> list[StageOutput]:
     display, _, _, lungs = _masks(image)
     pair = np.stack([display, lungs * 255], axis=-1).astype(np.uint8)
     out, mask = fit_to_size(pair, lungs, size)
-    out[..., 1] = mask * 255  # the mask channel is the (nearest-neighbour) resized mask exactly
+    out[..., 1] = mask * 255  # the mask channel is the resized mask exactly
     return [StageOutput(out, mask)]
 
 

@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from covidct.errors import CovidctError, unknown_name_error
-from covidct.preprocess.body import body_mask, mask_bbox, to_gray
+from covidct.preprocess.body import body_mask, mask_bbox, resize_mask, to_gray
 from covidct.preprocess.lungs import LungMaskWarning, lung_mask
 from covidct.preprocess.stages import StageOutput, register_stage
 
@@ -251,8 +251,7 @@ def _square_fit(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     image, mask = np.pad(image, pads), np.pad(mask.astype(np.uint8), pads)
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     resized = cv2.resize(image.astype(np.float32), (size, size), interpolation=interpolation)
-    mask_resized = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-    return resized, (mask_resized > 0).astype(np.uint8)
+    return resized, resize_mask(mask, (size, size)).astype(np.uint8)
 
 
 def robust_lung_crop(

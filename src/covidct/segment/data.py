@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from covidct.errors import CovidctError, unknown_name_error
+from covidct.preprocess.body import resize_mask
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,7 @@ def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
         return image
     interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
     if nearest:
-        resampled = cv2.resize((image > 0).astype(np.float32), (size, size), interpolation=interpolation)
-        return (resampled >= 0.5).astype(image.dtype)
+        return resize_mask(image, (size, size)).astype(image.dtype)
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
