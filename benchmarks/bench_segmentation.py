@@ -104,6 +104,11 @@ def main(argv=None) -> int:
         "--rotation", type=float, default=0.0, help="random rotation (degrees) when augmenting"
     )
     parser.add_argument("--patience", type=int, default=0, help="early stopping on validation Dice (0: off)")
+    parser.add_argument("--monitor", default="val_dice", choices=["val_dice", "val_loss", "last"],
+                        help="last: a fixed epoch budget, the final epoch is kept (nothing selected)")
+    parser.add_argument("--schedule", default="none", choices=["none", "cosine"], help="learning-rate schedule")
+    parser.add_argument("--val-fraction", type=float, default=0.15,
+                        help="training groups held out for validation (0 only with --monitor last: fit them all)")
     parser.add_argument(
         "--lung-input",
         default="none",
@@ -156,6 +161,9 @@ def main(argv=None) -> int:
         patience=args.patience,
         lung_input=args.lung_input,
         crop=args.crop,
+        monitor=args.monitor,
+        schedule=args.schedule,
+        val_fraction=args.val_fraction,
         bn_momentum=args.bn_momentum,
         bn_recalibration=args.bn_recalibration,
     )
@@ -174,6 +182,9 @@ def main(argv=None) -> int:
         "bn_recalibration": args.bn_recalibration,
         "augmentation": f"random left-right flip, rotation +-{args.rotation:g} deg (per batch, per epoch)",
         "patience": args.patience,
+        "monitor": args.monitor,
+        "schedule": args.schedule,
+        "val_fraction": args.val_fraction,
         "lung_input": args.lung_input,
         "crop": args.crop,
         "loss": "binary cross-entropy + soft Dice",
@@ -192,7 +203,8 @@ def main(argv=None) -> int:
         result["metrics_source_resolution"] = source_resolution_dice(run, args.root, size, folds, args.lung_input)
     out = result_path(args.out, result["command"], [f"segmentation_{args.task}_{model}",
                                                     f"segmentation_{args.task}_{model}_{size}px_b{args.base_filters}_{args.lung_input}"
-                                                    + ("_lungcrop" if args.crop == "lungs" else "")])
+                                                    + ("_lungcrop" if args.crop == "lungs" else "")
+                                                    + ("_fixedbudget" if args.monitor == "last" else "")])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float))
     dice = summary["dice"]

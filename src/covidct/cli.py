@@ -63,6 +63,11 @@ def _add_segment(subparsers) -> None:
                        help="lungs: crop each slice to the square around its lungs before resampling to --size")
     train.add_argument("--rotation", type=float, default=0.0, help="largest random rotation in degrees")
     train.add_argument("--patience", type=int, default=0, help="early stopping on validation Dice (0: off)")
+    train.add_argument("--monitor", default="val_dice", choices=["val_dice", "val_loss", "last"],
+                       help="checkpoint rule; last: a fixed epoch budget, the final epoch is kept")
+    train.add_argument("--schedule", default="none", choices=["none", "cosine"], help="learning-rate schedule")
+    train.add_argument("--val-fraction", type=float, default=0.15,
+                       help="training groups held out for validation (0 only with --monitor last)")
     evaluate = actions.add_parser("evaluate", help="per-image Dice/IoU/HD95 of a trained run on its test rows")
     evaluate.add_argument("--run", required=True, help="run folder from `segment train` or `train` (task: segmentation)")
     predict = actions.add_parser("predict", help="write masks and overlays for images")
@@ -83,7 +88,7 @@ def _run_segment(args) -> int:
             batch_size=args.batch_size, learning_rate=args.learning_rate, folds=args.folds,
             run_dir=args.run_dir, overwrite=args.overwrite, seed=args.seed, model_kwargs=kwargs,
             resume=args.resume, lung_input=args.lung_input, crop=args.crop, rotation_deg=args.rotation, patience=args.patience,
-            progress=True,
+            monitor=args.monitor, schedule=args.schedule, val_fraction=args.val_fraction, progress=True,
         )
         print(f"run folder: {run_dir}")
         return 0

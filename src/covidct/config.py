@@ -36,7 +36,7 @@ MONITORS = ("val_macro_f1", "val_auc", "val_loss", "val_dice", "last")
 TASKS = ("classification", "volume", "segmentation")
 # task: segmentation (issue #4): the loss, the selection scores and the lung-masked input choices.
 SEGMENTATION_LOSSES = ("dice_bce",)
-SEGMENTATION_MONITORS = ("val_dice", "val_loss")
+SEGMENTATION_MONITORS = ("val_dice", "val_loss", "last")
 LUNG_INPUTS = ("none", "masked", "auto")
 SEGMENTATION_CROPS = ("none", "lungs")  # covidct.segment.data.CROPS
 SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg", "phantom")
@@ -230,7 +230,8 @@ class SegmentationConfig:
         folds: 0 evaluates on the dataset's test split; k >= 2 runs grouped k-fold cross-validation
             (each fold a sub-run ``fold_<k>/``; for datasets without a test split such as ``medseg``).
         val_fraction: fraction of the training groups held out as the validation (selection) part when
-            the data have no ``val`` split of their own.
+            the data have no ``val`` split of their own. 0 (only with ``training.monitor: last``, a fixed
+            epoch budget that selects nothing, and a fixed ``lung_input``): every training group is fitted.
         crop: ``"none"`` (whole slices resampled to ``data.size``) or ``"lungs"``: each slice cropped, at its
             source resolution, to the square around its dilated classical lung mask (5% margin) and then
             resampled, so the lungs fill the input. Validation Dice (selection) is computed on the crops; test
@@ -438,8 +439,15 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
         raise CovidctError(
             f"{source}: segmentation.folds must be 0 (use the test split) or an integer >= 2, got {s.folds!r}."
         )
-    if not (isinstance(s.val_fraction, (int, float)) and 0 < s.val_fraction < 1):
-        raise CovidctError(f"{source}: segmentation.val_fraction must lie in (0, 1), got {s.val_fraction!r}.")
+    if not (isinstance(s.val_fraction, (int, float)) and 0 <= s.val_fraction < 1):
+        raise CovidctError(f"{source}: segmentation.val_fraction must lie in [0, 1), got {s.val_fraction!r}.")
+    if s.val_fraction == 0 and (t.monitor != "last" or s.lung_input == "auto"):
+        raise CovidctError(
+            f"{source}: segmentation.val_fraction=0 leaves nothing to select on, but "
+            + (f"training.monitor={t.monitor!r} selects the checkpoint on validation"
+               if t.monitor != "last" else "lung_input 'auto' picks the lung input on validation")
+            + "; use training.monitor: last with lung_input none or masked, or a val_fraction > 0."
+        )
     if cfg.data.dataset not in SEGMENTATION_DATASETS:
         raise CovidctError(
             f"{source}: data.dataset={cfg.data.dataset!r} has no masks.{did_you_mean(cfg.data.dataset, SEGMENTATION_DATASETS)} "

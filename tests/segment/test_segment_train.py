@@ -475,3 +475,33 @@ def test_bn_momentum_reaches_every_batch_norm_layer():
     assert set_batch_norm_momentum(model, 0.9) == 2
     assert model.get_layer("bn_outer").momentum == 0.9
     assert model.get_layer("inner").get_layer("bn_inner").momentum == 0.9
+
+
+def test_fixed_budget_fits_every_training_group_and_selects_nothing(tmp_path, tiny_segmenter):
+    """monitor last + val_fraction 0: the final epoch of each fold is kept, trained on all non-test groups."""
+    from covidct.segment.data import phantom_pairs
+
+    pairs = phantom_pairs(24, 32, "lesion")
+    for bad in ({"monitor": "val_dice"}, {"monitor": "last", "lung_input": "auto"}):
+        with pytest.raises(CovidctError, match="val_fraction=0"):
+            segmentation_config(model=tiny_segmenter, dataset="phantom", folds=2, val_fraction=0, **bad)
+    run = train_segmenter(
+        model=tiny_segmenter, dataset="phantom", size=32, epochs=2, batch_size=4, folds=2, pairs=pairs,
+        monitor="last", schedule="cosine", val_fraction=0, run_dir=tmp_path / "fixed",
+    )
+    info = json.loads((run / "run.json").read_text())
+    assert info["selection_split"] == "none" and "no validation part" in info["selection"]
+    assert "Selection: nothing" in (run / "run_report.md").read_text()
+    for k, fold in enumerate(info["fold_results"]):
+        split = pd.read_csv(run / f"fold_{k}" / "split.csv", dtype=str)
+        counts = split["split"].value_counts().to_dict()
+        assert "val" not in counts and counts["train"] + counts["test"] == 24
+        assert fold["split_counts"]["val"]["images"] == 0
+        assert fold["best_epoch"] == fold["epochs_run"] == 2 and fold["val_dice"] is None
+        history = pd.read_csv(run / f"fold_{k}" / "history.csv")
+        assert len(history) == 2 and "val_dice" not in history.columns
+        # cosine decay over both epochs' steps, read at each epoch's end: 1e-3 * (1 + cos(pi / 2)) / 2, then 0
+        assert history["learning_rate"].tolist() == pytest.approx([5e-4, 0.0], abs=1e-9)
+    summary = json.loads((run / "metrics_cv.json").read_text())
+    assert summary["n_images"] == 24 and summary["fold_val_dice"] == [None, None]
+    assert summary["selection"]["monitor"] == "last"

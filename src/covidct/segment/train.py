@@ -41,6 +41,8 @@ def segmentation_config(
     bn_momentum: float | None = None,
     bn_recalibration: int = 1024,
     val_fraction: float = 0.15,
+    monitor: str = "val_dice",
+    schedule: str = "none",
     name: str = "",
     output_root: str = "runs",
 ):
@@ -66,7 +68,11 @@ def segmentation_config(
         bn_momentum: momentum of every BatchNormalization layer (default: the builder's).
         bn_recalibration: clean training images that reset BatchNorm statistics before each validation
             (``training.bn_recalibration``; 0: off).
-        val_fraction: fraction of the training groups that selects (validation part).
+        val_fraction: fraction of the training groups that selects (validation part); 0 with
+            ``monitor="last"``: every training group is fitted.
+        monitor: ``"val_dice"`` (checkpoint on validation Dice), ``"val_loss"`` or ``"last"`` (a fixed epoch
+            budget: the final epoch is kept, nothing is selected, early stopping is off).
+        schedule: learning-rate schedule, ``"none"`` or ``"cosine"`` (decay over all training steps).
         name: run name (default ``segment-<model>-<dataset>-<size>``).
         output_root: parent folder of run folders.
 
@@ -91,7 +97,8 @@ def segmentation_config(
             "batch_size": batch_size,
             "learning_rate": learning_rate,
             "loss": "dice_bce",
-            "monitor": "val_dice",
+            "monitor": monitor,
+            "schedule": schedule,
             "augmentation": {"flip": True, "rotation": float(rotation_deg) / 360.0} if augment else "none",
             "early_stopping_patience": patience,
             "min_epochs": min(patience, epochs // 2),

@@ -219,6 +219,8 @@ def plan_splits(pairs, cfg) -> list[SplitPlan]:
         official_val = rest[splits[rest] == "val"]
         if len(official_val):
             train, val = rest[splits[rest] != "val"], official_val
+        elif s.val_fraction == 0:
+            train, val = rest, rest[:0]
         else:
             fit_rows, val_rows = group_split(groups[rest], s.val_fraction, seed)
             train, val = rest[fit_rows], rest[val_rows]
@@ -226,11 +228,14 @@ def plan_splits(pairs, cfg) -> list[SplitPlan]:
     else:
         for k, test in enumerate(grouped_folds(groups, s.folds, seed)):
             rest = np.setdiff1d(np.arange(len(groups)), test)
+            if s.val_fraction == 0:  # monitor last: a fixed budget on every training group, nothing selected
+                plans.append(SplitPlan(f"fold_{k}", rest, rest[:0], np.sort(test)))
+                continue
             fit_rows, val_rows = group_split(groups[rest], s.val_fraction, seed)
             plans.append(SplitPlan(f"fold_{k}", rest[fit_rows], rest[val_rows], np.sort(test)))
     for plan in plans:
         where = plan.name or "the training part"
-        if not len(plan.val) or not len(plan.train):
+        if not len(plan.train) or (not len(plan.val) and s.val_fraction > 0):
             raise CovidctError(
                 f"{where} has {len(np.unique(groups[np.r_[plan.train, plan.val]]))} group(s): selection needs a "
                 "validation part with at least one group and a training part with another. Use more data or fewer folds."

@@ -844,8 +844,12 @@ def _train_segmentation(
         "input_names": ["image"],
         "model": cfg.model.name,
         "monitor": t.monitor,
-        "selection_split": "val",
-        "selection": "a validation part of the training data (by group) selects the checkpoint and the lung input",
+        "selection_split": "val" if t.monitor != "last" else "none",
+        "selection": "a validation part of the training data (by group) selects the checkpoint and the lung input"
+        if t.monitor != "last"
+        else "nothing: a fixed epoch budget (monitor last), the final epoch's weights are kept"
+        + ("; the validation part is scored for the history only" if cfg.segmentation.val_fraction > 0 else
+           "; every training group is fitted (no validation part)"),
         "report_split": "test"
         if not cfg.segmentation.folds
         else f"held-out fold of {cfg.segmentation.folds}-fold grouped CV",
@@ -947,6 +951,8 @@ def _fit_segmentation_unit(
     val_masks = np.asarray(pairs.masks)[plan.val]
 
     def validate(model) -> dict:
+        if not len(plan.val):  # segmentation.val_fraction 0 with monitor last: nothing to score
+            return {}
         logits = seg.predict_mask_logits(model, images, plan.val, t.batch_size)
         return seg.mask_validation_scores(val_masks, logits)
 
@@ -994,12 +1000,14 @@ def segmentation_run_report(info: dict) -> str:
         f"Status: **{info['status']}**. Segmenter `{info['model']}`, dataset `{info['dataset']}`, {info['size']} px; "
         f"backend {info['backend']} (Keras {info['keras_version']}, {info['dtype_policy']}), {info['seconds']} s.",
         "",
-        f"Checkpoints (and the lung input) were selected on the **validation** part by `{info['monitor']}`; "
-        f"this is a selection score, not a test score. Reported split: {info['report_split']} "
+        (f"Checkpoints (and the lung input) were selected on the **validation** part by `{info['monitor']}`; "
+         "this is a selection score, not a test score." if info["monitor"] != "last" else
+         f"Selection: {info['selection']}.")
+        + f" Reported split: {info['report_split']} "
         "(`covidct segment evaluate` writes per-image Dice, IoU and HD95 with bootstrap intervals).",
         "",
         "| split | lung input | best epoch | epochs run | "
-        + f"{info['monitor']} | train / val / test images |",
+        + (f"{info['monitor']} | train / val / test images |" if info["monitor"] != "last" else "selection score (none) | train / val / test images |"),
         "|---|---|---|---|---|---|",
     ]
     for row in info.get("fold_results") or [info]:
