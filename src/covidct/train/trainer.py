@@ -386,10 +386,10 @@ class _Trainer:
         if self.keep_last:
             shown = {k: v for k, v in scores.items() if k in ("val_loss", "val_auc", "val_macro_f1", "val_dice")}
             log.info(
-                "epoch %d: loss %.4f, %s (monitor last: checkpoint = this epoch)",
+                "epoch %d: loss %.4f%s (monitor last: checkpoint = this epoch)",
                 epoch + 1,
                 row["loss"],
-                ", ".join(f"{k} {v:.4f}" for k, v in shown.items()),
+                "".join(f", {k} {v:.4f}" for k, v in shown.items()),
             )
         else:
             log.info(
