@@ -13,7 +13,9 @@ the parts that differ when the target is a per-pixel mask instead of a class:
   ``val`` rows (or, when it has none, a ``segmentation.val_fraction`` of the training groups) select
   the checkpoint, the rest trains. With ``segmentation.folds = k``: grouped k-fold cross-validation,
   each fold's held-out groups are its test part and a validation part is carved (by group) out of its
-  training part. No group is ever in two parts of one split.
+  training part. No group is ever in two parts of one split. ``segmentation.val_fraction: 0`` (only with
+  ``training.monitor: last``, a fixed epoch budget that selects nothing) carves no validation part: every
+  training group is fitted.
 - **Batches** (``MaskSequence``). Shuffled float32 image/mask batches with a random left-right mirror
   and rotation applied to image and mask together (``augment_batch``), drawn from (seed, epoch, batch),
   so a resumed run sees exactly the batches an uninterrupted one would have.
