@@ -251,9 +251,10 @@ def test_medseg_records_mask_orientation_and_block_groups(tmp_path, monkeypatch)
 
     # The cache's targets apply the turn: z001's target is the lesion, not its rotated copy.
     cache = build_cache(manifest, stage="original", size=64, cache_root=tmp_path / "c", workers=1, progress=False)
-    expected = cv2.resize(lesion, (64, 64), interpolation=cv2.INTER_NEAREST)
-    np.testing.assert_array_equal(cache.targets[0], expected)
-    np.testing.assert_array_equal(cache.targets[1], cv2.resize(right_only, (64, 64), interpolation=cv2.INTER_NEAREST))
+    from covidct.preprocess.body import resize_mask  # the one mask-resampling rule (area down, cut at 0.5)
+
+    np.testing.assert_array_equal(cache.targets[0], resize_mask(lesion, (64, 64)))
+    np.testing.assert_array_equal(cache.targets[1], resize_mask(right_only, (64, 64)))
     assert not cache.targets[2].any()
 
 
