@@ -504,4 +504,4 @@ def test_fixed_budget_fits_every_training_group_and_selects_nothing(tmp_path, ti
         assert history["learning_rate"].tolist() == pytest.approx([5e-4, 0.0], abs=1e-9)
     summary = json.loads((run / "metrics_cv.json").read_text())
     assert summary["n_images"] == 24 and summary["fold_val_dice"] == [None, None]
-    assert summary["selection"]["monitor"] == "last"
+    assert summary["selection"]["monitor"] == "last" and summary["selection"]["split"] == "none"

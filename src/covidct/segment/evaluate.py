@@ -154,7 +154,7 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
 
         pairs = load_segmentation_pairs(cfg)
     selection = {
-        "split": "val",
+        "split": info.get("selection_split", "val"),
         "monitor": info.get("monitor", "val_dice"),
         "what": info.get("selection", ""),
     }
