@@ -191,7 +191,9 @@ class EvaluationConfig:
     Attributes:
         n_bootstrap: bootstrap replicates for the confidence intervals (resampling groups).
         ci: confidence level.
-        tta: test-time augmentation (average of the image and its horizontal flip).
+        tta: test-time augmentation (average of the image and its horizontal flip; for ``task: segmentation``
+            the mean of the two probability maps, the mirrored one mirrored back). A segmentation run's
+            evaluator takes only ``n_bootstrap``, ``ci`` and ``tta``; the other keys are refused there.
         mc_dropout: number of Monte-Carlo-dropout passes (0: off).
         temperature_scaling: fit a temperature on the validation set and report calibrated scores too.
         threshold: decision threshold on the positive-class probability (two classes; None: argmax), or
@@ -393,6 +395,10 @@ def segmentation_augmentation(training: TrainingConfig) -> dict | None:
     )
 
 
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
 def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
     """Check ``task`` and the settings that belong to one task only (no registry needed).
 
@@ -432,6 +438,17 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
     if t.class_weight != "none":
         raise CovidctError(
             f"{source}: training.class_weight={t.class_weight!r} does not apply to task segmentation; use 'none'."
+        )
+    default_evaluation = EvaluationConfig()
+    classifier_only = [
+        name for name in ("mc_dropout", "temperature_scaling", "threshold", "positive_class", "aggregation", "topk")
+        if _as_tuple(getattr(cfg.evaluation, name)) != _as_tuple(getattr(default_evaluation, name))
+    ]
+    if classifier_only:
+        raise CovidctError(
+            f"{source}: evaluation.{', evaluation.'.join(classifier_only)} do(es) not apply to task segmentation (its "
+            "evaluator reports per-image Dice, IoU and HD95 of the masks at probability 0.5); of the evaluation "
+            "section only n_bootstrap, ci and tta (mirror averaging) apply. Remove the key(s)."
         )
     _check_choice(source, "segmentation.lung_input", s.lung_input, LUNG_INPUTS)
     _check_choice(source, "segmentation.crop", s.crop, SEGMENTATION_CROPS)

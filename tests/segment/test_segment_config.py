@@ -67,6 +67,8 @@ def test_segmentation_defaults_name_and_round_trip(segment_file, tmp_path):
         ("segmentation.val_fraction=0", "val_fraction=0 leaves nothing to select on.*monitor: last"),
         ("segmentation.fold=3", "Did you mean: folds"),
         ("segmentation.crop=lung", "Did you mean: lungs"),
+        ("evaluation.mc_dropout=5", r"evaluation.mc_dropout do\(es\) not apply to task segmentation.*tta"),
+        ("evaluation.threshold=0.3", r"evaluation.threshold do\(es\) not apply"),
     ],
 )
 def test_bad_segmentation_configs_name_the_fix(segment_file, override, message):

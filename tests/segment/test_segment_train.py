@@ -505,3 +505,27 @@ def test_fixed_budget_fits_every_training_group_and_selects_nothing(tmp_path, ti
     summary = json.loads((run / "metrics_cv.json").read_text())
     assert summary["n_images"] == 24 and summary["fold_val_dice"] == [None, None]
     assert summary["selection"]["monitor"] == "last" and summary["selection"]["split"] == "none"
+
+
+def test_mirror_tta_averages_the_two_probability_maps_by_hand():
+    """A 1x3 kernel reading the left neighbour: with TTA the mirrored pass reads the right one."""
+    import keras
+
+    from covidct.segment.data import SegmentationPairs
+    from covidct.segment.evaluate import predict_test_masks
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3, 8, 8, 1)).astype(np.uint8)
+    inputs = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(1, (1, 3), padding="same")
+    model = keras.Model(inputs, conv(inputs))
+    conv.set_weights([np.array([0.05, 0.0, 0.0], np.float32).reshape(1, 3, 1, 1), np.array([-6.0], np.float32)])
+    pairs = SegmentationPairs(images, np.zeros((3, 8, 8), np.uint8), ["a", "b", "c"], np.array([""] * 3), np.array(["g"] * 3))
+    x = np.pad(images[..., 0].astype(np.float64), ((0, 0), (0, 0), (1, 1)))  # zero padding of 'same'
+    left, right = 0.05 * x[:, :, :-2] - 6.0, 0.05 * x[:, :, 2:] - 6.0  # logit from x[j-1] / mirrored: x[j+1]
+    sigmoid = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    plain, _ = predict_test_masks(model, pairs, "none")
+    averaged, _ = predict_test_masks(model, pairs, "none", tta=True)
+    np.testing.assert_array_equal(plain, sigmoid(left) >= 0.5)
+    np.testing.assert_array_equal(averaged, (sigmoid(left) + sigmoid(right)) / 2 >= 0.5)
+    assert (averaged != plain).any()  # the case is not trivial

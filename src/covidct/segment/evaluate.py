@@ -49,20 +49,30 @@ def _rows_of(names: pd.Series, pairs, split_file: Path) -> np.ndarray:
     return np.array([where[name] for name in names], dtype=np.int64)
 
 
-def predict_test_masks(model, pairs, lung_input: str, crop: str = "none") -> tuple[np.ndarray, np.ndarray]:
+def predict_test_masks(
+    model, pairs, lung_input: str, crop: str = "none", tta: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, true) binary masks of every pair, in the frame the run is scored in.
 
     Whole slices: the model's masks against ``pairs.masks``. Lung crops: the probabilities pasted back into the
-    whole slice at ``pairs.frame_masks``' size and compared with ``pairs.frame_masks``.
+    whole slice at ``pairs.frame_masks``' size and compared with ``pairs.frame_masks``. With ``tta`` the
+    probability map is the mean of the image's and of its left-right mirror's (mirrored back), as
+    ``evaluation.tta`` does for classifiers.
     """
+    from scipy.special import expit
+
     from covidct.train import segmentation as seg
 
-    logits = seg.predict_mask_logits(model, seg.model_inputs(pairs, lung_input == "masked"))
+    images = seg.model_inputs(pairs, lung_input == "masked")
+    probabilities = expit(seg.predict_mask_logits(model, images))
+    if tta:
+        mirrored = seg.predict_mask_logits(model, np.ascontiguousarray(images[:, :, ::-1]))[:, :, ::-1]
+        probabilities = (probabilities + expit(mirrored)) / 2.0
     if crop != "lungs":
-        return logits >= np.log(THRESHOLD / (1 - THRESHOLD)), pairs.masks
+        return probabilities >= THRESHOLD, pairs.masks
     from covidct.segment.data import paste_crops
 
-    probabilities = paste_crops(1.0 / (1.0 + np.exp(-logits)), pairs.boxes, pairs.frame_masks.shape[1])
+    probabilities = paste_crops(probabilities, pairs.boxes, pairs.frame_masks.shape[1])
     return probabilities >= THRESHOLD, pairs.frame_masks
 
 
@@ -74,6 +84,7 @@ def evaluate_split(
     ci: float = 0.95,
     seed: int = 0,
     crop: str = "none",
+    tta: bool = False,
 ) -> tuple[dict, pd.DataFrame]:
     """Score the ``test`` rows of one split folder with its ``model.keras``; writes per_image_test.csv.
 
@@ -85,6 +96,7 @@ def evaluate_split(
         crop: ``"lungs"`` when the checkpoint was trained on lung crops: its probabilities are pasted back
             into the whole slice (``covidct.segment.data.paste_crops``) and scored against the whole slice's
             mask, so infection outside the crop counts as missed.
+        tta: average the probabilities of each image and of its left-right mirror (``evaluation.tta``).
 
     Returns:
         (``summarize`` dict of the test rows: Dice, IoU, HD95 with bootstrap CIs; the per-image table).
@@ -112,7 +124,7 @@ def evaluate_split(
         )
     model = keras.saving.load_model(split_dir / "model.keras", compile=False)
     subset = pairs.subset(test)
-    predicted, true = predict_test_masks(model, subset, lung_input, crop)
+    predicted, true = predict_test_masks(model, subset, lung_input, crop, tta)
     per_image = per_image_metrics(predicted, true, names=subset.names, groups=subset.groups)
     write_text_atomic(split_dir / "per_image_test.csv", per_image.to_csv(index=False))
     return summarize(per_image, n_bootstrap=n_bootstrap, ci=ci, seed=seed), per_image
@@ -161,7 +173,7 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
 
     def split_summary(split_dir: Path, split_info: dict) -> tuple[dict, pd.DataFrame]:
         summary, per_image = evaluate_split(
-            split_dir, pairs, split_info["lung_input"], n_bootstrap, e.ci, seed, split_info.get("crop", "none")
+            split_dir, pairs, split_info["lung_input"], n_bootstrap, e.ci, seed, split_info.get("crop", "none"), e.tta
         )
         counts = split_info["split_counts"]
         summary.update(
@@ -174,6 +186,7 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
                     "n_groups": summary["n_groups"],
                 },
                 "threshold": THRESHOLD,
+                "tta": bool(e.tta),
                 "n_train": counts["train"]["images"],
                 "n_val": counts["val"]["images"],
                 "epochs_run": split_info["epochs_run"],
@@ -209,6 +222,7 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
             "selection": selection,
             "evaluated_on": {"split": "cv", "n_images": summary["n_images"], "n_groups": summary["n_groups"]},
             "threshold": THRESHOLD,
+            "tta": bool(e.tta),
             "fold_dice": [s["dice"]["mean"] for s in fold_summaries],
             "fold_lung_input": [s["lung_input"] for s in fold_summaries],
             "fold_val_dice": [s["val_dice"] for s in fold_summaries],
