@@ -75,6 +75,7 @@ def _add_segment(subparsers) -> None:
     predict.add_argument("--images", nargs="+", required=True, help="image files or folders")
     predict.add_argument("--out", required=True, help="output folder for *_mask.png and *_overlay.png")
     predict.add_argument("--threshold", type=float, default=0.5)
+    predict.add_argument("--tta", action="store_true", help="average each map with its left-right mirror's")
     parser.set_defaults(func=_run_segment)
 
 
@@ -102,7 +103,7 @@ def _run_segment(args) -> int:
         return 0
     from covidct.segment.predict import predict_files
 
-    results = predict_files(args.model, args.images, args.out, threshold=args.threshold)
+    results = predict_files(args.model, args.images, args.out, threshold=args.threshold, tta=args.tta)
     failed = [r for r in results if "error" in r]
     print(f"{len(results) - len(failed)} mask(s) written to {args.out}; {len(failed)} unreadable.")
     return 0

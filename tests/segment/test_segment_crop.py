@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from covidct.cli import main
 from covidct.errors import CovidctError
 from covidct.segment.data import (
     crop_pairs_to_lungs,
@@ -125,6 +126,10 @@ def test_train_on_lung_crops_scores_the_whole_slice(lesion_crops, tmp_path, tiny
     one.frame_masks = whole.masks[test[:1]]
     expected, _ = predict_test_masks(model, one, "masked", crop="lungs")
     np.testing.assert_array_equal(mask > 0, expected[0])
+    # With mirror TTA (`segment predict --tta`, `evaluation.tta`) too.
+    assert main(["segment", "predict", "--model", str(run), "--images", str(path), "--out", str(tmp_path / "tta"), "--tta"]) == 0
+    expected, _ = predict_test_masks(model, one, "masked", crop="lungs", tta=True)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "tta" / "slice_mask.png"), cv2.IMREAD_GRAYSCALE) > 0, expected[0])
 
 
 def test_downsampled_masks_stay_centred_on_their_images():

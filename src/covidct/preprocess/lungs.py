@@ -392,7 +392,9 @@ def load_segmenter(model):
     return _MODEL_CACHE[key]
 
 
-def predict_foreground(model, images_u8: np.ndarray, threshold: float = 0.5, batch_size: int = 16) -> np.ndarray:
+def predict_foreground(
+    model, images_u8: np.ndarray, threshold: float = 0.5, batch_size: int = 16, tta: bool = False
+) -> np.ndarray:
     """Run a segmenter on display uint8 slices of any size; returns bool (N, H, W) at the input size.
 
     Args:
@@ -400,10 +402,13 @@ def predict_foreground(model, images_u8: np.ndarray, threshold: float = 0.5, bat
         images_u8: (N, H, W) or (N, H, W, 1) uint8 display images (all the same size).
         threshold: probability threshold on sigmoid(logits).
         batch_size: prediction batch size.
+        tta: average the probabilities with the left-right mirror's, mirrored back.
 
     Returns:
         bool (N, H, W).
     """
+    from covidct.train.segmentation import predict_mask_probabilities
+
     model = load_segmenter(model)
     images = np.asarray(images_u8)
     if images.ndim == 4:
@@ -414,8 +419,7 @@ def predict_foreground(model, images_u8: np.ndarray, threshold: float = 0.5, bat
         batch = np.stack([cv2.resize(im, (size_w, size_h), interpolation=cv2.INTER_AREA) for im in images])
     else:
         batch = images
-    logits = np.asarray(model.predict(batch[..., None].astype(np.float32), batch_size=batch_size, verbose=0))
-    probabilities = 1.0 / (1.0 + np.exp(-logits[..., 0]))
+    probabilities = predict_mask_probabilities(model, batch[..., None].astype(np.float32), batch_size, tta)
     if probabilities.shape[1:] != (height, width):
         probabilities = np.stack(
             [cv2.resize(p.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) for p in probabilities]

@@ -59,15 +59,9 @@ def predict_test_masks(
     probability map is the mean of the image's and of its left-right mirror's (mirrored back), as
     ``evaluation.tta`` does for classifiers.
     """
-    from scipy.special import expit
-
     from covidct.train import segmentation as seg
 
-    images = seg.model_inputs(pairs, lung_input == "masked")
-    probabilities = expit(seg.predict_mask_logits(model, images))
-    if tta:
-        mirrored = seg.predict_mask_logits(model, np.ascontiguousarray(images[:, :, ::-1]))[:, :, ::-1]
-        probabilities = (probabilities + expit(mirrored)) / 2.0
+    probabilities = seg.predict_mask_probabilities(model, seg.model_inputs(pairs, lung_input == "masked"), tta=tta)
     if crop != "lungs":
         return probabilities >= THRESHOLD, pairs.masks
     from covidct.segment.data import paste_crops

@@ -45,7 +45,9 @@ def crop_of(model_path: Path) -> str:
     return "none"
 
 
-def predict_lung_crop(model, image: np.ndarray, masked_input: bool, threshold: float = 0.5) -> np.ndarray:
+def predict_lung_crop(
+    model, image: np.ndarray, masked_input: bool, threshold: float = 0.5, tta: bool = False
+) -> np.ndarray:
     """Mask of a whole display slice from a segmenter trained on lung crops (``segmentation.crop: lungs``).
 
     The slice is cropped (at its own resolution) to the square around its dilated classical lung mask and
@@ -61,7 +63,7 @@ def predict_lung_crop(model, image: np.ndarray, masked_input: bool, threshold: f
     height, width = image.shape[:2]
     crop, _, lungs, box, _ = lung_crop(image, None, int(model.input_shape[1]))
     inputs = lung_masked(crop[None, ..., None], lungs[None]) if masked_input else crop[None]
-    probabilities = predict_probabilities(model, inputs)
+    probabilities = predict_probabilities(model, inputs, tta=tta)
     frame = max(height, width)
     pasted = paste_crops(probabilities, box[None], frame)[0]
     if (height, width) != (frame, frame):
@@ -89,22 +91,22 @@ def lung_input_of(model_path: Path) -> str:
     return "none"
 
 
-def predict_probabilities(model, images, batch_size: int = 16) -> np.ndarray:
+def predict_probabilities(model, images, batch_size: int = 16, tta: bool = False) -> np.ndarray:
     """sigmoid(model(images)) as float32 (N, H, W) for display images (N, H, W) or (N, H, W, 1).
 
     Args:
         model: a loaded segmenter, a run folder or a ``.keras`` file.
         images: display images (uint8 or float in [0, 255]) at the model's input size.
         batch_size: images per forward pass.
+        tta: average with the left-right mirror's map, mirrored back (as ``evaluation.tta``).
     """
     from covidct.preprocess.lungs import load_segmenter
-    from covidct.train.segmentation import predict_mask_logits
+    from covidct.train.segmentation import predict_mask_probabilities
 
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
-    logits = predict_mask_logits(load_segmenter(model), images, batch_size=batch_size)
-    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    return predict_mask_probabilities(load_segmenter(model), images, batch_size=batch_size, tta=tta)
 
 
 def read_display(path) -> np.ndarray:
@@ -185,7 +187,7 @@ def plot_overlays(images, preds, trues=None, titles=None, columns: int = 4):
     return figure
 
 
-def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
+def predict_files(run, paths, out_dir, threshold: float = 0.5, tta: bool = False) -> list[dict]:
     """Predict masks for image files and write ``<stem>_mask.png`` (0/255) and ``<stem>_overlay.png``.
 
     Args:
@@ -193,6 +195,7 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
         paths: image files (PNG/JPG/DICOM/NIfTI slices/.npy) or folders of images.
         out_dir: output folder (created).
         threshold: probability threshold.
+        tta: average each probability map with its left-right mirror's (as ``evaluation.tta``).
 
     Returns:
         One dict per image: path, mask, overlay, foreground_fraction (unreadable files: path, error).
@@ -228,13 +231,13 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5) -> list[dict]:
             results.append({"path": str(path), "error": str(error)})
             continue
         if cropped:
-            mask = predict_lung_crop(model, image, masked_input, threshold)
+            mask = predict_lung_crop(model, image, masked_input, threshold, tta)
         elif masked_input:
             from covidct.segment.data import dilated_lung_mask
 
-            mask = predict_foreground(model, (image * dilated_lung_mask(image))[None], threshold=threshold)[0]
+            mask = predict_foreground(model, (image * dilated_lung_mask(image))[None], threshold=threshold, tta=tta)[0]
         else:
-            mask = predict_foreground(model, image[None], threshold=threshold)[0]
+            mask = predict_foreground(model, image[None], threshold=threshold, tta=tta)[0]
         mask_path = out_dir / f"{path.stem}_mask.png"
         overlay_path = out_dir / f"{path.stem}_overlay.png"
         cv2.imwrite(str(mask_path), mask.astype(np.uint8) * 255)

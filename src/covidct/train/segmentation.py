@@ -410,6 +410,19 @@ def predict_mask_logits(model, images: np.ndarray, indices=None, batch_size: int
     return flat.reshape((len(indices),) + tuple(images.shape[1:3]))
 
 
+def predict_mask_probabilities(model, images: np.ndarray, batch_size: int = 16, tta: bool = False) -> np.ndarray:
+    """sigmoid of ``predict_mask_logits`` (N, H, W) float32; with ``tta`` the mean of the images' maps and of
+    their left-right mirrors' maps (mirrored back): the test-time augmentation of ``evaluation.tta``."""
+    from scipy.special import expit
+
+    images = np.asarray(images)
+    probabilities = expit(predict_mask_logits(model, images, batch_size=batch_size))
+    if tta:
+        mirrored = predict_mask_logits(model, np.ascontiguousarray(images[:, :, ::-1]), batch_size=batch_size)
+        probabilities = (probabilities + expit(mirrored[:, :, ::-1])) / 2.0
+    return probabilities.astype(np.float32)
+
+
 __all__ = [
     "MaskSequence",
     "SplitPlan",
@@ -419,4 +432,5 @@ __all__ = [
     "mask_validation_scores",
     "plan_splits",
     "predict_mask_logits",
+    "predict_mask_probabilities",
 ]
