@@ -79,6 +79,13 @@ def _add_segment(subparsers) -> None:
     parser.set_defaults(func=_run_segment)
 
 
+def _segmentation_selection(summary: dict) -> str:
+    """What chose the checkpoints of a segmentation run, for the one-line summaries."""
+    if summary.get("selection", {}).get("split") == "none":
+        return "nothing selected: fixed epoch budget, final epoch kept"
+    return "checkpoints selected on validation"
+
+
 def _run_segment(args) -> int:
     if args.segment_action == "train":
         from covidct.segment.train import train_segmenter
@@ -99,7 +106,8 @@ def _run_segment(args) -> int:
         summary = evaluate_segmentation(args.run)
         dice = summary["dice"]
         print(f"{args.run}: Dice {dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}] on {summary['n_images']} "
-              f"test image(s) ({summary['split']}); selected on validation")
+              f"test image(s) ({summary['split']}{', mirror TTA' if summary.get('tta') else ''}); "
+              f"{_segmentation_selection(summary)}")
         return 0
     from covidct.segment.predict import predict_files
 
@@ -266,8 +274,9 @@ def _run_train(args) -> int:
         if run_task(run_dir) == "segmentation":
             from covidct.segment.evaluate import evaluate_segmentation
 
-            dice = evaluate_segmentation(run_dir)["dice"]
-            print(f"test Dice {dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}] (selected on validation)")
+            summary = evaluate_segmentation(run_dir)
+            dice = summary["dice"]
+            print(f"test Dice {dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}] ({_segmentation_selection(summary)})")
             return 0
         result = evaluate_run(run_dir, split="test")
         print(f"test macro-F1 {result['slice']['macro_f1']:.3f}, AUC {result['slice']['auc_macro_ovr']:.3f}")

@@ -477,7 +477,7 @@ def test_bn_momentum_reaches_every_batch_norm_layer():
     assert model.get_layer("inner").get_layer("bn_inner").momentum == 0.9
 
 
-def test_fixed_budget_fits_every_training_group_and_selects_nothing(tmp_path, tiny_segmenter):
+def test_fixed_budget_fits_every_training_group_and_selects_nothing(tmp_path, tiny_segmenter, capsys):
     """monitor last + val_fraction 0: the final epoch of each fold is kept, trained on all non-test groups."""
     from covidct.segment.data import phantom_pairs
 
@@ -505,6 +505,9 @@ def test_fixed_budget_fits_every_training_group_and_selects_nothing(tmp_path, ti
     summary = json.loads((run / "metrics_cv.json").read_text())
     assert summary["n_images"] == 24 and summary["fold_val_dice"] == [None, None]
     assert summary["selection"]["monitor"] == "last" and summary["selection"]["split"] == "none"
+    capsys.readouterr()
+    assert main(["segment", "evaluate", "--run", str(run)]) == 0
+    assert "nothing selected: fixed epoch budget" in capsys.readouterr().out
 
 
 def test_mirror_tta_averages_the_two_probability_maps_by_hand():
