@@ -43,6 +43,20 @@ def test_load_overrides_and_name(config_file):
         cfg.training.epochs = 7
 
 
+def test_threshold_takes_a_number_or_the_word_val(config_file, tmp_path):
+    """evaluation.threshold: 'val' (chosen on validation) survives loading, a number stays a number."""
+    assert load_config(config_file, ["evaluation.threshold=val"]).evaluation.threshold == "val"
+    assert load_config(config_file, ["evaluation.threshold=0.3"]).evaluation.threshold == pytest.approx(0.3)
+    yaml_file = tmp_path / "val.yaml"
+    yaml_file.write_text(YAML + "evaluation: {threshold: val}\n")
+    cfg = load_config(yaml_file)
+    assert cfg.evaluation.threshold == "val" and load_config(dump_config(cfg, tmp_path / "again.yaml")) == cfg
+    with pytest.raises(CovidctError, match="evaluation.threshold must be a number in \\(0, 1\\), 'val'"):
+        load_config(config_file, ["evaluation.threshold=vall"])
+    with pytest.raises(CovidctError, match="training.learning_rate must be a number, got 'fast'"):
+        load_config(config_file, ["training.learning_rate=fast"])
+
+
 def test_dump_round_trip(config_file, tmp_path):
     cfg = load_config(config_file, ["evaluation.tta=true"])
     path = dump_config(cfg, tmp_path / "out" / "config.yaml")

@@ -543,7 +543,8 @@ def _section_from_dict(section: str, cls, values: dict, source: str):
             try:
                 value = float(value)
             except ValueError as error:
-                raise CovidctError(f"{source}: {section}.{key} must be a number, got {value!r}.") from error
+                if "str" not in types[key]:  # evaluation.threshold also takes the word "val"
+                    raise CovidctError(f"{source}: {section}.{key} must be a number, got {value!r}.") from error
         kwargs[key] = value
     return cls(**kwargs)
 
