@@ -395,10 +395,6 @@ def segmentation_augmentation(training: TrainingConfig) -> dict | None:
     )
 
 
-def _as_tuple(value):
-    return tuple(value) if isinstance(value, list) else value
-
-
 def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
     """Check ``task`` and the settings that belong to one task only (no registry needed).
 
@@ -442,7 +438,7 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
     default_evaluation = EvaluationConfig()
     classifier_only = [
         name for name in ("mc_dropout", "temperature_scaling", "threshold", "positive_class", "aggregation", "topk")
-        if _as_tuple(getattr(cfg.evaluation, name)) != _as_tuple(getattr(default_evaluation, name))
+        if getattr(cfg.evaluation, name) != getattr(default_evaluation, name)  # aggregation: a tuple once loaded
     ]
     if classifier_only:
         raise CovidctError(

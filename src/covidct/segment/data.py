@@ -102,9 +102,9 @@ def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     by the flip augmentation into a 0.75 px disagreement between samples.)"""
     if image.shape == (size, size):
         return image
-    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
     if nearest:
         return resize_mask(image, (size, size)).astype(image.dtype)
+    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 

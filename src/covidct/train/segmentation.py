@@ -401,12 +401,15 @@ def mask_validation_scores(true_masks: np.ndarray, logits: np.ndarray) -> dict:
     }
 
 
-def predict_mask_logits(model, images: np.ndarray, indices=None, batch_size: int = 16) -> np.ndarray:
-    """Per-pixel logits (N, H, W) float32 of a one-channel segmenter for the rows ``indices`` of ``images``."""
+def predict_mask_logits(
+    model, images: np.ndarray, indices=None, batch_size: int = 16, flip: bool = False
+) -> np.ndarray:
+    """Per-pixel logits (N, H, W) float32 of a one-channel segmenter for the rows ``indices`` of ``images``
+    (``flip``: of the left-right mirrored images, as ``covidct.train.trainer.predict_logits`` feeds them)."""
     from covidct.train.trainer import predict_logits
 
     indices = np.arange(len(images)) if indices is None else np.asarray(indices)
-    flat = predict_logits(model, images, indices, batch_size)
+    flat = predict_logits(model, images, indices, batch_size, flip=flip)
     return flat.reshape((len(indices),) + tuple(images.shape[1:3]))
 
 
@@ -417,9 +420,9 @@ def predict_mask_probabilities(model, images: np.ndarray, batch_size: int = 16, 
 
     images = np.asarray(images)
     probabilities = expit(predict_mask_logits(model, images, batch_size=batch_size))
-    if tta:
-        mirrored = predict_mask_logits(model, np.ascontiguousarray(images[:, :, ::-1]), batch_size=batch_size)
-        probabilities = (probabilities + expit(mirrored[:, :, ::-1])) / 2.0
+    if tta:  # the mirrored input's map, mirrored back onto the image
+        mirrored = predict_mask_logits(model, images, batch_size=batch_size, flip=True)[:, :, ::-1]
+        probabilities = (probabilities + expit(mirrored)) / 2.0
     return probabilities.astype(np.float32)
 
 
