@@ -118,6 +118,8 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", default="none", choices=["none", "lungs"],
                         help="lungs: crop each slice (at its own resolution) to the square around its dilated lung "
                         "mask before resampling to --size; test Dice is scored on the whole slice")
+    parser.add_argument("--weights", default=None,
+                        help="initial weights (model.weights), e.g. runs/unet-pretrain-genesis-sarscov2/model.keras")
     parser.add_argument("--root", default=None)
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--out", default=None, help="result JSON (default: named by task, model and settings in "
@@ -166,6 +168,7 @@ def main(argv=None) -> int:
         val_fraction=args.val_fraction,
         bn_momentum=args.bn_momentum,
         bn_recalibration=args.bn_recalibration,
+        weights=args.weights,
     )
     wall_s = time.perf_counter() - start
     summary = json.loads((run / ("metrics_cv.json" if folds else "metrics_test.json")).read_text())
@@ -191,6 +194,7 @@ def main(argv=None) -> int:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
+        "initial_weights": args.weights,
         "folds": folds,
         "run_dir": str(run),
         "wall_s": round(wall_s, 1),
@@ -204,7 +208,8 @@ def main(argv=None) -> int:
     out = result_path(args.out, result["command"], [f"segmentation_{args.task}_{model}",
                                                     f"segmentation_{args.task}_{model}_{size}px_b{args.base_filters}_{args.lung_input}"
                                                     + ("_lungcrop" if args.crop == "lungs" else "")
-                                                    + ("_fixedbudget" if args.monitor == "last" else "")])
+                                                    + ("_fixedbudget" if args.monitor == "last" else "")
+                                                    + ("_" + Path(args.weights).parent.name if args.weights else "")])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float))
     dice = summary["dice"]

@@ -68,6 +68,8 @@ def _add_segment(subparsers) -> None:
     train.add_argument("--schedule", default="none", choices=["none", "cosine"], help="learning-rate schedule")
     train.add_argument("--val-fraction", type=float, default=0.15,
                        help="training groups held out for validation (0 only with --monitor last)")
+    train.add_argument("--weights", default=None,
+                       help="initial weights of the same model and --base-filters, e.g. a task: pretrain run's model.keras")
     evaluate = actions.add_parser("evaluate", help="per-image Dice/IoU/HD95 of a trained run on its test rows")
     evaluate.add_argument("--run", required=True, help="run folder from `segment train` or `train` (task: segmentation)")
     predict = actions.add_parser("predict", help="write masks and overlays for images")
@@ -96,7 +98,8 @@ def _run_segment(args) -> int:
             batch_size=args.batch_size, learning_rate=args.learning_rate, folds=args.folds,
             run_dir=args.run_dir, overwrite=args.overwrite, seed=args.seed, model_kwargs=kwargs,
             resume=args.resume, lung_input=args.lung_input, crop=args.crop, rotation_deg=args.rotation, patience=args.patience,
-            monitor=args.monitor, schedule=args.schedule, val_fraction=args.val_fraction, progress=True,
+            monitor=args.monitor, schedule=args.schedule, val_fraction=args.val_fraction, weights=args.weights,
+            progress=True,
         )
         print(f"run folder: {run_dir}")
         return 0
@@ -271,6 +274,10 @@ def _run_train(args) -> int:
     if args.evaluate:
         from covidct.evaluate.evaluator import evaluate_run, run_task
 
+        if run_task(run_dir) == "pretrain":
+            print("A pretraining run is not evaluated (its restoration error is in run_report.md); fine-tune it with "
+                  f"task: segmentation and model.weights: {run_dir}/model.keras, then evaluate that run.")
+            return 0
         if run_task(run_dir) == "segmentation":
             from covidct.segment.evaluate import evaluate_segmentation
 

@@ -30,16 +30,19 @@ from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 SETTINGS = ("baseline", "classw", "dataaug", "classw-dataaug", "robust", "classw-robust")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine")
-LOSSES = ("ce", "focal", "dice_bce")
+LOSSES = ("ce", "focal", "dice_bce", "restoration_mse")
 CLASS_WEIGHTS = ("none", "balanced")
 MONITORS = ("val_macro_f1", "val_auc", "val_loss", "val_dice", "last")
-TASKS = ("classification", "volume", "segmentation")
+TASKS = ("classification", "volume", "segmentation", "pretrain")
 # task: segmentation (issue #4): the loss, the selection scores and the lung-masked input choices.
 SEGMENTATION_LOSSES = ("dice_bce",)
 SEGMENTATION_MONITORS = ("val_dice", "val_loss", "last")
 LUNG_INPUTS = ("none", "masked", "auto")
 SEGMENTATION_CROPS = ("none", "lungs")  # covidct.segment.data.CROPS
 SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg", "phantom")
+# task: pretrain (self-supervised restoration of a segmenter, covidct.train.restoration).
+PRETRAIN_LOSSES = ("restoration_mse",)
+PRETRAIN_MONITORS = ("val_loss", "last")
 MIXED_PRECISION = ("auto", "on", "off")
 FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
 
@@ -248,6 +251,27 @@ class SegmentationConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of ``task: pretrain`` runs: the Models Genesis distortions (``covidct.train.restoration``).
+
+    A segmenter learns to restore unlabeled images (``data.dataset``, made as ``segmentation.crop`` and
+    ``segmentation.lung_input`` say) from distorted copies; its ``model.keras`` then initialises a
+    segmentation run (``model.weights``). Refused for other tasks.
+
+    Attributes:
+        nonlinear_rate: probability of the random Bezier intensity curve.
+        shuffle_rate: probability of local pixel shuffling.
+        paint_rate: probability of in- or out-painting.
+        inpaint_rate: share of the painted images that are in-painted (the rest out-painted).
+    """
+
+    nonlinear_rate: float = 0.9
+    shuffle_rate: float = 0.5
+    paint_rate: float = 0.9
+    inpaint_rate: float = 0.2
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One experiment: name + task + data + model + training + evaluation (+ segmentation).
 
@@ -255,7 +279,8 @@ class RunConfig:
         name: run name (folder under ``output_root``); empty: ``<model>-<stage>-<setting>``
             (``segment-<model>-<dataset>-<size>`` for segmentation).
         output_root: parent folder of run folders.
-        task: ``""`` (the model's own task), ``"classification"``, ``"volume"`` or ``"segmentation"``.
+        task: ``""`` (the model's own task), ``"classification"``, ``"volume"``, ``"segmentation"`` or
+            ``"pretrain"`` (self-supervised restoration of a segmentation model on unlabeled images).
     """
 
     name: str = ""
@@ -266,6 +291,7 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     @property
     def setting(self) -> str:
@@ -277,6 +303,8 @@ class RunConfig:
         """``name`` or, when empty, ``<model>-<stage>-<setting>`` (``segment-<model>-<dataset>-<size>``)."""
         if not self.name and self.task == "segmentation":
             return f"segment-{self.model.name}-{self.data.dataset}-{self.data.size}"
+        if not self.name and self.task == "pretrain":
+            return f"pretrain-{self.model.name}-{self.data.dataset}-{self.data.size}"
         return self.name or experiment_name(self.model.name, self.data.stage, self.setting)
 
 
@@ -286,9 +314,11 @@ SECTIONS = {
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
     "segmentation": SegmentationConfig,
+    "pretrain": PretrainConfig,
 }
 # Training defaults that differ for task: segmentation (used when the YAML does not set them).
 SEGMENTATION_TRAINING_DEFAULTS = {"loss": "dice_bce", "monitor": "val_dice"}
+PRETRAIN_TRAINING_DEFAULTS = {"loss": "restoration_mse", "monitor": "val_loss"}
 _TUPLE_FIELDS = {("data", "split_fractions"), ("data", "classes"), ("evaluation", "aggregation")}
 
 
@@ -404,6 +434,20 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
     """
     _check_choice(source, "task", cfg.task, ("", *TASKS))
     t, s = cfg.training, cfg.segmentation
+    if cfg.task != "pretrain":
+        if t.loss in PRETRAIN_LOSSES:
+            raise CovidctError(
+                f"{source}: training.loss={t.loss!r} is the restoration loss of task: pretrain, but task is "
+                f"{cfg.task or 'the model default'!r}."
+            )
+        if cfg.pretrain != PretrainConfig():
+            raise CovidctError(
+                f"{source}: the pretrain section ({dataclasses.asdict(cfg.pretrain)}) applies to task: pretrain only; "
+                "set task: pretrain or remove it."
+            )
+    else:
+        _check_pretrain_settings(cfg, source)
+        return
     if cfg.task != "segmentation":
         if t.loss in SEGMENTATION_LOSSES or t.monitor == "val_dice":
             key, value = (
@@ -472,6 +516,47 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
         raise CovidctError(f"{source}: {error}") from None
 
 
+def _check_pretrain_settings(cfg: RunConfig, source: str) -> None:
+    """``task: pretrain``: restoration loss, val_loss/last selection, a fixed input, rates in [0, 1]."""
+    t, s, p = cfg.training, cfg.segmentation, cfg.pretrain
+    if t.loss not in PRETRAIN_LOSSES:
+        raise CovidctError(
+            f"{source}: training.loss={t.loss!r} does not apply to task pretrain; it trains with 'restoration_mse' "
+            "(mean squared error of sigmoid(logits) against the clean image, the default)."
+        )
+    if t.monitor not in PRETRAIN_MONITORS:
+        raise CovidctError(
+            f"{source}: training.monitor={t.monitor!r} is not a pretraining selection rule; use one of "
+            f"{list(PRETRAIN_MONITORS)} (val_loss: the restoration error on the validation part)."
+        )
+    if t.class_weight != "none":
+        raise CovidctError(f"{source}: training.class_weight={t.class_weight!r} does not apply to task pretrain; use 'none'.")
+    if cfg.evaluation != EvaluationConfig():
+        raise CovidctError(
+            f"{source}: the evaluation section does not apply to task pretrain (a pretraining run is not evaluated; "
+            "fine-tune it with task: segmentation and model.weights: <run>/model.keras). Remove it."
+        )
+    _check_choice(source, "segmentation.crop", s.crop, SEGMENTATION_CROPS)
+    _check_choice(source, "segmentation.lung_input", s.lung_input, ("none", "masked"))
+    if s.folds:
+        raise CovidctError(f"{source}: segmentation.folds={s.folds!r} does not apply to task pretrain (nothing is tested); use 0.")
+    if not (isinstance(s.val_fraction, (int, float)) and 0 <= s.val_fraction < 1):
+        raise CovidctError(f"{source}: segmentation.val_fraction must lie in [0, 1), got {s.val_fraction!r}.")
+    if s.val_fraction == 0 and t.monitor != "last":
+        raise CovidctError(
+            f"{source}: segmentation.val_fraction=0 leaves no validation part, but training.monitor={t.monitor!r} "
+            "selects on it; use training.monitor: last or a val_fraction > 0."
+        )
+    for key in ("nonlinear_rate", "shuffle_rate", "paint_rate", "inpaint_rate"):
+        value = getattr(p, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise CovidctError(f"{source}: pretrain.{key} must be a probability in [0, 1], got {value!r}.")
+    try:
+        segmentation_augmentation(t)
+    except CovidctError as error:
+        raise CovidctError(f"{source}: {error}") from None
+
+
 def resolve_task(cfg: RunConfig, source: str = "config") -> str:
     """The task of a run: ``cfg.task`` checked against the registered model's task, or the model's task.
 
@@ -482,6 +567,14 @@ def resolve_task(cfg: RunConfig, source: str = "config") -> str:
     from covidct.models import get_spec, list_models
 
     spec = get_spec(cfg.model.name)
+    if cfg.task == "pretrain":
+        if spec.task != "segmentation":
+            names = ", ".join(list_models(task="segmentation"))
+            raise CovidctError(
+                f"{source}: task pretrain restores images with an encoder-decoder that outputs one map per image; "
+                f"model {cfg.model.name!r} is a {spec.task} model. Choose a segmentation model ({names})."
+            )
+        return "pretrain"
     if cfg.task and cfg.task != spec.task:
         names = ", ".join(list_models(task=cfg.task)) or "none registered"
         raise CovidctError(
@@ -557,10 +650,9 @@ def config_from_dict(tree: dict, source: str = "config") -> RunConfig:
             raise CovidctError(f"{source}: unknown key {key!r}.{did_you_mean(key, top)} Known keys: {', '.join(top)}.")
     task = str(tree.get("task") or "")
     values = dict(tree)
-    if task == "segmentation" and (
-        values.get("training") is None or isinstance(values.get("training"), dict)
-    ):
-        values["training"] = {**SEGMENTATION_TRAINING_DEFAULTS, **(values.get("training") or {})}
+    defaults = {"segmentation": SEGMENTATION_TRAINING_DEFAULTS, "pretrain": PRETRAIN_TRAINING_DEFAULTS}.get(task)
+    if defaults and (values.get("training") is None or isinstance(values.get("training"), dict)):
+        values["training"] = {**defaults, **(values.get("training") or {})}
     sections = {
         name: _section_from_dict(name, cls, values.get(name), source) for name, cls in SECTIONS.items()
     }

@@ -43,6 +43,7 @@ def segmentation_config(
     val_fraction: float = 0.15,
     monitor: str = "val_dice",
     schedule: str = "none",
+    weights: str | None = None,
     name: str = "",
     output_root: str = "runs",
 ):
@@ -73,6 +74,8 @@ def segmentation_config(
         monitor: ``"val_dice"`` (checkpoint on validation Dice), ``"val_loss"`` or ``"last"`` (a fixed epoch
             budget: the final epoch is kept, nothing is selected, early stopping is off).
         schedule: learning-rate schedule, ``"none"`` or ``"cosine"`` (decay over all training steps).
+        weights: initial weights (``model.weights``): None (random) or a weights file of the same model and
+            ``model_kwargs``, e.g. a ``task: pretrain`` run's ``model.keras`` (``covidct.train.restoration``).
         name: run name (default ``segment-<model>-<dataset>-<size>``).
         output_root: parent folder of run folders.
 
@@ -91,7 +94,7 @@ def segmentation_config(
         "output_root": output_root,
         "task": "segmentation",
         "data": {"dataset": dataset, "root": None if root is None else str(root), "size": size, "seed": seed},
-        "model": {"name": model, "kwargs": dict(model_kwargs or {})},
+        "model": {"name": model, "kwargs": dict(model_kwargs or {}), "weights": None if weights is None else str(weights)},
         "training": {
             "epochs": epochs,
             "batch_size": batch_size,

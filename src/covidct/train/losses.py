@@ -2,7 +2,8 @@
 
 The classification losses take integer labels (``y_true`` of shape (B,) or (B, 1)) and logits: (B, C)
 for a softmax model or (B, 1) for a single sigmoid logit. The segmentation loss (``dice_bce``, for
-``task: segmentation``) takes binary masks (B, H, W, 1) and per-pixel logits of the same shape. All are
+``task: segmentation``) takes binary masks (B, H, W, 1) and per-pixel logits of the same shape; the
+restoration loss (``restoration_mse``, for ``task: pretrain``) clean images in [0, 1] of that shape. All are
 computed in float32 even under mixed precision.
 
 The focal loss (Lin et al. 2017, arXiv:1708.02002) is ``-alpha_t (1 - p_t)^gamma log p_t`` averaged
@@ -132,17 +133,33 @@ class DiceBCEFromLogits(keras.losses.Loss):
         return {**super().get_config(), "smooth": self.smooth}
 
 
+@keras.saving.register_keras_serializable(package="covidct")
+class RestorationMSE(keras.losses.Loss):
+    """Mean squared error between ``sigmoid(logits)`` and a clean image in [0, 1] (``task: pretrain``)."""
+
+    def __init__(self, name: str = "restoration_mse", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        predicted = ops.sigmoid(ops.cast(y_pred, "float32"))
+        axes = tuple(range(1, len(y_pred.shape)))
+        return ops.mean(ops.square(predicted - ops.cast(y_true, "float32")), axis=axes)
+
+
 def make_loss(name: str, num_classes: int, gamma: float = 2.0, alpha=None) -> keras.losses.Loss:
-    """The configured loss: ``"ce"``, ``"focal"`` or ``"dice_bce"`` (segmentation)."""
+    """The configured loss: ``"ce"``, ``"focal"``, ``"dice_bce"`` (segmentation) or ``"restoration_mse"``
+    (restoration pretraining)."""
     if name == "ce":
         return CrossEntropyFromLogits()
     if name == "focal":
         return FocalLossFromLogits(gamma=gamma, alpha=alpha, num_classes=num_classes)
     if name == "dice_bce":
         return DiceBCEFromLogits()
+    if name == "restoration_mse":
+        return RestorationMSE()
     from covidct.errors import unknown_name_error
 
-    raise unknown_name_error("loss", name, ("ce", "focal", "dice_bce"))
+    raise unknown_name_error("loss", name, ("ce", "focal", "dice_bce", "restoration_mse"))
 
 
 def loss_numpy(name: str, y_true: np.ndarray, logits: np.ndarray, gamma: float = 2.0, alpha=None) -> float:

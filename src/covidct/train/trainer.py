@@ -14,7 +14,9 @@ and ``volume`` (3-D volumes) share everything above; ``segmentation`` (``task: s
 selection score for validation Dice and the batches for jointly augmented image/mask batches, and may
 fit several units (``segmentation.folds`` grouped CV folds ``fold_<k>/``; with ``lung_input: auto`` a
 plain and a lung-masked variant ``input_none/`` / ``input_masked/`` per split, the better on validation
-kept). Every unit goes through the same epoch loop (``_fit_phases`` + ``EpochControl``): same
+kept); ``pretrain`` (``task: pretrain``, ``covidct.train.restoration``) fits a segmenter to restore
+distorted unlabeled images, so that a segmentation run can start from its ``model.keras``
+(``model.weights``). Every unit goes through the same epoch loop (``_fit_phases`` + ``EpochControl``): same
 checkpointing, early stopping, NaN handling, history and resume.
 
 The validation set selects the checkpoint; it is never reported as a test score (``covidct
@@ -569,8 +571,9 @@ def train(
         resume: continue an interrupted run from its last completed epoch.
         overwrite: delete an existing run folder (finished or not) and start again.
         data: already-loaded data (tests, notebooks): ``TrainingData`` for classification and volume
-            runs, ``covidct.segment.data.SegmentationPairs`` for ``task: segmentation``; default: built
-            from ``cfg.data``.
+            runs, ``covidct.segment.data.SegmentationPairs`` for ``task: segmentation``,
+            ``covidct.train.restoration.UnlabeledImages`` for ``task: pretrain``; default: built from
+            ``cfg.data``.
         progress: show Keras' progress bar.
 
     Returns:
@@ -587,6 +590,8 @@ def train(
     task = resolve_task(cfg, source=f"config of {run_dir}")
     if task == "segmentation":
         return _train_segmentation(cfg, run_dir, resume, overwrite, data, progress)
+    if task == "pretrain":
+        return _train_pretrain(cfg, run_dir, resume, overwrite, data, progress)
     if data is not None and not isinstance(data, TrainingData):
         raise CovidctError(
             f"train(cfg): a {task} run takes TrainingData (covidct.train.data), got {type(data).__name__}; "
@@ -990,6 +995,136 @@ def _fit_segmentation_unit(
     write_json_atomic(fit_file, fit)
     (unit_dir / STATE_FILE).unlink(missing_ok=True)
     return fit
+
+
+# ------------------------------------------------------------------------------------------------------
+# task: pretrain
+# ------------------------------------------------------------------------------------------------------
+
+
+def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, unlabeled, progress: bool) -> Path:
+    """``train(cfg)`` for ``task: pretrain``: restoration of distorted unlabeled images (Models Genesis)."""
+    from covidct.config import check_task_settings, segmentation_augmentation
+    from covidct.train import restoration
+    from covidct.train.segmentation import group_split, predict_mask_logits
+
+    check_task_settings(cfg, source=f"config of {run_dir}")
+    if unlabeled is not None and not isinstance(unlabeled, restoration.UnlabeledImages):
+        raise CovidctError(
+            f"train(cfg): task pretrain takes unlabeled images (covidct.train.restoration.UnlabeledImages), got "
+            f"{type(unlabeled).__name__}; leave data=None to read data.dataset."
+        )
+    resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite)
+    started = time.perf_counter()
+    t, s = cfg.training, cfg.segmentation
+    seed_everything(t.seed)
+    if unlabeled is None:
+        unlabeled = restoration.load_unlabeled_images(cfg, progress=progress)
+    images = np.asarray(unlabeled.images)
+    if images.ndim != 4 or images.shape[-1] != 1 or images.shape[1:3] != (cfg.data.size, cfg.data.size):
+        raise CovidctError(
+            f"data ({cfg.data.dataset}): pretraining images must be (N, {cfg.data.size}, {cfg.data.size}, 1) "
+            f"uint8, got {images.shape}."
+        )
+    groups = np.asarray(unlabeled.groups).astype(str)
+    if s.val_fraction > 0:
+        train_rows, val_rows = group_split(groups, s.val_fraction, t.seed)
+    else:
+        train_rows, val_rows = np.arange(len(images)), np.arange(0)
+    if len(train_rows) == 0 or (s.val_fraction > 0 and len(val_rows) == 0):
+        raise CovidctError(
+            f"data ({cfg.data.dataset}): {len(images)} images in {len(set(groups))} group(s) cannot give both a "
+            "training and a validation part; add images or set segmentation.val_fraction: 0 with training.monitor: last."
+        )
+    dump_config(cfg, run_dir / "config.yaml")
+    val_inputs, val_clean = restoration.fixed_validation_pairs(images, val_rows, cfg.pretrain, t.seed)
+
+    def validate(model) -> dict:
+        if not len(val_rows):
+            return {}
+        logits = predict_mask_logits(model, val_inputs, batch_size=t.batch_size)
+        return {"val_loss": restoration.restoration_mse_numpy(val_clean, logits)}
+
+    with _dtype_policy(cfg) as policy:
+        trainer = _Trainer(cfg, run_dir, validate, progress)
+        trainer.model = build_segmentation_model(cfg, images.shape[1:3])
+        trainer.input_names = ("image",)
+        trainer.train_sequence = restoration.RestorationSequence(
+            images,
+            train_rows,
+            cfg.pretrain,
+            batch_size=t.batch_size,
+            shuffle=True,
+            seed=t.seed,
+            augmentation=segmentation_augmentation(t),
+            max_steps=t.max_steps_per_epoch,
+        )
+        trainer.recalibration_batches = recalibration_source(cfg, images, train_rows, ("image",))
+        jit = "auto" if gpu_available() or keras.backend.backend() != "tensorflow" else False
+        _fit_phases(cfg, run_dir, trainer, make_loss(t.loss, 1), resuming, progress, jit_compile=jit)
+    info = {
+        "name": cfg.run_name,
+        "task": "pretrain",
+        "status": "nan" if trainer.nan_epoch is not None else "finished",
+        "objective": "Models Genesis restoration (covidct.train.restoration)",
+        "dataset": cfg.data.dataset,
+        "size": int(images.shape[1]),
+        "channels": 1,
+        "input_names": ["image"],
+        "crop": s.crop,
+        "lung_input": s.lung_input,
+        "model": cfg.model.name,
+        "model_kwargs": dict(cfg.model.kwargs or {}),
+        "monitor": t.monitor,
+        "selection_split": "none" if trainer.keep_last else "val",
+        "best_epoch": trainer.best_epoch + 1,
+        "best_score": trainer.best_score,
+        "epochs_run": len(trainer.history),
+        "stopped_early": trainer.stopped_early,
+        "split_counts": {
+            part: {"images": int(len(rows)), "groups": int(len(set(groups[rows])))}
+            for part, rows in (("train", train_rows), ("val", val_rows))
+        },
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "dtype_policy": policy,
+        "seconds": round(time.perf_counter() - started, 1),
+        "use": f"model.weights: {run_dir / MODEL_FILE} (same model.name and model.kwargs, task: segmentation)",
+    }
+    write_json_atomic(run_dir / RUN_FILE, info)
+    write_text_atomic(run_dir / "run_report.md", pretrain_run_report(info))
+    if trainer.nan_epoch is not None:
+        raise _nan_error(cfg, trainer, run_dir)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    return run_dir
+
+
+def pretrain_run_report(info: dict) -> str:
+    """Markdown summary of a pretraining run: data, objective, selection, how to use the weights."""
+    counts = info["split_counts"]
+    score = info["best_score"]
+    selection = (
+        f"the checkpoint of epoch {info['best_epoch']} has the lowest validation restoration MSE ({score:.5f})"
+        if isinstance(score, float) and math.isfinite(score)
+        else "a fixed epoch budget (monitor last): the final epoch's weights are kept"
+    )
+    return "\n".join(
+        [
+            f"# Run {info['name']}",
+            "",
+            f"Status: **{info['status']}**. Self-supervised pretraining of `{info['model']}` "
+            f"({info['model_kwargs']}) by {info['objective']} on `{info['dataset']}` (labels not read), "
+            f"{info['size']} px, crop {info['crop']}, lung input {info['lung_input']}; backend {info['backend']} "
+            f"(Keras {info['keras_version']}, {info['dtype_policy']}), {info['seconds']} s.",
+            "",
+            f"Images: {counts['train']['images']} training ({counts['train']['groups']} groups), "
+            f"{counts['val']['images']} validation ({counts['val']['groups']} groups). Selection: {selection}. "
+            "A restoration error is not a segmentation or diagnostic score.",
+            "",
+            f"Use: {info['use']}.",
+            "",
+        ]
+    )
 
 
 def segmentation_run_report(info: dict) -> str:

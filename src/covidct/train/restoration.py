@@ -1,0 +1,306 @@
+"""What ``task: pretrain`` changes in the one training path: self-supervised image restoration.
+
+A segmenter (an encoder-decoder with one output channel, e.g. ``unet``) is first trained to undo
+random distortions of unlabeled CT slices, then fine-tuned on the few labelled masks with
+``model.weights: <pretrain run>/model.keras`` (same builder and ``model.kwargs``). The objective is
+Models Genesis (Zhou et al., "Models Genesis", Medical Image Analysis 2021, arXiv:2004.07882) in 2-D:
+each training image is distorted by
+
+- a **non-linear intensity transformation** (a random monotone Bezier curve through (0, 0) and (1, 1),
+  increasing or decreasing with probability 1/2), with probability ``pretrain.nonlinear_rate``;
+- **local pixel shuffling** (the pixels inside many small random windows permuted), ``shuffle_rate``;
+- **in-painting** (random boxes replaced by uniform noise) or **out-painting** (everything outside a few
+  random boxes replaced by noise), together with probability ``paint_rate``, in-painting
+  ``inpaint_rate`` of those times,
+
+and the network learns to output the clean image: ``training.loss: restoration_mse`` is the mean squared
+error between ``sigmoid(logits)`` and the clean image scaled to [0, 1]. The images are made exactly as
+the segmenter will see them (``segmentation.crop`` and ``segmentation.lung_input``), from any slice
+dataset of the data layer (``data.dataset``; labels are never read) or ``phantom``. A validation part
+(``segmentation.val_fraction`` of the groups) with distortions fixed once by the seed scores
+``val_loss`` (the same MSE), which selects the checkpoint (``training.monitor: val_loss``, or ``last``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from covidct.errors import CovidctError
+
+log = logging.getLogger(__name__)
+
+# Models Genesis' window sizes for local shuffling, as fractions of the side (their 64^3 cubes: 1-8 px of 64),
+# and the in-/out-painting box sizes (in-painting boxes 1/6 to 1/3 of the side, 5 of them at most;
+# out-painting keeps up to 4 boxes of 3/7 to 4/7 of the side).
+SHUFFLE_WINDOW = (1 / 64, 8 / 64)
+SHUFFLE_BLOCKS = 1000  # windows per 128 x 128 image (scaled with the area)
+INPAINT_BOX = (1 / 6, 1 / 3)
+INPAINT_BOXES = 5
+OUTPAINT_BOX = (3 / 7, 4 / 7)
+OUTPAINT_BOXES = 4
+PICTURE_FORMATS = ("png", "jpeg", "bmp", "tiff")  # covidct.data.io.detect_format names of 2-D pictures
+
+
+@dataclass
+class UnlabeledImages:
+    """Model inputs for restoration pretraining: uint8 (N, H, W, 1), with names and groups."""
+
+    images: np.ndarray
+    names: list
+    groups: np.ndarray
+
+
+# ------------------------------------------------------------------------------------------------------
+# Distortions (float images in [0, 1], (H, W))
+# ------------------------------------------------------------------------------------------------------
+
+
+def bezier_curve(control: np.ndarray, n: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Points of the cubic Bezier curve with 4 control points (4, 2), from the first to the last."""
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    p = np.asarray(control, dtype=np.float64)
+    points = (1 - t) ** 3 * p[0] + 3 * (1 - t) ** 2 * t * p[1] + 3 * (1 - t) * t**2 * p[2] + t**3 * p[3]
+    return points[:, 0], points[:, 1]
+
+
+def nonlinear_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Map intensities through a random Bezier curve from (0, 0) to (1, 1) (reversed with probability 1/2).
+
+    The two inner control points are uniform in the unit square; the curve's x coordinates are sorted so
+    the mapping is a function; with probability 1/2 the curve runs from (0, 1) to (1, 0) instead (an
+    intensity inversion). Values are interpolated on the curve.
+    """
+    control = np.array([[0.0, 0.0], rng.random(2), rng.random(2), [1.0, 1.0]])
+    xs, ys = bezier_curve(control)
+    order = np.argsort(xs)
+    xs, ys = xs[order], ys[order]
+    if rng.random() < 0.5:
+        ys = ys[::-1]
+    return np.interp(image, xs, ys).astype(np.float32)
+
+
+def local_pixel_shuffle(image: np.ndarray, rng: np.random.Generator, blocks: int | None = None) -> np.ndarray:
+    """Permute the pixels inside ``blocks`` small random windows (each window's pixels keep their values).
+
+    Windows are 1/64 to 1/8 of the side, drawn on the original image (Models Genesis), so the overall
+    anatomy stays while the local texture is destroyed.
+    """
+    height, width = image.shape
+    blocks = SHUFFLE_BLOCKS * height * width // (128 * 128) if blocks is None else blocks
+    source = image
+    out = image.copy()
+    low, high = (max(1, int(round(f * min(height, width)))) for f in SHUFFLE_WINDOW)
+    for _ in range(int(blocks)):
+        h = int(rng.integers(low, high + 1))
+        w = int(rng.integers(low, high + 1))
+        top = int(rng.integers(0, height - h + 1))
+        left = int(rng.integers(0, width - w + 1))
+        window = source[top : top + h, left : left + w].ravel()
+        out[top : top + h, left : left + w] = rng.permutation(window).reshape(h, w)
+    return out
+
+
+def _random_box(rng: np.random.Generator, height: int, width: int, fraction: tuple) -> tuple[int, int, int, int]:
+    h = int(rng.integers(max(1, int(fraction[0] * height)), max(2, int(fraction[1] * height)) + 1))
+    w = int(rng.integers(max(1, int(fraction[0] * width)), max(2, int(fraction[1] * width)) + 1))
+    h, w = min(h, height), min(w, width)
+    top = int(rng.integers(0, height - h + 1))
+    left = int(rng.integers(0, width - w + 1))
+    return top, left, h, w
+
+
+def inpaint(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Replace 1 to ``INPAINT_BOXES`` random boxes (1/6 to 1/3 of the side) by uniform noise in [0, 1)."""
+    out = image.copy()
+    height, width = image.shape
+    for _ in range(int(rng.integers(1, INPAINT_BOXES + 1))):
+        top, left, h, w = _random_box(rng, height, width, INPAINT_BOX)
+        out[top : top + h, left : left + w] = rng.random((h, w), dtype=np.float32)
+    return out
+
+
+def outpaint(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Replace everything outside 1 to ``OUTPAINT_BOXES`` random boxes (3/7 to 4/7 of the side) by noise."""
+    height, width = image.shape
+    out = rng.random((height, width), dtype=np.float32)
+    for _ in range(int(rng.integers(1, OUTPAINT_BOXES + 1))):
+        top, left, h, w = _random_box(rng, height, width, OUTPAINT_BOX)
+        out[top : top + h, left : left + w] = image[top : top + h, left : left + w]
+    return out
+
+
+def distort(image: np.ndarray, rng: np.random.Generator, rates) -> np.ndarray:
+    """One Models-Genesis distortion of a (H, W) float image in [0, 1].
+
+    Args:
+        image: (H, W) float in [0, 1].
+        rng: random generator (the draw order is fixed, so (seed, epoch, batch) reproduces a batch).
+        rates: a ``covidct.config.PretrainConfig`` (``nonlinear_rate``, ``shuffle_rate``, ``paint_rate``,
+            ``inpaint_rate``).
+
+    Returns:
+        float32 (H, W) in [0, 1].
+    """
+    x = np.asarray(image, dtype=np.float32)
+    if rng.random() < rates.shuffle_rate:
+        x = local_pixel_shuffle(x, rng)
+    if rng.random() < rates.nonlinear_rate:
+        x = nonlinear_intensity(x, rng)
+    if rng.random() < rates.paint_rate:
+        x = inpaint(x, rng) if rng.random() < rates.inpaint_rate else outpaint(x, rng)
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------------
+
+
+def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
+    """The unlabeled model inputs of ``cfg.data`` made as the segmenter will see them.
+
+    ``data.dataset`` is any slice dataset of ``covidct.data.datasets`` (its labels are not read) read
+    from ``data.root``, or ``phantom`` (``data.options``: ``n``, ``seed``). Each image is read as
+    8-bit grayscale and, with ``segmentation.crop: lungs``, cropped to the square around its dilated
+    classical lung mask (``covidct.segment.data.lung_crop``), else resampled whole; with
+    ``segmentation.lung_input: masked`` everything outside that lung mask is set to 0.
+
+    Raises:
+        CovidctError: an unknown dataset, an unreadable file (named), or no images.
+    """
+    from covidct.segment import data as segdata
+    from covidct.train.segmentation import lung_masked
+
+    d, s = cfg.data, cfg.segmentation
+    masked = s.lung_input == "masked"
+    if d.dataset == "phantom":
+        options = dict(d.options or {})
+        unknown = sorted(set(options) - {"n", "seed"})
+        if unknown:
+            raise CovidctError(f"data.options {unknown} do not apply to phantom pretraining images (n, seed).")
+        pairs = segdata.phantom_pairs(n=int(options.get("n", 60)), size=d.size, seed=int(options.get("seed", d.seed)))
+        if s.crop == "lungs":
+            pairs = segdata.crop_pairs_to_lungs(pairs, d.size)
+        elif masked:
+            pairs.lungs = np.stack([segdata.dilated_lung_mask(image[..., 0]) for image in pairs.images])
+        images = lung_masked(pairs.images, pairs.lungs) if masked else pairs.images
+        return UnlabeledImages(images, list(pairs.names), np.asarray(pairs.groups))
+    from covidct.data.datasets import load_dataset
+    from covidct.data.io import detect_format
+
+    manifest = load_dataset(d.dataset, d.root)
+    paths = manifest["path"].astype(str).tolist()
+    if not paths:
+        raise CovidctError(f"data.dataset={d.dataset!r} ({d.root or 'default root'}) holds no images.")
+    for path in paths:
+        if detect_format(path) not in PICTURE_FORMATS:  # names the file; volumes are not 2-D slices
+            raise CovidctError(
+                f"{path} ({d.dataset}) is a {detect_format(path)} file; restoration pretraining reads 2-D slice "
+                f"pictures ({', '.join(PICTURE_FORMATS)}), e.g. data.dataset: sars-cov-2-ct."
+            )
+    from tqdm.auto import tqdm
+
+    images = []
+    for path in tqdm(paths, desc=f"pretraining inputs ({d.dataset})", disable=not progress, leave=False):
+        image = segdata._read_gray(path)
+        if s.crop == "lungs":
+            crop, _, lungs, _, _ = segdata.lung_crop(image, None, d.size)
+        else:
+            crop = segdata._resize(image, d.size)
+            lungs = segdata._resize(segdata.dilated_lung_mask(image), d.size, nearest=True) if masked else None
+        images.append(crop * (lungs > 0) if masked else crop)
+    return UnlabeledImages(np.stack(images)[..., None].astype(np.uint8), paths, manifest["group"].astype(str).to_numpy())
+
+
+# ------------------------------------------------------------------------------------------------------
+# Batches and scores
+# ------------------------------------------------------------------------------------------------------
+
+
+def distort_batch(images: np.ndarray, rng: np.random.Generator, rates) -> np.ndarray:
+    """``distort`` applied to each (H, W, 1) image of a batch in [0, 1]."""
+    out = np.empty_like(images, dtype=np.float32)
+    for index in range(len(images)):
+        out[index, ..., 0] = distort(images[index, ..., 0], rng, rates)
+    return out
+
+
+class RestorationSequence(keras.utils.PyDataset):
+    """Batches of (distorted image in [0, 255], clean image in [0, 1]) float32 pairs, new draws every epoch.
+
+    The clean images are first mirrored / rotated (``augmentation``, as for segmentation), then
+    distorted; the random numbers come from (seed, epoch, batch), so a resumed run sees the same batches.
+
+    Args:
+        images: uint8 (N, H, W, 1) model inputs.
+        indices: rows of the training part.
+        rates: the ``PretrainConfig``.
+        batch_size, shuffle, seed, augmentation, max_steps: as ``covidct.train.segmentation.MaskSequence``.
+    """
+
+    def __init__(
+        self,
+        images,
+        indices,
+        rates,
+        batch_size: int = 8,
+        shuffle: bool = True,
+        seed: int = 0,
+        augmentation: dict | None = None,
+        max_steps: int | None = None,
+    ):
+        from covidct.train.segmentation import MaskSequence
+
+        super().__init__(workers=1, use_multiprocessing=False)
+        # The row order and geometry are MaskSequence's (images as their own "masks": mirrored/rotated alike).
+        self.geometry = MaskSequence(
+            images, images[..., 0], indices, batch_size, shuffle, seed, augmentation, max_steps
+        )
+        self.rates = rates
+        self.seed = int(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.geometry.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+    def __getitem__(self, index: int):
+        clean, _ = self.geometry[index]
+        clean = clean / 255.0
+        rng = np.random.default_rng([self.seed, self.geometry.epoch, int(index), 1])
+        return distort_batch(clean, rng, self.rates) * 255.0, clean.astype(np.float32)
+
+
+def fixed_validation_pairs(images: np.ndarray, rows, rates, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validation (distorted in [0, 255], clean in [0, 1]) drawn once from ``seed``: the same every epoch."""
+    clean = np.asarray(images[np.asarray(rows, dtype=np.int64)], dtype=np.float32) / 255.0
+    rng = np.random.default_rng([int(seed), 7919])
+    return distort_batch(clean, rng, rates) * 255.0, clean
+
+
+def restoration_mse_numpy(clean: np.ndarray, logits: np.ndarray) -> float:
+    """Mean squared error between ``sigmoid(logits)`` and the clean images in [0, 1] (the training loss)."""
+    from scipy.special import expit
+
+    clean = np.asarray(clean, dtype=np.float64).reshape(len(clean), -1)
+    predicted = expit(np.asarray(logits, dtype=np.float64).reshape(len(logits), -1))
+    return float(np.mean((predicted - clean) ** 2))
+
+
+__all__ = [
+    "RestorationSequence",
+    "UnlabeledImages",
+    "distort",
+    "fixed_validation_pairs",
+    "inpaint",
+    "load_unlabeled_images",
+    "local_pixel_shuffle",
+    "nonlinear_intensity",
+    "outpaint",
+    "restoration_mse_numpy",
+]
