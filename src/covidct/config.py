@@ -516,6 +516,16 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
         raise CovidctError(f"{source}: {error}") from None
 
 
+def _model_task(name: str) -> str:
+    """The registered task of model ``name`` ("" when the registry does not know it: reported elsewhere)."""
+    try:
+        from covidct.models import get_spec
+
+        return get_spec(name).task
+    except Exception:  # noqa: BLE001  (unknown names are reported by validate_config with close matches)
+        return ""
+
+
 def _check_pretrain_settings(cfg: RunConfig, source: str) -> None:
     """``task: pretrain``: restoration loss, val_loss/last selection, a fixed input, rates in [0, 1]."""
     t, s, p = cfg.training, cfg.segmentation, cfg.pretrain
@@ -540,6 +550,12 @@ def _check_pretrain_settings(cfg: RunConfig, source: str) -> None:
     _check_choice(source, "segmentation.lung_input", s.lung_input, ("none", "masked"))
     if s.folds:
         raise CovidctError(f"{source}: segmentation.folds={s.folds!r} does not apply to task pretrain (nothing is tested); use 0.")
+    if _model_task(cfg.model.name) == "classification" and s != SegmentationConfig():
+        raise CovidctError(
+            f"{source}: a classifier pretrains on its own inputs (data.stage, and its grouped split: train rows train, "
+            "val rows validate, test rows are left out); the segmentation section applies to segmentation models only. "
+            "Remove it."
+        )
     if not (isinstance(s.val_fraction, (int, float)) and 0 <= s.val_fraction < 1):
         raise CovidctError(f"{source}: segmentation.val_fraction must lie in [0, 1), got {s.val_fraction!r}.")
     if s.val_fraction == 0 and t.monitor != "last":
@@ -568,11 +584,11 @@ def resolve_task(cfg: RunConfig, source: str = "config") -> str:
 
     spec = get_spec(cfg.model.name)
     if cfg.task == "pretrain":
-        if spec.task != "segmentation":
-            names = ", ".join(list_models(task="segmentation"))
+        if spec.task not in ("segmentation", "classification") or tuple(spec.inputs) != ("image",):
             raise CovidctError(
-                f"{source}: task pretrain restores images with an encoder-decoder that outputs one map per image; "
-                f"model {cfg.model.name!r} is a {spec.task} model. Choose a segmentation model ({names})."
+                f"{source}: task pretrain restores one 2-D image input (a segmentation model, or a slice classifier's "
+                f"backbone with a decoder); model {cfg.model.name!r} is a {spec.task} model with inputs "
+                f"{list(spec.inputs)}."
             )
         return "pretrain"
     if cfg.task and cfg.task != spec.task:

@@ -22,7 +22,10 @@ def _cfg(**sections):
         "segmentation": {"val_fraction": 0.3},
     }
     for key, value in sections.items():
-        tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
+        if value is None:
+            tree.pop(key, None)
+        else:
+            tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
     return validate_config(config_from_dict(tree))
 
 
@@ -121,7 +124,8 @@ def test_restoration_loss_numpy_equals_keras():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model": {"name": "small_cnn", "kwargs": {}}}, "segmentation model"),
+        ({"model": {"name": "cnn3d_kerasio", "kwargs": {}}, "segmentation": None}, "one 2-D image input"),
+        ({"model": {"name": "masked_efficientnet_b0", "kwargs": {}}, "segmentation": None}, "one 2-D image input"),
         ({"training": {"loss": "dice_bce"}}, "restoration_mse"),
         ({"training": {"monitor": "val_dice"}}, "pretraining selection rule"),
         ({"segmentation": {"lung_input": "auto"}}, "lung_input"),
@@ -193,7 +197,7 @@ def test_pretrain_run_learns_and_hands_its_weights_to_a_segmentation_run(tmp_pat
     fresh = build_segmentation_model(validate_config(config_from_dict({**finetune_tree, "model": {
         "name": "unet", "kwargs": {"base_filters": 4, "batch_norm": True}}})), (32, 32))
     assert not np.array_equal(fresh.get_weights()[0], saved.get_weights()[0])  # the check can fail
-    # Another width cannot take them: a clear error naming the file.
+    # Another width cannot take them: a clear error naming the layer and both shapes.
     wider = validate_config(
         config_from_dict(
             {
@@ -203,7 +207,7 @@ def test_pretrain_run_learns_and_hands_its_weights_to_a_segmentation_run(tmp_pat
             }
         )
     )
-    with pytest.raises(CovidctError, match="could not load weights"):
+    with pytest.raises(CovidctError, match=r"layer 'enc1_conv1' has shapes \[\(3, 3, 1, 4\)\] there but \[\(3, 3, 1, 8\)\]"):
         build_segmentation_model(wider, (32, 32))
 
 
@@ -226,3 +230,71 @@ def test_unlabeled_images_from_a_folder_dataset_are_lung_crops(tmp_path, monkeyp
     (tmp_path / "data" / "A" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(CovidctError, match="broken.png"):
         restoration.load_unlabeled_images(cfg, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- classifiers
+
+
+@pytest.mark.parametrize(("name", "resized"), [("small_cnn", False), ("simple_cnn", True)])
+def test_restoration_network_of_a_classifier_keeps_its_backbone(name, resized):
+    from covidct.models import build_model
+
+    classifier = build_model(name, input_shape=(64, 64, 1), num_classes=2)
+    network = restoration.restoration_network(classifier)
+    assert tuple(network.output.shape[1:]) == (64, 64, 1)
+    names = {layer.name for layer in network.layers}
+    # The spatial backbone is shared (same layer objects, same names); the head is not part of it.
+    assert {"logits"}.isdisjoint(names) and ("restore_resize" in names) == resized
+    backbone = [layer.name for layer in classifier.layers if layer.weights and layer.name != "logits" and "dense" not in layer.name]
+    assert set(backbone) <= names
+
+
+def test_a_classifier_pretrains_on_its_split_without_test_rows_and_hands_over_its_backbone(tmp_path):
+    import keras
+
+    from covidct.train.data import prepare_data
+    from covidct.train.trainer import build_configured_model
+
+    data_section = {"dataset": "phantom", "stage": "original", "size": 32, "options": {"n": 60},
+                    "cache_root": str(tmp_path / "cache")}
+    cfg = validate_config(config_from_dict({
+        "task": "pretrain", "name": "pt-cnn", "output_root": str(tmp_path), "data": data_section,
+        "model": {"name": "small_cnn"},
+        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 0.003, "bn_recalibration": 0},
+    }))
+    run = train(cfg, progress=False)
+    info = json.loads((run / "run.json").read_text())
+    data = prepare_data(cfg, progress=False)
+    split = data.manifest["split"].to_numpy()
+    # Its own grouped split: train rows train, val rows validate, test rows are never read.
+    assert info["split_counts"]["train"]["images"] == (split == "train").sum()
+    assert info["split_counts"]["val"]["images"] == (split == "val").sum() > 0
+    assert (split == "test").sum() > 0
+    history = np.genfromtxt(run / "history.csv", delimiter=",", names=True)
+    assert history["val_loss"].min() < history["val_loss"][0]
+
+    classify = validate_config(config_from_dict({
+        "data": data_section, "model": {"name": "small_cnn", "weights": str(run / "model.keras")},
+    }))
+    classifier = build_configured_model(classify, data.images, num_classes=2)
+    saved = {layer.name: layer for layer in keras.saving.load_model(run / "model.keras", compile=False).layers}
+    for layer in classifier.layers:
+        if not layer.weights:
+            continue
+        if layer.name == "logits":  # the head starts random: not in the pretrained network
+            assert layer.name not in saved
+            continue
+        for a, b in zip(layer.get_weights(), saved[layer.name].get_weights()):
+            np.testing.assert_array_equal(a, b)
+    # A classifier of another width cannot take them: the layer and both shapes are named.
+    wider = validate_config(config_from_dict({
+        "data": data_section,
+        "model": {"name": "small_cnn", "kwargs": {"filters": [8, 16, 32, 64]}, "weights": str(run / "model.keras")},
+    }))
+    with pytest.raises(CovidctError, match="block1_conv"):
+        build_configured_model(wider, data.images, num_classes=2)
+
+
+def test_classifier_pretraining_refuses_the_segmentation_section():
+    with pytest.raises(CovidctError, match="segmentation section applies to segmentation models only"):
+        _cfg(model={"name": "small_cnn", "kwargs": {}}, data={"stage": "original"})

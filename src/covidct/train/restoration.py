@@ -1,10 +1,16 @@
 """What ``task: pretrain`` changes in the one training path: self-supervised image restoration.
 
-A segmenter (an encoder-decoder with one output channel, e.g. ``unet``) is first trained to undo
-random distortions of unlabeled CT slices, then fine-tuned on the few labelled masks with
-``model.weights: <pretrain run>/model.keras`` (same builder and ``model.kwargs``). The objective is
-Models Genesis (Zhou et al., "Models Genesis", Medical Image Analysis 2021, arXiv:2004.07882) in 2-D:
-each training image is distorted by
+A network is first trained to undo random distortions of unlabeled CT slices, then fine-tuned on the
+labelled data with ``model.weights: <pretrain run>/model.keras`` (same ``model.name``, ``model.kwargs`` and
+input), which copies the weights in layer by layer (``load_pretrained``):
+
+- a **segmenter** (an encoder-decoder with one output map, e.g. ``unet``) restores as it is; every layer
+  is handed over;
+- a **slice classifier** restores through ``restoration_network``: its backbone (up to its last spatial
+  layer) plus a small decoder; the backbone is handed over, the classifier's head starts random.
+
+The objective is Models Genesis (Zhou et al., "Models Genesis", Medical Image Analysis 2021,
+arXiv:2004.07882) in 2-D: each training image is distorted by
 
 - a **non-linear intensity transformation** (a random monotone Bezier curve through (0, 0) and (1, 1),
   increasing or decreasing with probability 1/2), with probability ``pretrain.nonlinear_rate``;
@@ -14,11 +20,13 @@ each training image is distorted by
   ``inpaint_rate`` of those times,
 
 and the network learns to output the clean image: ``training.loss: restoration_mse`` is the mean squared
-error between ``sigmoid(logits)`` and the clean image scaled to [0, 1]. The images are made exactly as
-the segmenter will see them (``segmentation.crop`` and ``segmentation.lung_input``), from any slice
-dataset of the data layer (``data.dataset``; labels are never read) or ``phantom``. A validation part
-(``segmentation.val_fraction`` of the groups) with distortions fixed once by the seed scores
-``val_loss`` (the same MSE), which selects the checkpoint (``training.monitor: val_loss``, or ``last``).
+error between ``sigmoid(logits)`` and the clean image scaled to [0, 1]. Labels are never read. The images
+are made exactly as the model will see them: a segmenter's from any slice dataset of the data layer
+(``data.dataset``) or ``phantom``, shaped by ``segmentation.crop`` and ``segmentation.lung_input``, with
+``segmentation.val_fraction`` of the groups held out; a classifier's from its own cache (``data.stage``) and
+grouped split, whose ``test`` rows are left out. The validation images, with distortions fixed once by the
+seed, score ``val_loss`` (the same MSE), which selects the checkpoint (``training.monitor: val_loss``, or
+``last``). A restoration error is not a segmentation or diagnostic score.
 """
 
 from __future__ import annotations
@@ -47,11 +55,17 @@ PICTURE_FORMATS = ("png", "jpeg", "bmp", "tiff")  # covidct.data.io.detect_forma
 
 @dataclass
 class UnlabeledImages:
-    """Model inputs for restoration pretraining: uint8 (N, H, W, 1), with names and groups."""
+    """Model inputs for restoration pretraining: uint8 (N, H, W, 1), with names and groups.
+
+    ``splits`` (``"train"`` / ``"val"`` per image) is set when the images come with their own split (a
+    classifier's grouped split, test rows left out); otherwise ``segmentation.val_fraction`` of the groups
+    is held out for validation.
+    """
 
     images: np.ndarray
     names: list
     groups: np.ndarray
+    splits: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -161,9 +175,14 @@ def distort(image: np.ndarray, rng: np.random.Generator, rates) -> np.ndarray:
 
 
 def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
-    """The unlabeled model inputs of ``cfg.data`` made as the segmenter will see them.
+    """The unlabeled model inputs of ``cfg.data`` made as the model will see them.
 
-    ``data.dataset`` is any slice dataset of ``covidct.data.datasets`` (its labels are not read) read
+    **Classification models:** the classifier's own data (``covidct.train.data.prepare_data``: ``data.stage``
+    at ``data.size`` from the cache, split by group with ``data.split_fractions`` and ``data.seed``); the
+    ``test`` rows are left out, so the images a classifier is tested on are never seen, not even unlabeled;
+    the ``train`` rows train and the ``val`` rows validate the restoration.
+
+    **Segmentation models:** ``data.dataset`` is any slice dataset of ``covidct.data.datasets`` (its labels are not read) read
     from ``data.root``, or ``phantom`` (``data.options``: ``n``, ``seed``). Each image is read as
     8-bit grayscale and, with ``segmentation.crop: lungs``, cropped to the square around its dilated
     classical lung mask (``covidct.segment.data.lung_crop``), else resampled whole; with
@@ -172,10 +191,23 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
     Raises:
         CovidctError: an unknown dataset, an unreadable file (named), or no images.
     """
+    from covidct.models import get_spec
     from covidct.segment import data as segdata
     from covidct.train.segmentation import lung_masked
 
     d, s = cfg.data, cfg.segmentation
+    if get_spec(cfg.model.name).task == "classification":
+        from covidct.train.data import prepare_data
+
+        data = prepare_data(cfg, progress=progress)
+        split = data.manifest["split"].astype(str).to_numpy()
+        keep = np.flatnonzero(split != "test")
+        return UnlabeledImages(
+            np.asarray(data.images[keep]),
+            data.manifest["path"].astype(str).to_numpy()[keep].tolist(),
+            data.groups[keep],
+            split[keep],
+        )
     masked = s.lung_input == "masked"
     if d.dataset == "phantom":
         options = dict(d.options or {})
@@ -221,11 +253,113 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
 # ------------------------------------------------------------------------------------------------------
 
 
+def restoration_network(model, channels: int = 1):
+    """A classifier's backbone with a decoder back to the input size: the network a classifier pretrains as.
+
+    The backbone ends at the classifier's last 4-D (spatial) layer, e.g. ``block4_pool`` of ``small_cnn``;
+    the decoder doubles the resolution with ``restore_up<k>`` (3x3 transposed convolution, stride 2) +
+    BatchNorm + ReLU blocks, halving the filters each time (at least 8), is resized to the input size when
+    the backbone's stride is not a power of two, and ends in ``restore_logits`` (1x1 convolution,
+    ``channels`` maps). Backbone layers keep their names, so ``load_pretrained`` can copy them back into the
+    classifier; the head (``logits``, pooling, dense layers after the last spatial layer) is not part of it.
+
+    Raises:
+        CovidctError: a model without a spatial layer or with several inputs.
+    """
+    from keras import layers
+
+    if len(model.inputs) != 1:
+        raise CovidctError(
+            f"Model {model.name!r} takes {len(model.inputs)} inputs; restoration pretraining takes one image input."
+        )
+    height, width = (int(v) for v in model.inputs[0].shape[1:3])
+    feature = None
+    for layer in model.layers[1:]:
+        shape = getattr(layer, "output", None)
+        shape = getattr(shape, "shape", None)
+        if shape is not None and len(shape) == 4 and shape[1] is not None and shape[1] > 1:
+            feature = layer
+    if feature is None:
+        raise CovidctError(f"Model {model.name!r} has no spatial (4-D) layer to restore an image from.")
+    x = feature.output
+    filters = int(x.shape[-1])
+    step = 0
+    while int(x.shape[1]) < height:
+        step += 1
+        filters = max(8, filters // 2)
+        x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", name=f"restore_up{step}")(x)
+        x = layers.BatchNormalization(name=f"restore_bn{step}")(x)
+        x = layers.ReLU(name=f"restore_relu{step}")(x)
+    if tuple(int(v) for v in x.shape[1:3]) != (height, width):
+        x = layers.Resizing(height, width, interpolation="bilinear", name="restore_resize")(x)
+    outputs = layers.Conv2D(channels, 1, name="restore_logits")(x)
+    return keras.Model(model.inputs[0], outputs, name=f"{model.name}_restoration")
+
+
+def is_pretrained_checkpoint(path) -> bool:
+    """Whether ``path`` is the ``model.keras`` of a ``task: pretrain`` run (its ``run.json`` says so)."""
+    import json
+    from pathlib import Path
+
+    if path is None or str(path) == "imagenet":
+        return False
+    info = Path(str(path)).expanduser().parent / "run.json"
+    try:
+        return json.loads(info.read_text()).get("task") == "pretrain"
+    except (OSError, ValueError):
+        return False
+
+
+def load_pretrained(model, path) -> dict:
+    """Copy a pretraining run's weights into ``model`` layer by layer (same layer names, same shapes).
+
+    Layers of ``model`` without a namesake in the checkpoint (a classifier's head) keep their random
+    initialisation; the checkpoint's own extra layers (the restoration decoder) are ignored.
+
+    Returns:
+        ``{"from": path, "copied": [layer names], "kept_random": [layer names with weights not copied]}``.
+
+    Raises:
+        CovidctError: an unreadable checkpoint, a namesake layer with other shapes (another ``model.kwargs``),
+            or no layer copied at all (another model).
+    """
+    import covidct.models  # noqa: F401  (custom objects of saved models)
+
+    try:
+        source = keras.saving.load_model(str(path), compile=False)
+    except Exception as error:  # noqa: BLE001
+        raise CovidctError(f"Pretrained weights {path}: cannot be read ({type(error).__name__}: {error}).") from None
+    by_name = {layer.name: layer for layer in source.layers}
+    copied, kept = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        other = by_name.get(layer.name)
+        if other is None:
+            kept.append(layer.name)
+            continue
+        shapes, other_shapes = [tuple(w.shape) for w in layer.weights], [tuple(w.shape) for w in other.weights]
+        if shapes != other_shapes:
+            raise CovidctError(
+                f"Pretrained weights {path}: layer {layer.name!r} has shapes {other_shapes} there but {shapes} in "
+                f"{model.name!r}; pretrain and fine-tune the same model.name with the same model.kwargs and input."
+            )
+        layer.set_weights(other.get_weights())
+        copied.append(layer.name)
+    if not copied:
+        raise CovidctError(
+            f"Pretrained weights {path}: no layer of {model.name!r} has a namesake in the checkpoint ({source.name}); "
+            "it was pretrained for another model."
+        )
+    log.info("Initialised %d layers of %s from %s; %d kept random: %s", len(copied), model.name, path, len(kept), kept)
+    return {"from": str(path), "copied": copied, "kept_random": kept}
+
+
 def distort_batch(images: np.ndarray, rng: np.random.Generator, rates) -> np.ndarray:
-    """``distort`` applied to each (H, W, 1) image of a batch in [0, 1]."""
+    """``distort`` applied to each (H, W, C) image of a batch in [0, 1] (grey: channel 0, copied to all C)."""
     out = np.empty_like(images, dtype=np.float32)
     for index in range(len(images)):
-        out[index, ..., 0] = distort(images[index, ..., 0], rng, rates)
+        out[index] = distort(images[index, ..., 0], rng, rates)[..., None]
     return out
 
 
@@ -298,9 +432,12 @@ __all__ = [
     "distort",
     "fixed_validation_pairs",
     "inpaint",
+    "is_pretrained_checkpoint",
+    "load_pretrained",
     "load_unlabeled_images",
     "local_pixel_shuffle",
     "nonlinear_intensity",
     "outpaint",
     "restoration_mse_numpy",
+    "restoration_network",
 ]

@@ -154,13 +154,25 @@ def build_configured_model(cfg: RunConfig, images: np.ndarray, num_classes: int)
         if spec.task == "volume"
         else model_input_shape(images, tuple(spec.inputs))
     )
-    return build_model(
+    return _with_pretrained(cfg, lambda weights: build_model(
         cfg.model.name,
         input_shape=shape,
         num_classes=num_classes,
-        weights=cfg.model.weights,
+        weights=weights,
         **dict(cfg.model.kwargs or {}),
-    )
+    ))
+
+
+def _with_pretrained(cfg: RunConfig, build):
+    """``build(weights)``; a ``task: pretrain`` run's ``model.keras`` as ``model.weights`` is copied in layer
+    by layer instead (``covidct.train.restoration.load_pretrained``: the head stays random)."""
+    from covidct.train.restoration import is_pretrained_checkpoint, load_pretrained
+
+    if not is_pretrained_checkpoint(cfg.model.weights):
+        return build(cfg.model.weights)
+    model = build(None)
+    load_pretrained(model, cfg.model.weights)
+    return model
 
 
 def build_segmentation_model(cfg: RunConfig, size_hw: tuple):
@@ -174,13 +186,13 @@ def build_segmentation_model(cfg: RunConfig, size_hw: tuple):
             "(covidct models --task segmentation)."
         )
     shape = (int(size_hw[0]), int(size_hw[1]), 1)
-    return build_model(
+    return _with_pretrained(cfg, lambda weights: build_model(
         cfg.model.name,
         input_shape=shape,
         num_classes=1,
-        weights=cfg.model.weights,
+        weights=weights,
         **dict(cfg.model.kwargs or {}),
-    )
+    ))
 
 
 def recalibration_source(cfg: RunConfig, images, train_index, input_names: tuple):
@@ -1014,6 +1026,9 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
             f"train(cfg): task pretrain takes unlabeled images (covidct.train.restoration.UnlabeledImages), got "
             f"{type(unlabeled).__name__}; leave data=None to read data.dataset."
         )
+    from covidct.models import get_spec
+
+    classifier = get_spec(cfg.model.name).task == "classification"
     resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite)
     started = time.perf_counter()
     t, s = cfg.training, cfg.segmentation
@@ -1021,13 +1036,21 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
     if unlabeled is None:
         unlabeled = restoration.load_unlabeled_images(cfg, progress=progress)
     images = np.asarray(unlabeled.images)
-    if images.ndim != 4 or images.shape[-1] != 1 or images.shape[1:3] != (cfg.data.size, cfg.data.size):
+    if images.ndim != 4 or images.shape[1:3] != (cfg.data.size, cfg.data.size):
         raise CovidctError(
-            f"data ({cfg.data.dataset}): pretraining images must be (N, {cfg.data.size}, {cfg.data.size}, 1) "
+            f"data ({cfg.data.dataset}): pretraining images must be (N, {cfg.data.size}, {cfg.data.size}, C) "
             f"uint8, got {images.shape}."
         )
+    if images.shape[-1] > 1 and not all(np.array_equal(images[..., 0], images[..., c]) for c in range(1, images.shape[-1])):
+        raise CovidctError(
+            f"data ({cfg.data.dataset}, stage {cfg.data.stage}): restoration pretraining distorts grey images; these "
+            f"{images.shape[-1]} channels differ. Use a one-channel stage."
+        )
     groups = np.asarray(unlabeled.groups).astype(str)
-    if s.val_fraction > 0:
+    if unlabeled.splits is not None:  # a classifier's own grouped split (its test rows already left out)
+        splits = np.asarray(unlabeled.splits).astype(str)
+        train_rows, val_rows = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
+    elif s.val_fraction > 0:
         train_rows, val_rows = group_split(groups, s.val_fraction, t.seed)
     else:
         train_rows, val_rows = np.arange(len(images)), np.arange(0)
@@ -1047,7 +1070,12 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
 
     with _dtype_policy(cfg) as policy:
         trainer = _Trainer(cfg, run_dir, validate, progress)
-        trainer.model = build_segmentation_model(cfg, images.shape[1:3])
+        if classifier:  # the backbone with a decoder; its layers keep the classifier's names
+            trainer.model = restoration.restoration_network(
+                build_configured_model(cfg, images, num_classes=2), channels=int(images.shape[-1])
+            )
+        else:
+            trainer.model = build_segmentation_model(cfg, images.shape[1:3])
         trainer.input_names = ("image",)
         trainer.train_sequence = restoration.RestorationSequence(
             images,
@@ -1071,8 +1099,9 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
         "size": int(images.shape[1]),
         "channels": 1,
         "input_names": ["image"],
-        "crop": s.crop,
-        "lung_input": s.lung_input,
+        "input": f"stage {cfg.data.stage} of the classifier's grouped split, test rows left out"
+        if classifier
+        else f"crop {s.crop}, lung input {s.lung_input}",
         "model": cfg.model.name,
         "model_kwargs": dict(cfg.model.kwargs or {}),
         "monitor": t.monitor,
@@ -1089,7 +1118,8 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
         "keras_version": keras.__version__,
         "dtype_policy": policy,
         "seconds": round(time.perf_counter() - started, 1),
-        "use": f"model.weights: {run_dir / MODEL_FILE} (same model.name and model.kwargs, task: segmentation)",
+        "use": f"model.weights: {run_dir / MODEL_FILE} (same model.name, model.kwargs and input; copied layer by layer, "
+        + ("the classifier's head stays random)" if classifier else "task: segmentation)"),
     }
     write_json_atomic(run_dir / RUN_FILE, info)
     write_text_atomic(run_dir / "run_report.md", pretrain_run_report(info))
@@ -1114,7 +1144,7 @@ def pretrain_run_report(info: dict) -> str:
             "",
             f"Status: **{info['status']}**. Self-supervised pretraining of `{info['model']}` "
             f"({info['model_kwargs']}) by {info['objective']} on `{info['dataset']}` (labels not read), "
-            f"{info['size']} px, crop {info['crop']}, lung input {info['lung_input']}; backend {info['backend']} "
+            f"{info['size']} px, {info['input']}; backend {info['backend']} "
             f"(Keras {info['keras_version']}, {info['dtype_policy']}), {info['seconds']} s.",
             "",
             f"Images: {counts['train']['images']} training ({counts['train']['groups']} groups), "
