@@ -106,6 +106,12 @@ def test_sequence_gives_distorted_inputs_and_clean_targets():
     np.testing.assert_array_equal(sequence[0][0], x)  # the same (seed, epoch, batch): the same batch
     sequence.set_epoch(1)
     assert not np.array_equal(sequence[0][0], x)
+    # Grey images stored in 3 channels: the distorted grey image in each channel, a one-channel target.
+    x3, y3 = restoration.RestorationSequence(np.repeat(images, 3, -1), np.arange(10), PretrainConfig(), batch_size=4,
+                                             seed=5)[0]
+    assert x3.shape == (4, 16, 16, 3) and y3.shape == (4, 16, 16, 1)
+    np.testing.assert_array_equal(x3[..., 1], x3[..., 0])
+    np.testing.assert_array_equal(x3[..., :1], x)
 
 
 def test_restoration_loss_numpy_equals_keras():
@@ -178,6 +184,14 @@ def test_pretrain_run_learns_and_hands_its_weights_to_a_segmentation_run(tmp_pat
     assert history["val_loss"].min() < history["val_loss"][0]
     assert info["best_score"] == pytest.approx(history["val_loss"].min())
     assert "not a segmentation or diagnostic score" in (run / "run_report.md").read_text()
+    from covidct.train.run import load_run
+
+    with pytest.raises(CovidctError, match="self-supervised pretraining run"):
+        load_run(run)  # evaluate, predict and Grad-CAM refuse it: it predicts no class or mask
+    from covidct.preprocess.lungs import load_segmenter
+
+    with pytest.raises(CovidctError, match="pretraining checkpoint"):
+        load_segmenter(run)  # covidct segment predict refuses it too
 
     # The segmentation run starts from exactly those weights (model.weights = the pretraining's model.keras).
     import keras
@@ -260,7 +274,7 @@ def test_a_classifier_pretrains_on_its_split_without_test_rows_and_hands_over_it
     cfg = validate_config(config_from_dict({
         "task": "pretrain", "name": "pt-cnn", "output_root": str(tmp_path), "data": data_section,
         "model": {"name": "small_cnn"},
-        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 0.003, "bn_recalibration": 0},
+        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 0.003},  # BatchNorm recalibrated (distorted)
     }))
     run = train(cfg, progress=False)
     info = json.loads((run / "run.json").read_text())

@@ -382,6 +382,13 @@ def load_segmenter(model):
         raise CovidctError(
             f"No segmenter at {path}: pass a run folder from `covidct segment train` or a .keras file."
         )
+    from covidct.train.restoration import is_pretrained_checkpoint
+
+    if is_pretrained_checkpoint(path):
+        raise CovidctError(
+            f"{path} is a self-supervised pretraining checkpoint (task: pretrain): it restores images, it does not "
+            "segment. Fine-tune it first (task: segmentation with model.weights) and use that run."
+        )
     key = str(path.resolve())
     if key not in _MODEL_CACHE:
         import keras

@@ -253,14 +253,14 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
 # ------------------------------------------------------------------------------------------------------
 
 
-def restoration_network(model, channels: int = 1):
+def restoration_network(model):
     """A classifier's backbone with a decoder back to the input size: the network a classifier pretrains as.
 
     The backbone ends at the classifier's last 4-D (spatial) layer, e.g. ``block4_pool`` of ``small_cnn``;
     the decoder doubles the resolution with ``restore_up<k>`` (3x3 transposed convolution, stride 2) +
     BatchNorm + ReLU blocks, halving the filters each time (at least 8), is resized to the input size when
-    the backbone's stride is not a power of two, and ends in ``restore_logits`` (1x1 convolution,
-    ``channels`` maps). Backbone layers keep their names, so ``load_pretrained`` can copy them back into the
+    the backbone's stride is not a power of two, and ends in ``restore_logits`` (1x1 convolution, one map:
+    the grey image). Backbone layers keep their names, so ``load_pretrained`` can copy them back into the
     classifier; the head (``logits``, pooling, dense layers after the last spatial layer) is not part of it.
 
     Raises:
@@ -292,7 +292,7 @@ def restoration_network(model, channels: int = 1):
         x = layers.ReLU(name=f"restore_relu{step}")(x)
     if tuple(int(v) for v in x.shape[1:3]) != (height, width):
         x = layers.Resizing(height, width, interpolation="bilinear", name="restore_resize")(x)
-    outputs = layers.Conv2D(channels, 1, name="restore_logits")(x)
+    outputs = layers.Conv2D(1, 1, name="restore_logits")(x)
     return keras.Model(model.inputs[0], outputs, name=f"{model.name}_restoration")
 
 
@@ -364,7 +364,9 @@ def distort_batch(images: np.ndarray, rng: np.random.Generator, rates) -> np.nda
 
 
 class RestorationSequence(keras.utils.PyDataset):
-    """Batches of (distorted image in [0, 255], clean image in [0, 1]) float32 pairs, new draws every epoch.
+    """Batches of (distorted image in [0, 255], clean grey image in [0, 1]) float32 pairs, new draws every epoch.
+
+    Inputs keep the images' C channels (the distorted grey image copied to each); the target is one channel.
 
     The clean images are first mirrored / rotated (``augmentation``, as for segmentation), then
     distorted; the random numbers come from (seed, epoch, batch), so a resumed run sees the same batches.
@@ -407,14 +409,14 @@ class RestorationSequence(keras.utils.PyDataset):
         clean, _ = self.geometry[index]
         clean = clean / 255.0
         rng = np.random.default_rng([self.seed, self.geometry.epoch, int(index), 1])
-        return distort_batch(clean, rng, self.rates) * 255.0, clean.astype(np.float32)
+        return distort_batch(clean, rng, self.rates) * 255.0, clean[..., :1].astype(np.float32)
 
 
 def fixed_validation_pairs(images: np.ndarray, rows, rates, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validation (distorted in [0, 255], clean in [0, 1]) drawn once from ``seed``: the same every epoch."""
+    """Validation (distorted in [0, 255], clean grey in [0, 1]) drawn once from ``seed``: the same every epoch."""
     clean = np.asarray(images[np.asarray(rows, dtype=np.int64)], dtype=np.float32) / 255.0
     rng = np.random.default_rng([int(seed), 7919])
-    return distort_batch(clean, rng, rates) * 255.0, clean
+    return distort_batch(clean, rng, rates) * 255.0, clean[..., :1]
 
 
 def restoration_mse_numpy(clean: np.ndarray, logits: np.ndarray) -> float:

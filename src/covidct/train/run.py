@@ -97,6 +97,11 @@ def load_run(run_dir: str | os.PathLike) -> LoadedRun:
     info = {}
     if (run_dir / "run.json").is_file():
         info = json.loads((run_dir / "run.json").read_text())
+    if info.get("task") == "pretrain" or config.task == "pretrain":
+        raise CovidctError(
+            f"Run folder {run_dir} is a self-supervised pretraining run (task: pretrain): it restores images and "
+            f"predicts no class or mask. Start a run from it with model.weights: {model_file} and use that run."
+        )
     model = keras.saving.load_model(str(model_file), compile=False)
     class_names = list(info.get("class_names") or config.data.classes or [])
     if not class_names:

@@ -14,9 +14,9 @@ and ``volume`` (3-D volumes) share everything above; ``segmentation`` (``task: s
 selection score for validation Dice and the batches for jointly augmented image/mask batches, and may
 fit several units (``segmentation.folds`` grouped CV folds ``fold_<k>/``; with ``lung_input: auto`` a
 plain and a lung-masked variant ``input_none/`` / ``input_masked/`` per split, the better on validation
-kept); ``pretrain`` (``task: pretrain``, ``covidct.train.restoration``) fits a segmenter to restore
-distorted unlabeled images, so that a segmentation run can start from its ``model.keras``
-(``model.weights``). Every unit goes through the same epoch loop (``_fit_phases`` + ``EpochControl``): same
+kept); ``pretrain`` (``task: pretrain``, ``covidct.train.restoration``) fits a segmenter, or a slice
+classifier's backbone with a decoder, to restore distorted unlabeled images, so that a later run can start
+from its ``model.keras`` (``model.weights``, copied layer by layer). Every unit goes through the same epoch loop (``_fit_phases`` + ``EpochControl``): same
 checkpointing, early stopping, NaN handling, history and resume.
 
 The validation set selects the checkpoint; it is never reported as a test score (``covidct
@@ -1071,9 +1071,7 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
     with _dtype_policy(cfg) as policy:
         trainer = _Trainer(cfg, run_dir, validate, progress)
         if classifier:  # the backbone with a decoder; its layers keep the classifier's names
-            trainer.model = restoration.restoration_network(
-                build_configured_model(cfg, images, num_classes=2), channels=int(images.shape[-1])
-            )
+            trainer.model = restoration.restoration_network(build_configured_model(cfg, images, num_classes=2))
         else:
             trainer.model = build_segmentation_model(cfg, images.shape[1:3])
         trainer.input_names = ("image",)
@@ -1087,7 +1085,13 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
             augmentation=segmentation_augmentation(t),
             max_steps=t.max_steps_per_epoch,
         )
-        trainer.recalibration_batches = recalibration_source(cfg, images, train_rows, ("image",))
+        # BatchNorm statistics come from what the network is scored on: distorted inputs (fixed draws).
+        rows = recalibration_rows(train_rows, t.bn_recalibration, t.seed)
+        if len(rows):
+            batches = restoration.RestorationSequence(
+                images, rows, cfg.pretrain, batch_size=max(t.batch_size, 64), shuffle=False, seed=t.seed
+            )
+            trainer.recalibration_batches = lambda: (batches[i][0] for i in range(len(batches)))
         jit = "auto" if gpu_available() or keras.backend.backend() != "tensorflow" else False
         _fit_phases(cfg, run_dir, trainer, make_loss(t.loss, 1), resuming, progress, jit_compile=jit)
     info = {
