@@ -465,20 +465,10 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
                 "set task: segmentation or remove it."
             )
         return
-    if t.loss not in SEGMENTATION_LOSSES:
-        raise CovidctError(
-            f"{source}: training.loss={t.loss!r} is a classification loss; task segmentation trains with 'dice_bce' "
-            "(binary cross-entropy + soft Dice, the default when task: segmentation)."
-        )
-    if t.monitor not in SEGMENTATION_MONITORS:
-        raise CovidctError(
-            f"{source}: training.monitor={t.monitor!r} is not a segmentation selection rule; task segmentation selects the "
-            f"checkpoint on one of {list(SEGMENTATION_MONITORS)} (default val_dice)."
-        )
-    if t.class_weight != "none":
-        raise CovidctError(
-            f"{source}: training.class_weight={t.class_weight!r} does not apply to task segmentation; use 'none'."
-        )
+    _check_task_training(
+        source, "segmentation", t, SEGMENTATION_LOSSES, SEGMENTATION_MONITORS,
+        "(binary cross-entropy + soft Dice, the default when task: segmentation)", "default val_dice",
+    )
     default_evaluation = EvaluationConfig()
     classifier_only = [
         name for name in ("mc_dropout", "temperature_scaling", "threshold", "positive_class", "aggregation", "topk")
@@ -516,6 +506,22 @@ def check_task_settings(cfg: RunConfig, source: str = "config") -> None:
         raise CovidctError(f"{source}: {error}") from None
 
 
+def _check_task_training(source: str, task: str, t, losses: tuple, monitors: tuple, loss_hint: str, monitor_hint: str):
+    """The loss, selection rule and class weights a task's runs allow (segmentation, pretrain)."""
+    if t.loss not in losses:
+        kind = "a classification loss" if t.loss in ("ce", "focal") else f"not a {task} loss"
+        raise CovidctError(
+            f"{source}: training.loss={t.loss!r} is {kind}; task {task} trains with {losses[0]!r} {loss_hint}."
+        )
+    if t.monitor not in monitors:
+        raise CovidctError(
+            f"{source}: training.monitor={t.monitor!r} is not a {task} selection rule; task {task} selects the "
+            f"checkpoint on one of {list(monitors)} ({monitor_hint})."
+        )
+    if t.class_weight != "none":
+        raise CovidctError(f"{source}: training.class_weight={t.class_weight!r} does not apply to task {task}; use 'none'.")
+
+
 def _model_task(name: str) -> str:
     """The registered task of model ``name`` ("" when the registry does not know it: reported elsewhere)."""
     try:
@@ -529,18 +535,11 @@ def _model_task(name: str) -> str:
 def _check_pretrain_settings(cfg: RunConfig, source: str) -> None:
     """``task: pretrain``: restoration loss, val_loss/last selection, a fixed input, rates in [0, 1]."""
     t, s, p = cfg.training, cfg.segmentation, cfg.pretrain
-    if t.loss not in PRETRAIN_LOSSES:
-        raise CovidctError(
-            f"{source}: training.loss={t.loss!r} does not apply to task pretrain; it trains with 'restoration_mse' "
-            "(mean squared error of sigmoid(logits) against the clean image, the default)."
-        )
-    if t.monitor not in PRETRAIN_MONITORS:
-        raise CovidctError(
-            f"{source}: training.monitor={t.monitor!r} is not a pretraining selection rule; use one of "
-            f"{list(PRETRAIN_MONITORS)} (val_loss: the restoration error on the validation part)."
-        )
-    if t.class_weight != "none":
-        raise CovidctError(f"{source}: training.class_weight={t.class_weight!r} does not apply to task pretrain; use 'none'.")
+    _check_task_training(
+        source, "pretrain", t, PRETRAIN_LOSSES, PRETRAIN_MONITORS,
+        "(mean squared error of sigmoid(logits) against the clean image, the default when task: pretrain)",
+        "val_loss: the restoration error on the validation part",
+    )
     if cfg.evaluation != EvaluationConfig():
         raise CovidctError(
             f"{source}: the evaluation section does not apply to task pretrain (a pretraining run is not evaluated; "

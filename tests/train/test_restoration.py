@@ -133,7 +133,7 @@ def test_restoration_loss_numpy_equals_keras():
         ({"model": {"name": "cnn3d_kerasio", "kwargs": {}}, "segmentation": None}, "one 2-D image input"),
         ({"model": {"name": "masked_efficientnet_b0", "kwargs": {}}, "segmentation": None}, "one 2-D image input"),
         ({"training": {"loss": "dice_bce"}}, "restoration_mse"),
-        ({"training": {"monitor": "val_dice"}}, "pretraining selection rule"),
+        ({"training": {"monitor": "val_dice"}}, "not a pretrain selection rule"),
         ({"segmentation": {"lung_input": "auto"}}, "lung_input"),
         ({"segmentation": {"folds": 5}}, "folds"),
         ({"segmentation": {"val_fraction": 0}}, "val_fraction=0"),
