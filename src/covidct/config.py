@@ -6,9 +6,11 @@ models, stages and choices stop with close matches) and returns the frozen confi
 writes the resolved config that is saved with every run, so a run can be reproduced from its folder.
 
 ``task`` (top level) switches what ``train(cfg)`` fits: ``classification`` (2-D slices), ``volume``
-(3-D volumes) or ``segmentation`` (a per-pixel mask: Dice + BCE loss, selection on validation Dice,
-settings in the ``segmentation`` section); empty means the registered model's own task (classification
-and volume models; a segmentation model needs ``task: segmentation`` written out).
+(3-D volumes), ``segmentation`` (a per-pixel mask: Dice + BCE loss, selection on validation Dice,
+settings in the ``segmentation`` section) or ``pretrain`` (self-supervised restoration of unlabeled images
+by a segmenter or a slice classifier's backbone, settings in the ``pretrain`` section; a later run starts from
+it with ``model.weights``); empty means the registered model's own task (classification and volume models; a
+segmentation model needs ``task: segmentation`` written out).
 
 Experiment names follow ``<model>-<stage>-<setting>`` with setting one of ``baseline``, ``classw``
 (class weights "balanced"), ``dataaug`` (the stage's augmentation), ``classw-dataaug``, and ``robust`` /

@@ -312,3 +312,22 @@ def test_a_classifier_pretrains_on_its_split_without_test_rows_and_hands_over_it
 def test_classifier_pretraining_refuses_the_segmentation_section():
     with pytest.raises(CovidctError, match="segmentation section applies to segmentation models only"):
         _cfg(model={"name": "small_cnn", "kwargs": {}}, data={"stage": "original"})
+
+
+def test_cli_trains_a_pretraining_config_and_does_not_evaluate_it(tmp_path, capsys):
+    import yaml
+
+    from covidct.cli import main
+
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "pretrain", "name": "pt-cli", "output_root": str(tmp_path / "runs"),
+        "data": {"dataset": "phantom", "size": 32, "options": {"n": 20}},
+        "model": {"name": "unet", "kwargs": {"base_filters": 4}},
+        "training": {"epochs": 1, "batch_size": 8},
+        "segmentation": {"val_fraction": 0.3},
+    }))
+    assert main(["train", "--config", str(config), "--evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert "A pretraining run is not evaluated" in out and "model.weights" in out
+    assert json.loads((tmp_path / "runs" / "pt-cli" / "run.json").read_text())["status"] == "finished"
