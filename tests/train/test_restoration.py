@@ -331,3 +331,33 @@ def test_cli_trains_a_pretraining_config_and_does_not_evaluate_it(tmp_path, caps
     out = capsys.readouterr().out
     assert "A pretraining run is not evaluated" in out and "model.weights" in out
     assert json.loads((tmp_path / "runs" / "pt-cli" / "run.json").read_text())["status"] == "finished"
+
+
+def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    import keras
+    import pandas as pd
+
+    from covidct.train import trainer as trainer_module
+
+    cfg = _cfg(training={"epochs": 3, "bn_recalibration": 16})
+    reference = train(cfg, run_dir=tmp_path / "reference", progress=False)
+    original = trainer_module._Trainer.end_epoch
+
+    def crash_after_the_second_epoch(self, epoch, logs, seconds):
+        original(self, epoch, logs, seconds)
+        if epoch == 1:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", crash_after_the_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, run_dir=tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
+    resumed = tmp_path / "resumed"
+    assert trainer_module.run_status(resumed) == "interrupted"
+    train(cfg, run_dir=resumed, progress=False, resume=True)
+    history = [pd.read_csv(run / "history.csv").drop(columns=["seconds"]) for run in (reference, resumed)]
+    assert len(history[1]) == 3
+    pd.testing.assert_frame_equal(*history, rtol=1e-5)
+    a, b = (keras.saving.load_model(run / "model.keras", compile=False) for run in (reference, resumed))
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
