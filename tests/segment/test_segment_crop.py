@@ -133,7 +133,7 @@ def test_train_on_lung_crops_scores_the_whole_slice(lesion_crops, tmp_path, tiny
 
 
 def test_downsampled_masks_stay_centred_on_their_images():
-    from covidct.segment.data import _resize
+    from covidct.segment.data import resize_square as _resize
 
     yy, xx = np.mgrid[:512, :512]
     disc = (((yy - 200.0) ** 2 + (xx - 300.0) ** 2) <= 40**2).astype(np.uint8)

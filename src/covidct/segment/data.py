@@ -88,14 +88,15 @@ def default_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
-def _read_gray(path: Path) -> np.ndarray:
+def read_gray(path: Path) -> np.ndarray:
+    """An image file as 8-bit grayscale (H, W); a missing or corrupt file raises naming it."""
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise CovidctError(f"Cannot read image {path} (missing or corrupt).")
     return image
 
 
-def _resize(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+def resize_square(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     """Resample to ``size`` x ``size``: images area (down) / linear (up); binary masks (``nearest``) the same
     way on {0, 1} and cut at 0.5, so a mask stays centred on its image. (OpenCV's ``INTER_NEAREST`` takes the
     first source pixel of each block: a mask shifted by 1.5 source pixels up-left at 512 -> 128, mirrored
@@ -250,7 +251,7 @@ def crop_square(image: np.ndarray, top: int, left: int, side: int, size: int, ne
     y1, x1 = min(top + side, height), min(left + side, width)
     if y1 > y0 and x1 > x0:
         out[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0:y1, x0:x1]
-    return _resize(out, size, nearest=nearest)
+    return resize_square(out, size, nearest=nearest)
 
 
 def paste_crops(crops: np.ndarray, boxes: np.ndarray, frame_size: int) -> np.ndarray:
@@ -300,7 +301,7 @@ def lung_crop(image: np.ndarray, mask: np.ndarray | None, size: int, lungs: np.n
         None if mask is None else crop_square(mask, top, left, side, size, nearest=True),
         crop_square(lungs, top, left, side, size, nearest=True),
         box,
-        None if mask is None else _resize(mask, size, nearest=True),
+        None if mask is None else resize_square(mask, size, nearest=True),
     )
 
 
@@ -351,8 +352,8 @@ def load_pairs(
     for row in rows:
         if not Path(row["mask_path"]).is_file():
             raise CovidctError(f"Mask {row['mask_path']} for image {row['path']} is missing.")
-        image = _read_gray(row["path"])
-        mask = (_read_gray(row["mask_path"]) > 0).astype(np.uint8)
+        image = read_gray(row["path"])
+        mask = (read_gray(row["mask_path"]) > 0).astype(np.uint8)
         if dataset == "medseg":
             turns = row.get("mask_rot90")
             if turns is None:  # folders read directly: decide here, by the data layer's criterion
@@ -367,10 +368,10 @@ def load_pairs(
             boxes.append(box)
             frame_masks.append(frame_mask)
             continue
-        images.append(_resize(image, size))
-        masks.append(_resize(mask, size, nearest=True))
+        images.append(resize_square(image, size))
+        masks.append(resize_square(mask, size, nearest=True))
         if with_lungs:
-            lungs.append(_resize(dilated_lung_mask(image), size, nearest=True))
+            lungs.append(resize_square(dilated_lung_mask(image), size, nearest=True))
     cropped = crop == "lungs"
     return SegmentationPairs(
         images=np.stack(images)[..., None],

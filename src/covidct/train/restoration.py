@@ -182,11 +182,11 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
     ``test`` rows are left out, so the images a classifier is tested on are never seen, not even unlabeled;
     the ``train`` rows train and the ``val`` rows validate the restoration.
 
-    **Segmentation models:** ``data.dataset`` is any slice dataset of ``covidct.data.datasets`` (its labels are not read) read
-    from ``data.root``, or ``phantom`` (``data.options``: ``n``, ``seed``). Each image is read as
-    8-bit grayscale and, with ``segmentation.crop: lungs``, cropped to the square around its dilated
-    classical lung mask (``covidct.segment.data.lung_crop``), else resampled whole; with
-    ``segmentation.lung_input: masked`` everything outside that lung mask is set to 0.
+    **Segmentation models:** ``data.dataset`` is any slice dataset of ``covidct.data.datasets`` (its labels
+    are not read) read from ``data.root`` with ``data.options``, or ``phantom`` (``data.options``: ``n``,
+    ``seed``). Each image is read as 8-bit grayscale and, with ``segmentation.crop: lungs``, cropped to the
+    square around its dilated classical lung mask (``covidct.segment.data.lung_crop``), else resampled whole;
+    with ``segmentation.lung_input: masked`` everything outside that lung mask is set to 0.
 
     Raises:
         CovidctError: an unknown dataset, an unreadable file (named), or no images.
@@ -224,7 +224,7 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
     from covidct.data.datasets import load_dataset
     from covidct.data.io import detect_format
 
-    manifest = load_dataset(d.dataset, d.root)
+    manifest = load_dataset(d.dataset, d.root, **dict(d.options or {}))
     paths = manifest["path"].astype(str).tolist()
     if not paths:
         raise CovidctError(f"data.dataset={d.dataset!r} ({d.root or 'default root'}) holds no images.")
@@ -238,12 +238,12 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
 
     images = []
     for path in tqdm(paths, desc=f"pretraining inputs ({d.dataset})", disable=not progress, leave=False):
-        image = segdata._read_gray(path)
+        image = segdata.read_gray(path)
         if s.crop == "lungs":
             crop, _, lungs, _, _ = segdata.lung_crop(image, None, d.size)
         else:
-            crop = segdata._resize(image, d.size)
-            lungs = segdata._resize(segdata.dilated_lung_mask(image), d.size, nearest=True) if masked else None
+            crop = segdata.resize_square(image, d.size)
+            lungs = segdata.resize_square(segdata.dilated_lung_mask(image), d.size, nearest=True) if masked else None
         images.append(crop * (lungs > 0) if masked else crop)
     return UnlabeledImages(np.stack(images)[..., None].astype(np.uint8), paths, manifest["group"].astype(str).to_numpy())
 
