@@ -275,8 +275,8 @@ def _run_train(args) -> int:
         from covidct.evaluate.evaluator import evaluate_run, run_task
 
         if run_task(run_dir) == "pretrain":
-            print("A pretraining run is not evaluated (its restoration error is in run_report.md); fine-tune it with "
-                  f"task: segmentation and model.weights: {run_dir}/model.keras, then evaluate that run.")
+            print("A pretraining run is not evaluated (its restoration error is in run_report.md); start a run of the "
+                  f"same model from it with model.weights: {run_dir}/model.keras, then evaluate that run.")
             return 0
         if run_task(run_dir) == "segmentation":
             from covidct.segment.evaluate import evaluate_segmentation

@@ -42,7 +42,7 @@ SEGMENTATION_MONITORS = ("val_dice", "val_loss", "last")
 LUNG_INPUTS = ("none", "masked", "auto")
 SEGMENTATION_CROPS = ("none", "lungs")  # covidct.segment.data.CROPS
 SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg", "phantom")
-# task: pretrain (self-supervised restoration of a segmenter, covidct.train.restoration).
+# task: pretrain (self-supervised restoration by a segmenter or a classifier's backbone, covidct.train.restoration).
 PRETRAIN_LOSSES = ("restoration_mse",)
 PRETRAIN_MONITORS = ("val_loss", "last")
 MIXED_PRECISION = ("auto", "on", "off")
@@ -256,9 +256,10 @@ class SegmentationConfig:
 class PretrainConfig:
     """Settings of ``task: pretrain`` runs: the Models Genesis distortions (``covidct.train.restoration``).
 
-    A segmenter learns to restore unlabeled images (``data.dataset``, made as ``segmentation.crop`` and
-    ``segmentation.lung_input`` say) from distorted copies; its ``model.keras`` then initialises a
-    segmentation run (``model.weights``). Refused for other tasks.
+    A segmenter (inputs from ``data.dataset`` made as ``segmentation.crop`` and ``segmentation.lung_input``
+    say) or a slice classifier's backbone with a decoder (its own ``data.stage`` and grouped split, test rows
+    left out) learns to restore unlabeled images from distorted copies; its ``model.keras`` then initialises
+    a later run of the same model (``model.weights``, copied layer by layer). Refused for other tasks.
 
     Attributes:
         nonlinear_rate: probability of the random Bezier intensity curve.
@@ -282,7 +283,7 @@ class RunConfig:
             (``segment-<model>-<dataset>-<size>`` for segmentation).
         output_root: parent folder of run folders.
         task: ``""`` (the model's own task), ``"classification"``, ``"volume"``, ``"segmentation"`` or
-            ``"pretrain"`` (self-supervised restoration of a segmentation model on unlabeled images).
+            ``"pretrain"`` (self-supervised restoration of unlabeled images, ``covidct.train.restoration``).
     """
 
     name: str = ""
@@ -545,7 +546,7 @@ def _check_pretrain_settings(cfg: RunConfig, source: str) -> None:
     if cfg.evaluation != EvaluationConfig():
         raise CovidctError(
             f"{source}: the evaluation section does not apply to task pretrain (a pretraining run is not evaluated; "
-            "fine-tune it with task: segmentation and model.weights: <run>/model.keras). Remove it."
+            "start a run of the same model from it with model.weights: <run>/model.keras and evaluate that). Remove it."
         )
     _check_choice(source, "segmentation.crop", s.crop, SEGMENTATION_CROPS)
     _check_choice(source, "segmentation.lung_input", s.lung_input, ("none", "masked"))
