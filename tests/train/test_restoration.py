@@ -361,3 +361,22 @@ def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_result(tmp_path
     a, b = (keras.saving.load_model(run / "model.keras", compile=False) for run in (reference, resumed))
     for x, y in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.realdata
+def test_real_sars_cov_2_slices_become_lung_masked_crops(data_root, tmp_path):
+    """Forty real sars-cov-2-ct slices (20 per class folder, linked into a folder dataset) through the segmenter's
+    pretraining input: every crop holds lung pixels, the lungs fill much of it, and the corners are masked out."""
+    source = data_root / "sars-cov-2-ct-scan"
+    for folder in ("COVID", "non-COVID"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for path in sorted((source / folder).glob("*.png"))[:20]:
+            (tmp_path / "data" / folder / path.name).symlink_to(path)
+    cfg = _cfg(data={"dataset": "folder", "root": str(tmp_path / "data"), "size": 128, "options": {}},
+               segmentation={"crop": "lungs", "lung_input": "masked"})
+    unlabeled = restoration.load_unlabeled_images(cfg, progress=False)
+    assert unlabeled.images.shape == (40, 128, 128, 1)
+    inside = (unlabeled.images[..., 0] > 0).reshape(40, -1).mean(1)
+    # The square around the (dilated) lungs: lungs cover a large share, never none, never the whole square.
+    assert inside.min() > 0.25 and inside.max() < 0.75, inside  # measured: 0.33-0.60
+    assert (unlabeled.images[:, 0, 0, 0] == 0).mean() > 0.9
