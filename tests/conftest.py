@@ -34,6 +34,34 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture
+def crash_after_epoch(monkeypatch):
+    """``with crash_after_epoch(k[, unit]): train(...)``: the run stops with "simulated crash" right after epoch
+    ``k`` (0-based) has been recorded (only in the run folder named ``unit`` when given, e.g. ``"fold_1"``),
+    as a killed process would leave it; the ``with`` block expects that crash and restores training after it."""
+    import contextlib
+
+    from covidct.train import trainer as trainer_module
+
+    @contextlib.contextmanager
+    def crash(epoch: int, unit: str | None = None):
+        original = trainer_module._Trainer.end_epoch
+
+        def end_epoch(self, current, logs, seconds):
+            original(self, current, logs, seconds)
+            if current == epoch and (unit is None or self.run_dir.name == unit):
+                raise RuntimeError("simulated crash")
+
+        monkeypatch.setattr(trainer_module._Trainer, "end_epoch", end_epoch)
+        try:
+            with pytest.raises(RuntimeError, match="simulated crash"):
+                yield
+        finally:
+            monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
+
+    return crash
+
+
 # Phantom training data shared by tests/train and tests/evaluate (no cache, no files).
 def phantom_arrays(n: int = 300, size: int = 48, seed: int = 0, slices_per_patient: int = 5):
     """Phantom slices as display uint8 (N, size, size, 1) + a manifest split by patient (60/20/20)."""

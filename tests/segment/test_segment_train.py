@@ -121,7 +121,7 @@ def test_train_writes_a_run_folder_and_learns(discs, tmp_path, tiny_segmenter):
     assert "error" in results[0]
 
 
-def test_resume_after_a_crash_gives_the_uninterrupted_result(discs, tmp_path, monkeypatch, tiny_segmenter):
+def test_resume_after_a_crash_gives_the_uninterrupted_result(discs, tmp_path, tiny_segmenter, crash_after_epoch):
     import keras
 
     cfg = segmentation_config(
@@ -136,17 +136,8 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(discs, tmp_path, mo
     )
     reference = train(cfg, run_dir=tmp_path / "reference", data=discs, progress=False)
 
-    original = trainer_module._Trainer.end_epoch
-
-    def crash_in_the_second_fold(self, epoch, logs, seconds):
-        original(self, epoch, logs, seconds)
-        if self.run_dir.name == "fold_1" and epoch == 0:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", crash_in_the_second_fold)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_after_epoch(0, unit="fold_1"):  # in the second fold
         train(cfg, run_dir=tmp_path / "resumed", data=discs, progress=False)
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
     resumed = tmp_path / "resumed"
     assert trainer_module.run_status(resumed) == "interrupted"
     assert (resumed / "fold_1" / "train_state.npz").is_file()

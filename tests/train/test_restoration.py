@@ -333,7 +333,7 @@ def test_cli_trains_a_pretraining_config_and_does_not_evaluate_it(tmp_path, caps
     assert json.loads((tmp_path / "runs" / "pt-cli" / "run.json").read_text())["status"] == "finished"
 
 
-def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_result(tmp_path, crash_after_epoch):
     import keras
     import pandas as pd
 
@@ -341,17 +341,8 @@ def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_result(tmp_path
 
     cfg = _cfg(training={"epochs": 3, "bn_recalibration": 16})
     reference = train(cfg, run_dir=tmp_path / "reference", progress=False)
-    original = trainer_module._Trainer.end_epoch
-
-    def crash_after_the_second_epoch(self, epoch, logs, seconds):
-        original(self, epoch, logs, seconds)
-        if epoch == 1:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", crash_after_the_second_epoch)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_after_epoch(1):
         train(cfg, run_dir=tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
     resumed = tmp_path / "resumed"
     assert trainer_module.run_status(resumed) == "interrupted"
     train(cfg, run_dir=resumed, progress=False, resume=True)

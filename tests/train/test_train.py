@@ -35,7 +35,7 @@ def test_same_seed_same_numbers(phantom_data, tmp_path, tiny_config):
     assert "selected on the **validation** split" in (a / "run_report.md").read_text()
 
 
-def test_resume_after_crash_gives_the_uninterrupted_result(phantom_data, tmp_path, monkeypatch, tiny_config):
+def test_resume_after_crash_gives_the_uninterrupted_result(phantom_data, tmp_path, tiny_config, crash_after_epoch):
     # small_cnn has BatchNorm and Dropout; augmentation and class weights exercise every random draw.
     cfg = dataclasses.replace(
         tiny_config(epochs=3, max_steps_per_epoch=2, augmentation="stage", class_weight="balanced"),
@@ -43,17 +43,8 @@ def test_resume_after_crash_gives_the_uninterrupted_result(phantom_data, tmp_pat
     )
     reference = train(cfg, run_dir=tmp_path / "reference", data=phantom_data, progress=False)
 
-    original = trainer_module._Trainer.end_epoch
-
-    def crash_after_second_epoch(self, epoch, logs, seconds):
-        original(self, epoch, logs, seconds)
-        if epoch == 1:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", crash_after_second_epoch)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_after_epoch(1):
         train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False)
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
     assert trainer_module.run_status(tmp_path / "resumed") == "interrupted"
     with pytest.raises(CovidctError, match="--resume"):
         train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False)
@@ -217,7 +208,9 @@ def test_resuming_with_another_config_is_refused(phantom_data, tmp_path, tiny_co
     assert (run_dir / "config.yaml").is_file()  # nothing deleted
 
 
-def test_slow_state_writes_are_skipped_and_resume_replays_the_epochs(phantom_data, tmp_path, monkeypatch, tiny_config):
+def test_slow_state_writes_are_skipped_and_resume_replays_the_epochs(
+    phantom_data, tmp_path, monkeypatch, tiny_config, crash_after_epoch
+):
     import time
 
     cfg = tiny_config(epochs=4, max_steps_per_epoch=1)
@@ -229,20 +222,11 @@ def test_slow_state_writes_are_skipped_and_resume_replays_the_epochs(phantom_dat
         written.append(state["epochs_done"])
         return real_save(path, model, optimizer, state)
 
-    original = trainer_module._Trainer.end_epoch
-
-    def crash_after_third_epoch(self, epoch, logs, seconds):
-        original(self, epoch, logs, seconds)
-        if epoch == 2:
-            raise RuntimeError("simulated crash")
-
     monkeypatch.setattr(trainer_module, "save_train_state", slow_save)
     monkeypatch.setattr(trainer_module._Trainer, "STATE_SAVE_SHARE", 10_000.0)  # next write after 500 s
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", crash_after_third_epoch)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_after_epoch(2):
         train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False)
     assert written == [1]  # epoch 1 is always written; epochs 2-3 were skipped
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
     resumed = train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False, resume=True)
     assert written == [1, 2]  # resumed after epoch 1: the first epoch of the resumed run is written again
     pd.testing.assert_frame_equal(_history(reference), _history(resumed), rtol=1e-5)
