@@ -100,7 +100,7 @@ def test_sequence_gives_distorted_inputs_and_clean_targets():
     images = (np.random.default_rng(0).random((10, 16, 16, 1)) * 255).astype(np.uint8)
     sequence = restoration.RestorationSequence(images, np.arange(10), PretrainConfig(), batch_size=4, seed=5)
     x, y = sequence[0]
-    rows = sequence.geometry.order[:4]
+    rows = sequence.order[:4]
     np.testing.assert_allclose(y, images[rows] / 255.0, rtol=1e-6)  # no geometric augmentation: clean targets
     assert x.shape == y.shape == (4, 16, 16, 1) and 0 <= x.min() and x.max() <= 255
     np.testing.assert_array_equal(sequence[0][0], x)  # the same (seed, epoch, batch): the same batch

@@ -38,6 +38,7 @@ import keras
 import numpy as np
 
 from covidct.errors import CovidctError
+from covidct.train.segmentation import MaskSequence
 
 log = logging.getLogger(__name__)
 
@@ -363,52 +364,28 @@ def distort_batch(images: np.ndarray, rng: np.random.Generator, rates) -> np.nda
     return out
 
 
-class RestorationSequence(keras.utils.PyDataset):
+class RestorationSequence(MaskSequence):
     """Batches of (distorted image in [0, 255], clean grey image in [0, 1]) float32 pairs, new draws every epoch.
 
     Inputs keep the images' C channels (the distorted grey image copied to each); the target is one channel.
-
-    The clean images are first mirrored / rotated (``augmentation``, as for segmentation), then
-    distorted; the random numbers come from (seed, epoch, batch), so a resumed run sees the same batches.
+    The row order and the mirror / rotation (``augmentation``) are ``MaskSequence``'s, the images being their
+    own "masks"; the distortions follow, drawn from (seed, epoch, batch), so a resumed run sees the same batches.
 
     Args:
-        images: uint8 (N, H, W, 1) model inputs.
+        images: uint8 (N, H, W, C) model inputs (grey: equal channels).
         indices: rows of the training part.
         rates: the ``PretrainConfig``.
-        batch_size, shuffle, seed, augmentation, max_steps: as ``covidct.train.segmentation.MaskSequence``.
+        **kwargs: ``batch_size``, ``shuffle``, ``seed``, ``augmentation``, ``max_steps`` of ``MaskSequence``.
     """
 
-    def __init__(
-        self,
-        images,
-        indices,
-        rates,
-        batch_size: int = 8,
-        shuffle: bool = True,
-        seed: int = 0,
-        augmentation: dict | None = None,
-        max_steps: int | None = None,
-    ):
-        from covidct.train.segmentation import MaskSequence
-
-        super().__init__(workers=1, use_multiprocessing=False)
-        # The row order and geometry are MaskSequence's (images as their own "masks": mirrored/rotated alike).
-        self.geometry = MaskSequence(
-            images, images[..., 0], indices, batch_size, shuffle, seed, augmentation, max_steps
-        )
+    def __init__(self, images, indices, rates, **kwargs):
+        super().__init__(images, images[..., 0], indices, **kwargs)
         self.rates = rates
-        self.seed = int(seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.geometry.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.geometry)
 
     def __getitem__(self, index: int):
-        clean, _ = self.geometry[index]
+        clean, _ = super().__getitem__(index)
         clean = clean / 255.0
-        rng = np.random.default_rng([self.seed, self.geometry.epoch, int(index), 1])
+        rng = np.random.default_rng([self.seed, self.epoch, int(index), 1])
         return distort_batch(clean, rng, self.rates) * 255.0, clean[..., :1].astype(np.float32)
 
 
