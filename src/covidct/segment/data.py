@@ -305,6 +305,22 @@ def lung_crop(image: np.ndarray, mask: np.ndarray | None, size: int, lungs: np.n
     )
 
 
+def prepare_slice(image: np.ndarray, mask: np.ndarray | None, size: int, crop: str = "none", with_lungs: bool = False):
+    """One slice (and its mask, or None) made into a segmenter's input at ``size`` px.
+
+    ``crop="lungs"``: ``lung_crop`` (the square around the dilated classical lungs, at the source resolution);
+    otherwise the whole slice resampled, with its resampled dilated lung mask when ``with_lungs``.
+
+    Returns:
+        (image, mask or None, lung mask or None, box or None, whole-slice mask or None), as ``lung_crop``.
+    """
+    if crop == "lungs":
+        return lung_crop(image, mask, size)
+    lungs = resize_square(dilated_lung_mask(image), size, nearest=True) if with_lungs else None
+    resized_mask = None if mask is None else resize_square(mask, size, nearest=True)
+    return resize_square(image, size), resized_mask, lungs, None, None
+
+
 def crop_pairs_to_lungs(pairs: SegmentationPairs, size: int) -> SegmentationPairs:
     """``pairs`` (whole slices) as lung crops of ``size`` px, with ``boxes`` and ``frame_masks`` (see ``lung_crop``).
 
@@ -360,18 +376,14 @@ def load_pairs(
                 mask, _ = align_mask_orientation(image, mask)
             else:
                 mask = np.ascontiguousarray(np.rot90(mask, int(turns)))
+        image_in, mask_in, lungs_in, box, frame_mask = prepare_slice(image, mask, size, crop, with_lungs)
+        images.append(image_in)
+        masks.append(mask_in)
+        if lungs_in is not None:
+            lungs.append(lungs_in)
         if crop == "lungs":
-            image_crop, mask_crop, lung_crop_, box, frame_mask = lung_crop(image, mask, size)
-            images.append(image_crop)
-            masks.append(mask_crop)
-            lungs.append(lung_crop_)
             boxes.append(box)
             frame_masks.append(frame_mask)
-            continue
-        images.append(resize_square(image, size))
-        masks.append(resize_square(mask, size, nearest=True))
-        if with_lungs:
-            lungs.append(resize_square(dilated_lung_mask(image), size, nearest=True))
     cropped = crop == "lungs"
     return SegmentationPairs(
         images=np.stack(images)[..., None],

@@ -193,8 +193,8 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
         CovidctError: an unknown dataset, an unreadable file (named), or no images.
     """
     from covidct.models import get_spec
-    from covidct.segment import data as segdata
-    from covidct.train.segmentation import lung_masked
+    from covidct.segment.data import prepare_slice, read_gray
+    from covidct.train.segmentation import load_segmentation_pairs, lung_masked, model_inputs
 
     d, s = cfg.data, cfg.segmentation
     if get_spec(cfg.model.name).task == "classification":
@@ -210,18 +210,12 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
             split[keep],
         )
     masked = s.lung_input == "masked"
-    if d.dataset == "phantom":
-        options = dict(d.options or {})
-        unknown = sorted(set(options) - {"n", "seed"})
+    if d.dataset == "phantom":  # the segmentation run's phantom pairs, masks unused
+        unknown = sorted(set(d.options or {}) - {"n", "seed"})
         if unknown:
             raise CovidctError(f"data.options {unknown} do not apply to phantom pretraining images (n, seed).")
-        pairs = segdata.phantom_pairs(n=int(options.get("n", 60)), size=d.size, seed=int(options.get("seed", d.seed)))
-        if s.crop == "lungs":
-            pairs = segdata.crop_pairs_to_lungs(pairs, d.size)
-        elif masked:
-            pairs.lungs = np.stack([segdata.dilated_lung_mask(image[..., 0]) for image in pairs.images])
-        images = lung_masked(pairs.images, pairs.lungs) if masked else pairs.images
-        return UnlabeledImages(images, list(pairs.names), np.asarray(pairs.groups))
+        pairs = load_segmentation_pairs(cfg)
+        return UnlabeledImages(model_inputs(pairs, masked), list(pairs.names), np.asarray(pairs.groups))
     from covidct.data.datasets import load_dataset
     from covidct.data.io import detect_format
 
@@ -239,14 +233,9 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
 
     images = []
     for path in tqdm(paths, desc=f"pretraining inputs ({d.dataset})", disable=not progress, leave=False):
-        image = segdata.read_gray(path)
-        if s.crop == "lungs":
-            crop, _, lungs, _, _ = segdata.lung_crop(image, None, d.size)
-        else:
-            crop = segdata.resize_square(image, d.size)
-            lungs = segdata.resize_square(segdata.dilated_lung_mask(image), d.size, nearest=True) if masked else None
-        images.append(crop * (lungs > 0) if masked else crop)
-    return UnlabeledImages(np.stack(images)[..., None].astype(np.uint8), paths, manifest["group"].astype(str).to_numpy())
+        image, _, lungs, _, _ = prepare_slice(read_gray(path), None, d.size, s.crop, with_lungs=masked)
+        images.append(lung_masked(image[None, ..., None], lungs[None])[0] if masked else image[..., None])
+    return UnlabeledImages(np.stack(images).astype(np.uint8), paths, manifest["group"].astype(str).to_numpy())
 
 
 # ------------------------------------------------------------------------------------------------------

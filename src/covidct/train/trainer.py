@@ -438,6 +438,17 @@ class _Trainer:
         self.state_saved_at = time.perf_counter()
         self.state_save_seconds = self.state_saved_at - now
 
+    def selection_info(self) -> dict:
+        """What selected the saved checkpoint, for ``run.json``: monitor, split, best epoch and score, epochs run."""
+        return {
+            "monitor": self.cfg.training.monitor,
+            "selection_split": "none" if self.keep_last else "val",
+            "best_epoch": self.best_epoch + 1,
+            "best_score": self.best_score,
+            "epochs_run": len(self.history),
+            "stopped_early": self.stopped_early,
+        }
+
     def state_dict(self) -> dict:
         return {
             "epochs_done": self.current_epoch,
@@ -457,6 +468,11 @@ class _Trainer:
 # ------------------------------------------------------------------------------------------------------
 # train()
 # ------------------------------------------------------------------------------------------------------
+
+
+def _backend_info(policy: str) -> dict:
+    """Backend, Keras version and dtype policy of a run, for ``run.json``."""
+    return {"backend": keras.backend.backend(), "keras_version": keras.__version__, "dtype_policy": policy}
 
 
 def run_status(run_dir: str | os.PathLike) -> str:
@@ -774,15 +790,8 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
         "channels": int(data.images.shape[-1]),
         "input_names": list(input_names),
         "model": m.name,
-        "monitor": t.monitor,
-        "selection_split": "none" if trainer.keep_last else "val",
-        "best_epoch": trainer.best_epoch + 1,
-        "best_score": trainer.best_score,
-        "epochs_run": len(trainer.history),
-        "stopped_early": trainer.stopped_early,
-        "backend": keras.backend.backend(),
-        "keras_version": keras.__version__,
-        "dtype_policy": policy,
+        **trainer.selection_info(),
+        **_backend_info(policy),
         "seconds": round(seconds, 1),
         "cache": data.cache_path,
         "split_counts": _split_counts(data, split, class_names),
@@ -872,9 +881,7 @@ def _train_segmentation(
         else f"held-out fold of {cfg.segmentation.folds}-fold grouped CV",
         "folds": int(cfg.segmentation.folds),
         "group_proxy": pairs.group_proxy or "group column of the pairs",
-        "backend": keras.backend.backend(),
-        "keras_version": keras.__version__,
-        "dtype_policy": policy,
+        **_backend_info(policy),
         "seconds": round(time.perf_counter() - started, 1),
     }
     if cfg.segmentation.folds:
@@ -950,11 +957,33 @@ def _fit_segmentation_split(
     return summary
 
 
+def _map_batches(t) -> dict:
+    """Training-batch settings of the models with one output map per image (segmenters, restoration)."""
+    from covidct.config import segmentation_augmentation
+
+    return {
+        "batch_size": t.batch_size,
+        "shuffle": True,
+        "seed": t.seed,
+        "augmentation": segmentation_augmentation(t),
+        "max_steps": t.max_steps_per_epoch,
+    }
+
+
+def _fit_map_model(cfg: RunConfig, run_dir: Path, trainer: _Trainer, resuming: bool, progress: bool) -> None:
+    """``_fit_phases`` for a model with one output map per image (loss ``training.loss`` on one channel).
+
+    XLA compilation costs more than it saves for these small fully convolutional models on a CPU under
+    TensorFlow (graph mode either way); JAX without jit runs op by op (0.65 s per batch of 8 on an H100).
+    """
+    jit = "auto" if gpu_available() or keras.backend.backend() != "tensorflow" else False
+    _fit_phases(cfg, run_dir, trainer, make_loss(cfg.training.loss, 1), resuming, progress, jit_compile=jit)
+
+
 def _fit_segmentation_unit(
     cfg: RunConfig, unit_dir: Path, plan, pairs, lung_input: str, resuming: bool, progress: bool
 ) -> dict:
     """Fit one segmenter on ``plan.train`` with ``lung_input`` images, selecting epochs on ``plan.val``."""
-    from covidct.config import segmentation_augmentation
     from covidct.train import segmentation as seg
 
     t = cfg.training
@@ -976,21 +1005,9 @@ def _fit_segmentation_unit(
     trainer = _Trainer(cfg, unit_dir, validate, progress)
     trainer.model = build_segmentation_model(cfg, images.shape[1:3])
     trainer.input_names = ("image",)
-    trainer.train_sequence = seg.MaskSequence(
-        images,
-        pairs.masks,
-        plan.train,
-        batch_size=t.batch_size,
-        shuffle=True,
-        seed=t.seed,
-        augmentation=segmentation_augmentation(t),
-        max_steps=t.max_steps_per_epoch,
-    )
+    trainer.train_sequence = seg.MaskSequence(images, pairs.masks, plan.train, **_map_batches(t))
     trainer.recalibration_batches = recalibration_source(cfg, images, plan.train, ("image",))
-    # XLA compilation costs more than it saves for these small fully convolutional models on a CPU under
-    # TensorFlow (graph mode either way). JAX without jit runs op by op: 0.65 s per batch of 8 on an H100.
-    jit = "auto" if gpu_available() or keras.backend.backend() != "tensorflow" else False
-    _fit_phases(cfg, unit_dir, trainer, make_loss(t.loss, 1), resume_here, progress, jit_compile=jit)
+    _fit_map_model(cfg, unit_dir, trainer, resume_here, progress)
     best = trainer.history[trainer.best_epoch] if trainer.best_epoch >= 0 else {}
     fit = {
         "status": "nan" if trainer.nan_epoch is not None else "finished",
@@ -1016,7 +1033,7 @@ def _fit_segmentation_unit(
 
 def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, unlabeled, progress: bool) -> Path:
     """``train(cfg)`` for ``task: pretrain``: restoration of distorted unlabeled images (Models Genesis)."""
-    from covidct.config import check_task_settings, segmentation_augmentation
+    from covidct.config import check_task_settings
     from covidct.train import restoration
     from covidct.train.segmentation import group_split, predict_mask_logits
 
@@ -1075,16 +1092,7 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
         else:
             trainer.model = build_segmentation_model(cfg, images.shape[1:3])
         trainer.input_names = ("image",)
-        trainer.train_sequence = restoration.RestorationSequence(
-            images,
-            train_rows,
-            cfg.pretrain,
-            batch_size=t.batch_size,
-            shuffle=True,
-            seed=t.seed,
-            augmentation=segmentation_augmentation(t),
-            max_steps=t.max_steps_per_epoch,
-        )
+        trainer.train_sequence = restoration.RestorationSequence(images, train_rows, cfg.pretrain, **_map_batches(t))
         # BatchNorm statistics come from what the network is scored on: distorted inputs (fixed draws).
         rows = recalibration_rows(train_rows, t.bn_recalibration, t.seed)
         if len(rows):
@@ -1092,8 +1100,7 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
                 images, rows, cfg.pretrain, batch_size=max(t.batch_size, 64), shuffle=False, seed=t.seed
             )
             trainer.recalibration_batches = lambda: (batches[i][0] for i in range(len(batches)))
-        jit = "auto" if gpu_available() or keras.backend.backend() != "tensorflow" else False
-        _fit_phases(cfg, run_dir, trainer, make_loss(t.loss, 1), resuming, progress, jit_compile=jit)
+        _fit_map_model(cfg, run_dir, trainer, resuming, progress)
     info = {
         "name": cfg.run_name,
         "task": "pretrain",
@@ -1101,26 +1108,19 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
         "objective": "Models Genesis restoration (covidct.train.restoration)",
         "dataset": cfg.data.dataset,
         "size": int(images.shape[1]),
-        "channels": 1,
+        "channels": int(images.shape[-1]),
         "input_names": ["image"],
         "input": f"stage {cfg.data.stage} of the classifier's grouped split, test rows left out"
         if classifier
         else f"crop {s.crop}, lung input {s.lung_input}",
         "model": cfg.model.name,
         "model_kwargs": dict(cfg.model.kwargs or {}),
-        "monitor": t.monitor,
-        "selection_split": "none" if trainer.keep_last else "val",
-        "best_epoch": trainer.best_epoch + 1,
-        "best_score": trainer.best_score,
-        "epochs_run": len(trainer.history),
-        "stopped_early": trainer.stopped_early,
+        **trainer.selection_info(),
         "split_counts": {
             part: {"images": int(len(rows)), "groups": int(len(set(groups[rows])))}
             for part, rows in (("train", train_rows), ("val", val_rows))
         },
-        "backend": keras.backend.backend(),
-        "keras_version": keras.__version__,
-        "dtype_policy": policy,
+        **_backend_info(policy),
         "seconds": round(time.perf_counter() - started, 1),
         "use": f"model.weights: {run_dir / MODEL_FILE} (same model.name, model.kwargs and input; copied layer by layer, "
         + ("the classifier's head stays random)" if classifier else "task: segmentation)"),
