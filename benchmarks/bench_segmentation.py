@@ -124,6 +124,9 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--out", default=None, help="result JSON (default: named by task, model and settings in "
                         "benchmarks/results/; a file holding another configuration's result is never overwritten)")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="infection: fit only this fold of --folds in --run-dir and exit (one process per fold, "
+                        "in parallel); then the same command without --fold finishes the run and writes the result")
     parser.add_argument("--overwrite", action="store_true", help="delete the run folder (finished or interrupted) "
                         "and train again; without it an interrupted run resumes and a finished one is refused")
     args = parser.parse_args(argv)
@@ -169,8 +172,12 @@ def main(argv=None) -> int:
         bn_momentum=args.bn_momentum,
         bn_recalibration=args.bn_recalibration,
         weights=args.weights,
+        fold=args.fold,
     )
     wall_s = time.perf_counter() - start
+    if args.fold is not None:
+        print(f"fold {args.fold} of {run} fitted in {wall_s:.0f} s (no result yet: rerun without --fold to finish)")
+        return 0
     summary = json.loads((run / ("metrics_cv.json" if folds else "metrics_test.json")).read_text())
     import keras
 

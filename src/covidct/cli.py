@@ -52,6 +52,9 @@ def _add_segment(subparsers) -> None:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--folds", type=int, default=0, help="k >= 2: grouped k-fold CV (medseg); 0: test split")
+    train.add_argument("--fold", type=int, default=None,
+                       help="with --folds: fit only this fold (0-based), e.g. one process per fold on one --run-dir; "
+                       "then run once more without --fold and with --resume to finish and evaluate the run")
     train.add_argument("--base-filters", type=int, default=None, help="width of the first level (builder argument)")
     train.add_argument("--run-dir", default=None, help="default runs/segment-<model>-<dataset>-<size>")
     train.add_argument("--seed", type=int, default=0)
@@ -99,8 +102,12 @@ def _run_segment(args) -> int:
             run_dir=args.run_dir, overwrite=args.overwrite, seed=args.seed, model_kwargs=kwargs,
             resume=args.resume, lung_input=args.lung_input, crop=args.crop, rotation_deg=args.rotation, patience=args.patience,
             monitor=args.monitor, schedule=args.schedule, val_fraction=args.val_fraction, weights=args.weights,
-            progress=True,
+            progress=True, fold=args.fold,
         )
+        if args.fold is not None:
+            print(f"fold {args.fold} fitted in {run_dir}; when every fold is, finish the run with the same command "
+                  "without --fold and with --resume (writes run.json and the CV metrics)")
+            return 0
         print(f"run folder: {run_dir}")
         return 0
     if args.segment_action == "evaluate":

@@ -162,6 +162,56 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(discs, tmp_path, ti
     assert not list(resumed.rglob("train_state.npz"))
 
 
+def test_folds_fitted_one_by_one_equal_the_sequential_cross_validation(discs, tmp_path, tiny_segmenter):
+    """``fold=k`` (one process per fold on one run folder) then a finishing call == one sequential run."""
+    import keras
+
+    settings = dict(dataset="medseg", size=32, epochs=2, batch_size=4, learning_rate=1e-2, folds=2, rotation_deg=10)
+    reference = train_segmenter(tiny_segmenter, run_dir=tmp_path / "reference", pairs=discs, **settings)
+    parallel = tmp_path / "parallel"
+    # fold 1 first: the order of the processes does not matter
+    train_segmenter(tiny_segmenter, run_dir=parallel, pairs=discs, fold=1, **settings)
+    assert trainer_module.run_status(parallel) == "interrupted"  # unfinished until every fold is
+    assert trainer_module.run_status(parallel / "fold_1") == "finished" and not (parallel / "fold_0").exists()
+    assert not (parallel / "metrics_cv.json").exists()  # nothing evaluated yet
+    fitted = (parallel / "fold_1" / "model.keras").stat().st_mtime_ns
+    train_segmenter(tiny_segmenter, run_dir=parallel, pairs=discs, fold=0, **settings)
+    train_segmenter(tiny_segmenter, run_dir=parallel, pairs=discs, fold=1, **settings)  # again: kept, not refitted
+    assert (parallel / "fold_1" / "model.keras").stat().st_mtime_ns == fitted
+    with pytest.raises(CovidctError, match="would delete the other folds"):
+        train_segmenter(tiny_segmenter, run_dir=parallel, pairs=discs, fold=0, overwrite=True, **settings)
+    with pytest.raises(CovidctError, match="another config"):  # a process with other settings cannot join
+        train_segmenter(tiny_segmenter, run_dir=parallel, pairs=discs, fold=0, **{**settings, "epochs": 3})
+    train_segmenter(tiny_segmenter, run_dir=parallel, pairs=discs, resume=True, **settings)  # finishes, evaluates
+    assert (parallel / "fold_1" / "model.keras").stat().st_mtime_ns == fitted
+    runs = [json.loads((run / "run.json").read_text()) for run in (reference, parallel)]
+    assert runs[1]["status"] == "finished"
+    assert [f["best_epoch"] for f in runs[0]["fold_results"]] == [f["best_epoch"] for f in runs[1]["fold_results"]]
+    for k in range(2):
+        history = [pd.read_csv(run / f"fold_{k}" / "history.csv").drop(columns=["seconds"]) for run in (reference, parallel)]
+        pd.testing.assert_frame_equal(*history, rtol=1e-5)
+        weights = [
+            keras.saving.load_model(run / f"fold_{k}" / "model.keras", compile=False).get_weights()
+            for run in (reference, parallel)
+        ]
+        for x, y in zip(*weights):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    metrics = [json.loads((run / "metrics_cv.json").read_text()) for run in (reference, parallel)]
+    assert metrics[1]["dice"]["mean"] == pytest.approx(metrics[0]["dice"]["mean"], abs=1e-6)
+    assert metrics[1]["fold_dice"] == pytest.approx(metrics[0]["fold_dice"], abs=1e-6)
+    # bad fold numbers and runs without folds are refused by name
+    for bad in (2, -1, "0"):
+        with pytest.raises(CovidctError, match=r"fold must be an integer in 0\.\.1"):
+            train_segmenter(tiny_segmenter, run_dir=tmp_path / "bad", pairs=discs, fold=bad, **settings)
+    with pytest.raises(CovidctError, match="segmentation.folds >= 2"):
+        train_segmenter(tiny_segmenter, run_dir=tmp_path / "bad", pairs=discs, fold=0, **{**settings, "folds": 0})
+    cfg = segmentation_config(tiny_segmenter, **settings)
+    from dataclasses import replace
+
+    with pytest.raises(CovidctError, match="applies to task segmentation, not pretrain"):
+        train(replace(cfg, task="pretrain"), run_dir=tmp_path / "bad", fold=0)
+
+
 def test_lung_input_auto_chooses_on_validation(discs, tmp_path, tiny_segmenter):
     # A "lung mask" that hides everything: the masked variant cannot find the discs, so validation
     # must pick the plain images.

@@ -124,6 +124,7 @@ def train_segmenter(
     pairs=None,
     resume: bool = False,
     progress: bool = False,
+    fold: int | None = None,
     **settings,
 ) -> Path:
     """Train a segmenter through ``train(cfg)`` and evaluate it per image on its test rows; returns the run folder.
@@ -135,17 +136,22 @@ def train_segmenter(
         pairs: pre-loaded ``SegmentationPairs`` (tests, notebooks); default: loaded from ``dataset``/``root``.
         resume: continue an interrupted run (finished folds and epochs are kept).
         progress: show Keras' progress bar.
+        fold: with ``folds``: fit this fold alone and leave the run unfinished (``train(cfg, fold=...)``: the
+            folds of one CV in parallel processes on one ``run_dir``); nothing is evaluated until a last call
+            without ``fold`` (``resume=True``) finishes the run.
         **settings: the other keyword arguments of ``segmentation_config`` (dataset, root, size, epochs, ...).
 
     Returns:
-        Path of the run folder (with ``metrics_test.json``, or ``metrics_cv.json`` for folds).
+        Path of the run folder (with ``metrics_test.json``, or ``metrics_cv.json`` for folds; neither after a
+        call with ``fold``).
     """
     from covidct.segment.evaluate import evaluate_segmentation
     from covidct.train import train
 
     cfg = segmentation_config(model=model, **settings)
-    run = train(cfg, run_dir=run_dir, resume=resume, overwrite=overwrite, data=pairs, progress=progress)
-    evaluate_segmentation(run, pairs=pairs)
+    run = train(cfg, run_dir=run_dir, resume=resume, overwrite=overwrite, data=pairs, progress=progress, fold=fold)
+    if fold is None:
+        evaluate_segmentation(run, pairs=pairs)
     return run
 
 

@@ -590,6 +590,7 @@ def train(
     overwrite: bool = False,
     data=None,
     progress: bool = True,
+    fold: int | None = None,
 ) -> Path:
     """Train the model described by ``cfg`` and save the run folder.
 
@@ -603,6 +604,11 @@ def train(
             ``covidct.train.restoration.UnlabeledImages`` for ``task: pretrain``; default: built from
             ``cfg.data``.
         progress: show Keras' progress bar.
+        fold: ``task: segmentation`` with ``segmentation.folds`` only: fit fold ``fold`` (0-based) alone and
+            leave the run unfinished, so that the folds of one cross-validation can run at the same time in
+            several processes (or machines sharing the folder) on the same ``run_dir``. An unfinished run
+            folder of the same config is joined (its other folds are never touched); a finished fold is
+            kept. A last call without ``fold`` (``resume=True``) fits any fold left and writes ``run.json``.
 
     Returns:
         The run folder, holding ``config.yaml``, ``model.keras`` (best validation checkpoint),
@@ -616,8 +622,10 @@ def train(
     """
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_root) / cfg.run_name
     task = resolve_task(cfg, source=f"config of {run_dir}")
+    if fold is not None and task != "segmentation":
+        raise CovidctError(f"train(cfg, fold={fold}): fitting one fold applies to task segmentation, not {task}.")
     if task == "segmentation":
-        return _train_segmentation(cfg, run_dir, resume, overwrite, data, progress)
+        return _train_segmentation(cfg, run_dir, resume, overwrite, data, progress, fold)
     if task == "pretrain":
         return _train_pretrain(cfg, run_dir, resume, overwrite, data, progress)
     if data is not None and not isinstance(data, TrainingData):
@@ -819,9 +827,12 @@ LUNG_INPUT_VARIANTS = {"none": ("none",), "masked": ("masked",), "auto": ("none"
 
 
 def _train_segmentation(
-    cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, pairs, progress: bool
+    cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, pairs, progress: bool, fold: int | None = None
 ) -> Path:
-    """``train(cfg)`` for ``task: segmentation``: fit every split (and lung-input variant), write run.json."""
+    """``train(cfg)`` for ``task: segmentation``: fit every split (and lung-input variant), write run.json.
+
+    With ``fold``, fit that fold alone and return with the run unfinished (see ``train``).
+    """
     from covidct.config import check_task_settings
     from covidct.train import segmentation as seg
 
@@ -831,6 +842,22 @@ def _train_segmentation(
             "train(cfg): task segmentation takes image/mask pairs (covidct.segment.data.SegmentationPairs), not "
             "TrainingData; pass data=load_pairs(...) or leave data=None to load data.dataset."
         )
+    if fold is not None:
+        folds = cfg.segmentation.folds
+        if not folds:
+            raise CovidctError(
+                f"train(cfg, fold={fold}): the config of {run_dir} fits the dataset's test split "
+                "(segmentation.folds 0); one fold can be fitted only in a cross-validation (segmentation.folds >= 2)."
+            )
+        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < folds:
+            raise CovidctError(f"train(cfg, fold={fold!r}): fold must be an integer in 0..{folds - 1} "
+                               f"(segmentation.folds {folds}).")
+        if overwrite and run_status(run_dir) != "new":
+            raise CovidctError(
+                f"train(cfg, fold={fold}, overwrite=True) would delete the other folds in {run_dir}; delete the "
+                "folder yourself before starting the folds, or fit without fold."
+            )
+        resume = True  # join the run that the other folds' processes share
     resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite)
     started = time.perf_counter()
     if pairs is None:
@@ -838,12 +865,25 @@ def _train_segmentation(
     seg.check_pairs(pairs, cfg)
     plans = seg.plan_splits(pairs, cfg)
     if not resuming:  # leftovers of a failed run in this folder must not pass for finished units
-        for leftover in (*run_dir.glob("fold_*"), *run_dir.glob("input_*")):
+        # (one fold's process may clear only its own folder: the others may be training beside it)
+        mine = [run_dir / plans[fold].name] if fold is not None else [*run_dir.glob("fold_*"), *run_dir.glob("input_*")]
+        for leftover in mine:
             shutil.rmtree(leftover, ignore_errors=True)
         for name in (STATE_FILE, FIT_FILE):
             (run_dir / name).unlink(missing_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     write_json_atomic(run_dir / RUN_FILE, {"name": cfg.run_name, "task": "segmentation", "status": "running"})
+    if fold is not None:
+        plan = plans[fold]
+        log.info("%s (%d/%d) alone: %d train, %d val, %d test", plan.name, fold + 1, len(plans), len(plan.train),
+                 len(plan.val), len(plan.test))
+        with _dtype_policy(cfg):
+            _fit_segmentation_split(cfg, run_dir / plan.name, plan, pairs, resuming, progress)
+        left = [p.name for p in plans if run_status(run_dir / p.name) != "finished"]
+        log.info("%s of %s finished; %s", plan.name, run_dir,
+                 f"not finished yet: {', '.join(left)}" if left else
+                 "every fold is finished: call once more without fold (resume) to write run.json")
+        return run_dir
     with _dtype_policy(cfg) as policy:
         splits = []
         for number, plan in enumerate(plans, start=1):
