@@ -120,6 +120,8 @@ def main(argv=None) -> int:
                         "mask before resampling to --size; test Dice is scored on the whole slice")
     parser.add_argument("--weights", default=None,
                         help="initial weights (model.weights), e.g. runs/unet-pretrain-genesis-sarscov2/model.keras")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the folds / validation groups, the initial weights and the augmentation")
     parser.add_argument("--root", default=None)
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--out", default=None, help="result JSON (default: named by task, model and settings in "
@@ -172,6 +174,7 @@ def main(argv=None) -> int:
         bn_momentum=args.bn_momentum,
         bn_recalibration=args.bn_recalibration,
         weights=args.weights,
+        seed=args.seed,
         fold=args.fold,
     )
     wall_s = time.perf_counter() - start
@@ -202,6 +205,7 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "initial_weights": args.weights,
+        "seed": args.seed,
         "folds": folds,
         "run_dir": str(run),
         "wall_s": round(wall_s, 1),
@@ -216,7 +220,8 @@ def main(argv=None) -> int:
                                                     f"segmentation_{args.task}_{model}_{size}px_b{args.base_filters}_{args.lung_input}"
                                                     + ("_lungcrop" if args.crop == "lungs" else "")
                                                     + ("_fixedbudget" if args.monitor == "last" else "")
-                                                    + ("_" + Path(args.weights).parent.name if args.weights else "")])
+                                                    + ("_" + Path(args.weights).parent.name if args.weights else "")
+                                                    + (f"_seed{args.seed}" if args.seed else "")])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float))
     dice = summary["dice"]

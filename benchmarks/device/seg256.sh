@@ -9,6 +9,8 @@
 #   crop  (primary, the issue-4 result): lung crops (--crop lungs, the CPU recipe of session 6) at 256 px
 #   whole (secondary): whole slices, session 5's unfinished run
 # Carry: .gpu/whl (keras 3.15.1 + namex + optree wheels) and .gpu/medseg (a copy of ../shared/data/medseg-covid19-100).
+# Session 9, second call (fixed after the first call's results, before this one): ARMS=whole SEED=1, a confirmatory
+# run of the whole-slice arm on another fold partition (seed 1: folds, validation groups, initial weights, draws).
 # If the call is cut by its limit, run it again at once: the warm machine keeps /tmp/seg and the run folders resume.
 # Usage (device tool): bash benchmarks/device/seg256.sh      DRY=1 bash benchmarks/device/seg256.sh (CPU check)
 if [ -z "$DRY" ]; then
@@ -22,17 +24,17 @@ else
   PY=${PY:-.venv/bin/python}; ROOT=${ROOT:-../shared/data/medseg-covid19-100}
 fi
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 OMP_NUM_THREADS=2
-OUT=${OUT:-/tmp/out}; RUNS=${RUNS:-/tmp/seg}; mkdir -p $OUT $RUNS
+OUT=${OUT:-/tmp/out}; RUNS=${RUNS:-/tmp/seg}; mkdir -p $OUT $RUNS; ARMS=${ARMS:-crop whole}; SEED=${SEED:-0}
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 bench() {  # arm, extra arguments
   local arm=$1; shift
   $PY benchmarks/bench_segmentation.py infection --model unet --batch-norm --bn-momentum 0.9 --patience 15 \
     --rotation 10 --lung-input masked --bn-recalibration 1024 --batch-size 8 --root $ROOT $SET \
-    --run-dir $RUNS/$arm --out $OUT/seg256_$arm.json "$@"
+    --seed $SEED --run-dir $RUNS/$arm --out $OUT/seg256_${arm}_seed$SEED.json "$@"
 }
-export -f bench; export SET PY ROOT RUNS OUT
+export -f bench; export SET PY ROOT RUNS OUT SEED
 declare -A EXTRA=([crop]="--crop lungs" [whole]="")
-for arm in crop whole; do
+for arm in $ARMS; do
   if [ -f $RUNS/$arm/metrics_cv.json ]; then continue; fi
   timeout $LIMIT bash -c "bench $arm ${EXTRA[$arm]} --fold 0" \
     > $RUNS/log_${arm}_0.txt 2>&1 &
@@ -45,14 +47,14 @@ done
 wait
 echo "=== folds done at $(el) s"
 grep -h "fitted in\|Error\|Traceback" $RUNS/log_*_[0-9].txt
-for arm in crop whole; do
+for arm in $ARMS; do
   [ -f $RUNS/$arm/metrics_cv.json ] || timeout $FINISH bash -c "bench $arm ${EXTRA[$arm]}" > $RUNS/log_${arm}_finish.txt 2>&1 &
 done
 wait
 echo "=== finished at $(el) s"
-for arm in crop whole; do echo "--- $arm"; grep -v "^WARNING\|^I0000\|^W0000\|epoch [0-9]*:\|^20[0-9][0-9]-" \
+for arm in $ARMS; do echo "--- $arm"; grep -v "^WARNING\|^I0000\|^W0000\|epoch [0-9]*:\|^20[0-9][0-9]-" \
   $RUNS/log_${arm}_finish.txt 2>/dev/null | tail -6; done
-(cd $RUNS && tar czf $OUT/seg256_runs.tgz log_*.txt $(find crop whole -name "run.json" -o -name "fit.json" \
+(cd $RUNS && tar czf $OUT/seg256_runs.tgz log_*.txt $(find $ARMS -name "run.json" -o -name "fit.json" \
   -o -name "history.csv" -o -name "metrics_*.json" -o -name "per_image*.csv" -o -name "*.md" -o -name "config.yaml" \
   -o -name "split.csv" 2>/dev/null))
 echo "total $(el) s"; ls -la $OUT
