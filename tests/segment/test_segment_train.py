@@ -122,7 +122,6 @@ def test_train_writes_a_run_folder_and_learns(discs, tmp_path, tiny_segmenter):
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_result(discs, tmp_path, tiny_segmenter, crash_after_epoch):
-    import keras
 
     cfg = segmentation_config(
         tiny_segmenter,
@@ -147,25 +146,27 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(discs, tmp_path, ti
     train(cfg, run_dir=resumed, data=discs, progress=False, resume=True)
     assert (resumed / "fold_0" / "model.keras").stat().st_mtime_ns == finished_fold  # not refitted
     assert json.loads((resumed / "run.json").read_text())["status"] == "finished"
-    for k in range(2):
-        history = [
-            pd.read_csv(run / f"fold_{k}" / "history.csv").drop(columns=["seconds"])
-            for run in (reference, resumed)
-        ]
+    assert_same_folds(reference, resumed, 2)
+    assert not list(resumed.rglob("train_state.npz"))
+
+
+def assert_same_folds(run_a, run_b, folds: int) -> None:
+    """The two CV run folders hold the same fold histories (but their timings) and checkpoint weights."""
+    import keras
+
+    for k in range(folds):
+        history = [pd.read_csv(run / f"fold_{k}" / "history.csv").drop(columns=["seconds"]) for run in (run_a, run_b)]
         pd.testing.assert_frame_equal(*history, rtol=1e-5)
         weights = [
             keras.saving.load_model(run / f"fold_{k}" / "model.keras", compile=False).get_weights()
-            for run in (reference, resumed)
+            for run in (run_a, run_b)
         ]
         for x, y in zip(*weights):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-    assert not list(resumed.rglob("train_state.npz"))
 
 
 def test_folds_fitted_one_by_one_equal_the_sequential_cross_validation(discs, tmp_path, tiny_segmenter):
     """``fold=k`` (one process per fold on one run folder) then a finishing call == one sequential run."""
-    import keras
-
     settings = dict(dataset="medseg", size=32, epochs=2, batch_size=4, learning_rate=1e-2, folds=2, rotation_deg=10)
     reference = train_segmenter(tiny_segmenter, run_dir=tmp_path / "reference", pairs=discs, **settings)
     parallel = tmp_path / "parallel"
@@ -187,15 +188,7 @@ def test_folds_fitted_one_by_one_equal_the_sequential_cross_validation(discs, tm
     runs = [json.loads((run / "run.json").read_text()) for run in (reference, parallel)]
     assert runs[1]["status"] == "finished"
     assert [f["best_epoch"] for f in runs[0]["fold_results"]] == [f["best_epoch"] for f in runs[1]["fold_results"]]
-    for k in range(2):
-        history = [pd.read_csv(run / f"fold_{k}" / "history.csv").drop(columns=["seconds"]) for run in (reference, parallel)]
-        pd.testing.assert_frame_equal(*history, rtol=1e-5)
-        weights = [
-            keras.saving.load_model(run / f"fold_{k}" / "model.keras", compile=False).get_weights()
-            for run in (reference, parallel)
-        ]
-        for x, y in zip(*weights):
-            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert_same_folds(reference, parallel, 2)
     metrics = [json.loads((run / "metrics_cv.json").read_text()) for run in (reference, parallel)]
     assert metrics[1]["dice"]["mean"] == pytest.approx(metrics[0]["dice"]["mean"], abs=1e-6)
     assert metrics[1]["fold_dice"] == pytest.approx(metrics[0]["fold_dice"], abs=1e-6)
