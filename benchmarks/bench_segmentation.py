@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     )
     wall_s = time.perf_counter() - start
     if args.fold is not None:
-        print(f"fold {args.fold} of {run} fitted in {wall_s:.0f} s (no result yet: rerun without --fold to finish)")
+        print(f"fold {args.fold} of {run} fitted in {wall_s:.1f} s (no result yet: rerun without --fold to finish)")
         return 0
     summary = json.loads((run / ("metrics_cv.json" if folds else "metrics_test.json")).read_text())
     import keras

@@ -116,6 +116,46 @@ def seed_everything(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+#: Environment variable: folder of the persistent XLA compilation cache on JAX ("off" disables it).
+COMPILATION_CACHE_ENV = "COVIDCT_COMPILATION_CACHE"
+
+
+def enable_compilation_cache() -> str | None:
+    """On JAX, keep compiled XLA programs on disk so that a later fold, seed or run of the same model and shapes
+    loads them instead of compiling again; returns the folder (None: not JAX, or switched off).
+
+    A 256 px U-Net fold on an H200 spent ~110-200 s compiling and ~25 s training (BENCHMARKS.md, issue 4);
+    within one process every fold builds a new model and compiles again. The folder is
+    ``$COVIDCT_COMPILATION_CACHE`` (``off`` disables), else the one JAX was given (``JAX_COMPILATION_CACHE_DIR``),
+    else ``$COVIDCT_CACHE/xla`` (default ``.cache/covidct/xla``). JAX caches programs that took at least
+    ``jax_persistent_cache_min_compile_time_secs`` (1 s) to compile, and a cached program computes the same
+    numbers as a fresh one. The cache runs code: keep it in a folder only you can write to.
+    """
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    setting = os.environ.get(COMPILATION_CACHE_ENV, "").strip()
+    if setting.lower() in {"off", "0", "false", "no", "none"}:
+        return None
+    current = jax.config.jax_compilation_cache_dir
+    if current and not setting:
+        return str(current)
+    folder = Path(setting) if setting else Path(os.environ.get("COVIDCT_CACHE", ".cache/covidct")) / "xla"
+    if current == str(folder):
+        return current
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        log.warning("XLA compilation cache off: cannot create %s (%s); set %s to a writable folder or 'off'.",
+                    folder, error, COMPILATION_CACHE_ENV)
+        return None
+    compilation_cache.set_cache_dir(str(folder))
+    compilation_cache.reset_cache()  # a process that compiled before this call re-reads the setting
+    return str(folder)
+
+
 def mixed_precision_policy(setting: str) -> str:
     """The dtype policy for ``auto``/``on``/``off``: bfloat16 on JAX, float16 elsewhere, only on GPU for auto."""
     if setting == "off" or (setting == "auto" and not gpu_available()):
@@ -471,8 +511,13 @@ class _Trainer:
 
 
 def _backend_info(policy: str) -> dict:
-    """Backend, Keras version and dtype policy of a run, for ``run.json``."""
-    return {"backend": keras.backend.backend(), "keras_version": keras.__version__, "dtype_policy": policy}
+    """Backend, Keras version, dtype policy and (JAX) compilation cache of a run, for ``run.json``."""
+    info = {"backend": keras.backend.backend(), "keras_version": keras.__version__, "dtype_policy": policy}
+    if info["backend"] == "jax":
+        import jax
+
+        info["compilation_cache"] = jax.config.jax_compilation_cache_dir
+    return info
 
 
 def run_status(run_dir: str | os.PathLike) -> str:
@@ -622,6 +667,7 @@ def train(
     """
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_root) / cfg.run_name
     task = resolve_task(cfg, source=f"config of {run_dir}")
+    enable_compilation_cache()
     if fold is not None and task != "segmentation":
         raise CovidctError(f"train(cfg, fold={fold}): fitting one fold applies to task segmentation, not {task}.")
     if task == "segmentation":
@@ -1295,4 +1341,4 @@ def run_report(cfg: RunConfig, info: dict, history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["train", "run_status", "predict_logits", "set_backbone_trainable", "set_batch_norm_momentum"]
+__all__ = ["train", "run_status", "enable_compilation_cache", "predict_logits", "set_backbone_trainable", "set_batch_norm_momentum"]
