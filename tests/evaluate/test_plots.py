@@ -43,3 +43,25 @@ def test_result_row_reads_values_and_ci():
                                   "auc low": 0.7, "auc high": 0.95}
     row = result_row(result, "patient", "mean")
     assert (row["level"], row["n"], row["auc low"]) == ("mean", 3, None)
+
+
+def test_interval_plot_draws_each_interval_and_the_target():
+    import pytest
+
+    fig = plots.plot_intervals(["a", "b", "c"], [0.5, 0.7, 0.6], [0.4, 0.65, 0.5], [0.55, 0.8, 0.7], target=0.7,
+                               xlabel="Dice")
+    ax = fig.axes[0]
+    rows = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks())}
+    assert rows == {"a": 2, "b": 1, "c": 0}  # first label on top
+    points = ax.lines[0].get_data()
+    # rows top to bottom: a at y=2, b at y=1, c at y=0
+    assert dict(zip(points[1], points[0])) == {2: 0.5, 1: 0.7, 0: 0.6}
+    segments = {float(s[0][1]): (float(s[0][0]), float(s[1][0])) for s in ax.collections[0].get_segments()}
+    assert segments == {2.0: (0.4, 0.55), 1.0: (0.65, 0.8), 0.0: (0.5, 0.7)}
+    target = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert len(target) == 1 and list(target[0].get_xdata()) == [0.7, 0.7]
+    assert ax.get_xlabel() == "Dice"
+    with pytest.raises(ValueError, match="3 labels, 2 means"):
+        plots.plot_intervals(["a", "b", "c"], [0.5, 0.7], [0.4, 0.6], [0.6, 0.8])
+    with pytest.raises(ValueError, match="'b' lies outside"):
+        plots.plot_intervals(["a", "b"], [0.5, 0.9], [0.4, 0.6], [0.6, 0.8])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_segment_train import assert_same_folds  # same folder (pytest prepends it to sys.path)
 
 from covidct.segment.train import train_segmenter
 from covidct.train import trainer as trainer_module
-from test_segment_train import assert_same_folds  # same folder (pytest prepends it to sys.path)
 
 pytestmark = pytest.mark.jax
 

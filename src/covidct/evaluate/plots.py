@@ -126,3 +126,42 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
     fig.suptitle(title or "training curves (validation selects the checkpoint)")
     fig.tight_layout()
     return fig
+
+
+def plot_intervals(
+    labels, means, lows, highs, target: float | None = None, xlabel: str = "score", title: str | None = None
+) -> Figure:
+    """Forest plot: one row per result (top to bottom in the given order), its mean and its interval.
+
+    Args:
+        labels: one text per row (e.g. the recipe).
+        means, lows, highs: the point estimates and the interval ends (e.g. a 95% bootstrap CI).
+        target: draw a dashed vertical line at this score (e.g. an issue's target).
+        xlabel: what the score is.
+        title: figure title.
+
+    Raises:
+        ValueError: the four sequences differ in length, or a mean lies outside its interval.
+    """
+    labels = [str(label) for label in labels]
+    means, lows, highs = (np.asarray(v, dtype=float) for v in (means, lows, highs))
+    if not len(labels) == len(means) == len(lows) == len(highs):
+        raise ValueError(
+            f"plot_intervals: {len(labels)} labels, {len(means)} means, {len(lows)} lows and {len(highs)} highs."
+        )
+    outside = np.flatnonzero((lows > means) | (means > highs))
+    if len(outside):
+        raise ValueError(f"plot_intervals: the mean of {labels[outside[0]]!r} lies outside its interval.")
+    fig = Figure(figsize=(9, 0.42 * len(labels) + 1.4))
+    ax = fig.add_subplot()
+    rows = np.arange(len(labels))[::-1]
+    ax.errorbar(means, rows, xerr=[means - lows, highs - means], fmt="o", color="tab:blue", capsize=3)
+    if target is not None:
+        ax.axvline(target, color="tab:red", linestyle="--", label=f"target {target:g}")
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_yticks(rows, labels, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title or "mean and 95% interval per result")
+    fig.tight_layout()
+    return fig
