@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fold", type=int, default=None,
                         help="infection: fit only this fold of --folds in --run-dir and exit (one process per fold, "
                         "in parallel); then the same command without --fold finishes the run and writes the result")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="infection: fit up to N folds at once, one process each (a GPU), then finish the run")
     parser.add_argument("--overwrite", action="store_true", help="delete the run folder (finished or interrupted) "
                         "and train again; without it an interrupted run resumes and a finished one is refused")
     args = parser.parse_args(argv)
@@ -176,6 +178,7 @@ def main(argv=None) -> int:
         weights=args.weights,
         seed=args.seed,
         fold=args.fold,
+        jobs=args.jobs,
     )
     wall_s = time.perf_counter() - start
     if args.fold is not None:

@@ -55,6 +55,9 @@ def _add_segment(subparsers) -> None:
     train.add_argument("--fold", type=int, default=None,
                        help="with --folds: fit only this fold (0-based), e.g. one process per fold on one --run-dir; "
                        "then run once more without --fold and with --resume to finish and evaluate the run")
+    train.add_argument("--jobs", type=int, default=1,
+                       help="with --folds: fit up to N folds at once, one process each (for a GPU: a fold is "
+                       "compile-bound there), then finish and evaluate the run")
     train.add_argument("--base-filters", type=int, default=None, help="width of the first level (builder argument)")
     train.add_argument("--run-dir", default=None, help="default runs/segment-<model>-<dataset>-<size>")
     train.add_argument("--seed", type=int, default=0)
@@ -102,7 +105,7 @@ def _run_segment(args) -> int:
             run_dir=args.run_dir, overwrite=args.overwrite, seed=args.seed, model_kwargs=kwargs,
             resume=args.resume, lung_input=args.lung_input, crop=args.crop, rotation_deg=args.rotation, patience=args.patience,
             monitor=args.monitor, schedule=args.schedule, val_fraction=args.val_fraction, weights=args.weights,
-            progress=True, fold=args.fold,
+            progress=True, fold=args.fold, jobs=args.jobs,
         )
         if args.fold is not None:
             print(f"fold {args.fold} fitted in {run_dir}; when every fold is, finish the run with the same command "
@@ -268,6 +271,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     parser.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="task segmentation with folds: fit up to N folds at once, one process each (for a GPU)")
     parser.set_defaults(func=_run_train)
 
 
@@ -276,7 +281,7 @@ def _run_train(args) -> int:
     from covidct.train import train
 
     cfg = load_config(args.config, args.set)
-    run_dir = train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite)
+    run_dir = train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, jobs=args.jobs)
     print(f"Run saved in {run_dir}")
     if args.evaluate:
         from covidct.evaluate.evaluator import evaluate_run, run_task

@@ -205,6 +205,32 @@ def test_folds_fitted_one_by_one_equal_the_sequential_cross_validation(discs, tm
         train(replace(cfg, task="pretrain"), run_dir=tmp_path / "bad", fold=0)
 
 
+def test_folds_in_parallel_processes_equal_the_sequential_run(tmp_path):
+    """``jobs=2``: each fold in a fresh process (registered models only), then finished here == ``jobs=1``."""
+    from covidct.segment.data import phantom_pairs
+
+    pairs = phantom_pairs(24, 32, "lesion")
+    settings = dict(dataset="phantom", size=32, epochs=2, batch_size=4, learning_rate=1e-2, folds=2,
+                    model_kwargs={"base_filters": 4})
+    reference = train_segmenter("unet", run_dir=tmp_path / "reference", pairs=pairs, **settings)
+    parallel = train_segmenter("unet", run_dir=tmp_path / "parallel", pairs=pairs, jobs=2, **settings)
+    assert_same_folds(reference, parallel, 2)
+    metrics = [json.loads((run / "metrics_cv.json").read_text()) for run in (reference, parallel)]
+    assert metrics[1]["fold_dice"] == pytest.approx(metrics[0]["fold_dice"], abs=1e-6)
+    assert json.loads((parallel / "run.json").read_text())["status"] == "finished"
+    for k in range(2):  # each process logged its fold to its own file
+        assert f"fold_{k}" in (parallel / f"fold_{k}.log").read_text()
+    for bad, message in ((dict(jobs=0), "positive integer"), (dict(jobs=2, folds=0), "segmentation.folds >= 2"),
+                         (dict(jobs=2, fold=0), "no fold argument")):
+        with pytest.raises(CovidctError, match=message):
+            train_segmenter("unet", run_dir=tmp_path / "bad", pairs=pairs, **{**settings, **bad})
+    assert main(["segment", "train", "--dataset", "phantom", "--run-dir", str(tmp_path / "cli"), "--jobs", "2"]) != 0
+    # a fold that fails in its process is named with its log
+    with pytest.raises(CovidctError, match=r"fold_\d of .* failed.*fold_\d\.log"):
+        train_segmenter("unet", run_dir=tmp_path / "failing", pairs=pairs, jobs=2,
+                        **{**settings, "weights": str(tmp_path / "missing.keras")})
+
+
 def test_lung_input_auto_chooses_on_validation(discs, tmp_path, tiny_segmenter):
     # A "lung mask" that hides everything: the masked variant cannot find the discs, so validation
     # must pick the plain images.

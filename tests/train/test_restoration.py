@@ -327,6 +327,8 @@ def test_cli_trains_a_pretraining_config_and_does_not_evaluate_it(tmp_path, caps
         "training": {"epochs": 1, "batch_size": 8},
         "segmentation": {"val_fraction": 0.3},
     }))
+    assert main(["train", "--config", str(config), "--jobs", "2"]) != 0  # parallel folds: segmentation CV only
+    assert "jobs=2): fitting folds separately applies to task segmentation, not pretrain" in capsys.readouterr().err
     assert main(["train", "--config", str(config), "--evaluate"]) == 0
     out = capsys.readouterr().out
     assert "A pretraining run is not evaluated" in out and "model.weights" in out

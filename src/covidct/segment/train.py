@@ -125,6 +125,7 @@ def train_segmenter(
     resume: bool = False,
     progress: bool = False,
     fold: int | None = None,
+    jobs: int = 1,
     **settings,
 ) -> Path:
     """Train a segmenter through ``train(cfg)`` and evaluate it per image on its test rows; returns the run folder.
@@ -139,6 +140,7 @@ def train_segmenter(
         fold: with ``folds``: fit this fold alone and leave the run unfinished (``train(cfg, fold=...)``: the
             folds of one CV in parallel processes on one ``run_dir``); nothing is evaluated until a last call
             without ``fold`` (``resume=True``) finishes the run.
+        jobs: with ``folds``: fit up to ``jobs`` folds at once, one fresh process each (``train(cfg, jobs=...)``).
         **settings: the other keyword arguments of ``segmentation_config`` (dataset, root, size, epochs, ...).
 
     Returns:
@@ -149,7 +151,8 @@ def train_segmenter(
     from covidct.train import train
 
     cfg = segmentation_config(model=model, **settings)
-    run = train(cfg, run_dir=run_dir, resume=resume, overwrite=overwrite, data=pairs, progress=progress, fold=fold)
+    run = train(cfg, run_dir=run_dir, resume=resume, overwrite=overwrite, data=pairs, progress=progress, fold=fold,
+                jobs=jobs)
     if fold is None:
         evaluate_segmentation(run, pairs=pairs)
     return run

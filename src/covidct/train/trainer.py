@@ -636,6 +636,7 @@ def train(
     data=None,
     progress: bool = True,
     fold: int | None = None,
+    jobs: int = 1,
 ) -> Path:
     """Train the model described by ``cfg`` and save the run folder.
 
@@ -654,6 +655,11 @@ def train(
             several processes (or machines sharing the folder) on the same ``run_dir``. An unfinished run
             folder of the same config is joined (its other folds are never touched); a finished fold is
             kept. A last call without ``fold`` (``resume=True``) fits any fold left and writes ``run.json``.
+        jobs: ``task: segmentation`` with ``segmentation.folds`` only: fit up to ``jobs`` folds at the same time,
+            each in its own fresh Python process (``fold=k`` there; logs in ``<run_dir>/fold_<k>.log``), then
+            finish the run here. For a GPU, where a fold is compile-bound (BENCHMARKS.md, issue 4); on a CPU the
+            processes share the cores. The model must be registered on import of ``covidct`` (a model
+            registered in a notebook is unknown to the new processes). Same result as ``jobs=1``.
 
     Returns:
         The run folder, holding ``config.yaml``, ``model.keras`` (best validation checkpoint),
@@ -668,10 +674,11 @@ def train(
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_root) / cfg.run_name
     task = resolve_task(cfg, source=f"config of {run_dir}")
     enable_compilation_cache()
-    if fold is not None and task != "segmentation":
-        raise CovidctError(f"train(cfg, fold={fold}): fitting one fold applies to task segmentation, not {task}.")
+    if (fold is not None or jobs != 1) and task != "segmentation":
+        what = f"fold={fold}" if fold is not None else f"jobs={jobs}"
+        raise CovidctError(f"train(cfg, {what}): fitting folds separately applies to task segmentation, not {task}.")
     if task == "segmentation":
-        return _train_segmentation(cfg, run_dir, resume, overwrite, data, progress, fold)
+        return _train_segmentation(cfg, run_dir, resume, overwrite, data, progress, fold, jobs)
     if task == "pretrain":
         return _train_pretrain(cfg, run_dir, resume, overwrite, data, progress)
     if data is not None and not isinstance(data, TrainingData):
@@ -873,11 +880,19 @@ LUNG_INPUT_VARIANTS = {"none": ("none",), "masked": ("masked",), "auto": ("none"
 
 
 def _train_segmentation(
-    cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, pairs, progress: bool, fold: int | None = None
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    pairs,
+    progress: bool,
+    fold: int | None = None,
+    jobs: int = 1,
 ) -> Path:
     """``train(cfg)`` for ``task: segmentation``: fit every split (and lung-input variant), write run.json.
 
-    With ``fold``, fit that fold alone and return with the run unfinished (see ``train``).
+    With ``fold``, fit that fold alone and return with the run unfinished; with ``jobs`` > 1, fit the folds
+    in that many processes first (see ``train``).
     """
     from covidct.config import check_task_settings
     from covidct.train import segmentation as seg
@@ -887,6 +902,13 @@ def _train_segmentation(
         raise CovidctError(
             "train(cfg): task segmentation takes image/mask pairs (covidct.segment.data.SegmentationPairs), not "
             "TrainingData; pass data=load_pairs(...) or leave data=None to load data.dataset."
+        )
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
+        raise CovidctError(f"train(cfg, jobs={jobs!r}): jobs must be a positive integer (parallel fold processes).")
+    if jobs > 1 and (not cfg.segmentation.folds or fold is not None):
+        raise CovidctError(
+            f"train(cfg, jobs={jobs}): parallel folds need a cross-validation (segmentation.folds >= 2) and no fold "
+            f"argument (config of {run_dir}: segmentation.folds {cfg.segmentation.folds}, fold {fold})."
         )
     if fold is not None:
         folds = cfg.segmentation.folds
@@ -930,6 +952,10 @@ def _train_segmentation(
                  f"not finished yet: {', '.join(left)}" if left else
                  "every fold is finished: call once more without fold (resume) to write run.json")
         return run_dir
+    if jobs > 1:
+        pending = [k for k, plan in enumerate(plans) if run_status(run_dir / plan.name) != "finished"]
+        _fit_folds_in_processes(cfg, run_dir, pairs, pending, jobs)
+        resuming = True  # every fold is finished now: the loop below reads their summaries
     with _dtype_policy(cfg) as policy:
         splits = []
         for number, plan in enumerate(plans, start=1):
@@ -978,6 +1004,70 @@ def _train_segmentation(
     write_json_atomic(run_dir / RUN_FILE, info)
     write_text_atomic(run_dir / "run_report.md", segmentation_run_report(info))
     return run_dir
+
+
+def _fold_process(cfg: RunConfig, run_dir: str, pairs, fold: int) -> str:
+    """One fold of a segmentation CV in a fresh process (``train(cfg, jobs=...)``); its log goes to a file."""
+    handler = logging.FileHandler(Path(run_dir) / f"fold_{fold}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        train(cfg, run_dir=run_dir, data=pairs, progress=False, fold=fold)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    return run_status(Path(run_dir) / f"fold_{fold}")
+
+
+def _fit_folds_in_processes(cfg: RunConfig, run_dir: Path, pairs, pending: list[int], jobs: int) -> None:
+    """Fit the ``pending`` folds, ``jobs`` at a time, each in a new (spawned) process; wait for all of them.
+
+    A failed fold does not stop the others (their work is kept); the first failure is raised at the end,
+    naming the fold and its log. The new processes do not take a GPU's memory up front.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    if not pending:
+        return
+    log.info("fitting %s in %d process(es) at a time (logs: %s/fold_<k>.log)",
+             ", ".join(f"fold_{k}" for k in pending), min(jobs, len(pending)), run_dir)
+    saved = {name: os.environ.get(name) for name in ("XLA_PYTHON_CLIENT_PREALLOCATE", "TF_FORCE_GPU_ALLOW_GROWTH")}
+    os.environ.update(XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_FORCE_GPU_ALLOW_GROWTH="true")  # inherited
+    failures = []
+    try:
+        with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = {pool.submit(_fold_process, cfg, str(run_dir), pairs, k): k for k in pending}
+            done_count = 0
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    k = running.pop(future)
+                    done_count += 1
+                    try:
+                        status = future.result()
+                    except BaseException as error:  # a crashed process or an error inside train()
+                        failures.append((k, error))
+                        log.error("fold_%d failed (%d/%d): %s", k, done_count, len(pending), error)
+                        continue
+                    log.info("fold_%d %s (%d/%d)", k, status, done_count, len(pending))
+                    if status != "finished":
+                        failures.append((k, CovidctError(f"fold_{k} ended {status}")))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    if failures:
+        k, error = failures[0]
+        others = f" (and {len(failures) - 1} other fold(s))" if len(failures) > 1 else ""
+        raise CovidctError(
+            f"fold_{k} of {run_dir} failed{others}: {error}. Log: {run_dir / f'fold_{k}.log'}. The finished folds "
+            "are kept; fix the cause and resume the run (resume=True / --resume)."
+        ) from error
 
 
 def _fit_segmentation_split(
