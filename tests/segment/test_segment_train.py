@@ -205,7 +205,7 @@ def test_folds_fitted_one_by_one_equal_the_sequential_cross_validation(discs, tm
         train(replace(cfg, task="pretrain"), run_dir=tmp_path / "bad", fold=0)
 
 
-def test_folds_in_parallel_processes_equal_the_sequential_run(tmp_path):
+def test_folds_in_parallel_processes_equal_the_sequential_run(tmp_path, capsys):
     """``jobs=2``: each fold in a fresh process (registered models only), then finished here == ``jobs=1``."""
     from covidct.segment.data import phantom_pairs
 
@@ -224,7 +224,8 @@ def test_folds_in_parallel_processes_equal_the_sequential_run(tmp_path):
                          (dict(jobs=2, fold=0), "no fold argument")):
         with pytest.raises(CovidctError, match=message):
             train_segmenter("unet", run_dir=tmp_path / "bad", pairs=pairs, **{**settings, **bad})
-    assert main(["segment", "train", "--dataset", "phantom", "--run-dir", str(tmp_path / "cli"), "--jobs", "2"]) != 0
+    assert main(["segment", "train", "--run-dir", str(tmp_path / "cli"), "--jobs", "2"]) != 0  # no --folds
+    assert "parallel folds need a cross-validation" in capsys.readouterr().err
     # a fold that fails in its process is named with its log
     with pytest.raises(CovidctError, match=r"fold_\d of .* failed.*fold_\d\.log"):
         train_segmenter("unet", run_dir=tmp_path / "failing", pairs=pairs, jobs=2,
