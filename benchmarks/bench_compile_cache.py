@@ -84,9 +84,10 @@ def main(argv=None) -> int:
         "command": "KERAS_BACKEND=jax python benchmarks/bench_compile_cache.py " + " ".join(argv or sys.argv[1:]),
     }
     print(json.dumps({k: result[k] for k in ("median_seconds", "warm_over_off", "cache_entries")}, indent=1))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.out:  # an earlier result of another command is never overwritten
+        from bench_segmentation import result_path  # same folder
+
+        result_path(args.out, result["command"], []).write_text(json.dumps(result, indent=2))
     return 0
 
 
