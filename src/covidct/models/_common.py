@@ -198,7 +198,13 @@ def load_weights_file(model, weights, name: str):
         raise CovidctError(f"Model {name!r}: weights must be None or a file path, got {weights!r}.")
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise CovidctError(f"Model {name!r}: weights file {str(path)!r} does not exist.")
+        hint = (
+            " It names a run's checkpoint: train that run first (a task: pretrain run from its own config, e.g. "
+            "configs/medseg/unet-pretrain-genesis.yaml), or point model.weights at that run folder's model.keras."
+            if path.name == "model.keras"
+            else ""
+        )
+        raise CovidctError(f"Model {name!r}: weights file {str(path)!r} does not exist.{hint}")
     try:
         model.load_weights(str(path))
     except Exception as exc:  # Keras raises ValueError/KeyError/OSError depending on the format.
