@@ -120,6 +120,8 @@ def main(argv=None) -> int:
                         "mask before resampling to --size; test Dice is scored on the whole slice")
     parser.add_argument("--weights", default=None,
                         help="initial weights (model.weights), e.g. runs/unet-pretrain-genesis-sarscov2/model.keras")
+    parser.add_argument("--drop-last", default="auto", choices=["auto", "on", "off"],
+                        help="training.drop_last: leave out each epoch's incomplete last batch (auto: where XLA-compiled)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the folds / validation groups, the initial weights and the augmentation")
     parser.add_argument("--root", default=None)
@@ -177,6 +179,7 @@ def main(argv=None) -> int:
         bn_recalibration=args.bn_recalibration,
         weights=args.weights,
         seed=args.seed,
+        drop_last=args.drop_last,
         fold=args.fold,
         jobs=args.jobs,
     )
@@ -209,6 +212,7 @@ def main(argv=None) -> int:
         "learning_rate": args.learning_rate,
         "initial_weights": args.weights,
         "seed": args.seed,
+        "drop_last": args.drop_last,
         "folds": folds,
         "run_dir": str(run),
         "wall_s": round(wall_s, 1),

@@ -90,6 +90,7 @@ def test_settings_and_stage_augmentation(config_file):
         ("training.optimizer=adamm", "Did you mean: adam"),
         ("training.epochs=0", "integer >= 1"),
         ("training.bn_recalibration=-1", "bn_recalibration must be an integer >= 0"),
+        ("training.drop_last=sometimes", "training.drop_last='sometimes' is not one of"),
         ("data.split_fractions=[0.5,0.2,0.2]", "summing to 1"),
         ("training.augmentation={rotate: 0.1}", "Did you mean: rotation"),
     ],
@@ -97,6 +98,17 @@ def test_settings_and_stage_augmentation(config_file):
 def test_bad_configs_name_the_fix(config_file, override, message):
     with pytest.raises(CovidctError, match=message):
         load_config(config_file, [override])
+
+
+def test_bare_yaml_on_off_mean_on_and_off(tmp_path):
+    """YAML 1.1 reads a bare on/off as true/false; the on/off settings take them as "on"/"off"."""
+    path = tmp_path / "onoff.yaml"
+    path.write_text(YAML.replace("augmentation: stage}", "augmentation: stage, mixed_precision: off, drop_last: on}"))
+    training = load_config(path).training
+    assert (training.mixed_precision, training.drop_last) == ("off", "on")
+    training = load_config(path, ["training.mixed_precision=on", "training.drop_last=off"]).training
+    assert (training.mixed_precision, training.drop_last) == ("on", "off")
+    assert load_config(tmp_path / "onoff.yaml", ["training.drop_last=auto"]).training.drop_last == "auto"
 
 
 def test_missing_file_and_bad_override(tmp_path):

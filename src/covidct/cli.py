@@ -74,6 +74,8 @@ def _add_segment(subparsers) -> None:
     train.add_argument("--schedule", default="none", choices=["none", "cosine"], help="learning-rate schedule")
     train.add_argument("--val-fraction", type=float, default=0.15,
                        help="training groups held out for validation (0 only with --monitor last)")
+    train.add_argument("--drop-last", default="auto", choices=["auto", "on", "off"],
+                       help="leave out each epoch's incomplete last batch (auto: where the step is XLA-compiled)")
     train.add_argument("--weights", default=None,
                        help="initial weights of the same model and --base-filters, e.g. a task: pretrain run's model.keras")
     evaluate = actions.add_parser("evaluate", help="per-image Dice/IoU/HD95 of a trained run on its test rows")
@@ -105,7 +107,7 @@ def _run_segment(args) -> int:
             run_dir=args.run_dir, overwrite=args.overwrite, seed=args.seed, model_kwargs=kwargs,
             resume=args.resume, lung_input=args.lung_input, crop=args.crop, rotation_deg=args.rotation, patience=args.patience,
             monitor=args.monitor, schedule=args.schedule, val_fraction=args.val_fraction, weights=args.weights,
-            progress=True, fold=args.fold, jobs=args.jobs,
+            drop_last=args.drop_last, progress=True, fold=args.fold, jobs=args.jobs,
         )
         if args.fold is not None:
             print(f"fold {args.fold} fitted in {run_dir}; when every fold is, finish the run with the same command "

@@ -46,6 +46,8 @@ SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg", "phantom")
 PRETRAIN_LOSSES = ("restoration_mse",)
 PRETRAIN_MONITORS = ("val_loss", "last")
 MIXED_PRECISION = ("auto", "on", "off")
+DROP_LAST = ("auto", "on", "off")
+ON_OFF_KEYS = ("mixed_precision", "drop_last")  # training keys whose YAML on/off (read as booleans) mean "on"/"off"
 FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
 
 # The study's stage-specific augmentation (SCIENCE.md): (rotation, zoom, translation) factors of
@@ -154,6 +156,11 @@ class TrainingConfig:
             epochs on small data; validation AUC can sit at 0.5 meanwhile).
         seed: seed of initialisation, shuffling and augmentation.
         mixed_precision: ``"auto"`` (on when a GPU is present), ``"on"`` or ``"off"``.
+        drop_last: leave out each epoch's last, incomplete training batch (``"on"``), keep it (``"off"``), or
+            ``"auto"``: leave it out where the fit is XLA-compiled (JAX backend, or a GPU), where a batch of
+            another size compiles the training step a second time (a 256 px U-Net fold on an H200 spent most
+            of its time compiling), and keep it on TensorFlow CPU (no step compiled per shape). The rows left
+            out change every epoch (the order is reshuffled); validation and prediction never drop rows.
         shortcut_probe: run the data audit's nuisance-feature probe on the training split first.
         max_steps_per_epoch: cap on batches per epoch (None: the whole training split); for smoke runs.
         bn_momentum: override the momentum of every BatchNormalization layer (None: the model's own,
@@ -183,6 +190,7 @@ class TrainingConfig:
     min_epochs: int = 3
     seed: int = 0
     mixed_precision: str = "auto"
+    drop_last: str = "auto"
     shortcut_probe: bool = True
     max_steps_per_epoch: int | None = None
     bn_momentum: float | None = None
@@ -671,6 +679,11 @@ def config_from_dict(tree: dict, source: str = "config") -> RunConfig:
     defaults = {"segmentation": SEGMENTATION_TRAINING_DEFAULTS, "pretrain": PRETRAIN_TRAINING_DEFAULTS}.get(task)
     if defaults and (values.get("training") is None or isinstance(values.get("training"), dict)):
         values["training"] = {**defaults, **(values.get("training") or {})}
+    if isinstance(values.get("training"), dict):  # YAML reads a bare on/off as true/false
+        values["training"] = {
+            key: ({True: "on", False: "off"}[value] if key in ON_OFF_KEYS and isinstance(value, bool) else value)
+            for key, value in values["training"].items()
+        }
     sections = {
         name: _section_from_dict(name, cls, values.get(name), source) for name, cls in SECTIONS.items()
     }
@@ -727,6 +740,7 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
     _check_choice(source, "training.class_weight", t.class_weight, CLASS_WEIGHTS)
     _check_choice(source, "training.monitor", t.monitor, MONITORS)
     _check_choice(source, "training.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+    _check_choice(source, "training.drop_last", t.drop_last, DROP_LAST)
     _check_choice(source, "model.freeze", m.freeze, FREEZE_MODES)
     check_task_settings(cfg, source)
     augmentation_factors(t, d.stage)

@@ -63,3 +63,28 @@ def test_the_cache_can_be_switched_off_and_respects_jax_own_setting(tmp_path, mo
     blocked.write_text("not a folder")
     monkeypatch.setenv(trainer_module.COMPILATION_CACHE_ENV, str(blocked / "xla"))
     assert trainer_module.enable_compilation_cache() is None  # a warning, never a failed run
+
+
+def test_drop_last_auto_compiles_the_training_step_once(discs, tmp_path, tiny_segmenter, monkeypatch, caplog):
+    """On JAX a last batch of another size compiles the step again; ``training.drop_last: auto`` leaves it out."""
+    import logging
+
+    import jax
+
+    monkeypatch.setenv(trainer_module.COMPILATION_CACHE_ENV, "off")  # count compilations, not cache loads
+    settings = dict(dataset="medseg", size=32, epochs=2, batch_size=4, learning_rate=1e-2, folds=2)
+    saved = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    compiles = {}
+    try:
+        for setting in ("auto", "off"):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                train_segmenter(tiny_segmenter, run_dir=tmp_path / setting, pairs=discs, fold=0, drop_last=setting,
+                                **settings)
+            compiles[setting] = sum("Compiling jit(train_step)" in r.getMessage() for r in caplog.records)
+    finally:
+        jax.config.update("jax_log_compiles", saved)
+    train_rows = (tmp_path / "off" / "fold_0" / "split.csv").read_text().count(",train\n")
+    assert train_rows % 4  # the fold's training part leaves an incomplete last batch
+    assert compiles == {"auto": 1, "off": 2}

@@ -65,6 +65,29 @@ def test_slice_sequence_shuffles_per_epoch_and_weights():
     assert len(capped) == 1
 
 
+def test_drop_last_keeps_full_batches_and_leaves_out_other_rows_each_epoch():
+    from covidct.segment.data import phantom_pairs
+    from covidct.train.data import epoch_steps
+    from covidct.train.segmentation import MaskSequence
+
+    # by hand: 10 rows in batches of 4 -> 3 batches (4, 4, 2), or 2 full ones; fewer rows than a batch -> 1
+    assert [epoch_steps(10, 4), epoch_steps(10, 4, drop_last=True), epoch_steps(3, 4, drop_last=True)] == [3, 2, 1]
+    assert [epoch_steps(12, 4, drop_last=True), epoch_steps(10, 4, max_steps=1, drop_last=True)] == [3, 1]
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(4, 1).repeat(4, 2)
+    seq = SliceSequence(images, np.arange(10), np.zeros(10, int), batch_size=4, shuffle=True, seed=3, drop_last=True)
+    left_out = []
+    for epoch in range(4):
+        seq.set_epoch(epoch)
+        seen = np.concatenate([seq[i][0][:, 0, 0, 0].astype(int) for i in range(len(seq))])
+        assert len(seq) == 2 and len(seen) == 8 and len(set(seen)) == 8  # two full batches, no repeats
+        left_out.append(frozenset(set(range(10)) - set(seen)))
+    assert len(set(left_out)) > 1  # the rows left out change with the epoch's order
+    pairs = phantom_pairs(10, 32, "lesion")
+    masks = MaskSequence(pairs.images, pairs.masks, np.arange(10), batch_size=4, drop_last=True)
+    assert len(masks) == 2 and all(masks[i][0].shape[0] == 4 for i in range(len(masks)))
+    assert len(MaskSequence(pairs.images, pairs.masks, np.arange(10), batch_size=4)) == 3
+
+
 def test_two_input_split_and_augmentation_is_seeded():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(4, 16, 16, 2), dtype=np.uint8)

@@ -44,6 +44,7 @@ def segmentation_config(
     monitor: str = "val_dice",
     schedule: str = "none",
     weights: str | None = None,
+    drop_last: str = "auto",
     name: str = "",
     output_root: str = "runs",
 ):
@@ -76,6 +77,8 @@ def segmentation_config(
         schedule: learning-rate schedule, ``"none"`` or ``"cosine"`` (decay over all training steps).
         weights: initial weights (``model.weights``): None (random) or a weights file of the same model and
             ``model_kwargs``, e.g. a ``task: pretrain`` run's ``model.keras`` (``covidct.train.restoration``).
+        drop_last: ``training.drop_last``: ``"auto"`` (leave out each epoch's incomplete last batch where the
+            step is XLA-compiled: JAX or a GPU), ``"on"`` or ``"off"``.
         name: run name (default ``segment-<model>-<dataset>-<size>``).
         output_root: parent folder of run folders.
 
@@ -109,6 +112,7 @@ def segmentation_config(
             "shortcut_probe": False,
             "bn_momentum": bn_momentum,
             "bn_recalibration": bn_recalibration,
+            "drop_last": drop_last,
         },
         "segmentation": {"lung_input": lung_input, "folds": folds, "val_fraction": val_fraction, "crop": crop},
     }

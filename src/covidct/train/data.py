@@ -220,6 +220,13 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np
     return indices[np.random.default_rng([seed, epoch]).permutation(len(indices))]
 
 
+def epoch_steps(rows: int, batch_size: int, max_steps: int | None = None, drop_last: bool = False) -> int:
+    """Batches in one training epoch of ``rows`` rows: with ``drop_last`` only full batches (at least one),
+    then capped at ``max_steps``."""
+    steps = rows // batch_size if drop_last and rows >= batch_size else int(np.ceil(rows / batch_size))
+    return min(steps, max_steps) if max_steps else steps
+
+
 class SliceSequence(keras.utils.PyDataset):
     """Batches of (x, y[, sample_weight]) read from a uint8 image array by row index.
 
@@ -234,6 +241,7 @@ class SliceSequence(keras.utils.PyDataset):
         class_weights: per-class weights turned into sample weights, or None.
         input_names: the model's input names (two names split the channels).
         max_steps: cap on batches per epoch.
+        drop_last: leave out the last, incomplete batch of each epoch (``training.drop_last``).
     """
 
     def __init__(
@@ -248,10 +256,12 @@ class SliceSequence(keras.utils.PyDataset):
         class_weights=None,
         input_names: tuple = ("image",),
         max_steps: int | None = None,
+        drop_last: bool = False,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.images = images
         self.indices = np.asarray(indices, dtype=np.int64)
+        self.drop_last = bool(drop_last)
         self.labels = None if labels is None else np.asarray(labels).astype("int32")
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -271,8 +281,7 @@ class SliceSequence(keras.utils.PyDataset):
         self.augmenter = make_augmenter(self.augmentation, seed=self.seed * 10007 + self.epoch * 101)
 
     def __len__(self) -> int:
-        steps = int(np.ceil(len(self.order) / self.batch_size))
-        return min(steps, self.max_steps) if self.max_steps else steps
+        return epoch_steps(len(self.order), self.batch_size, self.max_steps, self.drop_last)
 
     def __getitem__(self, index: int):
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]

@@ -364,7 +364,8 @@ class RestorationSequence(MaskSequence):
         images: uint8 (N, H, W, C) model inputs (grey: equal channels).
         indices: rows of the training part.
         rates: the ``PretrainConfig``.
-        **kwargs: ``batch_size``, ``shuffle``, ``seed``, ``augmentation``, ``max_steps`` of ``MaskSequence``.
+        **kwargs: ``batch_size``, ``shuffle``, ``seed``, ``augmentation``, ``max_steps``, ``drop_last`` of
+            ``MaskSequence``.
     """
 
     def __init__(self, images, indices, rates, **kwargs):

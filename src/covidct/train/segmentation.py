@@ -322,6 +322,7 @@ class MaskSequence(keras.utils.PyDataset):
         augmentation: ``{"flip": bool, "rotation_deg": float}`` (``covidct.config.segmentation_augmentation``)
             or None.
         max_steps: cap on batches per epoch.
+        drop_last: leave out the last, incomplete batch of each epoch (``training.drop_last``).
     """
 
     def __init__(
@@ -334,11 +335,13 @@ class MaskSequence(keras.utils.PyDataset):
         seed: int = 0,
         augmentation: dict | None = None,
         max_steps: int | None = None,
+        drop_last: bool = False,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.images = images
         self.masks = masks
         self.indices = np.asarray(indices, dtype=np.int64)
+        self.drop_last = bool(drop_last)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -354,8 +357,9 @@ class MaskSequence(keras.utils.PyDataset):
         self.order = epoch_order(self.indices, self.seed, self.epoch, self.shuffle)
 
     def __len__(self) -> int:
-        steps = int(np.ceil(len(self.order) / self.batch_size))
-        return min(steps, self.max_steps) if self.max_steps else steps
+        from covidct.train.data import epoch_steps
+
+        return epoch_steps(len(self.order), self.batch_size, self.max_steps, self.drop_last)
 
     def __getitem__(self, index: int):
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]

@@ -156,6 +156,13 @@ def enable_compilation_cache() -> str | None:
     return str(folder)
 
 
+def drop_last_batch(setting: str) -> bool:
+    """``training.drop_last`` resolved: ``auto`` is on where the fit is XLA-compiled (JAX, or a GPU)."""
+    if setting == "auto":
+        return keras.backend.backend() == "jax" or gpu_available()
+    return setting == "on"
+
+
 def mixed_precision_policy(setting: str) -> str:
     """The dtype policy for ``auto``/``on``/``off``: bfloat16 on JAX, float16 elsewhere, only on GPU for auto."""
     if setting == "off" or (setting == "auto" and not gpu_available()):
@@ -510,9 +517,15 @@ class _Trainer:
 # ------------------------------------------------------------------------------------------------------
 
 
-def _backend_info(policy: str) -> dict:
-    """Backend, Keras version, dtype policy and (JAX) compilation cache of a run, for ``run.json``."""
-    info = {"backend": keras.backend.backend(), "keras_version": keras.__version__, "dtype_policy": policy}
+def _backend_info(policy: str, cfg: RunConfig) -> dict:
+    """Backend, Keras version, dtype policy, the last incomplete batch's fate and (JAX) compilation cache of a
+    run, for ``run.json``."""
+    info = {
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "dtype_policy": policy,
+        "drop_last_batch": drop_last_batch(cfg.training.drop_last),
+    }
     if info["backend"] == "jax":
         import jax
 
@@ -836,6 +849,7 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
         class_weights=class_weights,
         input_names=input_names,
         max_steps=t.max_steps_per_epoch,
+        drop_last=drop_last_batch(t.drop_last),
     )
     trainer.recalibration_batches = recalibration_source(cfg, data.images, train_index, input_names)
     loss = make_loss(t.loss, num_classes, gamma=t.focal_gamma, alpha=t.focal_alpha)
@@ -852,7 +866,7 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
         "input_names": list(input_names),
         "model": m.name,
         **trainer.selection_info(),
-        **_backend_info(policy),
+        **_backend_info(policy, cfg),
         "seconds": round(seconds, 1),
         "cache": data.cache_path,
         "split_counts": _split_counts(data, split, class_names),
@@ -993,7 +1007,7 @@ def _train_segmentation(
         else f"held-out fold of {cfg.segmentation.folds}-fold grouped CV",
         "folds": int(cfg.segmentation.folds),
         "group_proxy": pairs.group_proxy or "group column of the pairs",
-        **_backend_info(policy),
+        **_backend_info(policy, cfg),
         "seconds": round(time.perf_counter() - started, 1),
     }
     if cfg.segmentation.folds:
@@ -1143,6 +1157,7 @@ def _map_batches(t) -> dict:
         "seed": t.seed,
         "augmentation": segmentation_augmentation(t),
         "max_steps": t.max_steps_per_epoch,
+        "drop_last": drop_last_batch(t.drop_last),
     }
 
 
@@ -1296,7 +1311,7 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
             part: {"images": int(len(rows)), "groups": int(len(set(groups[rows])))}
             for part, rows in (("train", train_rows), ("val", val_rows))
         },
-        **_backend_info(policy),
+        **_backend_info(policy, cfg),
         "seconds": round(time.perf_counter() - started, 1),
         "use": f"model.weights: {run_dir / MODEL_FILE} (same model.name, model.kwargs and input; copied layer by layer, "
         + ("the classifier's head stays random)" if classifier else "task: segmentation)"),

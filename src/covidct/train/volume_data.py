@@ -121,19 +121,20 @@ class VolumeSequence(SliceSequence):
 
     Args:
         images: uint8 (N, D, H, W, 1) (a memmap is read one batch at a time).
-        indices, labels, batch_size, shuffle, seed, class_weights, input_names, max_steps: as
+        indices, labels, batch_size, shuffle, seed, class_weights, input_names, max_steps, drop_last: as
             ``SliceSequence``.
         augmentation: ``VolumeAugmenter`` keyword arguments (``volume_augmentation``) or None.
     """
 
     def __init__(self, images, indices, labels=None, batch_size: int = 8, shuffle: bool = False, seed: int = 0,
                  augmentation: dict | None = None, class_weights=None, input_names: tuple = ("volume",),
-                 max_steps: int | None = None):
+                 max_steps: int | None = None, drop_last: bool = False):
         if len(np.shape(images)) != 5:
             raise CovidctError(f"VolumeSequence: volumes must be (N, D, H, W, C), got shape {np.shape(images)}.")
         self.volume_augmentation = None if augmentation is None else dict(augmentation)
         super().__init__(images, indices, labels=labels, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                         augmentation=None, class_weights=class_weights, input_names=input_names, max_steps=max_steps)
+                         augmentation=None, class_weights=class_weights, input_names=input_names, max_steps=max_steps,
+                         drop_last=drop_last)
 
     def __getitem__(self, index: int):
         item = super().__getitem__(index)
