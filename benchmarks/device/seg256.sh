@@ -4,7 +4,8 @@
 # One process per fold, all on the one GPU (`bench_segmentation.py --fold k` on one --run-dir), then one finishing
 # call per arm (same command without --fold: writes run.json, the CV metrics and the result JSON). In session 5 the
 # same run fitted its folds one after another at 100-190 s each (a GPU epoch took 0.12 s; the rest is per-epoch
-# work outside the batches), too slow for one call. (Since then `--jobs 5` does the same in one command.)
+# work outside the batches), too slow for one call. (Since then `--jobs 5` does the same in one command, and
+# training.drop_last: auto leaves out the incomplete last batch on JAX: add --drop-last off to repeat these runs.)
 # Two arms, fixed before the run (commit message of this script):
 #   crop  (primary, the issue-4 result): lung crops (--crop lungs, the CPU recipe of session 6) at 256 px
 #   whole (secondary): whole slices, session 5's unfinished run
