@@ -72,7 +72,7 @@ def extract_features(
     model, images, indices, batch_size: int = 64, input_names: tuple = ("image",), layer_name=None
 ) -> np.ndarray:
     """Frozen features (N, F) of rows ``indices`` of a uint8 image array (flattened if not 1-D per image)."""
-    from covidct.train.trainer import predict_logits
+    from covidct.models.inference import predict_logits
 
     extractor = feature_extractor(model, layer_name)
     features = predict_logits(extractor, images, indices, batch_size, input_names)

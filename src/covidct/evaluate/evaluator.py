@@ -108,7 +108,7 @@ def metrics_with_ci(y_true, probs, groups, class_names, n_bootstrap=1000, ci=0.9
 
 def _predict(loaded, images, rows, batch_size, tta: bool, mc_dropout: int):
     """Probabilities (N, C), logits (N, C) and optional MC-dropout std (N, C)."""
-    from covidct.train.trainer import predict_logits
+    from covidct.models.inference import predict_logits
 
     model = loaded.model
     logits = predict_logits(model, images, rows, batch_size, loaded.input_names)
@@ -132,7 +132,7 @@ def mc_dropout_predict(model, images, rows, batch_size, input_names, passes: int
     """
     import keras
 
-    from covidct.train.data import split_inputs
+    from covidct.models.inference import split_inputs
 
     bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [layer.trainable for layer in bn_layers]

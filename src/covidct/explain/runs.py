@@ -174,7 +174,7 @@ def lung_focus_of_samples(
     """
     from covidct.explain.focus import lung_area_fractions, lung_focus_scores, lung_focus_summary
     from covidct.explain.gradcam import compute_cams
-    from covidct.train.data import split_inputs
+    from covidct.models.inference import split_inputs
 
     samples = np.asarray(samples)
     if samples.ndim == 3:

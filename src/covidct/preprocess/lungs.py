@@ -382,7 +382,7 @@ def load_segmenter(model):
         raise CovidctError(
             f"No segmenter at {path}: pass a run folder from `covidct segment train` or a .keras file."
         )
-    from covidct.train.restoration import is_pretrained_checkpoint
+    from covidct.models.inference import is_pretrained_checkpoint
 
     if is_pretrained_checkpoint(path):
         raise CovidctError(
@@ -414,7 +414,7 @@ def predict_foreground(
     Returns:
         bool (N, H, W).
     """
-    from covidct.train.segmentation import predict_mask_probabilities
+    from covidct.models.inference import predict_mask_probabilities
 
     model = load_segmenter(model)
     images = np.asarray(images_u8)

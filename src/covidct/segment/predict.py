@@ -100,8 +100,8 @@ def predict_probabilities(model, images, batch_size: int = 16, tta: bool = False
         batch_size: images per forward pass.
         tta: average with the left-right mirror's map, mirrored back (as ``evaluation.tta``).
     """
+    from covidct.models.inference import predict_mask_probabilities
     from covidct.preprocess.lungs import load_segmenter
-    from covidct.train.segmentation import predict_mask_probabilities
 
     images = np.asarray(images)
     if images.ndim == 3:

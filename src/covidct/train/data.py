@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 
 from covidct.errors import CovidctError
+from covidct.models.inference import split_inputs  # noqa: F401  (also imported from here)
 from covidct.train.augment import augment_batch, make_augmenter
 
 log = logging.getLogger(__name__)
@@ -199,18 +200,6 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """scikit-learn's "balanced" weights n / (k * count_c), one per class (classes must be present)."""
     classes = np.arange(num_classes)
     return compute_class_weight("balanced", classes=classes, y=np.asarray(labels).astype(int))
-
-
-def split_inputs(batch: np.ndarray, input_names: tuple):
-    """One array for a single-input model; ``{name: channel}`` for a multi-input (image, mask) model."""
-    if len(input_names) <= 1:
-        return batch
-    if batch.shape[-1] != len(input_names):
-        raise CovidctError(
-            f"The model takes inputs {input_names} but the cached images have {batch.shape[-1]} channel(s); "
-            "use the 'masked-pair' stage for image+mask models."
-        )
-    return {name: batch[..., i : i + 1] for i, name in enumerate(input_names)}
 
 
 def epoch_order(indices: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

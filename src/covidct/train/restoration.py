@@ -38,6 +38,7 @@ import keras
 import numpy as np
 
 from covidct.errors import CovidctError
+from covidct.models.inference import is_pretrained_checkpoint
 from covidct.train.segmentation import MaskSequence
 
 log = logging.getLogger(__name__)
@@ -284,20 +285,6 @@ def restoration_network(model):
         x = layers.Resizing(height, width, interpolation="bilinear", name="restore_resize")(x)
     outputs = layers.Conv2D(1, 1, name="restore_logits")(x)
     return keras.Model(model.inputs[0], outputs, name=f"{model.name}_restoration")
-
-
-def is_pretrained_checkpoint(path) -> bool:
-    """Whether ``path`` is the ``model.keras`` of a ``task: pretrain`` run (its ``run.json`` says so)."""
-    import json
-    from pathlib import Path
-
-    if path is None or str(path) == "imagenet":
-        return False
-    info = Path(str(path)).expanduser().parent / "run.json"
-    try:
-        return json.loads(info.read_text()).get("task") == "pretrain"
-    except (OSError, ValueError):
-        return False
 
 
 def load_pretrained(model, path) -> dict:

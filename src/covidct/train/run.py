@@ -163,7 +163,7 @@ def predict_images(loaded: LoadedRun, items, batch_size: int = 32, tta: bool = F
         CovidctError: the run holds a 3-D volume model (see ``require_slice_run``), or an input is unreadable.
     """
     from covidct.evaluate.metrics import logits_to_probs
-    from covidct.train.trainer import predict_logits
+    from covidct.models.inference import predict_logits
 
     require_slice_run(loaded, "predict_images")
     items = list(items)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from covidct.errors import CovidctError
+from covidct.models.inference import predict_mask_logits, predict_mask_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -403,31 +404,6 @@ def mask_validation_scores(true_masks: np.ndarray, logits: np.ndarray) -> dict:
         "val_loss": dice_bce_numpy(true_masks, logits),
         "val_dice": float(np.mean(dice_per_image(logits >= 0.0, true_masks))),
     }
-
-
-def predict_mask_logits(
-    model, images: np.ndarray, indices=None, batch_size: int = 16, flip: bool = False
-) -> np.ndarray:
-    """Per-pixel logits (N, H, W) float32 of a one-channel segmenter for the rows ``indices`` of ``images``
-    (``flip``: of the left-right mirrored images, as ``covidct.train.trainer.predict_logits`` feeds them)."""
-    from covidct.train.trainer import predict_logits
-
-    indices = np.arange(len(images)) if indices is None else np.asarray(indices)
-    flat = predict_logits(model, images, indices, batch_size, flip=flip)
-    return flat.reshape((len(indices),) + tuple(images.shape[1:3]))
-
-
-def predict_mask_probabilities(model, images: np.ndarray, batch_size: int = 16, tta: bool = False) -> np.ndarray:
-    """sigmoid of ``predict_mask_logits`` (N, H, W) float32; with ``tta`` the mean of the images' maps and of
-    their left-right mirrors' maps (mirrored back): the test-time augmentation of ``evaluation.tta``."""
-    from scipy.special import expit
-
-    images = np.asarray(images)
-    probabilities = expit(predict_mask_logits(model, images, batch_size=batch_size))
-    if tta:  # the mirrored input's map, mirrored back onto the image
-        mirrored = predict_mask_logits(model, images, batch_size=batch_size, flip=True)[:, :, ::-1]
-        probabilities = (probabilities + expit(mirrored)) / 2.0
-    return probabilities.astype(np.float32)
 
 
 __all__ = [

@@ -43,6 +43,7 @@ import yaml
 from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump_config, resolve_task
 from covidct.errors import CovidctError
 from covidct.evaluate.report import markdown_table
+from covidct.models.inference import predict_logits
 from covidct.train.batchnorm import (
     recalibrate_batch_norm,
     recalibration_rows,
@@ -294,47 +295,6 @@ def current_learning_rate(optimizer) -> float:
 # ------------------------------------------------------------------------------------------------------
 # Prediction helpers shared with evaluation
 # ------------------------------------------------------------------------------------------------------
-
-
-def predict_logits(
-    model,
-    images,
-    indices,
-    batch_size: int = 64,
-    input_names: tuple = ("image",),
-    flip: bool = False,
-    compiled: bool | None = None,
-) -> np.ndarray:
-    """Logits (N, C) of the rows ``indices`` of ``images`` (optionally horizontally flipped).
-
-    ``compiled``: use the model's compiled predict function (None: on JAX only, see below).
-    """
-    indices = np.asarray(indices)
-    if len(indices) == 0:
-        return np.zeros((0, int(model.outputs[0].shape[-1])), dtype="float32")
-    from covidct.train.data import split_inputs
-
-    # JAX runs an eager model call op by op (slow on a GPU: most of a U-Net epoch's time went to
-    # validation and recalibration passes); its compiled predict function is used instead, every batch
-    # padded to the same size so that it compiles once. TensorFlow's eager kernels need no compilation.
-    if compiled is None:
-        compiled = keras.backend.backend() == "jax"
-    outputs = []
-    for start in range(0, len(indices), batch_size):
-        rows = indices[start : start + batch_size]
-        order = np.argsort(rows, kind="stable")
-        size = batch_size if compiled and len(indices) > batch_size else len(rows)
-        batch = np.zeros((size,) + tuple(images.shape[1:]), dtype="float32")
-        batch[order] = images[rows[order]]
-        if flip:  # left-right: the W axis of (N, H, W, C) slices and of (N, D, H, W, C) volumes
-            batch = batch[..., ::-1, :].copy()
-        if compiled:  # inference mode: the zero rows padding the last batch do not change the others
-            out = model.predict_on_batch(split_inputs(batch, input_names))[: len(rows)]
-        else:
-            out = model(split_inputs(batch, input_names), training=False)
-        outputs.append(np.asarray(keras.ops.convert_to_numpy(out), dtype="float32"))
-    logits = np.concatenate(outputs, axis=0)
-    return logits.reshape(len(indices), -1)
 
 
 def validation_scores(y_true: np.ndarray, logits: np.ndarray, loss: str, gamma: float, alpha) -> dict:
