@@ -1022,7 +1022,7 @@ def _fit_folds_in_processes(cfg: RunConfig, run_dir: Path, pairs, pending: list[
                     done_count += 1
                     try:
                         status = future.result()
-                    except BaseException as error:  # a crashed process or an error inside train()
+                    except Exception as error:  # a crashed process (BrokenProcessPool) or an error inside train()
                         failures.append((k, error))
                         log.error("fold_%d failed (%d/%d): %s", k, done_count, len(pending), error)
                         continue
