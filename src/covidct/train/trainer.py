@@ -987,6 +987,7 @@ def _fold_process(cfg: RunConfig, run_dir: str, pairs, fold: int) -> str:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    log.info("fold_%d in process %d", fold, os.getpid())
     try:
         train(cfg, run_dir=run_dir, data=pairs, progress=False, fold=fold)
     finally:
@@ -1002,6 +1003,7 @@ def _fit_folds_in_processes(cfg: RunConfig, run_dir: Path, pairs, pending: list[
     naming the fold and its log. The new processes do not take a GPU's memory up front.
     """
     import multiprocessing
+    import sys
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     if not pending:
@@ -1012,7 +1014,10 @@ def _fit_folds_in_processes(cfg: RunConfig, run_dir: Path, pairs, pending: list[
     os.environ.update(XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_FORCE_GPU_ALLOW_GROWTH="true")  # inherited
     failures = []
     try:
-        with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        # a fresh process per fold (Python >= 3.11): nothing of one fold's model or GPU memory outlives it
+        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context, **fresh) as pool:
             running = {pool.submit(_fold_process, cfg, str(run_dir), pairs, k): k for k in pending}
             done_count = 0
             while running:
