@@ -205,6 +205,30 @@ def test_folds_fitted_one_by_one_equal_the_sequential_cross_validation(discs, tm
         train(replace(cfg, task="pretrain"), run_dir=tmp_path / "bad", fold=0)
 
 
+def test_a_fold_is_fitted_by_one_process_at_a_time(discs, tmp_path, tiny_segmenter, caplog):
+    """A fold's lock names a live owner (error) and is taken over from a process that no longer runs."""
+    import logging
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    settings = dict(dataset="medseg", size=32, epochs=1, batch_size=4, folds=2)
+    run = tmp_path / "locked"
+    run.mkdir()
+    lock = run / ".fold_0.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")  # this test's own process: alive
+    with pytest.raises(CovidctError, match=rf"fold_0 of .* is being fitted by process {os.getpid()} on .*delete the lock"):
+        train_segmenter(tiny_segmenter, run_dir=run, pairs=discs, fold=0, **settings)
+    assert not (run / "fold_0" / "model.keras").exists()  # nothing written beside the owner
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(f"{socket.gethostname()} {ended.stdout.strip()}\n")  # a process that has ended
+    with caplog.at_level(logging.WARNING):
+        train_segmenter(tiny_segmenter, run_dir=run, pairs=discs, fold=0, **settings)
+    assert "taking its lock over" in caplog.text
+    assert trainer_module.run_status(run / "fold_0") == "finished" and not lock.exists()  # released when done
+
+
 def test_folds_in_parallel_processes_equal_the_sequential_run(tmp_path, capsys):
     """``jobs=2`` on 3 folds (one process waits for a free slot; a fresh process per fold, registered models
     only), then finished here == ``jobs=1``."""

@@ -1049,19 +1049,74 @@ def _fit_folds_in_processes(cfg: RunConfig, run_dir: Path, pairs, pending: list[
         ) from error
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _fold_lock(split_dir: Path):
+    """Hold ``<run>/.<fold>.lock`` (host and process id) while this process fits the fold.
+
+    Two processes fitting the same fold (``fold=k`` started twice, or a finishing call beside a running fold)
+    would write the same files; the second stops with an error naming the owner instead. A lock left by a
+    process of this host that no longer runs is taken over with a warning.
+    """
+    import socket
+
+    lock = split_dir.parent / f".{split_dir.name}.lock"
+    host = socket.gethostname()
+    while True:
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner_host, _, owner_pid = lock.read_text().strip().partition(" ")
+            except FileNotFoundError:  # released meanwhile
+                continue
+            if owner_host == host and owner_pid.isdigit() and not _pid_alive(int(owner_pid)):
+                log.warning("%s: process %s of this host holds no more; taking its lock over", lock, owner_pid)
+                lock.unlink(missing_ok=True)
+                continue
+            raise CovidctError(
+                f"{split_dir.name} of {split_dir.parent} is being fitted by process {owner_pid or '?'} on "
+                f"{owner_host or '?'} (lock {lock}); wait for it to finish, or delete the lock if that process is gone."
+            ) from None
+        with os.fdopen(handle, "w") as stream:
+            stream.write(f"{host} {os.getpid()}\n")
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def _fit_segmentation_split(
     cfg: RunConfig, split_dir: Path, plan, pairs, resuming: bool, progress: bool
 ) -> dict:
     """Fit one split (the test split, or one fold) with each lung-input variant; keep the best on validation.
 
+    A fold is fitted under ``_fold_lock`` (one process per fold at a time).
+
     Returns:
         The split's summary (also ``split_dir/run.json`` for a fold): lung input chosen, its validation
         scores, best epoch, epochs run, sizes of the parts.
     """
-    from covidct.train import segmentation as seg
-
     if plan.name and resuming and run_status(split_dir) == "finished":
         return json.loads((split_dir / RUN_FILE).read_text())
+    with _fold_lock(split_dir) if plan.name else contextlib.nullcontext():
+        return _fit_split_variants(cfg, split_dir, plan, pairs, resuming, progress)
+
+
+def _fit_split_variants(cfg: RunConfig, split_dir: Path, plan, pairs, resuming: bool, progress: bool) -> dict:
+    """``_fit_segmentation_split`` without its checks: fit each lung-input variant, keep the best."""
+    from covidct.train import segmentation as seg
+
     split_dir.mkdir(parents=True, exist_ok=True)
     split_csv = plan.frame(pairs).to_csv(index=False)
     saved_split = split_dir / seg.SPLIT_FILE
