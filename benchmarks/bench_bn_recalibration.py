@@ -29,7 +29,8 @@ def scores(model, data, rows, batch_size, input_names) -> dict:
     import numpy as np
 
     from covidct.evaluate.metrics import logits_to_probs
-    from covidct.train.trainer import predict_logits, validation_scores
+    from covidct.models.inference import predict_logits
+    from covidct.train.trainer import validation_scores
 
     logits = predict_logits(model, data.images, rows, batch_size, input_names)
     out = validation_scores(data.labels[rows], logits, "ce", 2.0, None)

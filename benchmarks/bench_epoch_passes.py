@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     from covidct.models import build_model, get_spec
+    from covidct.models.inference import predict_logits
     from covidct.train.batchnorm import recalibrate_batch_norm
-    from covidct.train.trainer import predict_logits
 
     segmenter = get_spec(args.model).task == "segmentation"
     kwargs = {"base_filters": args.base_filters, "batch_norm": True} if segmenter else {}

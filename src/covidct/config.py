@@ -45,8 +45,7 @@ SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg", "phantom")
 # task: pretrain (self-supervised restoration by a segmenter or a classifier's backbone, covidct.train.restoration).
 PRETRAIN_LOSSES = ("restoration_mse",)
 PRETRAIN_MONITORS = ("val_loss", "last")
-MIXED_PRECISION = ("auto", "on", "off")
-DROP_LAST = ("auto", "on", "off")
+AUTO_ON_OFF = ("auto", "on", "off")  # training.mixed_precision and training.drop_last
 ON_OFF_KEYS = ("mixed_precision", "drop_last")  # training keys whose YAML on/off (read as booleans) mean "on"/"off"
 FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
 
@@ -739,8 +738,8 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
     _check_choice(source, "training.loss", t.loss, LOSSES)
     _check_choice(source, "training.class_weight", t.class_weight, CLASS_WEIGHTS)
     _check_choice(source, "training.monitor", t.monitor, MONITORS)
-    _check_choice(source, "training.mixed_precision", t.mixed_precision, MIXED_PRECISION)
-    _check_choice(source, "training.drop_last", t.drop_last, DROP_LAST)
+    _check_choice(source, "training.mixed_precision", t.mixed_precision, AUTO_ON_OFF)
+    _check_choice(source, "training.drop_last", t.drop_last, AUTO_ON_OFF)
     _check_choice(source, "model.freeze", m.freeze, FREEZE_MODES)
     check_task_settings(cfg, source)
     augmentation_factors(t, d.stage)

@@ -59,9 +59,10 @@ def predict_test_masks(
     probability map is the mean of the image's and of its left-right mirror's (mirrored back), as
     ``evaluation.tta`` does for classifiers.
     """
+    from covidct.models.inference import predict_mask_probabilities
     from covidct.train import segmentation as seg
 
-    probabilities = seg.predict_mask_probabilities(model, seg.model_inputs(pairs, lung_input == "masked"), tta=tta)
+    probabilities = predict_mask_probabilities(model, seg.model_inputs(pairs, lung_input == "masked"), tta=tta)
     if crop != "lungs":
         return probabilities >= THRESHOLD, pairs.masks
     from covidct.segment.data import paste_crops

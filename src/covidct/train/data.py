@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.utils.class_weight import compute_class_weight
 
 from covidct.errors import CovidctError
-from covidct.models.inference import split_inputs  # noqa: F401  (also imported from here)
+from covidct.models.inference import split_inputs
 from covidct.train.augment import augment_batch, make_augmenter
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ import keras
 import numpy as np
 
 from covidct.errors import CovidctError
-from covidct.models.inference import is_pretrained_checkpoint
+from covidct.models.inference import is_pretrained_checkpoint  # re-exported: its old home
 from covidct.train.segmentation import MaskSequence
 
 log = logging.getLogger(__name__)

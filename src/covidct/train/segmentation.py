@@ -33,7 +33,10 @@ import numpy as np
 import pandas as pd
 
 from covidct.errors import CovidctError
-from covidct.models.inference import predict_mask_logits, predict_mask_probabilities
+from covidct.models.inference import (  # re-exported: their old home
+    predict_mask_logits,
+    predict_mask_probabilities,
+)
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import yaml
 from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump_config, resolve_task
 from covidct.errors import CovidctError
 from covidct.evaluate.report import markdown_table
-from covidct.models.inference import predict_logits
+from covidct.models.inference import predict_logits, predict_mask_logits
 from covidct.train.batchnorm import (
     recalibrate_batch_norm,
     recalibration_rows,
@@ -125,8 +125,8 @@ def enable_compilation_cache() -> str | None:
     """On JAX, keep compiled XLA programs on disk so that a later fold, seed or run of the same model and shapes
     loads them instead of compiling again; returns the folder (None: not JAX, or switched off).
 
-    A 256 px U-Net fold on an H200 spent ~110-200 s compiling and ~25 s training (BENCHMARKS.md, issue 4);
-    within one process every fold builds a new model and compiles again. The folder is
+    A 256 px U-Net fold on an H200 spent 110-224 s in its first epoch, mostly compiling, and ~25 s in up to 79
+    more (BENCHMARKS.md, issue 4); within one process every fold builds a new model and compiles again. The folder is
     ``$COVIDCT_COMPILATION_CACHE`` (``off`` disables), else the one JAX was given (``JAX_COMPILATION_CACHE_DIR``),
     else ``$COVIDCT_CACHE/xla`` (default ``.cache/covidct/xla``). JAX caches programs that took at least
     ``jax_persistent_cache_min_compile_time_secs`` (1 s) to compile, and a cached program computes the same
@@ -214,7 +214,8 @@ def build_configured_model(cfg: RunConfig, images: np.ndarray, num_classes: int)
 def _with_pretrained(cfg: RunConfig, build):
     """``build(weights)``; a ``task: pretrain`` run's ``model.keras`` as ``model.weights`` is copied in layer
     by layer instead (``covidct.train.restoration.load_pretrained``: the head stays random)."""
-    from covidct.train.restoration import is_pretrained_checkpoint, load_pretrained
+    from covidct.models.inference import is_pretrained_checkpoint
+    from covidct.train.restoration import load_pretrained
 
     if not is_pretrained_checkpoint(cfg.model.weights):
         return build(cfg.model.weights)
@@ -877,7 +878,7 @@ def _train_segmentation(
             "train(cfg): task segmentation takes image/mask pairs (covidct.segment.data.SegmentationPairs), not "
             "TrainingData; pass data=load_pairs(...) or leave data=None to load data.dataset."
         )
-    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
+    if not _is_count(jobs) or jobs < 1:
         raise CovidctError(f"train(cfg, jobs={jobs!r}): jobs must be a positive integer (parallel fold processes).")
     if jobs > 1 and (not cfg.segmentation.folds or fold is not None):
         raise CovidctError(
@@ -891,7 +892,7 @@ def _train_segmentation(
                 f"train(cfg, fold={fold}): the config of {run_dir} fits the dataset's test split "
                 "(segmentation.folds 0); one fold can be fitted only in a cross-validation (segmentation.folds >= 2)."
             )
-        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < folds:
+        if not _is_count(fold) or not 0 <= fold < folds:
             raise CovidctError(f"train(cfg, fold={fold!r}): fold must be an integer in 0..{folds - 1} "
                                f"(segmentation.folds {folds}).")
         if overwrite and run_status(run_dir) != "new":
@@ -1050,13 +1051,19 @@ def _fit_folds_in_processes(cfg: RunConfig, run_dir: Path, pairs, pending: list[
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (another user's process counts: signal 0 is refused, not lost)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
-        return True
+    except PermissionError:
+        pass
     return True
+
+
+def _is_count(value) -> bool:
+    """A plain integer (not a bool): what fold numbers and job counts must be."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @contextlib.contextmanager
@@ -1210,7 +1217,7 @@ def _fit_segmentation_unit(
     def validate(model) -> dict:
         if not len(plan.val):  # segmentation.val_fraction 0 with monitor last: nothing to score
             return {}
-        logits = seg.predict_mask_logits(model, images, plan.val, t.batch_size)
+        logits = predict_mask_logits(model, images, plan.val, t.batch_size)
         return seg.mask_validation_scores(val_masks, logits)
 
     trainer = _Trainer(cfg, unit_dir, validate, progress)
@@ -1246,7 +1253,7 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
     """``train(cfg)`` for ``task: pretrain``: restoration of distorted unlabeled images (Models Genesis)."""
     from covidct.config import check_task_settings
     from covidct.train import restoration
-    from covidct.train.segmentation import group_split, predict_mask_logits
+    from covidct.train.segmentation import group_split
 
     check_task_settings(cfg, source=f"config of {run_dir}")
     if unlabeled is not None and not isinstance(unlabeled, restoration.UnlabeledImages):
