@@ -50,6 +50,27 @@ def fit_fold(args, run_dir: Path, cache: str, drop_last: str) -> float:
     return float(found.group(1))
 
 
+def summary(args, times: dict, entries, command: str) -> dict:
+    """The result so far: fits, medians over the repeats done, each arm's median over the baseline's."""
+    done = {arm: values for arm, values in times.items() if values}
+    medians = {arm: float(np.median(values)) for arm, values in done.items()}
+    return {
+        "what": "one infection U-Net fold (bench_segmentation.py --fold 0) in a fresh process: cache off / cold / warm",
+        "data": args.root or "phantom pairs",
+        "size_px": args.size,
+        "base_filters": args.base_filters,
+        "epochs": args.epochs,
+        "repeats": max(len(values) for values in done.values()),
+        "seconds": times,
+        "median_seconds": medians,
+        "arms": {arm: {"cache": bool(ARMS[arm][0]), "drop_last": ARMS[arm][1] or args.drop_last} for arm in args.arms},
+        "over_off": {arm: medians[arm] / medians["off"] for arm in medians} if "off" in medians else None,
+        "cache_entries": entries,
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "command": command,
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128)
@@ -66,7 +87,12 @@ def main(argv=None) -> int:
         default = Path(os.environ.get("COVIDCT_DATA_ROOT", REPO.parent / "shared" / "data")) / "medseg-covid19-100"
         args.root = str(default) if default.is_dir() else None
     times = {arm: [] for arm in args.arms}
-    entries = None
+    command = "KERAS_BACKEND=jax python benchmarks/bench_compile_cache.py " + " ".join(argv or sys.argv[1:])
+    out = None
+    if args.out:  # an earlier result of another command is never overwritten
+        from bench_segmentation import result_path  # same folder
+
+        out = result_path(args.out, command, [])
     with tempfile.TemporaryDirectory(prefix="bench-compile-cache-") as scratch:
         scratch = Path(scratch)
         for repeat in range(args.repeats):
@@ -78,28 +104,11 @@ def main(argv=None) -> int:
                                            drop_last or args.drop_last))
                 shutil.rmtree(run_dir, ignore_errors=True)
                 print(f"repeat {repeat} {arm}: {times[arm][-1]:.1f} s", flush=True)
-            entries = len(list(cache.iterdir())) if cache.is_dir() else None
-    medians = {arm: float(np.median(values)) for arm, values in times.items()}
-    result = {
-        "what": "one infection U-Net fold (bench_segmentation.py --fold 0) in a fresh process: cache off / cold / warm",
-        "data": args.root or "phantom pairs",
-        "size_px": args.size,
-        "base_filters": args.base_filters,
-        "epochs": args.epochs,
-        "repeats": args.repeats,
-        "seconds": times,
-        "median_seconds": medians,
-        "arms": {arm: {"cache": bool(ARMS[arm][0]), "drop_last": ARMS[arm][1] or args.drop_last} for arm in args.arms},
-        "over_off": {arm: medians[arm] / medians["off"] for arm in args.arms} if "off" in medians else None,
-        "cache_entries": entries,
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "command": "KERAS_BACKEND=jax python benchmarks/bench_compile_cache.py " + " ".join(argv or sys.argv[1:]),
-    }
+                entries = len(list(cache.iterdir())) if cache.is_dir() else None
+                result = summary(args, times, entries, command)
+                if out is not None:  # after every fit: a run cut short by a time limit keeps what it measured
+                    out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("median_seconds", "over_off", "cache_entries")}, indent=1))
-    if args.out:  # an earlier result of another command is never overwritten
-        from bench_segmentation import result_path  # same folder
-
-        result_path(args.out, result["command"], []).write_text(json.dumps(result, indent=2))
     return 0
 
 
