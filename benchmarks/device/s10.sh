@@ -8,6 +8,8 @@
 #  B (session 9 follow-up): the GPU effect of training.drop_last and of the persistent XLA cache: one MedSeg fold of the
 #    256 px / base-32 infection U-Net, 2 epochs, in a fresh process per arm (off, drop_last, cold, warm), one repeat.
 # Carry: .gpu (whl: keras 3.15.1 + namex + optree wheels; bundle224; medseg: copy of ../shared/data/medseg-covid19-100).
+# Call 2 (fixed after call 1, before it; same warm H100): SEEDS="0 1 2" REPEATS=1 LIMIT_A=220 LIMIT_B=170 — seeds 1
+# and 2 of A (seed 0 is kept; gives the 3-seed ensemble and three training times) and a second repeat of B.
 # Usage (device tool): bash benchmarks/device/s10.sh          DRY=1 bash benchmarks/device/s10.sh (tiny CPU check)
 if [ -z "$DRY" ]; then
   [ -d /tmp/site/keras ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -22,14 +24,14 @@ fi
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT /tmp/gen; START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 echo "=== A: robust recipe, 224 px"
-timeout $LIMIT_A $PY benchmarks/bench_generalization.py --data-dir .gpu/bundle224 --size 224 --arms robust --seeds 0 \
+timeout $LIMIT_A $PY benchmarks/bench_generalization.py --data-dir .gpu/bundle224 --size 224 --arms robust --seeds ${SEEDS:-0} \
   $A --runs-root /tmp/gen --out $OUT/generalization_robust_224.json --markdown $OUT/generalization_robust_224.md \
   > $OUT/log_a.txt 2>&1; echo "A rc=$? at $(el) s"
 grep -v "^WARNING\|^I0000\|^W0000" $OUT/log_a.txt | tail -12
 (cd /tmp/gen && tar czf $OUT/gen224_runs.tgz $(find . -name "*.json" -o -name "*.csv" -o -name "*.md" -o -name "*.yaml" \
   -o -name "*.log" 2>/dev/null | grep -v per_image))
 echo "=== B: compile cache / drop_last, 256 px"
-timeout $LIMIT_B $PY benchmarks/bench_compile_cache.py $B --repeats 1 --root $MEDSEG \
+timeout $LIMIT_B $PY benchmarks/bench_compile_cache.py $B --repeats ${REPEATS:-1} --root $MEDSEG \
   --out $OUT/compile_cache_gpu.json > $OUT/log_b.txt 2>&1; echo "B rc=$? at $(el) s"
 grep "repeat\|off\|warm\|cold\|drop\|Error" $OUT/log_b.txt | tail -12
 echo "total $(el) s"; ls -la $OUT
