@@ -25,6 +25,8 @@ imports no TensorFlow itself, so it runs under ``KERAS_BACKEND=jax`` (GPU) as we
     # a machine without the raw data: export the preprocessed arrays here, run there
     python benchmarks/bench_generalization.py --export-data bundle --arms lungs robust
     KERAS_BACKEND=jax python benchmarks/bench_generalization.py --data-dir bundle --arms lungs robust --out r.json
+    # back here, from the run folders it trained (their files, without weights): seeds and the seed ensemble
+    python benchmarks/bench_generalization.py --arms robust --from-runs runs/gen-robust-s224-seed0 runs/gen-robust-s224-seed1
 
 Finished runs are reused (the script is resumable); ``--overwrite`` retrains.
 """
@@ -41,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "robust"
@@ -281,6 +284,62 @@ def evaluate_arm(run_dir: Path, ext, args) -> dict:
     }
 
 
+def scores_from_files(run_dir: Path, n_bootstrap: int) -> dict:
+    """``evaluate_arm``'s scores of a finished, evaluated run read from its files alone (no model needed: runs
+    trained on another machine whose weights did not come back). The macro-F1 at the validation threshold needs
+    the validation predictions, which a run folder does not keep: None."""
+    info = json.loads((run_dir / "run.json").read_text())
+    history = pd.read_csv(run_dir / "history.csv")
+    internal = json.loads((run_dir / "metrics_test.json").read_text())["slice"]
+    ci = internal.get("ci", {}).get("auc_macro_ovr", {})
+    predictions = pd.read_csv(run_dir / f"predictions_{external_tag(run_dir)}.csv")
+    return {
+        "val_auc": float(history.loc[history["epoch"] == info["best_epoch"], "val_auc"].iloc[0]),
+        "monitor": info.get("monitor"),
+        "best_epoch": info.get("best_epoch"),
+        "epochs_run": info.get("epochs_run"),
+        "shortcut_probe_auc": (info.get("shortcut_probe") or {}).get("auc"),
+        "internal_test_auc": internal["auc_macro_ovr"],
+        "internal_test_auc_ci": [ci.get("low"), ci.get("high")] if ci else None,
+        "internal_test_macro_f1": internal["macro_f1"],
+        "internal_test_macro_f1_at_val_threshold": None,
+        "val_threshold": None,
+        "external": external_summary(predictions, n_bootstrap, list(info["class_names"])),
+    }
+
+
+def external_tag(run_dir: Path) -> str:
+    """The tag of the one external evaluation in a run folder (``external-covid-ct-md``; smoke: phantoms)."""
+    found = sorted(path.stem.removeprefix("predictions_") for path in run_dir.glob("predictions_external-*.csv"))
+    if len(found) != 1:
+        raise SystemExit(f"{run_dir}: expected one predictions_external-*.csv, found {len(found)}")
+    return found[0]
+
+
+def summarise_runs(run_dirs: list[Path], arm: str, args) -> dict:
+    """The results dict of ``run_ablation`` for one arm, from finished run folders (``--from-runs``)."""
+    block = {"config": str(CONFIG_DIR / f"{arm}.yaml"), "seeds": [], "train_seconds": [], "run_dirs": [],
+             "from_files": True}
+    for run_dir in run_dirs:
+        info = json.loads((run_dir / "run.json").read_text())
+        scores = scores_from_files(run_dir, args.n_bootstrap)
+        scores["seed"] = int(yaml.safe_load((run_dir / "config.yaml").read_text())["training"]["seed"])
+        block["seeds"].append(scores)
+        block["train_seconds"].append(float(info.get("seconds", float("nan"))))
+        block["run_dirs"].append(str(run_dir))
+    if len(run_dirs) > 1:
+        block["ensemble"] = {**internal_scores(ensemble(run_dirs, "test"), args.n_bootstrap),
+                             "external": external_summary(ensemble(run_dirs, external_tag(run_dirs[0])), args.n_bootstrap,
+                                                          ["NonCOV", POSITIVE])}
+    info = json.loads((run_dirs[0] / "run.json").read_text())
+    return {
+        "protocol": __doc__.split("Everything goes through")[0].strip(),
+        "backend": info.get("backend"), "size": info.get("size"), "epochs": args.epochs,
+        "seeds": [s["seed"] for s in block["seeds"]], "smoke": False, "overrides": list(args.set), "tag": args.tag,
+        "min_lung_fraction": MIN_LUNG_FRACTION, "label_map": EXTERNAL_LABEL_MAP, "arms": {arm: block},
+    }
+
+
 def ensemble(run_dirs: list[Path], tag: str) -> pd.DataFrame:
     """Average the seeds' predictions of one evaluation tag (rows matched by path and slice)."""
     keys = ["path", "slice_index"] if tag.startswith("external") else ["path"]
@@ -474,7 +533,12 @@ def parse_args(argv=None):
                         "(machines without the raw data)")
     parser.add_argument("--export-data", default=None, help="export the arms' preprocessed data to this folder and exit")
     parser.add_argument("--smoke", action="store_true", help="phantom data, tiny runs (tests the pipeline in < 1 min)")
+    parser.add_argument("--from-runs", nargs="+", default=None, metavar="RUN_DIR",
+                        help="summarise finished, evaluated run folders of one arm (e.g. copied back from a GPU machine "
+                        "without their weights) instead of training: seeds and the seed ensemble from their files")
     args = parser.parse_args(argv)
+    if args.from_runs and len(args.arms) != 1:
+        parser.error("--from-runs summarises one arm: name it with --arms")
     if args.smoke:
         args.size, args.epochs, args.n_bootstrap = min(args.size, 32), min(args.epochs, 2), min(args.n_bootstrap, 50)
     return args
@@ -490,7 +554,12 @@ def main(argv=None) -> int:
         for path in export_bundle(args.export_data, stages, args.size, args.cache_root):
             sys.stdout.write(f"wrote {path}\n")
         return 0
-    results = run_ablation(args)
+    if args.from_runs:
+        results = summarise_runs([Path(d) for d in args.from_runs], args.arms[0], args)
+        if args.out:
+            write_json(results, args.out)
+    else:
+        results = run_ablation(args)
     table = markdown_table(results)
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
