@@ -18,7 +18,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from covidct.errors import CovidctError
 from covidct.models.inference import split_inputs
-from covidct.train.augment import augment_batch, make_augmenter
+from covidct.train.augment import BatchAugmenter
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,11 @@ class SliceSequence(keras.utils.PyDataset):
         """Fix this epoch's row order and augmentation draws (a pure function of seed and epoch)."""
         self.epoch = int(epoch)
         self.order = epoch_order(self.indices, self.seed, self.epoch, self.shuffle)
-        self.augmenter = make_augmenter(self.augmentation, seed=self.seed * 10007 + self.epoch * 101)
+        seed = self.seed * 10007 + self.epoch * 101
+        if self.augmentation and self.augmenter is None:
+            self.augmenter = BatchAugmenter(self.augmentation, seed=seed)  # built once, compiled on TensorFlow
+        elif self.augmenter is not None:
+            self.augmenter.reseed(seed)
 
     def __len__(self) -> int:
         return epoch_steps(len(self.order), self.batch_size, self.max_steps, self.drop_last)
@@ -278,7 +282,8 @@ class SliceSequence(keras.utils.PyDataset):
         sort = np.argsort(rows, kind="stable")
         batch = np.empty((len(rows),) + tuple(self.images.shape[1:]), dtype="float32")
         batch[sort] = self.images[rows[sort]]
-        batch = augment_batch(self.augmenter, batch)
+        if self.augmenter is not None:
+            batch = self.augmenter(batch)
         x = split_inputs(batch, self.input_names)
         if self.labels is None:
             return (x,)
