@@ -259,35 +259,21 @@ def evaluate_arm(run_dir: Path, ext, args) -> dict:
     if args.data_dir:
         info = json.loads((run_dir / "run.json").read_text())
         own = bundle_data(args.data_dir, "internal", info["stage"], int(info["size"]), info["class_names"])
-    # Macro-F1 at a threshold chosen on validation first (recorded), then the argmax evaluation the files keep.
+    # Macro-F1 at a threshold chosen on validation first (kept here), then the argmax evaluation the files keep
+    # (metrics_test.json, read back by scores_from_files).
     at_val = evaluate_run(run_dir, split="test", n_bootstrap=0, figures=False, data=own, threshold="val")
-    internal = evaluate_run(run_dir, split="test", n_bootstrap=args.n_bootstrap, figures=False, data=own)
-    ci = internal["slice"].get("ci", {}).get("auc_macro_ovr", {})
+    evaluate_run(run_dir, split="test", n_bootstrap=args.n_bootstrap, figures=False, data=own)
     tag = "external-" + ("phantom-shifted" if args.smoke else EXTERNAL)
     evaluate_run(run_dir, dataset=tag.removeprefix("external-"), data=ext, label_map=EXTERNAL_LABEL_MAP,
                  n_bootstrap=0, figures=False)
-    predictions = pd.read_csv(run_dir / f"predictions_{tag}.csv")
-    info = json.loads((run_dir / "run.json").read_text())
-    history = pd.read_csv(run_dir / "history.csv")  # the kept epoch's validation AUC (also with monitor: last)
-    return {
-        "val_auc": float(history.loc[history["epoch"] == info["best_epoch"], "val_auc"].iloc[0]),
-        "monitor": info.get("monitor"),
-        "best_epoch": info.get("best_epoch"),
-        "epochs_run": info.get("epochs_run"),
-        "shortcut_probe_auc": (info.get("shortcut_probe") or {}).get("auc"),
-        "internal_test_auc": internal["slice"]["auc_macro_ovr"],
-        "internal_test_auc_ci": [ci.get("low"), ci.get("high")] if ci else None,
-        "internal_test_macro_f1": internal["slice"]["macro_f1"],
-        "internal_test_macro_f1_at_val_threshold": at_val["slice"]["macro_f1"],
-        "val_threshold": at_val["threshold"]["value"],
-        "external": external_summary(predictions, args.n_bootstrap, list(internal["class_names"])),
-    }
+    return scores_from_files(run_dir, args.n_bootstrap, at_val)
 
 
-def scores_from_files(run_dir: Path, n_bootstrap: int) -> dict:
-    """``evaluate_arm``'s scores of a finished, evaluated run read from its files alone (no model needed: runs
-    trained on another machine whose weights did not come back). The macro-F1 at the validation threshold needs
-    the validation predictions, which a run folder does not keep: None."""
+def scores_from_files(run_dir: Path, n_bootstrap: int, at_val: dict | None = None) -> dict:
+    """The scores of an evaluated run from its files (``metrics_test.json``, the external predictions, history):
+    no model needed, so also for runs trained on another machine whose weights did not come back. The macro-F1 at
+    the validation threshold needs validation predictions, which a run folder does not keep: taken from ``at_val``
+    (``evaluate_run(..., threshold="val")``'s result) when given, else None."""
     info = json.loads((run_dir / "run.json").read_text())
     history = pd.read_csv(run_dir / "history.csv")
     internal = json.loads((run_dir / "metrics_test.json").read_text())["slice"]
@@ -302,8 +288,8 @@ def scores_from_files(run_dir: Path, n_bootstrap: int) -> dict:
         "internal_test_auc": internal["auc_macro_ovr"],
         "internal_test_auc_ci": [ci.get("low"), ci.get("high")] if ci else None,
         "internal_test_macro_f1": internal["macro_f1"],
-        "internal_test_macro_f1_at_val_threshold": None,
-        "val_threshold": None,
+        "internal_test_macro_f1_at_val_threshold": at_val["slice"]["macro_f1"] if at_val else None,
+        "val_threshold": at_val["threshold"]["value"] if at_val else None,
         "external": external_summary(predictions, n_bootstrap, list(info["class_names"])),
     }
 
