@@ -263,6 +263,55 @@ def test_folds_in_parallel_processes_equal_the_sequential_run(tmp_path, capsys):
                         **{**settings, "weights": str(tmp_path / "missing.keras")})
 
 
+PLUGIN = """
+from covidct.models import registry
+from covidct.models.unet import build_unet
+
+
+def build_plugin_unet(input_shape, num_classes=1, weights=None, **kwargs):
+    return build_unet(input_shape, num_classes, weights=weights, base_filters=4, **kwargs)
+
+
+registry.register_model(registry.ModelSpec(name="plugin_unet", builder=build_plugin_unet, task="segmentation",
+                                           family="test", input_shape=(32, 32, 1)))
+"""
+
+
+def test_parallel_folds_import_the_module_that_registered_the_model(tmp_path, monkeypatch):
+    """A model registered by a module outside covidct is imported by each fold process; one registered in an
+    interactive session (no file behind ``__main__``) is refused before any process starts."""
+    import sys
+    import types
+
+    from covidct.models import registry
+    from covidct.segment.data import phantom_pairs
+
+    (tmp_path / "covidct_plugin_for_tests.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned processes get the parent's sys.path
+    monkeypatch.delitem(sys.modules, "covidct_plugin_for_tests", raising=False)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugin's entry ends with the test
+    import covidct_plugin_for_tests  # noqa: F401  (registers plugin_unet here)
+
+    assert trainer_module._model_module("unet") is None and trainer_module._model_module(
+        "plugin_unet") == "covidct_plugin_for_tests"
+    pairs = phantom_pairs(24, 32, "lesion")
+    settings = dict(dataset="phantom", size=32, epochs=1, batch_size=4, folds=2)
+    run = train_segmenter("plugin_unet", run_dir=tmp_path / "plugin", pairs=pairs, jobs=2, **settings)
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert all(f"fold_{k} in process" in (run / f"fold_{k}.log").read_text() for k in range(2))
+
+    def notebook_builder(input_shape, num_classes=1, weights=None):
+        return registry.get_spec("plugin_unet").builder(input_shape, num_classes, weights)
+
+    notebook_builder.__module__ = "__main__"  # what a function defined in a notebook cell carries
+    registry._REGISTRY["notebook_unet"] = registry.ModelSpec(
+        name="notebook_unet", builder=notebook_builder, task="segmentation", family="test", input_shape=(32, 32, 1))
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # an interactive session: no __file__
+    with pytest.raises(CovidctError, match="registered in this interactive session.*jobs=1"):
+        train_segmenter("notebook_unet", run_dir=tmp_path / "notebook", pairs=pairs, jobs=2, **settings)
+    assert not list((tmp_path / "notebook").glob("fold_*.log"))  # refused before any process started
+
+
 def test_lung_input_auto_chooses_on_validation(discs, tmp_path, tiny_segmenter):
     # A "lung mask" that hides everything: the masked variant cannot find the discs, so validation
     # must pick the plain images.

@@ -632,8 +632,9 @@ def train(
         jobs: ``task: segmentation`` with ``segmentation.folds`` only: fit up to ``jobs`` folds at the same time,
             each in its own fresh Python process (``fold=k`` there; logs in ``<run_dir>/fold_<k>.log``), then
             finish the run here. For a GPU, where a fold is compile-bound (BENCHMARKS.md, issue 4); on a CPU the
-            processes share the cores. The model must be registered on import of ``covidct`` (a model
-            registered in a notebook is unknown to the new processes). Same result as ``jobs=1``.
+            processes share the cores. Each process must know the model: covidct's own are registered on
+            import, a model registered by an importable module is imported by each process, one registered in a
+            notebook is refused before any process starts (``_model_module``). Same result as ``jobs=1``.
 
     Returns:
         The run folder, holding ``config.yaml``, ``model.keras`` (best validation checkpoint),
@@ -981,8 +982,36 @@ def _train_segmentation(
     return run_dir
 
 
-def _fold_process(cfg: RunConfig, run_dir: str, pairs, fold: int) -> str:
-    """One fold of a segmentation CV in a fresh process (``train(cfg, jobs=...)``); its log goes to a file."""
+def _model_module(name: str) -> str | None:
+    """The module a new process must import to have model ``name`` registered: None for covidct's own models
+    and for a script's (a spawned process runs the script's top level again); an error for a model registered in
+    an interactive session (a notebook), which no new process can import."""
+    import sys
+
+    from covidct.models import get_spec
+
+    builder = get_spec(name).builder
+    module = getattr(getattr(builder, "func", builder), "__module__", None) or "__main__"  # functools.partial too
+    if module == "covidct" or module.startswith("covidct."):
+        return None
+    if module in ("__main__", "__mp_main__"):
+        if getattr(sys.modules.get("__main__"), "__file__", None):
+            return None
+        raise CovidctError(
+            f"Model {name!r} is registered in this interactive session (a notebook or a shell): the new processes of "
+            "train(cfg, jobs=N) cannot see it. Put its builder and the register_model call in a module (a .py file on "
+            "the Python path) and import that module, or fit the folds with jobs=1."
+        )
+    return module
+
+
+def _fold_process(cfg: RunConfig, run_dir: str, pairs, fold: int, module: str | None = None) -> str:
+    """One fold of a segmentation CV in a fresh process (``train(cfg, jobs=...)``); its log goes to a file.
+    ``module`` (``_model_module``) is imported first, so that a model registered outside covidct is known."""
+    if module:
+        import importlib
+
+        importlib.import_module(module)
     handler = logging.FileHandler(Path(run_dir) / f"fold_{fold}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     root = logging.getLogger()
@@ -1009,6 +1038,7 @@ def _fit_folds_in_processes(cfg: RunConfig, run_dir: Path, pairs, pending: list[
 
     if not pending:
         return
+    module = _model_module(cfg.model.name)  # before any process starts
     log.info("fitting %s in %d process(es) at a time (logs: %s/fold_<k>.log)",
              ", ".join(f"fold_{k}" for k in pending), min(jobs, len(pending)), run_dir)
     saved = {name: os.environ.get(name) for name in ("XLA_PYTHON_CLIENT_PREALLOCATE", "TF_FORCE_GPU_ALLOW_GROWTH")}
@@ -1019,7 +1049,7 @@ def _fit_folds_in_processes(cfg: RunConfig, run_dir: Path, pairs, pending: list[
         fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context, **fresh) as pool:
-            running = {pool.submit(_fold_process, cfg, str(run_dir), pairs, k): k for k in pending}
+            running = {pool.submit(_fold_process, cfg, str(run_dir), pairs, k, module): k for k in pending}
             done_count = 0
             while running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
