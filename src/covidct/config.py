@@ -151,6 +151,11 @@ class TrainingConfig:
             is still scored every epoch, for the history only). Use it when the validation split is too
             small to rank epochs (its score flat within noise): selecting on noise picks early epochs.
         early_stopping_patience: epochs without improvement before stopping (0: never stop early).
+        validation_freq: score the validation split (and recalibrate BatchNorm first) every this many
+            epochs and always at the end of a phase (``model.fit``'s ``validation_freq``); the other epochs
+            only train, so only validated epochs can be checkpointed, selected or stop the run (patience still
+            counts epochs). With ``monitor: last`` the per-epoch validation is only for the history: a larger
+            value saves its cost and gives the same final model.
         min_epochs: epochs before early stopping may stop the run (BatchNorm statistics need a few
             epochs on small data; validation AUC can sit at 0.5 meanwhile).
         seed: seed of initialisation, shuffling and augmentation.
@@ -186,6 +191,7 @@ class TrainingConfig:
     augmentation: str | dict = "none"
     monitor: str = "val_macro_f1"
     early_stopping_patience: int = 10
+    validation_freq: int = 1
     min_epochs: int = 3
     seed: int = 0
     mixed_precision: str = "auto"
@@ -749,6 +755,7 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
         ("data.size", d.size, 8),
         ("training.early_stopping_patience", t.early_stopping_patience, 0),
         ("training.min_epochs", t.min_epochs, 0),
+        ("training.validation_freq", t.validation_freq, 1),
         ("training.bn_recalibration", t.bn_recalibration, 0),
         ("evaluation.n_bootstrap", e.n_bootstrap, 0),
         ("evaluation.mc_dropout", e.mc_dropout, 0),

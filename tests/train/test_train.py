@@ -196,6 +196,51 @@ def test_monitor_last_keeps_the_final_epoch_and_never_stops_early(phantom_data, 
     assert result["selection"]["split"] == "none" and result["selection"]["monitor"] == "last"
 
 
+def test_validation_freq_skips_validation_but_not_the_final_model(phantom_data, tmp_path, monkeypatch, tiny_config):
+    """``training.validation_freq``: with ``monitor: last`` the same final model (weights and recalibrated
+    BatchNorm statistics) with fewer validation passes; with a selection monitor only validated epochs compete."""
+    import keras
+
+    passes = []
+    real_recalibrate = trainer_module.recalibrate_batch_norm
+
+    def counting_recalibrate(model, batches):
+        passes.append(1)
+        return real_recalibrate(model, batches)
+
+    monkeypatch.setattr(trainer_module, "recalibrate_batch_norm", counting_recalibrate)
+    base = tiny_config(epochs=5, max_steps_per_epoch=2, monitor="last", augmentation="stage", bn_recalibration=40)
+    base = dataclasses.replace(base, model=dataclasses.replace(base.model, name="small_cnn"))  # BN and dropout
+    every = train(base, run_dir=tmp_path / "every", data=phantom_data, progress=False)
+    assert len(passes) == 5
+    passes.clear()
+    cfg = dataclasses.replace(base, training=dataclasses.replace(base.training, validation_freq=3))
+    sparse = train(cfg, run_dir=tmp_path / "sparse", data=phantom_data, progress=False)
+    assert len(passes) == 2  # epochs 3 and 5 (the last epoch is always validated)
+    a, b = _history(every), _history(sparse)
+    assert list(b.columns) == list(a.columns) and list(b["epoch"]) == [1, 2, 3, 4, 5]
+    assert b["val_auc"].notna().tolist() == [False, False, True, False, True]
+    pd.testing.assert_series_equal(a["loss"], b["loss"], rtol=1e-6)  # validation never changes training
+    pd.testing.assert_frame_equal(a.iloc[[2, 4]], b.iloc[[2, 4]], rtol=1e-6)
+    for x, y in zip(keras.saving.load_model(every / "model.keras", compile=False).get_weights(),
+                    keras.saving.load_model(sparse / "model.keras", compile=False).get_weights(), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)  # BatchNorm statistics included
+    assert json.loads((sparse / "run.json").read_text())["best_epoch"] == 5
+
+    selecting = tiny_config(epochs=4, max_steps_per_epoch=2, validation_freq=2, early_stopping_patience=0)
+    run = train(selecting, run_dir=tmp_path / "selecting", data=phantom_data, progress=False)
+    assert json.loads((run / "run.json").read_text())["best_epoch"] in (2, 4)
+    from covidct.evaluate.plots import plot_training_curves
+
+    figure = plot_training_curves(pd.read_csv(run / "history.csv"))
+    lines = {line.get_label(): line for axis in figure.axes for line in axis.get_lines()}
+    assert list(lines["val_auc"].get_xdata()) == [2, 4] and list(lines["loss"].get_xdata()) == [1, 2, 3, 4]
+    with pytest.raises(CovidctError, match="validation_freq must be an integer >= 1"):
+        from covidct.config import validate_config
+
+        validate_config(dataclasses.replace(selecting, training=dataclasses.replace(selecting.training, validation_freq=0)))
+
+
 def test_resuming_with_another_config_is_refused(phantom_data, tmp_path, tiny_config):
     from covidct.config import dump_config
 

@@ -110,15 +110,19 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
     frame = pd.DataFrame(history)
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
+    def series(column):  # validated epochs only (training.validation_freq leaves the others empty)
+        rows = frame[["epoch", column]].dropna()
+        return rows["epoch"], rows[column]
+
     for column in ("loss", "val_loss"):
         if column in frame:
-            left.plot(frame["epoch"], frame[column], marker="o", label=column)
+            left.plot(*series(column), marker="o", label=column)
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.legend()
     for column in ("val_macro_f1", "val_auc", "val_accuracy"):
         if column in frame:
-            right.plot(frame["epoch"], frame[column], marker="o", label=column)
+            right.plot(*series(column), marker="o", label=column)
     right.set_xlabel("epoch")
     right.set_ylabel("validation score")
     right.set_ylim(0, 1.02)

@@ -366,6 +366,7 @@ class _Trainer:
         self.phase = 0
         self.stopped_early = False
         self.is_last_phase = True
+        self.phase_end = cfg.training.epochs  # the current phase's last epoch (1-based); set by _fit_phases
         t = cfg.training
         self.higher_is_better = t.monitor != "val_loss"
         #: ``monitor: last``: every epoch replaces the checkpoint; nothing is selected.
@@ -389,6 +390,14 @@ class _Trainer:
                 epoch + 1,
                 self.best_epoch + 1,
             )
+            return
+        if (epoch + 1) % t.validation_freq and epoch + 1 != self.phase_end:  # training.validation_freq
+            row = {"epoch": epoch + 1, "phase": self.phase, "loss": float(logs.get("loss", float("nan"))),
+                   "learning_rate": current_learning_rate(self.model.optimizer), "seconds": round(seconds, 3)}
+            self.history.append(row)
+            log.info("epoch %d: loss %.4f (validated every %d epochs)", epoch + 1, row["loss"], t.validation_freq)
+            self.write_history()
+            self.save_resume_state()
             return
         if self.recalibration_batches is not None:
             recalibrate_batch_norm(self.model, self.recalibration_batches())
@@ -469,7 +478,10 @@ class _Trainer:
         }
 
     def write_history(self) -> None:
-        frame = pd.DataFrame(self.history)
+        frame = pd.DataFrame(self.history)  # epochs not validated (training.validation_freq): empty val_* cells
+        first = ["epoch", "phase", "loss"]
+        frame = frame[first + [c for c in frame.columns if c not in first + ["learning_rate", "seconds"]]
+                      + ["learning_rate", "seconds"]]
         write_text_atomic(self.run_dir / HISTORY_FILE, frame.to_csv(index=False))
 
 
@@ -738,7 +750,7 @@ def _fit_phases(
     for index, (first, end, trainable, learning_rate) in enumerate(phases):
         if start_epoch >= end or trainer.stopped_early:
             continue
-        trainer.phase = index
+        trainer.phase, trainer.phase_end = index, end
         trainer.is_last_phase = index == len(phases) - 1
         if m.freeze != "none":
             set_backbone_trainable(model, trainable)
