@@ -251,6 +251,17 @@ def test_resuming_with_another_config_is_refused(phantom_data, tmp_path, tiny_co
     with pytest.raises(CovidctError, match=r"another config \(training.epochs: 2 -> 3\)"):
         train(tiny_config(epochs=3), run_dir=run_dir, resume=True, data=phantom_data, progress=False)
     assert (run_dir / "config.yaml").is_file()  # nothing deleted
+    # A config saved before a key existed resumes when the key has its default, and not when it is changed.
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["training"]["validation_freq"]  # written by a covidct without training.validation_freq
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(CovidctError, match=r"another config \(training.validation_freq: 1 -> 2\)"):
+        train(tiny_config(epochs=2, validation_freq=2), run_dir=run_dir, resume=True, data=phantom_data, progress=False)
+    # Same settings: the check passes; no resume state (it stopped inside epoch 1), so it trains from epoch 1.
+    resumed = train(tiny_config(epochs=2), run_dir=run_dir, resume=True, data=phantom_data, progress=False)
+    assert json.loads((resumed / "run.json").read_text())["epochs_run"] == 2
 
 
 def test_slow_state_writes_are_skipped_and_resume_replays_the_epochs(

@@ -7,7 +7,7 @@ background is black, and reflected anatomy would be a fake lung. The layers work
 
 ``BatchAugmenter`` is what the training sequence uses: the layers built once per run, re-seeded every epoch
 (the draws of ``make_augmenter(factors, seed)``), and on TensorFlow called as one ``tf.function`` instead of
-op by op: 0.43-0.66x of the eager time per batch on a CPU, the same pixels for the stage augmentation and
+op by op: 0.4-0.65x of the eager time per batch on a CPU, the same pixels for the stage augmentation and
 within 1e-4 grey levels for the ``robust`` chain (``benchmarks/bench_augment.py``, BENCHMARKS.md). On JAX
 (``jax.jit`` measured no faster on a CPU; on a GPU not measured yet) and PyTorch the layers run eagerly.
 """

@@ -569,6 +569,9 @@ def _check_resumed_config(cfg: RunConfig, run_dir: Path) -> None:
             yield prefix[:-1], tree
 
     now, before = dict(leaves(config_to_dict(cfg))), dict(leaves(saved or {}))
+    # A key the saved config lacks was added by a later covidct: it ran with that key's default.
+    defaults = dict(leaves(config_to_dict(RunConfig())))
+    before.update({k: defaults[k] for k in now.keys() - before.keys() if k in defaults})
     changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
     if changed:
         shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
@@ -730,6 +733,9 @@ def _fit_phases(
     steps_per_epoch = len(trainer.train_sequence)
     phases = _phases(cfg)
     start_epoch, saved = 0, None
+    if resuming and not (run_dir / STATE_FILE).is_file():  # the state is first written after epoch 1
+        log.info("%s stopped before its first epoch ended (no %s): starting from epoch 1.", run_dir, STATE_FILE)
+        resuming = False
     if resuming:
         model_arrays, optimizer_arrays, state = load_train_state(run_dir / STATE_FILE)
         saved = (model_arrays, optimizer_arrays)
