@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
         "machine": f"{platform.node()} {platform.machine()}",
         "repeats": args.repeats,
         "rows": rows,
-        "command": "python benchmarks/bench_augment.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python benchmarks/bench_augment.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
