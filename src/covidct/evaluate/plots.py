@@ -110,6 +110,7 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
     frame = pd.DataFrame(history)
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
+
     def series(column):  # validated epochs only (training.validation_freq leaves the others empty)
         rows = frame[["epoch", column]].dropna()
         return rows["epoch"], rows[column]

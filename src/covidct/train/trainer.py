@@ -1026,10 +1026,6 @@ def _model_module(name: str) -> str | None:
 def _fold_process(cfg: RunConfig, run_dir: str, pairs, fold: int, module: str | None = None) -> str:
     """One fold of a segmentation CV in a fresh process (``train(cfg, jobs=...)``); its log goes to a file.
     ``module`` (``_model_module``) is imported first, so that a model registered outside covidct is known."""
-    if module:
-        import importlib
-
-        importlib.import_module(module)
     handler = logging.FileHandler(Path(run_dir) / f"fold_{fold}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     root = logging.getLogger()
@@ -1037,6 +1033,10 @@ def _fold_process(cfg: RunConfig, run_dir: str, pairs, fold: int, module: str | 
     root.setLevel(logging.INFO)
     log.info("fold_%d in process %d", fold, os.getpid())
     try:
+        if module:
+            import importlib
+
+            importlib.import_module(module)  # an ImportError fails this fold like any error (the caller names it)
         train(cfg, run_dir=run_dir, data=pairs, progress=False, fold=fold)
     finally:
         root.removeHandler(handler)
