@@ -79,3 +79,16 @@ def test_sequence_epochs_draw_what_fresh_augmenters_would():
             expected = augment_batch(reference, images[rows].astype("float32"))
             tolerance = 0 if keras.backend.backend() != "jax" or not built.compiled else 1e-3
             np.testing.assert_allclose(seq[index][0], expected, rtol=0, atol=tolerance)
+
+
+def test_the_environment_overrides_the_default(monkeypatch):
+    from covidct.train.augment import COMPILE_AUGMENTATION_ENV
+
+    default = keras.backend.backend() == "tensorflow"
+    for setting, expected in (("auto", default), ("on", True), ("OFF", False)):
+        monkeypatch.setenv(COMPILE_AUGMENTATION_ENV, setting)
+        assert compile_augmentation() is expected
+        assert BatchAugmenter(STAGE, 0).compiled is expected
+    monkeypatch.setenv(COMPILE_AUGMENTATION_ENV, "yes")
+    with pytest.raises(ValueError, match="COVIDCT_COMPILE_AUGMENTATION='yes': use on, off or auto"):
+        compile_augmentation()

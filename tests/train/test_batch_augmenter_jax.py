@@ -18,3 +18,7 @@ def test_batch_augmenter_jax():
     cases.test_compiled_robust_chain_is_within_a_thousandth_of_a_grey_level()
     cases.test_nothing_to_draw_passes_batches_through()
     cases.test_sequence_epochs_draw_what_fresh_augmenters_would()
+
+
+def test_environment_override_jax(monkeypatch):
+    cases.test_the_environment_overrides_the_default(monkeypatch)

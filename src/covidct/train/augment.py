@@ -61,9 +61,21 @@ def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | No
     return keras.Sequential(stages, name="augmentation")
 
 
+#: Environment variable overriding ``compile_augmentation()``: ``on``, ``off`` or ``auto`` (the default).
+COMPILE_AUGMENTATION_ENV = "COVIDCT_COMPILE_AUGMENTATION"
+
+
 def compile_augmentation() -> bool:
-    """Whether ``BatchAugmenter`` compiles by default: on TensorFlow only (see the module doc)."""
-    return keras.backend.backend() == "tensorflow"
+    """Whether ``BatchAugmenter`` compiles by default: on TensorFlow only (see the module doc), unless
+    ``$COVIDCT_COMPILE_AUGMENTATION`` says ``on`` (TensorFlow or JAX) or ``off`` (for A/B timings on a GPU)."""
+    import os
+
+    setting = os.environ.get(COMPILE_AUGMENTATION_ENV, "auto").strip().lower()
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"${COMPILE_AUGMENTATION_ENV}={setting!r}: use on, off or auto.")
+    if setting == "auto":
+        return keras.backend.backend() == "tensorflow"
+    return setting == "on" and keras.backend.backend() in ("tensorflow", "jax")
 
 
 class BatchAugmenter:
