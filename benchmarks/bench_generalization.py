@@ -302,6 +302,23 @@ def external_tag(run_dir: Path) -> str:
     return found[0]
 
 
+def results_header(args, backend: str, size: int, seeds: list) -> dict:
+    """The results dict of ``run_ablation`` / ``--from-runs`` before any arm: protocol and settings."""
+    return {
+        "protocol": __doc__.split("Everything goes through")[0].strip(),
+        "backend": backend, "size": size, "epochs": args.epochs, "seeds": list(seeds), "smoke": bool(args.smoke),
+        "overrides": list(args.set), "tag": args.tag,
+        "min_lung_fraction": MIN_LUNG_FRACTION, "label_map": EXTERNAL_LABEL_MAP, "arms": {},
+    }
+
+
+def ensemble_scores(run_dirs: list[Path], n_bootstrap: int) -> dict:
+    """The seed ensemble of one arm: internal test and external scores of the averaged probabilities."""
+    return {**internal_scores(ensemble(run_dirs, "test"), n_bootstrap),
+            "external": external_summary(ensemble(run_dirs, external_tag(run_dirs[0])), n_bootstrap,
+                                         ["NonCOV", POSITIVE])}
+
+
 def summarise_runs(run_dirs: list[Path], arm: str, args) -> dict:
     """The results dict of ``run_ablation`` for one arm, from finished run folders (``--from-runs``)."""
     block = {"config": str(CONFIG_DIR / f"{arm}.yaml"), "seeds": [], "train_seconds": [], "run_dirs": [],
@@ -314,16 +331,11 @@ def summarise_runs(run_dirs: list[Path], arm: str, args) -> dict:
         block["train_seconds"].append(float(info.get("seconds", float("nan"))))
         block["run_dirs"].append(str(run_dir))
     if len(run_dirs) > 1:
-        block["ensemble"] = {**internal_scores(ensemble(run_dirs, "test"), args.n_bootstrap),
-                             "external": external_summary(ensemble(run_dirs, external_tag(run_dirs[0])), args.n_bootstrap,
-                                                          ["NonCOV", POSITIVE])}
+        block["ensemble"] = ensemble_scores(run_dirs, args.n_bootstrap)
     info = json.loads((run_dirs[0] / "run.json").read_text())
-    return {
-        "protocol": __doc__.split("Everything goes through")[0].strip(),
-        "backend": info.get("backend"), "size": info.get("size"), "epochs": args.epochs,
-        "seeds": [s["seed"] for s in block["seeds"]], "smoke": False, "overrides": list(args.set), "tag": args.tag,
-        "min_lung_fraction": MIN_LUNG_FRACTION, "label_map": EXTERNAL_LABEL_MAP, "arms": {arm: block},
-    }
+    results = results_header(args, info.get("backend"), info.get("size"), [s["seed"] for s in block["seeds"]])
+    results["arms"][arm] = block
+    return results
 
 
 def ensemble(run_dirs: list[Path], tag: str) -> pd.DataFrame:
@@ -449,13 +461,7 @@ def run_ablation(args) -> dict:
     """Train and evaluate every arm × seed, ensemble the seeds, return (and write) the results dict."""
     import keras
 
-    results = {
-        "protocol": __doc__.split("Everything goes through")[0].strip(),
-        "backend": keras.backend.backend(),
-        "size": args.size, "epochs": args.epochs, "seeds": list(args.seeds), "smoke": bool(args.smoke),
-        "overrides": list(args.set), "tag": args.tag,
-        "min_lung_fraction": MIN_LUNG_FRACTION, "label_map": EXTERNAL_LABEL_MAP, "arms": {},
-    }
+    results = results_header(args, keras.backend.backend(), args.size, args.seeds)
     external_by_stage = {}
     for arm in args.arms:
         block = {"config": str(CONFIG_DIR / f"{arm}.yaml"), "seeds": [], "train_seconds": [], "run_dirs": []}
@@ -480,10 +486,7 @@ def run_ablation(args) -> dict:
                      scores["internal_test_macro_f1"], scores["internal_test_macro_f1_at_val_threshold"],
                      scores["val_threshold"], scores["external"]["slice_auc"], seconds)
         if len(args.seeds) > 1:
-            dirs = [Path(d) for d in block["run_dirs"]]
-            tag = "external-" + ("phantom-shifted" if args.smoke else EXTERNAL)
-            block["ensemble"] = {**internal_scores(ensemble(dirs, "test"), args.n_bootstrap),
-                                 "external": external_summary(ensemble(dirs, tag), args.n_bootstrap, ["NonCOV", POSITIVE])}
+            block["ensemble"] = ensemble_scores([Path(d) for d in block["run_dirs"]], args.n_bootstrap)
         results["arms"][arm] = block
         if args.out:
             write_json(results, args.out)

@@ -391,23 +391,23 @@ class _Trainer:
                 self.best_epoch + 1,
             )
             return
-        if (epoch + 1) % t.validation_freq and epoch + 1 != self.phase_end:  # training.validation_freq
-            row = {"epoch": epoch + 1, "phase": self.phase, "loss": float(logs.get("loss", float("nan"))),
-                   "learning_rate": current_learning_rate(self.model.optimizer), "seconds": round(seconds, 3)}
-            self.history.append(row)
-            log.info("epoch %d: loss %.4f (validated every %d epochs)", epoch + 1, row["loss"], t.validation_freq)
-            self.write_history()
-            self.save_resume_state()
-            return
-        if self.recalibration_batches is not None:
-            recalibrate_batch_norm(self.model, self.recalibration_batches())
-        scores = self.validate(self.model)
-        logs.update(scores)
         row = {"epoch": epoch + 1, "phase": self.phase, "loss": float(logs.get("loss", float("nan")))}
+        validated = not (epoch + 1) % t.validation_freq or epoch + 1 == self.phase_end  # training.validation_freq
+        scores = {}
+        if validated:
+            if self.recalibration_batches is not None:
+                recalibrate_batch_norm(self.model, self.recalibration_batches())
+            scores = self.validate(self.model)
+            logs.update(scores)
         row.update(scores)
         row["learning_rate"] = current_learning_rate(self.model.optimizer)
         row["seconds"] = round(seconds, 3)
         self.history.append(row)
+        if not validated:  # nothing to checkpoint, select or stop on
+            log.info("epoch %d: loss %.4f (validated every %d epochs)", epoch + 1, row["loss"], t.validation_freq)
+            self.write_history()
+            self.save_resume_state()
+            return
         # monitor last: every epoch replaces the checkpoint and there is no selection score (best_score None)
         score = None if self.keep_last else scores[t.monitor]
         if self.keep_last or self.improved(score):
