@@ -116,3 +116,35 @@ def test_missing_file_and_bad_override(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(CovidctError, match="section.key=value"):
         load_config(None, ["training.epochs"])
+
+
+def test_stage_augmentation_covers_every_registered_stage():
+    """Every built-in stage resolves "stage" augmentation to the factors of the study stage it is framed like
+    (session 11: lungs-robust used to fall back silently to the whole-slice factors); an unknown stage is refused."""
+    from covidct.config import STAGE_AUGMENTATION_LIKE, TrainingConfig
+    from covidct.preprocess import STAGES
+
+    stage_aug = TrainingConfig(augmentation="stage")
+    for stage in STAGES:
+        assert stage in STAGE_AUGMENTATION or stage in STAGE_AUGMENTATION_LIKE, stage
+    lungs = {"rotation": 0.05, "zoom": -0.1, "translation": 0.05, "flip": True}
+    for stage in ("lungs-robust", "lungs-hist", "lungs-3window"):
+        assert augmentation_factors(stage_aug, stage) == lungs
+    assert augmentation_factors(stage_aug, "halves") == {"rotation": 0.07, "zoom": -0.1, "translation": 0.07, "flip": True}
+    assert augmentation_factors(stage_aug, "masked-pair")["rotation"] == 0.1
+    with pytest.raises(CovidctError, match="no factors for stage 'my-stage'"):
+        augmentation_factors(stage_aug, "my-stage")
+
+
+def test_stage_augmentation_for_an_unknown_stage_names_the_config(config_file):
+    """A registered stage without factors is refused when the config is loaded (not at the first batch)."""
+    from covidct.preprocess import STAGES, register_stage
+
+    name = "test-only-stage-without-factors"
+    register_stage(name)(STAGES["lungs"])
+    try:
+        with pytest.raises(CovidctError, match=f"{config_file}.*no factors for stage '{name}'"):
+            load_config(config_file, [f"data.stage={name}", "training.augmentation=stage"])
+        assert load_config(config_file, [f"data.stage={name}", "training.augmentation=none"]).data.stage == name
+    finally:
+        STAGES.pop(name)

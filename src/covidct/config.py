@@ -60,6 +60,17 @@ STAGE_AUGMENTATION: dict[str, tuple[float, float, float]] = {
     "lungs": (0.05, -0.1, 0.05),
 }
 DEFAULT_AUGMENTATION = STAGE_AUGMENTATION["original"]
+# Stages that are not in the study share the framing of one that is, and take its factors: the lung crops
+# (three windows, intensity-standardised, rank-equalised) are framed like ``lungs``, the whole-slice pair like
+# ``original``, the body-crop halves like ``crop``. A stage in neither table has no "stage" augmentation: the
+# config must give the factors itself (``training.augmentation: {rotation: ..., zoom: ..., translation: ...}``).
+STAGE_AUGMENTATION_LIKE: dict[str, str] = {
+    "lungs-3window": "lungs",
+    "lungs-robust": "lungs",
+    "lungs-hist": "lungs",
+    "masked-pair": "original",
+    "halves": "crop",
+}
 # training.augmentation: robust (issue 8): ±29° rotation, ±15% zoom (crop/zoom), ±5% shift, flips,
 # and the "robust" appearance preset (blur/sharpen, noise, gamma, contrast, JPEG).
 ROBUST_AUGMENTATION = {"rotation": 0.08, "zoom": 0.15, "translation": 0.05, "flip": True, "appearance": "robust"}
@@ -374,7 +385,15 @@ def augmentation_factors(training: TrainingConfig, stage: str) -> dict | None:
     if aug in ("none", None, False):
         return None
     if aug == "stage":
-        rotation, zoom, translation = STAGE_AUGMENTATION.get(stage, DEFAULT_AUGMENTATION)
+        like = STAGE_AUGMENTATION_LIKE.get(stage, stage)
+        if like not in STAGE_AUGMENTATION:
+            raise CovidctError(
+                f"training.augmentation: 'stage' has no factors for stage {stage!r} (known: "
+                f"{sorted(STAGE_AUGMENTATION) + sorted(STAGE_AUGMENTATION_LIKE)}). Give them in the config, e.g. "
+                "training.augmentation: {rotation: 0.05, zoom: -0.1, translation: 0.05}, or add the stage to "
+                "covidct.config.STAGE_AUGMENTATION_LIKE."
+            )
+        rotation, zoom, translation = STAGE_AUGMENTATION[like]
         return {"rotation": rotation, "zoom": zoom, "translation": translation, "flip": True}
     if aug == "robust":
         # Issue 8's recipe: stronger geometry plus appearance (covidct.train.appearance "robust" preset).
@@ -748,7 +767,8 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
     _check_choice(source, "training.drop_last", t.drop_last, AUTO_ON_OFF)
     _check_choice(source, "model.freeze", m.freeze, FREEZE_MODES)
     check_task_settings(cfg, source)
-    augmentation_factors(t, d.stage)
+    if t.augmentation != "stage":
+        augmentation_factors(t, d.stage)  # a dict's keys and appearance preset; "stage" is checked below
     for key, value, low in (
         ("training.epochs", t.epochs, 1),
         ("training.batch_size", t.batch_size, 1),
@@ -786,6 +806,11 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
 
         if d.stage not in preprocess.STAGES:
             raise unknown_name_error("stage", d.stage, preprocess.STAGES)
+        if t.augmentation == "stage" and resolve_task(cfg, source) != "volume":  # volumes: volume_data's own
+            try:
+                augmentation_factors(t, d.stage)
+            except CovidctError as error:
+                raise CovidctError(f"{source}: {error}") from None
         try:
             from covidct.data.datasets import list_datasets
         except ImportError:
