@@ -7,7 +7,7 @@ import pytest
 
 from covidct.errors import CovidctError
 from covidct.evaluate.aggregate import aggregate_groups, aggregate_scores
-from covidct.evaluate.bootstrap import bootstrap_ci
+from covidct.evaluate.bootstrap import bootstrap_ci, paired_difference_ci
 from covidct.evaluate.calibration import expected_calibration_error, fit_temperature
 from covidct.evaluate.metrics import logits_to_probs
 
@@ -79,3 +79,37 @@ def test_aggregation_hand_computed():
         aggregate_groups(probs, ["a", "a", "b", "b"], labels=[0, 1, 1, 1])
     with pytest.raises(CovidctError, match="Did you mean"):
         aggregate_scores(scores, "maxx")
+
+
+def _accuracy(y, predicted):
+    return float(np.mean(y == predicted))
+
+
+def test_paired_difference_of_identical_systems_is_exactly_zero():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 60)
+    predicted = rng.integers(0, 2, 60)
+    result = paired_difference_ci(_accuracy, y, predicted, predicted.copy(), groups=np.arange(60) // 6, n_bootstrap=200)
+    assert (result["value"], result["low"], result["high"], result["share_b_better"]) == (0.0, 0.0, 0.0, 0.0)
+    assert result["n_groups"] == 10 and result["unit"] == "group"
+
+
+def test_paired_difference_when_b_fixes_one_group():
+    """5 groups of 4 rows; b is right on every row, a is wrong on all of group 0 only. On all rows the
+    difference is 4/20 = 0.2; in a replicate it is (copies of group 0) / 5 > 0 exactly when group 0 is drawn,
+    which happens with probability 1 - (4/5)^5 = 0.672; it is never negative."""
+    y = np.zeros(20, dtype=int)
+    groups = np.repeat(np.arange(5), 4)
+    a = np.where(groups == 0, 1, 0)
+    b = np.zeros(20, dtype=int)
+    result = paired_difference_ci(_accuracy, y, a, b, groups=groups, n_bootstrap=4000, seed=3)
+    assert result["value"] == pytest.approx(0.2)
+    assert result["low"] == 0.0 and result["high"] >= 0.4
+    assert result["share_b_better"] == pytest.approx(1 - 0.8**5, abs=0.03)
+    # unpaired intervals would overlap completely here; the paired one never goes below zero
+    assert paired_difference_ci(_accuracy, y, b, a, groups=groups, n_bootstrap=500)["high"] == 0.0
+
+
+def test_paired_difference_refuses_unpaired_scores():
+    with pytest.raises(CovidctError, match="not paired"):
+        paired_difference_ci(_accuracy, np.zeros(4), np.zeros(4), np.zeros(5))

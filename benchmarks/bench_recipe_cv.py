@@ -1,0 +1,321 @@
+"""Issue 9: choose the slice classifier's recipe by grouped k-fold cross-validation over the non-test rows.
+
+Why: the single validation split of sars-cov-2-ct (15 groups) is flat within noise, so it cannot rank
+recipes, and scoring several recipes on the test split would be selection on test. Cross-validation over
+all 84 non-test groups gives every non-test slice one out-of-fold prediction and ranks recipes on ~2,100
+slices instead of 372.
+
+Protocol (fixed in the commit that adds this script, before any fold was trained):
+
+* Data: the run config ``configs/sars-cov-2-ct/small_cnn-lungs-robust-baseline.yaml`` (sars-cov-2-ct,
+  ``lungs-robust`` stage, 128 px, its grouped split, seed 0). **The test rows are dropped right after
+  loading**: their images never enter a ``TrainingData`` here, nothing of them is trained on or scored.
+* Folds: the non-test rows (train + val) split by ``covidct.data.splits.grouped_kfold`` (stratified by
+  class, whole groups; ``--folds 4``, ``--cv-seed 0``). In fold k the held-out groups are the run's
+  ``val`` split and the other folds its ``train`` split. Every candidate keeps ``training.monitor: last``
+  (a fixed budget, the final epoch is kept), so the held-out fold selects nothing; it is scored once,
+  after the last epoch (``training.validation_freq`` = epochs), through ``covidct.evaluate.evaluate_run``.
+* Candidates (``CANDIDATES``): overrides of that config; ``base`` is the shipped recipe.
+* Scores: pooled out-of-fold predictions (each non-test slice predicted once, by the model of the fold
+  that did not train on it): macro-F1 at the argmax (the issue's metric) and AUC, 95% CIs by bootstrap
+  over groups; per-fold values; each candidate minus ``base`` by a paired bootstrap over groups
+  (``covidct.evaluate.bootstrap.paired_difference_ci``).
+* Rule: the candidate with the highest pooled out-of-fold macro-F1 is chosen when it beats ``base`` by at
+  least ``MIN_GAIN``; otherwise ``base`` stays. Equal macro-F1: the higher pooled AUC.
+* Then, and only then, the chosen recipe is trained with seeds 0 1 2 on the standard split and scored on
+  the test split once (``bench_generalization.py --arms standardize --set ...``). If ``base`` stays, the
+  test figures of the shipped recipe (BENCHMARKS.md) stand and nothing new is scored on test.
+
+Everything trains through ``covidct.train.train``. Finished folds are reused (resumable); ``--overwrite``
+retrains. Examples::
+
+    python benchmarks/bench_recipe_cv.py --out benchmarks/results/recipe_cv_cpu.json
+    python benchmarks/bench_recipe_cv.py --candidates base aug --folds 4   # a subset
+    python benchmarks/bench_recipe_cv.py --smoke --out /tmp/cv.json         # phantoms, about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO / "configs" / "sars-cov-2-ct" / "small_cnn-lungs-robust-baseline.yaml"
+#: The recipes compared (config overrides of BASE_CONFIG). ``stage`` augmentation of the lungs-robust stage is
+#: the lungs crop's gentle geometry (±18° rotation, up to 10% zoom in, ±5% shift, horizontal flip).
+CANDIDATES: dict[str, list[str]] = {
+    "base": [],
+    "e24": ["training.epochs=24"],
+    "aug": ["training.augmentation=stage"],
+    "aug-e24": ["training.augmentation=stage", "training.epochs=24"],
+}
+#: The least pooled out-of-fold macro-F1 gain over ``base`` for which another recipe replaces it.
+MIN_GAIN = 0.01
+POSITIVE = "COV"
+
+log = logging.getLogger("bench_recipe_cv")
+
+
+# ----------------------------------------------------------------------------------------------- data
+def non_test_data(args):
+    """The base config's data with the test rows dropped (TrainingData of train + val rows only)."""
+    from covidct.train.data import data_from_arrays, prepare_data
+
+    cfg = candidate_config("base", 0, args)
+    data = prepare_data(cfg, progress=False)
+    keep = np.flatnonzero(data.manifest["split"].astype(str).to_numpy() != "test")
+    dropped = len(data.manifest) - len(keep)
+    manifest = data.manifest.iloc[keep].reset_index(drop=True)
+    images = np.asarray(data.images[keep])
+    log.info("%d non-test rows in %d groups kept; %d test rows dropped", len(keep), manifest["group"].nunique(), dropped)
+    return data_from_arrays(images, manifest, classes=data.class_names, source=f"{cfg.data.dataset} (non-test rows)")
+
+
+def fold_data(data, held_out: np.ndarray):
+    """The non-test data with fold ``held_out``'s rows as ``val`` and the others as ``train``."""
+    from covidct.train.data import data_from_arrays
+
+    split = np.full(len(data.manifest), "train", dtype=object)
+    split[held_out] = "val"
+    return data_from_arrays(data.images, data.manifest.assign(split=split), classes=data.class_names,
+                            source="cross-validation fold")
+
+
+# ------------------------------------------------------------------------------------------ train/eval
+def candidate_config(name: str, fold: int, args):
+    """The candidate's RunConfig for one fold: its overrides, a fixed budget, validation at the end only."""
+    from covidct.config import load_config
+
+    overrides = list(CANDIDATES[name]) + [
+        f"name=cv-{name}-k{fold}of{args.folds}-cvseed{args.cv_seed}-seed{args.seed}",
+        f"output_root={args.runs_root}",
+        f"training.seed={args.seed}",
+        f"data.cache_root={args.cache_root}",
+        "training.shortcut_probe=false",
+        "evaluation.n_bootstrap=0",
+    ]
+    if args.max_steps:
+        overrides.append(f"training.max_steps_per_epoch={args.max_steps}")
+    if args.smoke:
+        overrides += [
+            "data.dataset=phantom",
+            "data.root=null",
+            "data.options={n: 120, size: 64, seed: 0}",
+            "data.label_map={COV: COV, Normal: NonCOV, OtherPneumonia: NonCOV}",
+            "data.size=32",
+            f"training.epochs={2 if '24' not in name else 3}",
+            "training.bn_recalibration=64",
+        ]
+    cfg = load_config(BASE_CONFIG, overrides)
+    if cfg.training.monitor != "last":
+        raise SystemExit(f"candidate {name!r}: the held-out fold must select nothing (training.monitor: last).")
+    return load_config(BASE_CONFIG, overrides + [f"training.validation_freq={cfg.training.epochs}"])
+
+
+def run_fold(name: str, fold: int, data, args) -> tuple[Path, float]:
+    """Train (or reuse) one candidate on one fold and write its held-out predictions (``predictions_val.csv``)."""
+    from covidct.evaluate import evaluate_run
+    from covidct.train import train
+    from covidct.train.trainer import run_status
+
+    cfg = candidate_config(name, fold, args)
+    run_dir = Path(cfg.output_root) / cfg.run_name
+    status = run_status(run_dir)
+    seconds = float("nan")
+    if status != "finished" or args.overwrite:
+        started = time.perf_counter()
+        train(cfg, run_dir=run_dir, resume=status == "interrupted" and not args.overwrite, overwrite=args.overwrite,
+              data=data, progress=False)
+        seconds = time.perf_counter() - started
+    else:
+        seconds = float(json.loads((run_dir / "run.json").read_text()).get("seconds", float("nan")))
+    if args.overwrite or not (run_dir / "predictions_val.csv").is_file():
+        evaluate_run(run_dir, split="val", data=data, n_bootstrap=0, figures=False)
+    return run_dir, seconds
+
+
+def out_of_fold(run_dirs: list[Path]) -> pd.DataFrame:
+    """The folds' held-out predictions stacked (one row per non-test slice), with the fold number."""
+    frames = [pd.read_csv(d / "predictions_val.csv").assign(fold=k) for k, d in enumerate(run_dirs)]
+    table = pd.concat(frames, ignore_index=True)
+    if table["path"].duplicated().any():
+        raise SystemExit(f"out-of-fold predictions hold {int(table['path'].duplicated().sum())} repeated slices")
+    return table.sort_values("path").reset_index(drop=True)
+
+
+def binary_arrays(table: pd.DataFrame):
+    y = (table["label"].astype(str) == POSITIVE).to_numpy().astype(int)
+    p = table[f"prob_{POSITIVE}"].to_numpy(dtype=float)
+    return y, np.stack([1 - p, p], axis=1), table["group"].astype(str).to_numpy()
+
+
+def macro_f1(y, probs) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, np.argmax(probs, axis=1), average="macro", labels=[0, 1], zero_division=0))
+
+
+def auc(y, probs) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, probs[:, 1])) if len(np.unique(y)) == 2 else float("nan")
+
+
+def candidate_scores(table: pd.DataFrame, n_bootstrap: int) -> dict:
+    """Pooled out-of-fold macro-F1 and AUC with CIs over groups, and the per-fold values."""
+    from covidct.evaluate.evaluator import metrics_with_ci
+
+    y, probs, groups = binary_arrays(table)
+    pooled = metrics_with_ci(y, probs, groups, ["other", POSITIVE], n_bootstrap)
+    ci = pooled.get("ci", {})
+    per_fold = []
+    for fold, rows in table.groupby("fold"):
+        fy, fp, fg = binary_arrays(rows)
+        per_fold.append({"fold": int(fold), "slices": int(len(rows)), "groups": int(len(set(fg))),
+                         "macro_f1": macro_f1(fy, fp), "auc": auc(fy, fp)})
+    return {
+        "oof_macro_f1": pooled["macro_f1"],
+        "oof_macro_f1_ci": [ci["macro_f1"]["low"], ci["macro_f1"]["high"]] if ci else None,
+        "oof_auc": pooled["auc_macro_ovr"],
+        "oof_auc_ci": [ci["auc_macro_ovr"]["low"], ci["auc_macro_ovr"]["high"]] if ci else None,
+        "oof_balanced_accuracy": pooled["balanced_accuracy"],
+        "slices": int(len(table)), "groups": int(len(set(groups))),
+        "folds": per_fold,
+    }
+
+
+def versus_base(base: pd.DataFrame, other: pd.DataFrame, n_bootstrap: int) -> dict:
+    """Paired bootstrap (over groups) of the candidate's pooled out-of-fold scores minus ``base``'s."""
+    from covidct.evaluate.bootstrap import paired_difference_ci
+
+    if not base["path"].equals(other["path"]):
+        raise SystemExit("the candidates' out-of-fold predictions cover different slices")
+    y, probs_a, groups = binary_arrays(base)
+    _, probs_b, _ = binary_arrays(other)
+    return {name: paired_difference_ci(fn, y, probs_a, probs_b, groups=groups, n_bootstrap=n_bootstrap)
+            for name, fn in (("macro_f1", macro_f1), ("auc", auc))}
+
+
+def choose(candidates: dict) -> dict:
+    """Apply the pre-registered rule to the candidates' pooled out-of-fold scores."""
+    best = max(candidates, key=lambda n: (round(candidates[n]["oof_macro_f1"], 6), candidates[n]["oof_auc"]))
+    gain = candidates[best]["oof_macro_f1"] - candidates["base"]["oof_macro_f1"]
+    chosen = best if best != "base" and gain >= MIN_GAIN else "base"
+    return {"rule": f"highest pooled out-of-fold macro-F1 if it beats base by >= {MIN_GAIN}; else base",
+            "best_by_oof_macro_f1": best, "gain_over_base": gain, "chosen": chosen,
+            "overrides": CANDIDATES[chosen]}
+
+
+# --------------------------------------------------------------------------------------------- driver
+def run_cv(args) -> dict:
+    import keras
+
+    from covidct.data.splits import grouped_kfold
+
+    data = non_test_data(args)
+    folds = grouped_kfold(data.manifest, k=args.folds, seed=args.cv_seed)
+    results = {
+        "protocol": __doc__.split("Everything trains through")[0].strip(),
+        "config": str(BASE_CONFIG.relative_to(REPO)), "backend": keras.backend.backend(), "smoke": bool(args.smoke),
+        "folds": args.folds, "cv_seed": args.cv_seed, "seed": args.seed, "min_gain": MIN_GAIN,
+        "non_test_slices": int(len(data.manifest)), "non_test_groups": int(data.manifest["group"].nunique()),
+        "candidates": {},
+    }
+    tables = {}
+    for name in args.candidates:
+        run_dirs, seconds = [], []
+        for k, (_, held_out) in enumerate(folds):
+            log.info("candidate %s, fold %d/%d (%d held-out slices)", name, k + 1, args.folds, len(held_out))
+            run_dir, took = run_fold(name, k, fold_data(data, held_out), args)
+            run_dirs.append(run_dir)
+            seconds.append(took)
+        tables[name] = out_of_fold(run_dirs)
+        block = candidate_scores(tables[name], args.n_bootstrap)
+        block.update(overrides=CANDIDATES[name], train_seconds=seconds, run_dirs=[str(d) for d in run_dirs])
+        if name != "base" and "base" in tables:
+            block["minus_base"] = versus_base(tables["base"], tables[name], args.n_bootstrap)
+        results["candidates"][name] = block
+        if args.out:
+            write_json(results, args.out)  # after every candidate: a long run keeps what it measured
+    if "base" in results["candidates"]:
+        results["choice"] = choose(results["candidates"])
+    if args.out:
+        write_json(results, args.out)
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    lines = [
+        "| candidate | overrides | pooled OOF macro-F1 [95% CI] | pooled OOF AUC [95% CI] | per-fold macro-F1 | "
+        "macro-F1 minus base [95% CI] (share of replicates better) | train s (folds) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def ci(value, interval):
+        return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    for name, block in results["candidates"].items():
+        diff = block.get("minus_base", {}).get("macro_f1")
+        versus = f"{diff['value']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] ({diff['share_b_better']:.2f})" if diff else ""
+        folds = " / ".join(f"{f['macro_f1']:.3f}" for f in block["folds"])
+        lines.append(f"| {name} | {' '.join(block['overrides']) or '(shipped recipe)'} | "
+                     f"{ci(block['oof_macro_f1'], block['oof_macro_f1_ci'])} | {ci(block['oof_auc'], block['oof_auc_ci'])} | "
+                     f"{folds} | {versus} | {sum(block['train_seconds']):.0f} |")
+    if "choice" in results:
+        c = results["choice"]
+        lines.append(f"\nRule: {c['rule']}. Best: {c['best_by_oof_macro_f1']} ({c['gain_over_base']:+.3f}); "
+                     f"**chosen: {c['chosen']}**.")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
+                        help="recipes to compare (default all; the rule needs base)")
+    parser.add_argument("--folds", type=int, default=4, help="grouped folds over the non-test rows (default 4)")
+    parser.add_argument("--cv-seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every fold (default 0)")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap replicates for the CIs")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap on batches per epoch (quick runs)")
+    parser.add_argument("--runs-root", default="runs/recipe_cv", help="parent folder of the fold runs")
+    parser.add_argument("--cache-root", default=".cache/covidct", help="preprocessing cache folder")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--markdown", default=None, help="also write the markdown table here")
+    parser.add_argument("--overwrite", action="store_true", help="retrain finished folds")
+    parser.add_argument("--smoke", action="store_true", help="phantom data, tiny runs (tests the pipeline)")
+    args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error("--folds must be at least 2")
+    if args.smoke:
+        args.n_bootstrap = min(args.n_bootstrap, 50)
+    return args
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    table = markdown_table(run_cv(args))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    sys.stdout.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

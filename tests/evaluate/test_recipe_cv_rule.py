@@ -1,0 +1,64 @@
+"""The selection rule of benchmarks/bench_recipe_cv.py (issue 9), on hand-made out-of-fold scores."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_recipe_cv.py"
+
+
+@pytest.fixture(scope="module")
+def cv():
+    spec = importlib.util.spec_from_file_location("bench_recipe_cv", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scores(f1, auc):
+    return {"oof_macro_f1": f1, "oof_auc": auc}
+
+
+def test_a_gain_below_min_gain_keeps_base(cv):
+    choice = cv.choose({"base": _scores(0.930, 0.98), "e24": _scores(0.930 + cv.MIN_GAIN / 2, 0.99)})
+    assert choice["best_by_oof_macro_f1"] == "e24" and choice["chosen"] == "base" and choice["overrides"] == []
+
+
+def test_the_best_candidate_replaces_base_at_min_gain(cv):
+    choice = cv.choose({"base": _scores(0.90, 0.98), "aug": _scores(0.92, 0.97), "e24": _scores(0.95, 0.96)})
+    assert choice["chosen"] == "e24" and choice["gain_over_base"] == pytest.approx(0.05)
+    assert choice["overrides"] == cv.CANDIDATES["e24"]
+
+
+def test_equal_macro_f1_is_broken_by_auc(cv):
+    choice = cv.choose({"base": _scores(0.90, 0.95), "aug": _scores(0.93, 0.97), "e24": _scores(0.93, 0.99)})
+    assert choice["best_by_oof_macro_f1"] == "e24"
+
+
+def test_out_of_fold_refuses_a_slice_predicted_twice(cv, tmp_path):
+    for k in range(2):
+        (tmp_path / f"f{k}").mkdir()
+        pd.DataFrame({"path": ["a.png", f"b{k}.png"], "group": ["g", "h"], "label": ["COV", "NonCOV"],
+                      "prob_COV": [0.9, 0.1]}).to_csv(tmp_path / f"f{k}" / "predictions_val.csv", index=False)
+    with pytest.raises(SystemExit, match="repeated slices"):
+        cv.out_of_fold([tmp_path / "f0", tmp_path / "f1"])
+
+
+def test_versus_base_scores_the_hand_computed_difference(cv):
+    """4 slices in 4 groups: base gets one NonCOV slice wrong (macro-F1 = (0.8 + 0.667) / 2 = 0.733), the
+    candidate gets all right (1.0): +0.267 on all rows, never negative in a replicate; AUC 3/4 -> 1."""
+    paths = [f"{i}.png" for i in range(4)]
+    labels = ["COV", "COV", "NonCOV", "NonCOV"]
+    base = pd.DataFrame({"path": paths, "group": list("abcd"), "label": labels, "prob_COV": [0.9, 0.8, 0.85, 0.2]})
+    other = base.assign(prob_COV=[0.9, 0.8, 0.3, 0.2])
+    diff = cv.versus_base(base, other, n_bootstrap=300)
+    expected = 1.0 - (0.8 + 2 / 3) / 2
+    assert diff["macro_f1"]["value"] == pytest.approx(expected)
+    assert diff["macro_f1"]["low"] >= 0.0
+    assert diff["auc"]["value"] == pytest.approx(1.0 - 0.75)
+    assert np.isfinite(diff["macro_f1"]["share_b_better"])
