@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,28 @@ def test_versus_base_scores_the_hand_computed_difference(cv):
     assert diff["macro_f1"]["low"] >= 0.0
     assert diff["auc"]["value"] == pytest.approx(1.0 - 0.75)
     assert np.isfinite(diff["macro_f1"]["share_b_better"])
+
+
+def test_cross_validation_never_sees_a_test_row_and_predicts_every_other_row_once(cv, tmp_path):
+    """End to end on phantoms (2 candidates x 2 folds, 2-3 epochs): the out-of-fold table holds exactly the
+    non-test rows of the configured split, each once, and the JSON records the rule's choice."""
+    from covidct.config import load_config
+    from covidct.data.datasets import load_dataset
+    from covidct.data.splits import assign_splits
+    from covidct.train.data import apply_label_map
+
+    out = tmp_path / "cv.json"
+    args = cv.parse_args(["--smoke", "--candidates", "base", "e24", "--folds", "2", "--runs-root", str(tmp_path / "runs"),
+                          "--cache-root", str(tmp_path / "cache"), "--out", str(out)])
+    results = cv.run_cv(args)
+    cfg = cv.candidate_config("base", 0, args)
+    d = cfg.data
+    manifest = apply_label_map(load_dataset(d.dataset, root=d.root, **dict(d.options)), d.label_map)
+    manifest = assign_splits(manifest, fractions=tuple(d.split_fractions), seed=d.seed)
+    non_test = set(manifest.loc[manifest["split"] != "test", "path"].astype(str))
+    table = cv.out_of_fold([Path(d) for d in results["candidates"]["base"]["run_dirs"]])
+    assert set(table["path"].astype(str)) == non_test and len(table) == len(non_test)
+    assert results["non_test_slices"] == len(non_test) and sum(f["slices"] for f in results["candidates"]["e24"]["folds"]) == len(non_test)
+    assert load_config(Path(results["candidates"]["e24"]["run_dirs"][0]) / "config.yaml").training.validation_freq == 3
+    saved = json.loads(out.read_text())
+    assert saved["choice"]["chosen"] in ("base", "e24") and saved["choice"]["rule"].endswith("else base")
