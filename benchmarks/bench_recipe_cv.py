@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -129,7 +128,6 @@ def run_fold(name: str, fold: int, data, args) -> tuple[Path, float]:
     cfg = candidate_config(name, fold, args)
     run_dir = Path(cfg.output_root) / cfg.run_name
     status = run_status(run_dir)
-    seconds = float("nan")
     if status != "finished" or args.overwrite:
         started = time.perf_counter()
         train(cfg, run_dir=run_dir, resume=status == "interrupted" and not args.overwrite, overwrite=args.overwrite,
@@ -277,11 +275,10 @@ def markdown_table(results: dict) -> str:
 
 
 def write_json(results: dict, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=float))
-    os.replace(tmp, path)
+    """The results JSON, written atomically (``covidct.train.state.write_json_atomic``; NaN as null)."""
+    from covidct.train.state import write_json_atomic
+
+    write_json_atomic(path, results)
 
 
 def parse_args(argv=None):
