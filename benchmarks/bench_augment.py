@@ -18,11 +18,9 @@ training path (``compile_augmentation`` decides the default).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -94,8 +92,9 @@ def main(argv=None) -> int:
         "command": "python benchmarks/bench_augment.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        from covidct.train.state import write_json_atomic
+
+        write_json_atomic(args.out, result)
     return 0
 
 

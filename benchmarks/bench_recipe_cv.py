@@ -155,18 +155,6 @@ def binary_arrays(table: pd.DataFrame):
     return y, np.stack([1 - p, p], axis=1), table["group"].astype(str).to_numpy()
 
 
-def macro_f1(y, probs) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y, np.argmax(probs, axis=1), average="macro", labels=[0, 1], zero_division=0))
-
-
-def auc(y, probs) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, probs[:, 1])) if len(np.unique(y)) == 2 else float("nan")
-
-
 def candidate_scores(table: pd.DataFrame, n_bootstrap: int) -> dict:
     """Pooled out-of-fold macro-F1 and AUC with CIs over groups, and the per-fold values."""
     from covidct.evaluate.evaluator import metrics_with_ci
@@ -177,8 +165,9 @@ def candidate_scores(table: pd.DataFrame, n_bootstrap: int) -> dict:
     per_fold = []
     for fold, rows in table.groupby("fold"):
         fy, fp, fg = binary_arrays(rows)
+        scores = metrics_with_ci(fy, fp, fg, ["other", POSITIVE], n_bootstrap=0)
         per_fold.append({"fold": int(fold), "slices": int(len(rows)), "groups": int(len(set(fg))),
-                         "macro_f1": macro_f1(fy, fp), "auc": auc(fy, fp)})
+                         "macro_f1": scores["macro_f1"], "auc": scores["auc_macro_ovr"]})
     return {
         "oof_macro_f1": pooled["macro_f1"],
         "oof_macro_f1_ci": [ci["macro_f1"]["low"], ci["macro_f1"]["high"]] if ci else None,
@@ -193,13 +182,15 @@ def candidate_scores(table: pd.DataFrame, n_bootstrap: int) -> dict:
 def versus_base(base: pd.DataFrame, other: pd.DataFrame, n_bootstrap: int) -> dict:
     """Paired bootstrap (over groups) of the candidate's pooled out-of-fold scores minus ``base``'s."""
     from covidct.evaluate.bootstrap import paired_difference_ci
+    from covidct.evaluate.evaluator import metric_functions
 
     if not base["path"].equals(other["path"]):
         raise SystemExit("the candidates' out-of-fold predictions cover different slices")
     y, probs_a, groups = binary_arrays(base)
     _, probs_b, _ = binary_arrays(other)
-    return {name: paired_difference_ci(fn, y, probs_a, probs_b, groups=groups, n_bootstrap=n_bootstrap)
-            for name, fn in (("macro_f1", macro_f1), ("auc", auc))}
+    functions = metric_functions(["other", POSITIVE])  # the evaluator's own macro-F1 and AUC
+    return {name: paired_difference_ci(functions[key], y, probs_a, probs_b, groups=groups, n_bootstrap=n_bootstrap)
+            for name, key in (("macro_f1", "macro_f1"), ("auc", "auc_macro_ovr"))}
 
 
 def choose(candidates: dict) -> dict:

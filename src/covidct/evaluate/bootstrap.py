@@ -43,11 +43,7 @@ def bootstrap_ci(
     if not 0 < ci < 1:
         raise CovidctError(f"bootstrap_ci: ci must lie in (0, 1), got {ci}.")
     value, replicates, n_groups, unit = _replicates(metric_fn, y_true, scores, groups, n_bootstrap, seed, "bootstrap_ci")
-    if not replicates:
-        low = high = float("nan")
-    else:
-        alpha = (1.0 - ci) / 2.0
-        low, high = (float(v) for v in np.quantile(replicates, [alpha, 1.0 - alpha]))
+    low, high = _percentiles(replicates, ci)
     return {
         "value": value,
         "low": low,
@@ -87,6 +83,15 @@ def _replicates(metric_fn, y_true, scores, groups, n_bootstrap: int, seed: int, 
         if replicate is not None and np.isfinite(replicate):
             replicates.append(float(replicate))
     return value, replicates, n_groups, unit
+
+
+def _percentiles(replicates: list, ci: float) -> tuple[float, float]:
+    """The percentile interval of the replicates at coverage ``ci`` (NaN, NaN when there are none)."""
+    if not replicates:
+        return float("nan"), float("nan")
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
+    return float(low), float(high)
 
 
 def paired_difference_ci(
@@ -130,10 +135,7 @@ def paired_difference_ci(
 
     value, replicates, n_groups, unit = _replicates(difference, y_true, np.stack([scores_a, scores_b], axis=1), groups,
                                                     n_bootstrap, seed, "paired_difference_ci")
-    low = high = share = float("nan")
-    if replicates:
-        alpha = (1.0 - ci) / 2.0
-        low, high = (float(v) for v in np.quantile(replicates, [alpha, 1.0 - alpha]))
-        share = float(np.mean(np.asarray(replicates) > 0))
+    low, high = _percentiles(replicates, ci)
+    share = float(np.mean(np.asarray(replicates) > 0)) if replicates else float("nan")
     return {"value": value, "low": low, "high": high, "ci": ci, "n_groups": int(n_groups),
             "n_bootstrap": len(replicates), "unit": unit, "share_b_better": share}

@@ -98,12 +98,20 @@ def metrics_with_ci(y_true, probs, groups, class_names, n_bootstrap=1000, ci=0.9
     y_true = np.asarray(y_true).astype(int)
     result = compute_metrics(y_true, probs, class_names, threshold=threshold, positive_class=positive_class)
     if n_bootstrap:
-        positive_index = resolve_positive_index(class_names, positive_class) if len(class_names) == 2 else None
         result["ci"] = {
             name: bootstrap_ci(fn, y_true, np.asarray(probs), groups=groups, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
-            for name, fn in _metric_functions(class_names, threshold, positive_index).items()
+            for name, fn in metric_functions(class_names, threshold, positive_class).items()
         }
     return result
+
+
+def metric_functions(class_names, threshold=None, positive_class=None) -> dict:
+    """The headline metrics as functions ``fn(y_true, probs) -> float`` (what the bootstrap CIs resample):
+    ``macro_f1``, ``auc_macro_ovr``, ``accuracy``, ``balanced_accuracy``, ``weighted_f1`` and, for two
+    classes, ``sensitivity`` / ``specificity`` of ``positive_class``. For comparisons on resampled rows
+    (``covidct.evaluate.bootstrap.paired_difference_ci``) with the evaluator's own definitions."""
+    positive_index = resolve_positive_index(class_names, positive_class) if len(class_names) == 2 else None
+    return _metric_functions(class_names, threshold, positive_index)
 
 
 def _predict(loaded, images, rows, batch_size, tta: bool, mc_dropout: int):
