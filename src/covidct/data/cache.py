@@ -24,6 +24,7 @@ most one chunk of decoded images per worker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -252,6 +253,38 @@ def build_cache(
     if (folder / "meta.json").is_file():
         logger.info("reusing cache %s", folder)
         return Cache.open(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _build_lock(folder):  # another process building this cache: wait for it, then reuse what it built
+        if (folder / "meta.json").is_file():
+            logger.info("reusing cache %s (built by another process meanwhile)", folder)
+            return Cache.open(folder)
+        return _build(manifest, stage, size, folder, key, workers, progress, chunk_size)
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path):
+    """An exclusive lock on ``folder/.build.lock`` while one process builds the cache (POSIX ``flock``; where
+    ``fcntl`` is missing, e.g. Windows, no lock: build a cache from one process at a time there)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(folder / ".build.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process building %s", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(manifest: pd.DataFrame, stage: str, size: int, folder: Path, key: str, workers: int | None,
+           progress: bool, chunk_size: int) -> Cache:
+    """``build_cache``'s work, under the folder's build lock: chunks (resumable), then the final memmaps."""
     chunks_dir = folder / "chunks"
     chunks_dir.mkdir(parents=True, exist_ok=True)
     has_targets = "mask_path" in manifest and (manifest["mask_path"].astype(str) != "").any()
