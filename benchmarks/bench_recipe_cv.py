@@ -17,10 +17,11 @@ was trained):
   (a fixed budget, the final epoch is kept), so the held-out fold selects nothing; it is scored once,
   after the last epoch (``training.validation_freq`` = epochs), through ``covidct.evaluate.evaluate_run``.
 * Candidates (``CANDIDATES``): overrides of that config, compared in rounds (``ROUNDS``), each with its own
-  base: round ``s11``'s base is the then-shipped recipe (``base``), round ``s12``'s the recipe s11 chose
-  (``aug-e24``). Round ``s12`` ran on a GPU (JAX; ``--export-data`` here, ``--data-dir`` there, the folds
-  trained by parallel ``--train-only`` workers and scored by one ``--score-only`` pass): a candidate whose
-  folds did not all finish within the call is listed as unfinished and is not eligible.
+  base: round ``s11``'s base is the then-shipped recipe (``base``); rounds ``s12`` and ``s13`` take the recipe
+  s11 chose (``aug-e24``). Rounds ``s12`` and ``s13`` ran on a GPU (JAX; ``--export-data`` here,
+  ``--data-dir`` there, the folds trained by parallel ``--train-only`` workers and scored by one
+  ``--score-only`` pass): a candidate whose folds did not all finish within the call is listed as unfinished
+  and is not eligible.
 * Scores: pooled out-of-fold predictions (each non-test slice predicted once, by the model of the fold
   that did not train on it): macro-F1 at the argmax (the issue's metric) and AUC, 95% CIs by bootstrap
   over groups; per-fold values; each candidate minus ``base`` by a paired bootstrap over groups
@@ -36,10 +37,16 @@ was trained):
   training.schedule=cosine training.augmentation=stage``): aug-e24-wide → ``G --set S "model.kwargs={dropout_rate:
   0.2, filters: [32, 64, 128, 256]}" --tag=-last-cos-aug-e24-wide``; aug-e24-s192 → ``G --size 192 --set S
   --tag=-last-cos-aug-e24-s192``; aug-e24-tta → ``G --set S evaluation.tta=true --tag=-last-cos-aug-e24-tta``.
+  Round s13 likewise: aug-e24-resnet18 → ``G --set S model.name=resnet18 "model.kwargs={dropout_rate: 0.2}"
+  --tag=-last-cos-aug-e24-resnet18``; aug-e24-effb0 → ``G --set S model.name=efficientnet_b0
+  "model.kwargs={dropout_rate: 0.2}" --tag=-last-cos-aug-e24-effb0``; aug-e24-tsmall → ``G --set S
+  model.name=transfusion_small "model.kwargs={}" --tag=-last-cos-aug-e24-tsmall``.
   Issue 9's test target counts as met only if the **median single model** of the three seeds reaches test
   macro-F1 >= 0.94 (argmax) and AUC >= 0.98; the 3-seed ensemble is reported beside it, not used for the claim.
   Each of those candidates trains in under 30 CPU minutes per seed on the dev VM (estimated from the median
-  train step, 32 slices: small_cnn 128 px 0.25 s, wide 0.63 s, 192 px 0.58 s; ~1,300 steps per run).
+  train step, 32 slices: small_cnn 128 px 0.25 s, wide 0.63 s, 192 px 0.58 s; ~1,300 steps per run). Round s13,
+  measured the same way without XLA: small_cnn 0.16 s, resnet18 0.62 s, efficientnet_b0 0.68 s,
+  transfusion_small 0.57 s per step (~15 CPU minutes per run); transfusion_tiny (1.48 s) was left out for that.
 
 Everything trains through ``covidct.train.train``. Finished folds are reused (resumable); ``--overwrite``
 retrains. Examples::
@@ -71,7 +78,8 @@ BASE_CONFIG = REPO / "configs" / "sars-cov-2-ct" / "small_cnn-lungs-robust-basel
 #: (session 12, pre-registered before it ran) takes ``aug-e24`` as its base and tries more capacity
 #: (``aug-e24-wide``: twice the filters, ~4x the convolution FLOPs), more pixels (``aug-e24-s192``) and mirror
 #: test-time augmentation (``aug-e24-tta``: same fold models as ``aug-e24``, prediction averaged with its
-#: horizontal flip).
+#: horizontal flip). Round ``s13`` (session 12, pre-registered after s12 kept aug-e24) tries other registered
+#: architectures, from scratch, with the same recipe: resnet18, efficientnet_b0, transfusion_small.
 AUG_E24 = ["training.augmentation=stage", "training.epochs=24"]
 CANDIDATES: dict[str, list[str]] = {
     "base": [],
@@ -81,11 +89,15 @@ CANDIDATES: dict[str, list[str]] = {
     "aug-e24-wide": AUG_E24 + ["model.kwargs={dropout_rate: 0.2, filters: [32, 64, 128, 256]}"],
     "aug-e24-s192": AUG_E24 + ["data.size=192"],
     "aug-e24-tta": AUG_E24 + ["evaluation.tta=true"],
+    "aug-e24-resnet18": AUG_E24 + ["model.name=resnet18", "model.kwargs={dropout_rate: 0.2}"],
+    "aug-e24-effb0": AUG_E24 + ["model.name=efficientnet_b0", "model.kwargs={dropout_rate: 0.2}"],
+    "aug-e24-tsmall": AUG_E24 + ["model.name=transfusion_small", "model.kwargs={}"],
 }
 #: round -> (its base, its candidates in order).
 ROUNDS: dict[str, tuple[str, list[str]]] = {
     "s11": ("base", ["base", "e24", "aug", "aug-e24"]),
     "s12": ("aug-e24", ["aug-e24", "aug-e24-wide", "aug-e24-s192", "aug-e24-tta"]),
+    "s13": ("aug-e24", ["aug-e24", "aug-e24-resnet18", "aug-e24-effb0", "aug-e24-tsmall"]),
 }
 #: Candidates that differ from another only in ``evaluation.*``: they reuse that candidate's trained fold
 #: models (copied into their own run folders) and only predict differently.
