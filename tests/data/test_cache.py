@@ -182,3 +182,34 @@ def test_cli_preprocess(tmp_path, capsys):
     assert code == 0
     assert "12 samples (12, 8, 8, 1), 0 file(s) skipped" in capsys.readouterr().out
     assert main(["preprocess", "--dataset", "folder", "--root", str(tmp_path / "data"), "--stage", "lungz"]) == 2
+
+
+def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path):
+    """Two processes building one cache used to race (one removed the chunks the other was writing). Now a
+    builder holds ``.build.lock`` (flock: separate opens conflict even in one process): while it is held,
+    another ``build_cache`` of the same cache waits, computes nothing, and then reuses the finished cache."""
+    import fcntl
+    import threading
+
+    manifest = dataset(tmp_path)
+    first = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False, chunk_size=5)
+    folder = tmp_path / "other" / first.path.name  # the same key in another cache root, not built yet
+    folder.mkdir(parents=True)
+    CALLS.clear()
+    result = {}
+    with open(folder / ".build.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # "another process" is building
+        waiter = threading.Thread(target=lambda: result.update(cache=build_cache(
+            manifest, "test-data-gray", 16, tmp_path / "other", workers=1, progress=False, chunk_size=5)))
+        waiter.start()
+        waiter.join(timeout=1.5)
+        assert waiter.is_alive() and CALLS == [] and not (folder / "chunks").exists()
+        # The holder finishes: a complete cache appears in the folder, then the lock is released.
+        for item in first.path.iterdir():
+            if item.is_file():
+                (folder / item.name).write_bytes(item.read_bytes())
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and CALLS == []  # reused, not rebuilt
+    assert result["cache"].path == folder
+    np.testing.assert_array_equal(result["cache"].images, first.images)

@@ -88,3 +88,64 @@ def test_cross_validation_never_sees_a_test_row_and_predicts_every_other_row_onc
     assert load_config(Path(results["candidates"]["e24"]["run_dirs"][0]) / "config.yaml").training.validation_freq == 3
     saved = json.loads(out.read_text())
     assert saved["choice"]["chosen"] in ("base", "e24") and saved["choice"]["rule"].endswith("else base")
+
+
+def test_rounds_name_known_candidates_and_evaluation_only_ones_share_their_training(cv):
+    for round_name, (base, names) in cv.ROUNDS.items():
+        assert base in names and set(names) <= set(cv.CANDIDATES), round_name
+    for name, source in cv.EVALUATION_ONLY.items():
+        extra = [o for o in cv.CANDIDATES[name] if o not in cv.CANDIDATES[source]]
+        assert extra and all(o.startswith("evaluation.") for o in extra)
+        assert all(o in cv.CANDIDATES[name] for o in cv.CANDIDATES[source])
+
+
+def test_the_rule_compares_with_the_round_base(cv):
+    scores = {"aug-e24": _scores(0.868, 0.918), "aug-e24-s192": _scores(0.872, 0.919), "aug-e24-wide": _scores(0.866, 0.92)}
+    kept = cv.choose(scores, "aug-e24")
+    assert kept["chosen"] == "aug-e24" and kept["best_by_oof_macro_f1"] == "aug-e24-s192"
+    assert kept["gain_over_base"] == pytest.approx(0.004) and kept["rule"].endswith("else aug-e24")
+    scores["aug-e24-wide"] = _scores(0.880, 0.90)
+    assert cv.choose(scores, "aug-e24")["chosen"] == "aug-e24-wide"
+
+
+def test_exported_workers_and_score_only_pass_with_mirror_tta(cv, tmp_path):
+    """The GPU flow on phantoms: --export-data writes only non-test rows (the same arrays a normal run
+    reads); --train-only workers fill in folds; --score-only scores only candidates whose folds all
+    finished; the evaluation-only candidate reuses its source's fold models and its probabilities are the
+    mean of the model's on each image and its mirror image (computed here with Keras directly)."""
+    import keras
+
+    from covidct.data.splits import grouped_kfold
+
+    common = ["--smoke", "--round", "s12", "--folds", "2", "--runs-root", str(tmp_path / "runs"),
+              "--cache-root", str(tmp_path / "cache")]
+    own = cv.non_test_data(cv.parse_args(common), "aug-e24")
+    assert cv.main(common + ["--export-data", str(tmp_path / "bundle")]) == 0
+    stem = cv.bundle_stem(tmp_path / "bundle", "lungs-robust", 32)
+    assert {p.name for p in (tmp_path / "bundle").iterdir()} == {
+        f"nontest-lungs-robust-{s}.{e}" for s in (32, 48) for e in ("npz", "csv")}
+    with np.load(f"{stem}.npz") as saved:
+        np.testing.assert_array_equal(saved["images"], np.asarray(own.images))
+    assert not (pd.read_csv(f"{stem}.csv")["split"] == "test").any()
+
+    run = common + ["--data-dir", str(tmp_path / "bundle"), "--candidates", "aug-e24", "aug-e24-tta"]
+    assert cv.main(run + ["--train-only", "--fold", "0"]) == 0
+    partial = cv.run_cv(cv.parse_args(run + ["--score-only"]))
+    assert set(partial["unfinished"]) == {"aug-e24", "aug-e24-tta"} and "choice" not in partial
+    assert cv.main(run + ["--train-only", "--fold", "1"]) == 0
+    results = cv.run_cv(cv.parse_args(run + ["--score-only", "--out", str(tmp_path / "cv.json")]))
+    assert results["unfinished"] == {} and results["choice"]["base"] == "aug-e24"
+
+    data = cv.non_test_data(cv.parse_args(run), "aug-e24")
+    held_out = grouped_kfold(data.manifest, k=2, seed=0)[1][1]
+    source_dir, tta_dir = (Path(results["candidates"][n]["run_dirs"][1]) for n in ("aug-e24", "aug-e24-tta"))
+    assert (tta_dir / "model.keras").read_bytes() == (source_dir / "model.keras").read_bytes()
+    model = keras.saving.load_model(source_dir / "model.keras", compile=False)
+    x = np.asarray(data.images[held_out], dtype="float32")
+    probs = (keras.ops.convert_to_numpy(keras.ops.softmax(model(x, training=False)))
+             + keras.ops.convert_to_numpy(keras.ops.softmax(model(x[:, :, ::-1], training=False)))) / 2
+    expected = pd.Series(probs[:, data.class_names.index("COV")], index=data.manifest["path"].iloc[held_out].to_numpy())
+    saved = pd.read_csv(tta_dir / "predictions_val.csv").set_index("path")["prob_COV"]
+    np.testing.assert_allclose(saved.loc[expected.index].to_numpy(), expected.to_numpy(), atol=1e-5)
+    plain = pd.read_csv(source_dir / "predictions_val.csv").set_index("path")["prob_COV"]
+    assert not np.allclose(plain.loc[expected.index].to_numpy(), expected.to_numpy(), atol=1e-5)
