@@ -47,6 +47,14 @@ was trained):
   train step, 32 slices: small_cnn 128 px 0.25 s, wide 0.63 s, 192 px 0.58 s; ~1,300 steps per run). Round s13,
   measured the same way without XLA: small_cnn 0.16 s, resnet18 0.62 s, efficientnet_b0 0.68 s,
   transfusion_small 0.57 s per step (~15 CPU minutes per run); transfusion_tiny (1.48 s) was left out for that.
+* Round ``curve`` (session 12, a diagnostic on the dev VM's CPU, fixed before it ran): does ~21% more training
+  data help this recipe? ``aug-e24-sub83`` trains each fold on ~83% of the fold's training rows, by whole groups
+  (``subsample_groups``: stratified by the group's majority label, seed = ``--cv-seed``) — 1,749 / 2,121, the
+  standard split's training rows over all non-test rows — and is paired with ``aug-e24`` (session 11's CPU fold
+  runs, reused) on the same held-out rows. Reading fixed now: if ``aug-e24`` beats ``aug-e24-sub83`` by >= 0.01
+  pooled OOF macro-F1, refitting the chosen recipe on all 2,121 non-test slices (train + val; a fixed budget
+  selects nothing) earns one pre-registered test look in a later change; otherwise more data of this kind is no
+  lever either. The round's "choice" line is not used.
 
 Everything trains through ``covidct.train.train``. Finished folds are reused (resumable); ``--overwrite``
 retrains. Examples::
@@ -92,12 +100,17 @@ CANDIDATES: dict[str, list[str]] = {
     "aug-e24-resnet18": AUG_E24 + ["model.name=resnet18", "model.kwargs={dropout_rate: 0.2}"],
     "aug-e24-effb0": AUG_E24 + ["model.name=efficientnet_b0", "model.kwargs={dropout_rate: 0.2}"],
     "aug-e24-tsmall": AUG_E24 + ["model.name=transfusion_small", "model.kwargs={}"],
+    "aug-e24-sub83": AUG_E24,
 }
+#: Candidates trained on a group subsample of each training fold (the held-out fold unchanged): a learning-curve
+#: point. 0.83 ~ 1,749 / 2,121, the standard split's training rows over all non-test rows.
+TRAIN_FRACTION: dict[str, float] = {"aug-e24-sub83": 0.83}
 #: round -> (its base, its candidates in order).
 ROUNDS: dict[str, tuple[str, list[str]]] = {
     "s11": ("base", ["base", "e24", "aug", "aug-e24"]),
     "s12": ("aug-e24", ["aug-e24", "aug-e24-wide", "aug-e24-s192", "aug-e24-tta"]),
     "s13": ("aug-e24", ["aug-e24", "aug-e24-resnet18", "aug-e24-effb0", "aug-e24-tsmall"]),
+    "curve": ("aug-e24", ["aug-e24", "aug-e24-sub83"]),
 }
 #: Candidates that differ from another only in ``evaluation.*``: they reuse that candidate's trained fold
 #: models (copied into their own run folders) and only predict differently.
@@ -163,14 +176,46 @@ def export_non_test(args) -> list[Path]:
     return written
 
 
-def fold_data(data, held_out: np.ndarray):
-    """The non-test data with fold ``held_out``'s rows as ``val`` and the others as ``train``."""
+def fold_data(data, held_out: np.ndarray, train_fraction: float = 1.0, seed: int = 0):
+    """The non-test data with fold ``held_out``'s rows as ``val`` and the others as ``train``.
+
+    ``train_fraction`` < 1 keeps only part of the training rows, by whole groups (``subsample_groups``); the
+    held-out rows are the same, so the candidate's out-of-fold predictions pair with the others'."""
     from covidct.train.data import data_from_arrays
 
     split = np.full(len(data.manifest), "train", dtype=object)
     split[held_out] = "val"
-    return data_from_arrays(data.images, data.manifest.assign(split=split), classes=data.class_names,
-                            source="cross-validation fold")
+    keep = np.arange(len(split))
+    if train_fraction < 1.0:
+        train_rows = np.flatnonzero(split == "train")
+        kept = subsample_groups(data.manifest.iloc[train_rows], train_fraction, seed)
+        keep = np.sort(np.concatenate([train_rows[kept], np.flatnonzero(split == "val")]))
+    manifest = data.manifest.iloc[keep].assign(split=split[keep]).reset_index(drop=True)
+    return data_from_arrays(np.asarray(data.images[keep]) if len(keep) < len(split) else data.images, manifest,
+                            classes=data.class_names, source="cross-validation fold")
+
+
+def subsample_groups(manifest: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Positions (into ``manifest``) of whole groups holding about ``fraction`` of each class's rows.
+
+    Groups are stratified by their majority label; within each stratum they are taken in a seeded random order
+    until the stratum's kept rows reach ``fraction`` of its rows (the last group taken may overshoot)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    groups = manifest["group"].astype(str).to_numpy()
+    majority = manifest.groupby(groups)["label"].agg(lambda x: x.astype(str).value_counts().index[0])
+    sizes = pd.Series(groups).value_counts()
+    chosen = []
+    for label in sorted(set(majority)):
+        stratum = np.array(sorted(majority.index[majority == label]))
+        target, total = fraction * sizes[stratum].sum(), 0
+        for group in stratum[rng.permutation(len(stratum))]:
+            if total >= target:
+                break
+            chosen.append(group)
+            total += sizes[group]
+    return np.flatnonzero(np.isin(groups, chosen))
 
 
 # ------------------------------------------------------------------------------------------ train/eval
@@ -333,7 +378,8 @@ def run_cv(args) -> dict:
         for name in args.candidates:
             for k in args.fold if args.fold is not None else range(args.folds):
                 log.info("candidate %s, fold %d/%d: training only", name, k + 1, args.folds)
-                run_fold(name, k, fold_data(datasets[data_key(name, args)], folds[k][1]), args)
+                run_fold(name, k, fold_data(datasets[data_key(name, args)], folds[k][1],
+                                            TRAIN_FRACTION.get(name, 1.0), args.cv_seed), args)
         return results
     tables = {}
     for name in args.candidates:
@@ -341,7 +387,8 @@ def run_cv(args) -> dict:
         try:
             for k, (_, held_out) in enumerate(folds):
                 log.info("candidate %s, fold %d/%d (%d held-out slices)", name, k + 1, args.folds, len(held_out))
-                run_dir, took = run_fold(name, k, fold_data(datasets[data_key(name, args)], held_out), args)
+                fold = fold_data(datasets[data_key(name, args)], held_out, TRAIN_FRACTION.get(name, 1.0), args.cv_seed)
+                run_dir, took = run_fold(name, k, fold, args)
                 run_dirs.append(run_dir)
                 seconds.append(took)
         except Unfinished as error:  # --score-only: a fold never finished; the candidate is not eligible

@@ -149,3 +149,33 @@ def test_exported_workers_and_score_only_pass_with_mirror_tta(cv, tmp_path):
     np.testing.assert_allclose(saved.loc[expected.index].to_numpy(), expected.to_numpy(), atol=1e-5)
     plain = pd.read_csv(source_dir / "predictions_val.csv").set_index("path")["prob_COV"]
     assert not np.allclose(plain.loc[expected.index].to_numpy(), expected.to_numpy(), atol=1e-5)
+
+
+def test_subsample_groups_keeps_whole_groups_and_about_the_fraction_of_each_class(cv):
+    """10 COV groups of 3 rows and 10 NonCOV groups of 5 rows: at 0.8 exactly 8 groups of each class are kept
+    (24 of 30 and 40 of 50 rows), whole; the draw is fixed by the seed and changes with it."""
+    rows = [{"group": f"c{g}", "label": "COV"} for g in range(10) for _ in range(3)]
+    rows += [{"group": f"n{g}", "label": "NonCOV"} for g in range(10) for _ in range(5)]
+    manifest = pd.DataFrame(rows)
+    kept = cv.subsample_groups(manifest, 0.8, seed=0)
+    picked = manifest.iloc[kept]
+    assert picked["label"].value_counts().to_dict() == {"NonCOV": 40, "COV": 24}
+    assert picked["group"].nunique() == 16
+    assert (picked.groupby("group").size() == manifest[manifest["group"].isin(picked["group"])].groupby("group").size()).all()
+    np.testing.assert_array_equal(kept, cv.subsample_groups(manifest, 0.8, seed=0))
+    assert set(picked["group"]) != set(manifest.iloc[cv.subsample_groups(manifest, 0.8, seed=1)]["group"])
+    assert len(cv.subsample_groups(manifest, 1.0, seed=0)) == len(manifest)
+    with pytest.raises(ValueError, match="fraction"):
+        cv.subsample_groups(manifest, 0.0, seed=0)
+
+
+def test_a_subsampled_fold_keeps_its_held_out_rows(cv):
+    from covidct.train.data import phantom_slice_data
+
+    data = phantom_slice_data(60, 32, seed=0)
+    held_out = np.arange(0, 60, 4)
+    full, part = cv.fold_data(data, held_out), cv.fold_data(data, held_out, 0.5, seed=0)
+    assert (full.manifest["split"] == "val").sum() == (part.manifest["split"] == "val").sum() == len(held_out)
+    assert set(part.manifest.loc[part.manifest["split"] == "val", "path"]) == set(data.manifest["path"].iloc[held_out])
+    n_train = (part.manifest["split"] == "train").sum()
+    assert 0.4 * 45 <= n_train < 45 and len(part.images) == len(part.manifest)
