@@ -5,8 +5,8 @@ recipes, and scoring several recipes on the test split would be selection on tes
 all 84 non-test groups gives every non-test slice one out-of-fold prediction and ranks recipes on ~2,100
 slices instead of 372.
 
-Protocol (round s11 fixed in commit 0f1572a, round s12 in the commit that adds it; each before any of its folds
-was trained):
+Protocol (each round fixed in a commit before any of its folds was trained: s11 in 0f1572a, s12 in dbf5afe, s13 in
+10059a6, curve in 543bb23):
 
 * Data: the run config ``configs/sars-cov-2-ct/small_cnn-lungs-robust-baseline.yaml`` (sars-cov-2-ct,
   ``lungs-robust`` stage, 128 px, its grouped split, seed 0). **The test rows are dropped right after
@@ -29,7 +29,7 @@ was trained):
 * Rule: the candidate with the highest pooled out-of-fold macro-F1 is chosen when it beats the round's base
   by at least ``MIN_GAIN``; otherwise the base stays. Equal macro-F1: the higher pooled AUC.
 * Then, and only then, the chosen recipe is trained with seeds 0 1 2 on the standard split and scored on
-  the test split once (``bench_generalization.py --arms standardize --set ...``; round ``s12``: on the dev
+  the test split once (``bench_generalization.py --arms standardize --set ...``; rounds s12/s13: on the dev
   VM's CPU, TensorFlow, so that its training time is a CPU time). If the base stays, the test figures of the
   shipped recipe (BENCHMARKS.md) stand and nothing new is scored on test.
 * Round s12's test run, by choice (``G`` = ``python benchmarks/bench_generalization.py --arms standardize
@@ -63,7 +63,7 @@ retrains. Examples::
     python benchmarks/bench_recipe_cv.py --candidates base aug --folds 4   # a subset
     python benchmarks/bench_recipe_cv.py --smoke --out /tmp/cv.json         # phantoms, about a minute
     python benchmarks/bench_recipe_cv.py --round s12 --export-data .gpu/cv   # non-test arrays for a GPU box
-    bash benchmarks/device/recipe_cv_s12.sh                                 # there: round s12 in parallel
+    ROUND=s12 bash benchmarks/device/recipe_cv.sh                            # there: round s12 in parallel
 """
 
 from __future__ import annotations
@@ -397,7 +397,8 @@ def run_cv(args) -> dict:
             continue
         tables[name] = out_of_fold(run_dirs)
         block = candidate_scores(tables[name], args.n_bootstrap)
-        block.update(overrides=CANDIDATES[name], train_seconds=seconds, run_dirs=[str(d) for d in run_dirs])
+        block.update(overrides=CANDIDATES[name], train_fraction=TRAIN_FRACTION.get(name, 1.0), train_seconds=seconds,
+                     run_dirs=[str(d) for d in run_dirs])
         if name != base and base in tables:
             block["minus_base"] = versus_base(tables[base], tables[name], args.n_bootstrap)
         results["candidates"][name] = block
@@ -424,7 +425,10 @@ def markdown_table(results: dict) -> str:
         diff = block.get("minus_base", {}).get("macro_f1")
         versus = f"{diff['value']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] ({diff['share_b_better']:.2f})" if diff else ""
         folds = " / ".join(f"{f['macro_f1']:.3f}" for f in block["folds"])
-        lines.append(f"| {name} | {' '.join(block['overrides']) or '(shipped recipe)'} | "
+        change = ' '.join(block['overrides']) or '(shipped recipe)'
+        if block.get('train_fraction', 1.0) < 1.0:
+            change += f" (training folds subsampled to {block['train_fraction']:.0%} by groups)"
+        lines.append(f"| {name} | {change} | "
                      f"{ci(block['oof_macro_f1'], block['oof_macro_f1_ci'])} | {ci(block['oof_auc'], block['oof_auc_ci'])} | "
                      f"{folds} | {versus} | {sum(block['train_seconds']):.0f} |")
     for name, why in results.get("unfinished", {}).items():
