@@ -160,15 +160,27 @@ def non_test_data(args, name: str = "base"):
     return data_from_arrays(images, manifest, classes=data.class_names, source=source)
 
 
+def candidate_data(args) -> tuple[dict, dict]:
+    """The selected candidates' non-test data, loaded once per (stage, size): ``({key: data}, {name: data})``.
+    Every key's rows come in the same order (checked), so one fold assignment serves all candidates."""
+    by_key, by_name = {}, {}
+    for name in args.candidates:
+        key = data_key(name, args)
+        if key not in by_key:
+            by_key[key] = non_test_data(args, name)
+            if not by_key[key].manifest["path"].equals(next(iter(by_key.values())).manifest["path"]):
+                raise SystemExit(f"candidate {name!r}: its non-test rows differ from the other candidates'")
+        by_name[name] = by_key[key]
+    return by_key, by_name
+
+
 def export_non_test(args) -> list[Path]:
     """Write the selected candidates' non-test data (``nontest-<stage>-<size>.npz`` + ``.csv``) for a machine
     without the raw dataset (a GPU box): the test rows never leave this machine."""
     out = Path(args.export_data)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for key in dict.fromkeys(data_key(n, args) for n in args.candidates):
-        name = next(n for n in args.candidates if data_key(n, args) == key)
-        data = non_test_data(args, name)
+    for key, data in candidate_data(args)[0].items():
         stem = bundle_stem(out, *key)
         np.savez_compressed(f"{stem}.npz", images=np.asarray(data.images), class_names=np.asarray(data.class_names))
         data.manifest.to_csv(f"{stem}.csv", index=False)
@@ -185,14 +197,13 @@ def fold_data(data, held_out: np.ndarray, train_fraction: float = 1.0, seed: int
 
     split = np.full(len(data.manifest), "train", dtype=object)
     split[held_out] = "val"
-    keep = np.arange(len(split))
+    images, manifest = data.images, data.manifest.assign(split=split)
     if train_fraction < 1.0:
         train_rows = np.flatnonzero(split == "train")
-        kept = subsample_groups(data.manifest.iloc[train_rows], train_fraction, seed)
-        keep = np.sort(np.concatenate([train_rows[kept], np.flatnonzero(split == "val")]))
-    manifest = data.manifest.iloc[keep].assign(split=split[keep]).reset_index(drop=True)
-    return data_from_arrays(np.asarray(data.images[keep]) if len(keep) < len(split) else data.images, manifest,
-                            classes=data.class_names, source="cross-validation fold")
+        keep = np.sort(np.concatenate([train_rows[subsample_groups(manifest.iloc[train_rows], train_fraction, seed)],
+                                       held_out]))
+        images, manifest = np.asarray(data.images[keep]), manifest.iloc[keep].reset_index(drop=True)
+    return data_from_arrays(images, manifest, classes=data.class_names, source="cross-validation fold")
 
 
 def subsample_groups(manifest: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
@@ -356,15 +367,8 @@ def run_cv(args) -> dict:
     from covidct.data.splits import grouped_kfold
 
     base = ROUNDS[args.round][0]
-    datasets = {}  # (stage, size) -> non-test TrainingData, in the same row order for every key
-    for name in args.candidates:
-        key = data_key(name, args)
-        if key not in datasets:
-            datasets[key] = non_test_data(args, name)
-            first = next(iter(datasets.values()))
-            if not datasets[key].manifest["path"].equals(first.manifest["path"]):
-                raise SystemExit(f"candidate {name!r}: its non-test rows differ from the other candidates'")
-    data = next(iter(datasets.values()))
+    _, datasets = candidate_data(args)
+    data = datasets[args.candidates[0]]
     folds = grouped_kfold(data.manifest, k=args.folds, seed=args.cv_seed)
     results = {
         "protocol": __doc__.split("Everything trains through")[0].strip(),
@@ -378,8 +382,8 @@ def run_cv(args) -> dict:
         for name in args.candidates:
             for k in args.fold if args.fold is not None else range(args.folds):
                 log.info("candidate %s, fold %d/%d: training only", name, k + 1, args.folds)
-                run_fold(name, k, fold_data(datasets[data_key(name, args)], folds[k][1],
-                                            TRAIN_FRACTION.get(name, 1.0), args.cv_seed), args)
+                run_fold(name, k, fold_data(datasets[name], folds[k][1], TRAIN_FRACTION.get(name, 1.0), args.cv_seed),
+                         args)
         return results
     tables = {}
     for name in args.candidates:
@@ -387,7 +391,7 @@ def run_cv(args) -> dict:
         try:
             for k, (_, held_out) in enumerate(folds):
                 log.info("candidate %s, fold %d/%d (%d held-out slices)", name, k + 1, args.folds, len(held_out))
-                fold = fold_data(datasets[data_key(name, args)], held_out, TRAIN_FRACTION.get(name, 1.0), args.cv_seed)
+                fold = fold_data(datasets[name], held_out, TRAIN_FRACTION.get(name, 1.0), args.cv_seed)
                 run_dir, took = run_fold(name, k, fold, args)
                 run_dirs.append(run_dir)
                 seconds.append(took)
