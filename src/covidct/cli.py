@@ -46,7 +46,7 @@ def _add_segment(subparsers) -> None:
     train = actions.add_parser("train", help="train and evaluate a segmenter (writes a run folder)")
     train.add_argument("--model", default="bcd_unet", help="registered segmenter: bcd_unet, unet")
     train.add_argument("--dataset", default="kaggle-lungs", choices=["kaggle-lungs", "medseg"])
-    train.add_argument("--root", default=None, help="data root (default COVIDCT_DATA_ROOT or ../shared/data)")
+    train.add_argument("--root", default=None, help="data root (default COVIDCT_DATA_ROOT, else ./data)")
     train.add_argument("--size", type=int, default=64, help="input side in pixels (default 64)")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch-size", type=int, default=8)

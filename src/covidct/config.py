@@ -23,6 +23,7 @@ import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -820,6 +821,43 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
     return cfg
 
 
+def shipped_configs_folder() -> Path:
+    """The folder of the YAML configs shipped inside the package (``covidct/configs``)."""
+    return Path(str(resources.files("covidct") / "configs"))
+
+
+def list_configs() -> list[str]:
+    """Names of the shipped configs, e.g. ``demo``, ``sars-cov-2-ct/base``, ``grids/ct-cov19``."""
+    folder = shipped_configs_folder()
+    return sorted(path.relative_to(folder).with_suffix("").as_posix() for path in folder.rglob("*.yaml"))
+
+
+def config_path(name_or_path: str | os.PathLike) -> Path:
+    """Resolve a config given as a file path or as the name of a shipped config.
+
+    An existing file wins; otherwise ``name_or_path`` is looked up among the shipped configs, with or
+    without ``.yaml`` and a leading ``configs/`` (so ``configs/demo.yaml`` works after a pip install too).
+
+    Raises:
+        CovidctError: neither a file nor a shipped config (close names suggested), or a directory.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        raise CovidctError(f"{path} is a folder, not a config file; pass a YAML file or a shipped config name.")
+    if path.is_file():
+        return path
+    name = path.as_posix()
+    name = name[len("configs/"):] if name.startswith("configs/") else name
+    name = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    shipped = shipped_configs_folder() / f"{name}.yaml"
+    if name in list_configs():
+        return shipped
+    raise CovidctError(
+        f"Config file {path} does not exist and is not a shipped config.{did_you_mean(name, list_configs())} "
+        "List the shipped ones with `covidct config list`."
+    )
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | tuple = (),
@@ -828,7 +866,8 @@ def load_config(
     """Load a RunConfig from YAML and apply ``key=value`` overrides.
 
     Args:
-        path: YAML file (None: all defaults).
+        path: YAML file, or the name of a shipped config such as ``"demo"`` or ``"sars-cov-2-ct/base"``
+            (see :func:`list_configs`); None: all defaults.
         overrides: e.g. ``["training.epochs=3", "data.stage=lungs"]``; values are parsed as YAML.
         validate: check choices and that the model/stage/dataset are registered.
 
@@ -841,10 +880,8 @@ def load_config(
     tree: dict = {}
     source = "config"
     if path is not None:
-        source = str(path)
-        file = Path(path)
-        if not file.is_file():
-            raise CovidctError(f"Config file {file} does not exist.")
+        file = config_path(path)
+        source = str(file)
         try:
             tree = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as error:

@@ -10,8 +10,9 @@ unknown kind: binary datasets whose negative class mixes healthy and diseased lu
 label map from the dataset's folder names to these classes; an unknown class folder stops with the
 closest known names. ``to_binary`` maps any manifest to COV / NonCOV for cross-dataset evaluation.
 
-When ``root`` is omitted, the loader looks in ``data/raw/<name>`` (where ``covidct download`` puts
-data) and in ``$COVIDCT_DATA_ROOT/<folder>`` for the staged copies of the shared data.
+When ``root`` is omitted, the loader looks in ``<data root>/<name>`` and ``<data root>/<folder>`` (the data
+root is ``$COVIDCT_DATA_ROOT``, else ``./data``), then in ``data/raw/<name>`` (where ``covidct download``
+puts data by default).
 """
 
 from __future__ import annotations
@@ -103,11 +104,22 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> pd.Dat
 
 
 def data_root() -> Path:
-    """The folder of staged real data: ``$COVIDCT_DATA_ROOT`` or ``../shared/data`` next to the repo."""
+    """The folder that holds the datasets: ``$COVIDCT_DATA_ROOT``, else ``./data`` of the working folder.
+
+    Each dataset is looked for in ``<data root>/<name>`` or one of its registered folder names (e.g.
+    ``sars-cov-2-ct-scan``), then in ``data/raw/<name>`` where ``covidct download`` puts it by default.
+    """
     env = os.environ.get("COVIDCT_DATA_ROOT")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    return Path(env) if env else Path("data")
+
+
+def dataset_candidates(name: str) -> list[Path]:
+    """Every folder where dataset ``name`` is looked for, in order (see :func:`data_root`)."""
+    if name not in DATASETS:
+        raise unknown_name_error("dataset", name, DATASETS)
+    spec = DATASETS[name]
+    folders = [data_root() / folder for folder in dict.fromkeys((name,) + spec.folders)]
+    return folders + [Path("data") / "raw" / name]
 
 
 def resolve_root(name: str, root: str | Path | None) -> Path:
@@ -117,8 +129,7 @@ def resolve_root(name: str, root: str | Path | None) -> Path:
         if not root.is_dir():
             raise CovidctError(f"{root}: dataset folder for {name!r} does not exist.")
         return root
-    spec = DATASETS[name]
-    candidates = [Path("data") / "raw" / name] + [data_root() / folder for folder in (name,) + spec.folders]
+    candidates = dataset_candidates(name)
     for candidate in candidates:
         if candidate.is_dir():
             return candidate

@@ -17,13 +17,13 @@ and group. It uses the data layer's ``covidct.data.datasets.load_dataset`` when 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from covidct.data.datasets import data_root
 from covidct.errors import CovidctError, unknown_name_error
 from covidct.preprocess.body import resize_mask
 
@@ -83,9 +83,8 @@ class SegmentationPairs:
 
 
 def default_root() -> Path:
-    """``COVIDCT_DATA_ROOT`` or ``../shared/data`` next to the repository."""
-    env = os.environ.get("COVIDCT_DATA_ROOT")
-    return Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    """The data root: ``$COVIDCT_DATA_ROOT``, else ``./data`` (:func:`covidct.data.datasets.data_root`)."""
+    return data_root()
 
 
 def read_gray(path: Path) -> np.ndarray:
@@ -348,7 +347,7 @@ def load_pairs(
 
     Args:
         dataset: ``"kaggle-lungs"`` or ``"medseg"``.
-        root: data root holding the staged folders (default ``COVIDCT_DATA_ROOT`` or ../shared/data).
+        root: data root holding the staged folders (default ``COVIDCT_DATA_ROOT``, else ./data).
         size: output side in pixels (images: area/linear resampling, masks: nearest).
         with_lungs: also compute ``dilated_lung_mask`` of each image (for lung-masked inputs).
         crop: ``"none"`` (whole slices) or ``"lungs"``: each pair cropped at its source resolution to the

@@ -53,7 +53,7 @@ def segmentation_config(
     Args:
         model: registered segmenter (``"bcd_unet"``, ``"unet"``; ``covidct models --task segmentation``).
         dataset: ``"kaggle-lungs"`` (official train/test split), ``"medseg"`` (needs ``folds``) or ``"phantom"``.
-        root: data root (default ``COVIDCT_DATA_ROOT`` or ../shared/data).
+        root: data root (default ``COVIDCT_DATA_ROOT``, else ./data).
         size: input side in pixels.
         epochs: training epochs (the best validation epoch is kept).
         batch_size: batch size.
