@@ -278,3 +278,22 @@ def test_medseg_infection_lies_in_the_lungs_only_after_the_turn(data_root):
             inside[when][1] += int(turned.sum())
     before, after = (inside[w][0] / inside[w][1] for w in ("before", "after"))
     assert before < 0.60 and after >= 0.85, (before, after)
+
+
+def test_choose_data_finds_the_real_folder_or_falls_back_to_phantoms(tmp_path, monkeypatch):
+    from covidct.data.datasets import choose_data, data_root
+
+    monkeypatch.delenv("COVIDCT_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert data_root() == Path("data")
+    missing = choose_data("sars-cov-2-ct", tmp_path / "nowhere")
+    assert missing.dataset == "phantom" and not missing.is_real
+    assert str(missing).startswith("Data: synthetic phantoms")
+    assert tmp_path / "nowhere" / "sars-cov-2-ct-scan" in missing.looked_in
+    (tmp_path / "store" / "sars-cov-2-ct-scan").mkdir(parents=True)
+    found = choose_data("sars-cov-2-ct", tmp_path / "store")
+    assert found.is_real and found.root == tmp_path / "store" / "sars-cov-2-ct-scan"
+    assert str(found) == f"Data: real dataset 'sars-cov-2-ct' from {found.root}"
+    monkeypatch.setenv("COVIDCT_DATA_ROOT", str(tmp_path / "store"))
+    assert choose_data("sars-cov-2-ct").root == found.root
+    assert choose_data("phantom").dataset == "phantom"

@@ -113,13 +113,72 @@ def data_root() -> Path:
     return Path(env) if env else Path("data")
 
 
-def dataset_candidates(name: str) -> list[Path]:
-    """Every folder where dataset ``name`` is looked for, in order (see :func:`data_root`)."""
+def dataset_candidates(name: str, root_of_datasets: str | Path | None = None) -> list[Path]:
+    """Every folder where dataset ``name`` is looked for, in order.
+
+    Args:
+        name: a registered dataset.
+        root_of_datasets: the folder that holds the datasets; default :func:`data_root`.
+    """
     if name not in DATASETS:
         raise unknown_name_error("dataset", name, DATASETS)
     spec = DATASETS[name]
-    folders = [data_root() / folder for folder in dict.fromkeys((name,) + spec.folders)]
+    base = Path(root_of_datasets) if root_of_datasets is not None else data_root()
+    folders = [base / folder for folder in dict.fromkeys((name,) + spec.folders)]
     return folders + [Path("data") / "raw" / name]
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """Which data a notebook or workflow runs on: a real dataset folder, or synthetic phantoms instead.
+
+    Attributes:
+        dataset: the registered dataset that will be loaded (``phantom`` when the real one is missing).
+        root: its folder (None for phantoms, which are generated on first use).
+        requested: the dataset that was asked for.
+        looked_in: the folders searched for it.
+    """
+
+    dataset: str
+    root: Path | None
+    requested: str
+    looked_in: tuple = ()
+
+    @property
+    def is_real(self) -> bool:
+        return self.root is not None
+
+    def __str__(self) -> str:
+        if self.is_real:
+            return f"Data: real dataset {self.dataset!r} from {self.root}"
+        places = ", ".join(str(p) for p in self.looked_in)
+        return (
+            f"Data: synthetic phantoms ({self.dataset!r}), because {self.requested!r} was not found "
+            f"(looked in {places}); set DATA_ROOT / COVIDCT_DATA_ROOT to the folder that holds it."
+        )
+
+
+def choose_data(
+    dataset: str, root_of_datasets: str | Path | None = None, fallback: str = "phantom"
+) -> DataChoice:
+    """The real dataset when its folder exists, else the synthetic ``fallback`` (never an error).
+
+    Args:
+        dataset: the registered dataset wanted (e.g. ``"sars-cov-2-ct"``); ``"phantom"`` asks for phantoms.
+        root_of_datasets: the folder holding the datasets (a notebook's ``DATA_ROOT``); default
+            :func:`data_root`.
+        fallback: the synthetic dataset used when ``dataset`` is not found.
+
+    Returns:
+        A DataChoice whose ``str()`` is the one line a notebook prints first.
+    """
+    if dataset in ("phantom", "phantom-volumes"):
+        return DataChoice(dataset, None, dataset)
+    candidates = dataset_candidates(dataset, root_of_datasets)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return DataChoice(dataset, candidate, dataset, tuple(candidates))
+    return DataChoice(fallback, None, dataset, tuple(candidates))
 
 
 def resolve_root(name: str, root: str | Path | None) -> Path:
