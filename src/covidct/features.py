@@ -1,4 +1,5 @@
-"""Feature baselines (seed 004): frozen CNN features → scikit-learn classifiers, same evaluator.
+"""Feature baselines: frozen CNN features → scikit-learn classifiers, same evaluator (as in the transfer-learning study
+"Covid Classification and Opacification using Transfer Learning").
 
 Any registered classifier serves as a frozen feature extractor: its output just before the ``logits``
 layer (for ImageNet backbones with ``weights="imagenet"`` that is the pooled ImageNet feature, with the

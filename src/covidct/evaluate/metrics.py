@@ -1,7 +1,7 @@
 """Classification metrics on class probabilities, computed with scikit-learn.
 
 Every AUC here is computed on probabilities (softmax or sigmoid outputs), never on raw logits or on
-thresholded labels, and the headline AUC is the one-vs-rest *macro* average (the seed's micro AUC on
+thresholded labels, and the headline AUC is the one-vs-rest *macro* average (the original study's micro AUC on
 logits over-stated its models). Macro F1 is reported next to weighted F1 so a minority class cannot
 hide. A class that is absent from ``y_true`` has no defined AUC: it is reported as NaN and left out of
 the macro average, with the list of absent classes in the result.

@@ -1,4 +1,4 @@
-"""Layer activation visualisation: the feature maps of one layer for one image (seed 002)."""
+"""Layer activation visualisation: the feature maps of one layer for one image (covid_from_ctscan)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ feature maps ``A`` (shape ``(h, w, K)``) of a chosen layer are offered, all from
 
 - ``"gradcam"`` (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391): channel weight
   ``w_k = mean_ij G_ijk``.
-- ``"guided"``: the variant of the CT-COV19 study's notebook (seed 001), which keeps only positive
+- ``"guided"``: the variant of the CT-COV19 study's notebook, which keeps only positive
   gradients at positive activations: ``w_k = mean_ij [A_ijk > 0] [G_ijk > 0] G_ijk``.
 - ``"gradcam++"`` (Chattopadhay et al. 2018, https://arxiv.org/abs/1710.11063, eq. 19 with the
   exponential of the score, as in pytorch-grad-cam): ``w_k = sum_ij relu(G_ijk) a_ijk`` with
@@ -584,7 +584,7 @@ def compute_heatmaps(
         class_index: None (each image's predicted class), an int for all images, or N ints.
         layer_name: layer to explain (path ``"outer/inner"`` inside nested models); default: the
             registry spec's ``gradcam_layer``, else the last layer with a 4-D output.
-        method: ``"gradcam"`` (default), ``"guided"`` (seed 001) or ``"gradcam++"``.
+        method: ``"gradcam"`` (default), ``"guided"`` (the CT-COV19 study's variant) or ``"gradcam++"``.
         batch_size: images per forward/backward pass.
         masks: optional second input (e.g. the lung mask of the masked EfficientNet), appended after
             ``images``.

@@ -72,7 +72,7 @@ def overlay(image, heatmap, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray
     Args:
         image: (H, W) or (H, W, C) image (see ``display_rgb``).
         heatmap: float (h, w) in [0, 1]; resized bilinearly to (H, W) when it differs.
-        alpha: weight of the heatmap colour, in [0, 1] (0.5 as in the seed's notebook).
+        alpha: weight of the heatmap colour, in [0, 1] (0.5 as in the original study's notebook).
         cmap: matplotlib colormap name.
 
     Returns:

@@ -117,7 +117,7 @@ register_model(
         task="segmentation",
         family="bcd_unet",
         input_shape=(256, 256, 1),
-        reference="Azad et al. 2019, BCDU-Net, arXiv:1909.00166 (lung masks in seed 000)",
+        reference="Azad et al. 2019, BCDU-Net, arXiv:1909.00166 (lung masks in Covid-detection-with-CT-scans)",
         description="BCD-U-Net D3: dense 8f bottleneck, ConvLSTM skip fusion; base_filters option",
         test_input_shape=(32, 32, 1),
     )

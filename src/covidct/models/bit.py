@@ -121,7 +121,7 @@ def build_bit(
         num_classes: number of logits.
         weights: None (random), a path to an official BiT ``.npz`` file (backbone loaded with
             ``load_bit_npz``), or a path to a Keras weights file saved from this model.
-        freeze_backbone: train only the Dense head (the seed's linear probe).
+        freeze_backbone: train only the Dense head (the original study's linear probe).
         zero_head: initialise the head to zeros (BiT's fine-tuning recipe).
 
     Returns:

@@ -3,7 +3,7 @@
 Volumes follow the toolkit convention: HU clipped to [-1000, 400] and mapped linearly to 0..255
 (lung and soft tissue kept, bone and air saturated); the models rescale by 1/255 inside.
 
-* ``cnn3d_covidscan`` (seed 003, MosMedData, 64x64x32 i.e. (32, 64, 64, 1)): Conv3D(64, 3, relu) →
+* ``cnn3d_covidscan`` (CovidScan, MosMedData, 64x64x32 i.e. (32, 64, 64, 1)): Conv3D(64, 3, relu) →
   MaxPool3D(2) → BN → Dropout 0.5 → Conv3D(128, 3, relu) → MaxPool3D(2) → BN → Dropout 0.5 → Flatten
   → Dense(512, relu) → Dense(256, relu) → Dense(num_classes) logits. The Flatten makes the Dense layer
   large (77 M parameters at the default shape).
@@ -87,7 +87,7 @@ def build_cnn3d(input_shape, num_classes: int, weights=None, *, _variant: str = 
 
 
 _REFERENCES = {
-    "cnn3d_covidscan": "Seed 003 (MosMedData 3D CNN, 64x64x32); Zunair et al. 2020, arXiv:2007.13224",
+    "cnn3d_covidscan": "CovidScan, github.com/kaiznanji/CovidScan (MosMedData 3D CNN, 64x64x32); Zunair et al. 2020, arXiv:2007.13224",
     "cnn3d_kerasio": "keras.io/examples/vision/3D_image_classification (128x128x64)",
 }
 

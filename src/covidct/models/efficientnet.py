@@ -31,7 +31,7 @@ from covidct.models._common import (
 )
 from covidct.models.registry import ModelSpec, register_model
 
-REFERENCE = "Tan & Le 2019, EfficientNet, arXiv:1905.11946 (keras.applications; CT-COV19 study, seed 001)"
+REFERENCE = "Tan & Le 2019, EfficientNet, arXiv:1905.11946 (keras.applications; CT-COV19 study)"
 
 # name: (keras.applications constructor name, native resolution, notop weights file)
 VARIANTS = {
@@ -81,7 +81,7 @@ def build_efficientnet(
         num_classes: number of logits.
         weights: None (random), ``"imagenet"`` (download) or a local notop weights file.
         freeze_backbone: keep the EfficientNet base fixed (its BatchNorms then run in inference mode).
-        dropout_rate: dropout between the pooled features and the logits, in [0, 1) (0: none, as the seed).
+        dropout_rate: dropout between the pooled features and the logits, in [0, 1) (0: none, as the original study).
 
     Returns:
         An uncompiled Functional ``keras.Model`` producing logits.

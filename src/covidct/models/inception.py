@@ -1,8 +1,8 @@
-"""InceptionResNetV2 from keras.applications (seed 004's frozen feature extractor).
+"""InceptionResNetV2 from keras.applications (the transfer-learning study's frozen feature extractor).
 
 ``image`` → ``to_rgb`` → ``imagenet_preprocess`` (tf mode: x / 127.5 - 1, exactly
 ``inception_resnet_v2.preprocess_input``) → InceptionResNetV2 base → ``global_avg_pool`` (the 1536
-features seed 004 fed to classical classifiers; take them with
+features the transfer-learning study (Covid Classification and Opacification using Transfer Learning) fed to classical classifiers; take them with
 ``keras.Model(model.input, model.get_layer("global_avg_pool").output)``) → Dense(num_classes).
 
 The base's valid-padded stem needs inputs of at least 75x75 px; smaller inputs raise a CovidctError
@@ -29,7 +29,7 @@ def build_inception_resnet_v2(input_shape, num_classes: int, weights=None, *, fr
         num_classes: number of logits.
         weights: None, ``"imagenet"`` or a local
             ``inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5``.
-        freeze_backbone: keep the base fixed (seed 004 used frozen features).
+        freeze_backbone: keep the base fixed (the transfer-learning study used frozen features).
 
     Returns:
         An uncompiled Functional ``keras.Model`` producing logits.
@@ -55,7 +55,7 @@ register_model(
         family="inception",
         input_shape=(299, 299, 1),
         gradcam_layer="conv_7b_ac",
-        reference="Szegedy et al. 2017, arXiv:1602.07261; frozen features in seed 004",
+        reference="Szegedy et al. 2017, arXiv:1602.07261; frozen features in Covid Classification and Opacification using Transfer Learning",
         imagenet_weights=True,
         description="keras.applications InceptionResNetV2 + GAP + Dense; min input 75 px",
         test_input_shape=(75, 75, 1),

@@ -1,12 +1,12 @@
-"""The seed-000 classifier: image × lung mask → EfficientNetB0 → convolutional head.
+"""The classifier of Covid-detection-with-CT-scans (mano3-1): image × lung mask → EfficientNetB0 → convolutional head.
 
 Two inputs, ``image`` (H, W, C) and ``mask`` (H, W, 1), both in [0, 255] as the ``masked-pair`` cache
 stage stores them (the mask as 0/255). Inside the model the mask is scaled to [0, 1] (``mask_scale``)
 and multiplied with the image (``apply_mask``), so a soft (probability) mask works too.
 
-Head, as in seed 000: Conv2D(512, 2x2, stride 2, relu) → Dropout 0.4 → Conv2D(512, 3x3, relu) →
+Head, as in Covid-detection-with-CT-scans: Conv2D(512, 2x2, stride 2, relu) → Dropout 0.4 → Conv2D(512, 3x3, relu) →
 MaxPool(6) → Flatten → Dropout 0.4 → Dense(512, relu) → Dense(num_classes) logits.
-The seed's head fits a 16x16 EfficientNet feature map (512 px input: 16 → 8 → 6 → pool 6 → 1). For
+The original study's head fits a 16x16 EfficientNet feature map (512 px input: 16 → 8 → 6 → pool 6 → 1). For
 smaller inputs it adapts instead of crashing: a conv whose kernel is larger than its input uses
 ``same`` padding, and the pool size is ``min(6, feature size)``. At 224 px: 7 → 3 → 1 → pool 1.
 The parameter count does not depend on the input size.
@@ -42,13 +42,13 @@ def build_masked_efficientnet(
     freeze_backbone: bool = False,
     dropout_rate: float = 0.4,
 ):
-    """Build the image × mask EfficientNetB0 classifier of seed 000.
+    """Build the image × mask EfficientNetB0 classifier of Covid-detection-with-CT-scans.
 
     Args:
         input_shape: shape of ``image``, ``(H, W, C)`` with C in {1, 3}; ``mask`` is ``(H, W, 1)``.
-        num_classes: number of logits (the seed used 1 sigmoid output; here logits).
+        num_classes: number of logits (the original study used 1 sigmoid output; here logits).
         weights: None, ``"imagenet"`` (EfficientNetB0 base only) or a local ``efficientnetb0_notop.h5``.
-        freeze_backbone: keep the EfficientNet base fixed (the seed trained it).
+        freeze_backbone: keep the EfficientNet base fixed (the original study trained it).
         dropout_rate: the two head dropouts, in [0, 1).
 
     Returns:
@@ -96,10 +96,10 @@ register_model(
         family="masked_efficientnet",
         input_shape=(512, 512, 1),
         gradcam_layer="top_activation",
-        reference="Seed 000 (lung mask + EfficientNetB0 + focal loss); Tan & Le 2019, arXiv:1905.11946",
+        reference="Covid-detection-with-CT-scans, github.com/mano3-1 (lung mask + EfficientNetB0 + focal loss); Tan & Le 2019, arXiv:1905.11946",
         imagenet_weights=True,
         inputs=("image", "mask"),
-        description="image x lung mask -> EfficientNetB0 -> conv head (seed 000)",
+        description="image x lung mask -> EfficientNetB0 -> conv head (Covid-detection-with-CT-scans)",
         test_input_shape=(32, 32, 1),
     )
 )

@@ -1,11 +1,11 @@
-"""ResNets of seed 002: ResNet-50 (keras.applications, ImageNet, frozen) and ResNet-18 from scratch.
+"""ResNets of covid_from_ctscan: ResNet-50 (keras.applications, ImageNet, frozen) and ResNet-18 from scratch.
 
 ``resnet50``: ``image`` → ``to_rgb`` → ``imagenet_preprocess`` (caffe mode: RGB→BGR, minus the ImageNet
 mean, exactly ``keras.applications.resnet50.preprocess_input``) → ResNet50 base → global average pool →
-Dense(128, relu) → Dense(num_classes). Seed 002 froze the ImageNet base: ``freeze_backbone=True``.
+Dense(128, relu) → Dense(num_classes). covid_from_ctscan froze the ImageNet base: ``freeze_backbone=True``.
 
 ``resnet18``: the basic-block ResNet (He et al. 2016) with stages [2, 2, 2, 2] of 64-128-256-512
-filters, Rescaling(1/255) first, and seed 002's head: global average pool (512) → Dense(128, relu) →
+filters, Rescaling(1/255) first, and covid_from_ctscan's head: global average pool (512) → Dense(128, relu) →
 Dropout 0.3 → Dense(num_classes).
 
 Reference:
@@ -27,17 +27,17 @@ from covidct.models._common import (
 )
 from covidct.models.registry import ModelSpec, register_model
 
-REFERENCE = "He et al. 2016, arXiv:1512.03385; seed 002 (ResNet-50 frozen / ResNet-18 from scratch)"
+REFERENCE = "He et al. 2016, arXiv:1512.03385; covid_from_ctscan (ResNet-50 frozen / ResNet-18 from scratch)"
 
 
 def build_resnet50(input_shape, num_classes: int, weights=None, *, freeze_backbone: bool = False):
-    """Build keras.applications ResNet50 with seed 002's head (2048 → 128 → num_classes).
+    """Build keras.applications ResNet50 with covid_from_ctscan's head (2048 → 128 → num_classes).
 
     Args:
         input_shape: ``(H, W, C)`` with C in {1, 3}, values in [0, 255]; H, W at least 32.
         num_classes: number of logits.
         weights: None, ``"imagenet"`` or a local ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``.
-        freeze_backbone: keep the base fixed (seed 002 did, with ImageNet weights).
+        freeze_backbone: keep the base fixed (covid_from_ctscan did, with ImageNet weights).
 
     Returns:
         An uncompiled Functional ``keras.Model`` producing logits.
@@ -70,13 +70,13 @@ def _basic_block(x, filters: int, stride: int, prefix: str):
 
 
 def build_resnet18(input_shape, num_classes: int, weights=None, *, dropout_rate: float = 0.3):
-    """Build ResNet-18 (basic blocks [2, 2, 2, 2]) from scratch with seed 002's head.
+    """Build ResNet-18 (basic blocks [2, 2, 2, 2]) from scratch with covid_from_ctscan's head.
 
     Args:
         input_shape: ``(H, W, C)``, values in [0, 255]; H, W at least 32.
         num_classes: number of logits.
         weights: None or a path to a weights file saved from this model.
-        dropout_rate: dropout between Dense(128) and the logits (seed 002: 0.3).
+        dropout_rate: dropout between Dense(128) and the logits (covid_from_ctscan: 0.3).
 
     Returns:
         An uncompiled Functional ``keras.Model`` producing logits.
@@ -110,7 +110,7 @@ register_model(
         gradcam_layer="conv5_block3_out",
         reference=REFERENCE,
         imagenet_weights=True,
-        description="keras.applications ResNet50 + Dense(128) head (seed 002)",
+        description="keras.applications ResNet50 + Dense(128) head (covid_from_ctscan)",
         test_input_shape=(32, 32, 1),
     )
 )
@@ -124,7 +124,7 @@ register_model(
         input_shape=(224, 224, 1),
         gradcam_layer="stage4_block2_out",
         reference=REFERENCE,
-        description="ResNet-18 from scratch, head 512-128-dropout-logits (seed 002)",
+        description="ResNet-18 from scratch, head 512-128-dropout-logits (covid_from_ctscan)",
         test_input_shape=(32, 32, 1),
     )
 )

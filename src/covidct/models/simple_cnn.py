@@ -1,6 +1,6 @@
 """Small CNNs trained from scratch: the CT-COV19 study's ``simple_cnn`` and a fast ``small_cnn``.
 
-``simple_cnn`` is the seed-001 baseline exactly: Rescaling(1/255) → three Conv(3x3, valid, relu) +
+``simple_cnn`` is the CT-COV19 study's baseline exactly: Rescaling(1/255) → three Conv(3x3, valid, relu) +
 MaxPool(2) blocks of 16-32-64 filters → GlobalMaxPool → Dense(32, relu) → Dense(num_classes) logits.
 
 ``small_cnn`` is the toolkit's own quick model for demos and CPU runs: four Conv(3x3, same) → BatchNorm
@@ -25,12 +25,12 @@ from covidct.models._common import (
 )
 from covidct.models.registry import ModelSpec, register_model
 
-# The seed's three valid 3x3 convolutions, each followed by a 2x2 max-pool.
+# The original study's three valid 3x3 convolutions, each followed by a 2x2 max-pool.
 _SIMPLE_CHAIN = [(3, 1), (2, 2)] * 3
 
 
 def build_simple_cnn(input_shape, num_classes: int, weights=None, *, _name: str = "simple_cnn"):
-    """Build the seed-001 simple CNN.
+    """Build the CT-COV19 study's simple CNN.
 
     Args:
         input_shape: ``(H, W, C)``, values in [0, 255]; H and W at least 22.
@@ -103,7 +103,7 @@ register_model(
         family="simple_cnn",
         input_shape=(512, 512, 1),
         gradcam_layer="conv3",
-        reference="CT-COV19 study baseline (seed 001), github.com/m2dgithub/CT-COV19",
+        reference="CT-COV19 study baseline, github.com/m2dgithub/CT-COV19",
         description="3 conv blocks 16-32-64, valid padding, GlobalMaxPool, Dense(32)",
         test_input_shape=(32, 32, 1),
     )

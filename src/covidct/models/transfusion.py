@@ -4,7 +4,7 @@ A CBR block is Conv(k x k, valid) → BatchNorm → ReLU → MaxPool(3, stride 2
 global average pooling and a Dense logits layer. Rescaling(1/255) comes first (pixel convention).
 
 The four variants are rows of ``VARIANTS`` fed to one builder. LargeT has five blocks and pools after
-the first four only (the seed's code built LargeT as a copy of Tiny; here the variants differ and a
+the first four only (the original study's code built LargeT as a copy of Tiny; here the variants differ and a
 test asserts it).
 
 Reference:
@@ -22,7 +22,7 @@ from keras import layers
 from covidct.models._common import check_input_shape, check_min_size, load_weights_file, min_input_size
 from covidct.models.registry import ModelSpec, register_model
 
-REFERENCE = "Raghu et al. 2019, Transfusion, arXiv:1902.07208 (CBR nets as used in the CT-COV19 study, seed 001)"
+REFERENCE = "Raghu et al. 2019, Transfusion, arXiv:1902.07208 (CBR nets as used in the CT-COV19 study)"
 
 # name: (kernel size, filters per block, number of leading blocks followed by a max-pool)
 VARIANTS = {

@@ -8,7 +8,7 @@ Input values in [0, 255] (Rescaling(1/255) first); height and width divisible by
 
 Reference:
     Ronneberger, Fischer, Brox. "U-Net: Convolutional Networks for Biomedical Image Segmentation",
-    MICCAI 2015, arXiv:1505.04597. Used for infection segmentation in seed 004.
+    MICCAI 2015, arXiv:1505.04597. Used for infection segmentation in Covid Classification and Opacification using Transfer Learning.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ register_model(
         task="segmentation",
         family="unet",
         input_shape=(256, 256, 1),
-        reference="Ronneberger et al. 2015, U-Net, arXiv:1505.04597 (infection masks in seed 004)",
+        reference="Ronneberger et al. 2015, U-Net, arXiv:1505.04597 (infection masks in Covid Classification and Opacification using Transfer Learning)",
         description="classic U-Net, depth 4; base_filters and batch_norm options",
         test_input_shape=(32, 32, 1),
     )

@@ -1,4 +1,4 @@
-"""VGG-19 from keras.applications, compared against the ResNets in seed 002.
+"""VGG-19 from keras.applications, compared against the ResNets in covid_from_ctscan.
 
 ``image`` → ``to_rgb`` → ``imagenet_preprocess`` (caffe mode, as ``vgg19.preprocess_input``) → VGG19
 base → global average pool → Dense(128, relu) → Dense(num_classes): the same head as ``resnet50`` so
@@ -48,7 +48,7 @@ register_model(
         family="vgg",
         input_shape=(224, 224, 1),
         gradcam_layer="block5_conv4",
-        reference="Simonyan & Zisserman 2015, arXiv:1409.1556; compared in seed 002",
+        reference="Simonyan & Zisserman 2015, arXiv:1409.1556; compared in covid_from_ctscan",
         imagenet_weights=True,
         description="keras.applications VGG19 + Dense(128) head",
         test_input_shape=(32, 32, 1),

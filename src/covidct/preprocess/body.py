@@ -7,7 +7,7 @@ Two methods:
   holes, then add the air regions that lie inside the body's convex hull (the lungs of tightly cropped
   slices touch the image border, so they are never "holes"). Works on full field-of-view slices with
   the table, on tightly cropped lung crops (sars-cov-2-ct) and on paper figures with text and arrows.
-- ``"seed"``: the OpenCV recipe of the CT-COV19 study (seed 001), reproduced for comparison:
+- ``"seed"``: the OpenCV recipe of the CT-COV19 study, reproduced for comparison:
   threshold 150, pad the border by 5%, erode 3x3, invert, Canny(240, 255), dilate 3x3, keep the
   longest contour (fallback: the largest convex hull) and fill it.
 
@@ -299,7 +299,7 @@ def _body_mask_seed(gray_u8: np.ndarray) -> np.ndarray | None:
     longest = max(contours, key=len)
     cv2.drawContours(filled, [longest], -1, 1, thickness=cv2.FILLED)
     if filled.sum() < 0.02 * filled.size:
-        # The seed's fallback: the largest convex hull among the contours.
+        # The original study's fallback: the largest convex hull among the contours.
         hulls = [cv2.convexHull(c) for c in contours]
         largest = max(hulls, key=cv2.contourArea)
         filled[:] = 0
@@ -409,9 +409,9 @@ def mask_bbox(mask: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int
 def crop_to_body(image: np.ndarray, mask: np.ndarray, drop_arms: bool = False, margin: float = 0.0):
     """Crop an image (and its mask) to the body's bounding box.
 
-    ``drop_arms`` reproduces the seed's crop, which moved the top of the box down past the arms: the top
+    ``drop_arms`` reproduces the original study's crop, which moved the top of the box down past the arms: the top
     becomes the first row where the body is at least half as wide as its widest row (arms raised above
-    the chest make narrow, detached rows at the top of the box). This is our reading of the seed's
+    the chest make narrow, detached rows at the top of the box). This is our reading of the original study's
     intent; its code used a fixed offset.
 
     Args:

@@ -10,7 +10,7 @@ Methods:
   (a single component spanning the midline is split along its narrowest central column), then per lung
   fill holes and close with a disk limited to the lung's convex hull, so that dense lesions
   (consolidation, ground glass at the pleura) stay inside the mask. Works at <= 256 px and upsamples.
-- ``"envelope"``: the CT-COV19 study's (seed 001) active contour, one envelope around both lungs
+- ``"envelope"``: the CT-COV19 study's active contour, one envelope around both lungs
   (reproduction only, ~2 s per 512 px slice). Split at the body's midline into the two labels.
 - ``"model"``: a trained segmenter (run folder or ``.keras`` file from ``covidct segment train``), given
   as ``model=``; its foreground is labelled like the classical mask.
@@ -106,7 +106,7 @@ def lung_mask(
 
     Args:
         image: a ``CTImage`` (2D), an (H, W) array in HU or display grey levels, or an RGB(A) screenshot.
-        method: ``"classical"`` (default), ``"envelope"`` (seed 001 active contour) or ``"model"``.
+        method: ``"classical"`` (default), ``"envelope"`` (the CT-COV19 study's active contour) or ``"model"``.
         unit: ``"HU"`` or ``"display"``; default: the CTImage's unit, else HU when the minimum is < -100.
         model: for ``method="model"``: a run folder, a ``.keras`` path or a loaded ``keras.Model``.
         warn: emit a ``LungMaskWarning`` when the mask is empty or implausible.
@@ -331,7 +331,7 @@ def _label_by_side(foreground: np.ndarray, shape_hw) -> np.ndarray:
 
 
 def _envelope(image) -> np.ndarray:
-    """Seed 001: active contour on gaussian(img, 3) from a 500-point circle of radius 250 (at 512 px)."""
+    """The CT-COV19 study's lung envelope: active contour on gaussian(img, 3) from a 500-point circle of radius 250 (at 512 px)."""
     from skimage.filters import gaussian
     from skimage.segmentation import active_contour
 
@@ -343,7 +343,7 @@ def _envelope(image) -> np.ndarray:
         center = (rows.mean() / body.scale, cols.mean() / body.scale)
     else:
         center = (height / 2, width / 2)
-    # The seed used radius 250 on 512 px slices: scale it with the image.
+    # The original study used radius 250 on 512 px slices: scale it with the image.
     radius = 250.0 * max(height, width) / 512.0
     angles = np.linspace(0, 2 * np.pi, 500)
     init = np.column_stack([center[0] + radius * np.sin(angles), center[1] + radius * np.cos(angles)])

@@ -18,9 +18,9 @@ Stages:
 - ``lungs``: ``lungs-nocrop`` cropped to the lungs' bounding box plus a 5% margin.
 - ``lungs-3window``: as ``lungs`` with three channels: for HU images the lung (-600/1500),
   mediastinum (40/400) and keras-io (-1000..400) windows; for display images the grey level repeated.
-- ``masked-pair``: two channels, the whole slice and the lung mask * 255 (masked EfficientNet, seed 000).
+- ``masked-pair``: two channels, the whole slice and the lung mask * 255 (masked EfficientNet of Covid-detection-with-CT-scans).
 - ``halves``: two samples, the body crop cut at the midline between the lungs, suffixes ``"right"``
-  (image left = the patient's right lung) and ``"left"`` (seed 002).
+  (image left = the patient's right lung) and ``"left"`` (covid_from_ctscan).
 """
 
 from __future__ import annotations

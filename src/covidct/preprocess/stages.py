@@ -9,7 +9,7 @@ Each ``StageOutput`` holds ``image`` (uint8, (size, size, C)), the lung/body ``m
 (uint8 {0, 1}, (size, size)) so Grad-CAM can score attention inside the lungs, and a ``suffix``
 that tells samples of one input apart (``"left"``/``"right"`` for ``halves``; ``""`` otherwise).
 Stages must be pure functions of the image (never of its label): class-dependent preprocessing is a
-leak the seeds made and covidct makes impossible.
+leak some of the original projects made and covidct makes impossible.
 """
 
 from __future__ import annotations
