@@ -219,6 +219,14 @@ def _errors(values, lows, highs) -> np.ndarray:
     return np.nan_to_num(np.vstack([below, above]), nan=0.0)
 
 
+def _value_labels(ax, x, values) -> None:
+    """Each bar's value written inside its foot (clear of the whiskers); ``n/a`` for an undefined score."""
+    for xi, value in zip(x, values):
+        nan = math.isnan(value)
+        ax.text(xi, 0.015, "n/a" if nan else f"{value:.2f}", ha="center", va="bottom", fontsize=7,
+                color="black" if nan or value < 0.08 else "white")
+
+
 def plot_scores(scores: pd.DataFrame, metrics: Iterable[str] = ("macro_f1", "auc"), title: str | None = None) -> Figure:
     """Grouped bars of the test-split scores: one group per model, one bar per stage · setting, 95% CI whiskers.
 
@@ -258,7 +266,7 @@ def plot_scores(scores: pd.DataFrame, metrics: Iterable[str] = ("macro_f1", "auc
     x = np.array([p[1] for p in positions])
     bar_width = np.array([p[2] for p in positions]) * 0.9
     colours = {h: f"C{k % 10}" for k, h in enumerate(hues)}
-    fig = Figure(figsize=(max(5.0, 1.3 * len(models) + 2.5) * len(metrics) / 1.4, 4.2))
+    fig = Figure(figsize=(len(metrics) * max(3.2, 0.9 * len(models) + 1.5) + 2.0, 4.2))
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
         values = rows[metric].to_numpy(dtype=float)
@@ -266,15 +274,13 @@ def plot_scores(scores: pd.DataFrame, metrics: Iterable[str] = ("macro_f1", "auc
             x, np.nan_to_num(values, nan=0.0), width=bar_width, color=[colours[h] for h in hue],
             yerr=_errors(values, rows[f"{metric} low"], rows[f"{metric} high"]), capsize=3, ecolor="black",
         )
-        for xi, value in zip(x, values):
-            ax.annotate("n/a" if math.isnan(value) else f"{value:.2f}", (xi, 0.02 if math.isnan(value) else value),
-                        textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
+        _value_labels(ax, x, values)
         ax.set_xticks([centres[m] for m in models], models, rotation=20, ha="right")
         ax.set_ylim(0, 1.08)
         ax.set_ylabel(f"{METRICS[metric]} on the test split")
         ax.axhline(1.0, color="grey", linewidth=0.5)
-    axes[-1].legend(handles=[Patch(color=colours[h], label=h) for h in hues], fontsize=8, loc="lower right",
-                    title="stage · setting", title_fontsize=8)
+    axes[-1].legend(handles=[Patch(color=colours[h], label=h) for h in hues], fontsize=8, loc="upper left",
+                    bbox_to_anchor=(1.02, 1.0), title="stage · setting", title_fontsize=8)
     fig.suptitle(title or "test split, 95% bootstrap CIs over patients (validation selected each checkpoint)", fontsize=10)
     fig.tight_layout()
     return fig
@@ -347,13 +353,11 @@ def plot_internal_external(scores: pd.DataFrame, metric: str = "auc", title: str
         bars += [(run_index - 0.4 + width * (sets.index(m[0]) + 0.5), *m) for m in members]
     x, names, values, lows, highs = (list(column) for column in zip(*bars))
     values = np.asarray(values, dtype=float)
-    fig = Figure(figsize=(max(5.5, 1.4 * len(runs) + 2.5), 4.2))
+    fig = Figure(figsize=(max(5.0, 1.4 * len(runs) + 2.0) + 2.0, 4.2))
     ax = fig.add_subplot()
     ax.bar(x, np.nan_to_num(values, nan=0.0), width=width * 0.9, color=[colours[n] for n in names],
            yerr=_errors(values, lows, highs), capsize=3, ecolor="black")
-    for xi, value in zip(x, values):
-        ax.annotate("n/a" if math.isnan(value) else f"{value:.2f}", (xi, 0.02 if math.isnan(value) else value),
-                    textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
+    _value_labels(ax, x, values)
     labels = [run_label(paired[paired["run dir"] == run].iloc[0]) for run in runs]
     ax.set_xticks(range(len(runs)), labels, rotation=20, ha="right")
     ax.set_ylim(0, 1.08)
@@ -361,7 +365,7 @@ def plot_internal_external(scores: pd.DataFrame, metric: str = "auc", title: str
     handles = [Patch(color=colours[name], label=name) for name in sets]
     if metric == "auc":
         handles.append(ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (AUC 0.5)"))
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if len(sets) == 1 and title is None:
         title = ("internal test only: no external evaluation yet "
                  "(covidct evaluate --run RUN --dataset NAME --label-map ...)")
