@@ -31,7 +31,7 @@ from covidct.errors import CovidctError
 REPO = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`(covidct [a-z][^`]*)`")
-PLACEHOLDER = re.compile(r"\.\.\.|<[^>]+>|^(runs/)?[A-Z][A-Z0-9_-]*$")
+PLACEHOLDER = re.compile(r"\.\.\.|<[^>]+>|^(runs/)?[A-Z][A-Z0-9_-]*$|^/path/to/")
 RUN_CHEAP = {"models", "data"}
 
 
