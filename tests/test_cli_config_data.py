@@ -11,6 +11,7 @@ from covidct.cli import main
 from covidct.config import list_configs, load_config
 from covidct.data.datasets import DATASETS
 from covidct.data.locations import format_locations, locate_datasets
+from covidct.errors import CovidctError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "covidct" / "configs"
 
@@ -121,3 +122,18 @@ def test_data_root_option_wins_over_the_environment(tmp_path, monkeypatch, capsy
     assert text.splitlines()[0].startswith(f"Data root: {elsewhere} (--root;")
     assert f"covid-ct         present    {elsewhere / 'covid-ct'}" in text
     assert "1 real dataset(s) present." in text
+
+
+def test_copying_a_grid_says_how_to_copy_its_base_and_then_the_grid_loads(tmp_path, capsys):
+    from covidct.train.grid import load_grid
+
+    grids = tmp_path / "grids"
+    assert main(["config", "copy", "grids/sars-cov-2-ct-small", f"{grids}/"]) == 0
+    out = capsys.readouterr().out
+    grid = grids / "sars-cov-2-ct-small.yaml"
+    assert f"run it with covidct grid {grid}." in out
+    assert f"(covidct config copy sars-cov-2-ct/base {tmp_path / 'sars-cov-2-ct'}/)" in out
+    with pytest.raises(CovidctError, match="base config .* does not exist"):
+        load_grid(grid, validate=False)
+    assert main(["config", "copy", "sars-cov-2-ct/base", f"{tmp_path / 'sars-cov-2-ct'}/"]) == 0
+    assert len(load_grid(grid, validate=False)) == 8  # 2 models x 2 stages x 2 settings

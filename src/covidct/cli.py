@@ -502,8 +502,36 @@ def _run_config(args) -> int:
         print(config_path(args.name).read_text(), end="")
     else:
         target = copy_config(args.name, args.dest, force=args.force)
-        print(f"Copied {args.name} to {target}; use it with --config {target}.")
+        base = _grid_base(target)
+        if base is None:
+            print(f"Copied {args.name} to {target}; use it with --config {target}.")
+        else:
+            import os
+
+            folder = os.path.normpath(os.path.join(target.parent, base, ".."))
+            print(f"Copied {args.name} to {target}; run it with covidct grid {target}. It reads its base config from "
+                  f"{base}, relative to the grid file: copy that one too "
+                  f"(covidct config copy {_shipped_name(config_path(args.name).parent / base)} {folder}/).")
     return 0
+
+
+def _grid_base(path) -> str | None:
+    """A grid file's ``base`` when it names another file (a relative path), else None."""
+    import yaml
+
+    tree = yaml.safe_load(path.read_text()) or {}
+    base = tree.get("base") if isinstance(tree, dict) and "models" in tree else None
+    return base if isinstance(base, str) else None
+
+
+def _shipped_name(path) -> str:
+    """``.../configs/sars-cov-2-ct/base.yaml`` -> ``sars-cov-2-ct/base`` (the path itself when not shipped)."""
+    import os
+
+    from covidct.config import shipped_configs_folder
+
+    relative = os.path.relpath(os.path.normpath(path), shipped_configs_folder())
+    return relative[: -len(".yaml")] if not relative.startswith("..") and relative.endswith(".yaml") else str(path)
 
 
 def _add_data(subparsers) -> None:
