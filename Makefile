@@ -20,10 +20,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 # dist/covidct-<version>-py3-none-any.whl: upload it beside a notebook on Colab, or pip install it anywhere.
-# build/ is cleared first so that no file deleted from src/ survives into the wheel.
+# Built offline with the venv's pinned setuptools; build/ is cleared first so that no file deleted from src/
+# survives into the wheel.
 wheel: install
 	rm -rf build dist/covidct-*.whl
-	$(PY) -m pip wheel --no-deps -w dist .
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
 	@ls dist/covidct-*.whl
 
 demo: install
