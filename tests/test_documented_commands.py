@@ -342,6 +342,11 @@ def test_the_documents_hold_the_commands_they_are_known_for():
     assert ["config", "list"] in [c.argv for c in full]
     assert any(c.argv[:1] == ["evaluate"] and "--label-map" in c.argv for c in full)
     assert sum(not c.inline for c in commands["data/README.md"]) >= 5
+    data_readme = (REPO / "data" / "README.md").read_text()
+    for way in ("COVIDCT_DATA_ROOT", "covidct data", "drive.mount", "kaggle datasets download -d "
+                "plameneduardo/sarscov2-ctscan-dataset", "covidct download"):
+        assert way in data_readme, way
+    assert "shared/data" not in data_readme  # no folder of one development machine
     placeholders = sum(bool(c.placeholders) for c in full)
     assert placeholders <= 6, [c.text for c in full if c.placeholders]  # placeholders stay the exception
 
