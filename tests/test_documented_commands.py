@@ -372,3 +372,22 @@ def test_cheap_documented_commands_run(tmp_path, monkeypatch, capsys):
                 assert "Data root:" in out and "sars-cov-2-ct" in out
             ran.append(" ".join(command.argv))
     assert {"data", "config list", "models"} <= set(ran), ran
+
+
+@pytest.mark.realdata
+def test_the_readme_external_label_map_maps_every_real_covid_ct_md_slice(data_root):
+    from covidct.data.datasets import dataset_candidates, load_dataset
+    from covidct.train.data import apply_label_map, parse_label_map
+
+    root = next((c for c in dataset_candidates("covid-ct-md", data_root) if c.is_dir()), None)
+    if root is None:
+        pytest.skip(f"covid-ct-md not found under {data_root}")
+    command = next(c for c in extract_commands("README.md", document_text(REPO / "README.md"))
+                   if not c.inline and c.argv[:1] == ["evaluate"] and "--label-map" in c.argv)
+    manifest = load_dataset("covid-ct-md", root=root)
+    mapped = apply_label_map(manifest, parse_label_map(command.argv[command.argv.index("--label-map") + 1]))
+    assert len(mapped) == len(manifest)
+    assert mapped["label"].value_counts().to_dict() == {
+        "NonCOV": int((manifest["label"] != "COV").sum()), "COV": int((manifest["label"] == "COV").sum())}
+    with pytest.raises(CovidctError, match=r"label\(s\) \['COV', 'OtherPneumonia'\] are not in the label map"):
+        apply_label_map(manifest, parse_label_map("COVID-19=COV,CAP=NonCOV,Normal=NonCOV"))  # the old README's map
