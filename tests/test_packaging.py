@@ -70,6 +70,7 @@ def test_readme_and_requirements_colab_instructions_agree_with_the_source_url():
     for way in ("make wheel", "covidct-", ".whl", "git clone", "pip install -q ./covidct"):
         assert way in colab, f"README's Colab paragraph does not mention {way!r}"
     assert re.search(r"^wheel:", (REPO / "Makefile").read_text(), re.M)
+    assert f"covidct-{PYPROJECT['project']['version']}-py3-none-any.whl" in colab  # the file `make wheel` writes
     comment = "\n".join(line for line in (REPO / "requirements.txt").read_text().splitlines() if line.startswith("#"))
     assert "Colab" in comment and "README" in comment
     assert "pip install -e ." not in comment  # an editable install of a folder that is not there on Colab
