@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MPLBACKEND ?= Agg
 export COVIDCT_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: install demo test test-all test-rest lint test-tf test-tf-models test-jax test-notebooks strip-notebooks figures benchmarks clean
+.PHONY: install wheel demo test test-all test-rest lint test-tf test-tf-models test-jax test-notebooks strip-notebooks figures benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -r requirements.txt
 	@touch $@
+
+# dist/covidct-<version>-py3-none-any.whl: upload it beside a notebook on Colab, or pip install it anywhere.
+# Built offline with the venv's pinned setuptools; build/ is cleared first so that no file deleted from src/
+# survives into the wheel.
+wheel: install
+	rm -rf build dist/covidct-*.whl
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
+	@ls dist/covidct-*.whl
 
 demo: install
 	$(VENV)/bin/covidct demo

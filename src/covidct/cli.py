@@ -475,6 +475,82 @@ def _run_demo(args) -> int:
     return main_demo(output_root=args.output_root, keep=args.keep, epochs=args.epochs, gradcam=not args.no_gradcam)
 
 
+def _add_config(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "config", help="list, show or copy the shipped configs",
+        description="The configs shipped with covidct (package data): list their names, print one, or copy one "
+        "to a file or folder to edit it. Every --config option takes such a name or a YAML file.",
+    )
+    actions = parser.add_subparsers(dest="config_action", metavar="ACTION", required=True)
+    actions.add_parser("list", help="names of the shipped configs (e.g. sars-cov-2-ct/base)")
+    show = actions.add_parser("show", help="print a config's YAML")
+    show.add_argument("name", help="shipped config name or YAML file")
+    copy = actions.add_parser("copy", help="copy a config to a file or folder")
+    copy.add_argument("name", help="shipped config name or YAML file")
+    copy.add_argument("dest", nargs="?", default=None,
+                      help="target file, or folder (default: the config's file name in the working folder)")
+    copy.add_argument("--force", action="store_true", help="replace an existing target file")
+    parser.set_defaults(func=_run_config)
+
+
+def _run_config(args) -> int:
+    from covidct.config import config_path, copy_config, list_configs
+
+    if args.config_action == "list":
+        print("\n".join(list_configs()))
+    elif args.config_action == "show":
+        print(config_path(args.name).read_text(), end="")
+    else:
+        target = copy_config(args.name, args.dest, force=args.force)
+        base = _grid_base(target)
+        if base is None:
+            print(f"Copied {args.name} to {target}; use it with --config {target}.")
+        else:
+            import os
+
+            folder = os.path.normpath(os.path.join(target.parent, base, ".."))
+            print(f"Copied {args.name} to {target}; run it with covidct grid {target}. It reads its base config from "
+                  f"{base}, relative to the grid file: copy that one too "
+                  f"(covidct config copy {_shipped_name(config_path(args.name).parent / base)} {folder}/).")
+    return 0
+
+
+def _grid_base(path) -> str | None:
+    """A grid file's ``base`` when it names another file (a relative path), else None."""
+    import yaml
+
+    tree = yaml.safe_load(path.read_text()) or {}
+    base = tree.get("base") if isinstance(tree, dict) and "models" in tree else None
+    return base if isinstance(base, str) else None
+
+
+def _shipped_name(path) -> str:
+    """``.../configs/sars-cov-2-ct/base.yaml`` -> ``sars-cov-2-ct/base`` (the path itself when not shipped)."""
+    import os
+
+    from covidct.config import shipped_configs_folder
+
+    relative = os.path.relpath(os.path.normpath(path), shipped_configs_folder())
+    return relative[: -len(".yaml")] if not relative.startswith("..") and relative.endswith(".yaml") else str(path)
+
+
+def _add_data(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "data", help="where each registered dataset is looked for, and whether it is there",
+        description="Print the data root ($COVIDCT_DATA_ROOT, else ./data) and, for each registered dataset, "
+        "the folders where it is looked for and whether it was found. Loads nothing.",
+    )
+    parser.add_argument("--root", default=None, help="folder holding the datasets (default: the data root)")
+    parser.set_defaults(func=_run_data)
+
+
+def _run_data(args) -> int:
+    from covidct.data.locations import format_locations
+
+    print(format_locations(args.root))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidct",
@@ -496,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment(subparsers)
     _add_predict_volume(subparsers)
     _add_gradcam(subparsers)
+    _add_config(subparsers)
+    _add_data(subparsers)
     return parser
 
 

@@ -907,3 +907,29 @@ def dump_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def copy_config(name: str, dest: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Copy a shipped config (or a config file) to a file or folder, to edit it there.
+
+    Args:
+        name: a shipped config name such as ``"sars-cov-2-ct/base"`` (see :func:`list_configs`), or a YAML file.
+        dest: the target file, or an existing folder (or one given with a trailing ``/``) that receives
+            ``<name's file name>.yaml``; default: that file name in the working folder.
+        force: replace a file that already exists at the target.
+
+    Returns:
+        The path written.
+
+    Raises:
+        CovidctError: unknown config (close names suggested), or the target exists and ``force`` is False.
+    """
+    source = config_path(name)
+    target = Path(dest) if dest is not None else Path(source.name)
+    if target.is_dir() or (dest is not None and str(dest).endswith(("/", os.sep))):
+        target = target / source.name
+    if target.exists() and not force:
+        raise CovidctError(f"{target} already exists; pass --force (force=True) to replace it, or choose another DEST.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes())
+    return target
