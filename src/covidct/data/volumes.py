@@ -244,7 +244,7 @@ def load_volume(path) -> object:
     Raises:
         CovidctError: the file is not a 3-D volume.
     """
-    from covidct.data.io import CTImage, detect_format, read_image
+    from covidct.data.io import CTImage, check_finite, detect_format, read_image
 
     path = Path(path)
     kind = detect_format(path)
@@ -253,6 +253,9 @@ def load_volume(path) -> object:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as error:
             raise CovidctError(f"{path}: cannot read the NumPy file ({error}).") from None
+        if array.dtype.kind not in "biuf":
+            raise CovidctError(f"{path}: expected numbers (HU), got a {array.dtype} array.")
+        check_finite(array, path, "volume")
         image = CTImage(array, "HU", str(path), None, {"format": "npy"})
     elif kind == "nifti":
         array, spacing, unit = _read_nifti_slabs(path, None)
@@ -282,6 +285,8 @@ def _read_nifti_slabs(path: Path, dtype) -> tuple[np.ndarray, tuple[float, float
     """
     import nibabel as nib
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    from covidct.data.io import check_finite
 
     try:
         image = nib.load(str(path))
@@ -318,6 +323,7 @@ def _read_nifti_slabs(path: Path, dtype) -> tuple[np.ndarray, tuple[float, float
             raise CovidctError(
                 f"{path}: cannot decode the NIfTI data ({error}); the file may be truncated."
             ) from None
+        check_finite(slab, path, "volume")
         slab = apply_orientation(slab, transform)
         rows = slice(start, stop) if towards_head else slice(depth - stop, depth - start)
         if dtype is None:
@@ -342,7 +348,7 @@ def preprocess_volume(image, shape=(32, 64, 64), target_spacing_mm=None) -> np.n
         uint8 (D, H, W) volume in 0..255. Display-unit volumes (already windowed exports, e.g. the
         COVID-CT-MD sample's uint8 NIfTI) are taken as they are, since their HU window is unknown.
     """
-    from covidct.data.io import CTImage
+    from covidct.data.io import CTImage, check_finite
 
     if isinstance(image, (str, os.PathLike)):
         from covidct.data.io import detect_format
@@ -355,6 +361,7 @@ def preprocess_volume(image, shape=(32, 64, 64), target_spacing_mm=None) -> np.n
         image = load_volume(image)
     elif not isinstance(image, CTImage):
         image = CTImage(np.asarray(image), "HU")
+    check_finite(image.array, image.path or None, "volume")
     if image.array.ndim != 3:
         raise CovidctError(
             f"{image.path or 'volume'}: expected a (D, H, W) volume, got shape {image.array.shape}."
