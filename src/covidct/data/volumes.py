@@ -43,15 +43,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from covidct.data.cache import (
-    ManifestRows,
+from covidct.data.cache import ManifestRows, build_lock, cache_key, clear_cache_folder, make_cache_folder
+from covidct.data.cache_integrity import (
     array_problem,
-    build_lock,
-    cache_key,
     changed_inputs,
-    clear_cache_folder,
     input_stats,
-    make_cache_folder,
     read_cache_meta,
     read_cache_tables,
     stats_digest,
