@@ -327,8 +327,9 @@ def make_cache_folder(folder: Path) -> None:
 
 
 def clear_cache_folder(folder: Path, files) -> None:
-    """Remove a cache's files before a rebuild in place: ``meta.json`` first (nothing trusts a half-removed
-    cache), then the data files, then ``chunks/`` (only if it holds covidct's chunk files alone)."""
+    """Remove a cache's files before a rebuild in place: ``chunks/`` (only if it holds covidct's chunk files
+    alone, else nothing is removed), then ``meta.json`` (nothing trusts a half-removed cache), then the rest."""
+    remove_owned_tree(folder / "chunks", allowed=CHUNK_PATTERNS, what="cache chunk folder")
     try:
         for name in files:
             (folder / name).unlink(missing_ok=True)
@@ -336,7 +337,6 @@ def clear_cache_folder(folder: Path, files) -> None:
             leftover.unlink()
     except OSError as error:
         raise CovidctError(f"cannot rebuild the cache: {os_error_message(error, folder)}") from None
-    remove_owned_tree(folder / "chunks", allowed=CHUNK_PATTERNS, what="cache chunk folder")
 
 
 @contextlib.contextmanager
@@ -483,7 +483,10 @@ def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size
         "build_seconds": round(time.perf_counter() - started, 3),
     }
     atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))  # the cache is finished from here on
-    remove_owned_tree(chunks_dir, allowed=CHUNK_PATTERNS, what="cache chunk folder")
+    try:
+        remove_owned_tree(chunks_dir, allowed=CHUNK_PATTERNS, what="cache chunk folder")
+    except CovidctError as error:  # the cache is complete; only the clean-up is refused
+        logger.warning("%s", error)
     return Cache.open(folder)
 
 
