@@ -130,6 +130,15 @@ def test_disk_full_at_each_write_site_leaves_no_partial_file_and_a_rerun_finishe
     assert (again.path / "masks.u8").read_bytes() == (reference.path / "masks.u8").read_bytes()
 
 
+def test_disk_full_in_a_worker_process_is_the_same_named_error(tmp_path, monkeypatch):
+    manifest = manifest_of(pictures(tmp_path / "img"))
+    monkeypatch.setattr(builtins, "open", DiskFull("masks.tmp.npy", 1))  # forked workers inherit the fault
+    with pytest.raises(CovidctError, match=r"chunk_\d{5}\.masks\.tmp\.npy: disk full"):
+        build_cache(manifest, "test-faults-gray", 16, tmp_path / "cache", workers=2, progress=False, chunk_size=3)
+    monkeypatch.undo()
+    assert leftovers(next((tmp_path / "cache").iterdir())) == []
+
+
 def test_disk_full_when_a_chunk_file_is_renamed_into_place(tmp_path, monkeypatch):
     manifest = manifest_of(pictures(tmp_path / "img"))
     real_replace = os.replace

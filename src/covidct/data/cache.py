@@ -396,25 +396,27 @@ def _build(manifest: pd.DataFrame, stage: str, size: int, folder: Path, key: str
     bar = tqdm(total=len(records), initial=len(records) - sum(len(j["rows"]) for j in pending),
                desc=f"cache {stage}@{size}", unit="img", disable=not progress)
     workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(pending) <= 1:
-        for job in pending:
-            _process_chunk(job)
-            bar.update(len(job["rows"]))
-    else:
-        sizes = {job["chunk"]: len(job["rows"]) for job in pending}
-        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=_mp_context()) as pool:
-            futures = {pool.submit(_process_chunk, job) for job in pending}
-            try:
-                while futures:
-                    done, futures = wait(futures, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        number, _, _ = future.result()
-                        bar.update(sizes[number])
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-    bar.close()
+    try:  # the bar is closed on failure too, so an error message starts on a line of its own
+        if workers == 1 or len(pending) <= 1:
+            for job in pending:
+                _process_chunk(job)
+                bar.update(len(job["rows"]))
+        else:
+            sizes = {job["chunk"]: len(job["rows"]) for job in pending}
+            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=_mp_context()) as pool:
+                futures = {pool.submit(_process_chunk, job) for job in pending}
+                try:
+                    while futures:
+                        done, futures = wait(futures, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            number, _, _ = future.result()
+                            bar.update(sizes[number])
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+    finally:
+        bar.close()
     return _assemble(folder, manifest, jobs, stage, size, key, has_targets, stats, digest, started)
 
 
