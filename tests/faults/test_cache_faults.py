@@ -200,7 +200,9 @@ if {name!r} not in STAGES:
     register_stage({name!r})(slow_gray)
 """
 BUILD_SCRIPT = """
+import os
 import sys
+import time
 sys.path[:0] = [{src!r}, {folder!r}]
 import pandas as pd
 import {module}
@@ -209,6 +211,8 @@ from covidct.data.manifest import make_manifest
 
 manifest = make_manifest(pd.read_csv(sys.argv[1], keep_default_na=False).to_dict("records"))
 print("ready", flush=True)
+while len(sys.argv) > 3 and not os.path.exists(sys.argv[3]):  # a start line shared with another builder
+    time.sleep(0.005)
 cache = build_cache(manifest, {name!r}, 16, sys.argv[2], workers=1, progress=False, chunk_size=2)
 print(cache.path, flush=True)
 """
@@ -231,10 +235,23 @@ def _stage_and_script(tmp_path: Path) -> tuple[str, Path]:
     return name, script
 
 
-def _start(script: Path, manifest_csv: Path, root: Path) -> subprocess.Popen:
+def _start(script: Path, manifest_csv: Path, root: Path, *extra: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.Popen([sys.executable, str(script), str(manifest_csv), str(root)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, str(script), str(manifest_csv), str(root), *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _together(script: Path, manifest_csv: Path, root: Path, go: Path) -> list[tuple[int, str, str]]:
+    """Two builders of one cache, released at the same moment once both are ready: (code, out, err) each."""
+    processes = [_start(script, manifest_csv, root, go) for _ in range(2)]
+    for process in processes:
+        assert process.stdout.readline().strip() == "ready", process.stderr.read()
+    go.write_text("go")
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        results.append((process.returncode, out, err))
+    return results
 
 
 def _build_here(manifest, stage: str, root: Path) -> Path:
@@ -277,11 +294,9 @@ def test_two_processes_building_one_cache_compute_each_image_once(tmp_path):
     manifest_csv = tmp_path / "manifest.csv"
     manifest.to_csv(manifest_csv, index=False)
     stage, script = _stage_and_script(tmp_path)
-    first = _start(script, manifest_csv, tmp_path / "cache")
-    second = _start(script, manifest_csv, tmp_path / "cache")
-    outputs = [process.communicate(timeout=120) for process in (first, second)]
-    assert [first.returncode, second.returncode] == [0, 0], [err for _, err in outputs]
-    folders = {out.split()[-1] for out, _ in outputs}
+    results = _together(script, manifest_csv, tmp_path / "cache", tmp_path / "go")
+    assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
+    folders = {out.split()[-1] for _, out, _ in results}
     assert len(folders) == 1
     calls = (tmp_path / "calls.txt").read_text().split()
     assert sorted(calls) == sorted(str(p) for p in paths)  # each image once, by one of the two
@@ -290,7 +305,7 @@ def test_two_processes_building_one_cache_compute_each_image_once(tmp_path):
 
 
 VOLUME_SCRIPT = """
-import sys, time
+import os, sys, time
 sys.path.insert(0, {src!r})
 import pandas as pd
 import covidct.data.volumes as volumes
@@ -301,11 +316,14 @@ original = volumes.preprocess_volume
 def counted(path, shape, spacing=None):
     with open({calls!r}, "a") as log:
         log.write(str(path) + "\\n")
-    time.sleep(0.1)
+    time.sleep(0.2)
     return original(path, shape, spacing)
 
 volumes.preprocess_volume = counted
 manifest = make_manifest(pd.read_csv(sys.argv[1], keep_default_na=False, dtype={{"group": str}}).to_dict("records"))
+print("ready", flush=True)
+while not os.path.exists(sys.argv[3]):  # a start line shared with another builder
+    time.sleep(0.005)
 cache = volumes.build_volume_cache(manifest, (4, 32, 32), sys.argv[2], progress=False)
 print(cache.path, flush=True)
 """
@@ -317,10 +335,9 @@ def test_two_processes_building_one_volume_cache_compute_each_volume_once(tmp_pa
     manifest.to_csv(manifest_csv, index=False)
     script = tmp_path / "volume_script.py"
     script.write_text(textwrap.dedent(VOLUME_SCRIPT.format(src=str(SRC), calls=str(tmp_path / "calls.txt"))))
-    processes = [_start(script, manifest_csv, tmp_path / "cache") for _ in range(2)]
-    outputs = [process.communicate(timeout=120) for process in processes]
-    assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
-    assert len({out.split()[-1] for out, _ in outputs}) == 1
+    results = _together(script, manifest_csv, tmp_path / "cache", tmp_path / "go")
+    assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
+    assert len({out.split()[-1] for _, out, _ in results}) == 1
     assert sorted((tmp_path / "calls.txt").read_text().split()) == sorted(manifest["path"])
 
 

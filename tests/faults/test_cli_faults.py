@@ -25,7 +25,6 @@ import pytest
 
 import covidct.data.cache
 from covidct.cli import main
-from covidct.data.writes import os_error_message
 
 
 @pytest.mark.parametrize("code, cause, fix", [
@@ -58,6 +57,8 @@ def test_an_os_error_without_errno_is_a_bug_and_keeps_its_traceback(monkeypatch,
 
 
 def test_os_error_message_without_a_file_name():
+    from covidct.data.writes import os_error_message
+
     assert os_error_message(OSError(errno.ENOSPC, "No space left on device"), "/data/x") == (
         "/data/x: disk full. Free space on that disk or write to another one (e.g. --cache-root / --run-dir / --out), "
         "then rerun; finished work is kept.")
