@@ -140,7 +140,8 @@ def _add_audit(subparsers) -> None:
     parser.add_argument("--root", default=None, help="dataset folder (default: data/raw/<name> or COVIDCT_DATA_ROOT)")
     parser.add_argument("--out", default="runs/audit", help="folder for audit_<dataset>.json and .md")
     parser.add_argument("--seed", type=int, default=0, help="split and probe seed")
-    parser.add_argument("--strict", action="store_true", help="exit with status 1 when anything leaks")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when anything leaks or a file cannot be read")
     parser.set_defaults(func=_run_audit)
 
 
@@ -150,7 +151,7 @@ def _run_audit(args) -> int:
     report, json_path, markdown_path = audit_named_dataset(args.dataset, root=args.root, out_dir=args.out, seed=args.seed)
     print(report.to_markdown())
     print(f"Wrote {json_path} and {markdown_path}.")
-    return 1 if (args.strict and report.leakage) else 0
+    return 1 if (args.strict and not report.passed) else 0
 
 
 def _add_preprocess(subparsers) -> None:
@@ -163,6 +164,9 @@ def _add_preprocess(subparsers) -> None:
     parser.add_argument("--root", default=None, help="dataset folder")
     parser.add_argument("--cache-root", default=".cache/covidct", help="folder holding caches")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rebuild the cache even if an up-to-date one exists (a cache whose files changed in "
+                        "size or modification time is rebuilt anyway)")
     parser.set_defaults(func=_run_preprocess)
 
 
@@ -170,7 +174,8 @@ def _run_preprocess(args) -> int:
     from covidct.data.cache import preprocess_dataset
 
     cache = preprocess_dataset(
-        args.dataset, stage=args.stage, size=args.size, root=args.root, cache_root=args.cache_root, workers=args.workers
+        args.dataset, stage=args.stage, size=args.size, root=args.root, cache_root=args.cache_root, workers=args.workers,
+        rebuild=args.rebuild,
     )
     print(f"{cache.path}: {len(cache)} samples {cache.images.shape}, {len(cache.failed)} file(s) skipped.")
     for error in cache.failed["error"]:
@@ -589,6 +594,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CovidctError as error:
         print(f"covidct {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # The file system said no (full disk, read-only or forbidden folder, a file where a folder belongs):
+        # the user's to fix, so one line naming the file, the cause and the fix, not a traceback. An OSError
+        # without an errno was raised by a library, not the OS: that one keeps its traceback (a bug).
+        from covidct.data.writes import os_error_message
+
+        if error.errno is None:
+            raise
+        print(f"covidct {args.command}: error: {os_error_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"covidct {args.command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)

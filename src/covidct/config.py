@@ -20,6 +20,7 @@ Experiment names follow ``<model>-<stage>-<setting>`` with setting one of ``base
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from pathlib import Path
 import yaml
 
 from covidct.errors import CovidctError, did_you_mean, unknown_name_error
+
+logger = logging.getLogger(__name__)
 
 SETTINGS = ("baseline", "classw", "dataaug", "classw-dataaug", "robust", "classw-robust")
 OPTIMIZERS = ("adam", "adamw")
@@ -818,6 +821,8 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
             list_datasets = None
         if list_datasets is not None and d.dataset not in list_datasets():
             raise unknown_name_error("dataset", d.dataset, list_datasets())
+        if list_datasets is not None:
+            check_data_options(cfg, source)
     return cfg
 
 
@@ -882,15 +887,117 @@ def load_config(
     if path is not None:
         file = config_path(path)
         source = str(file)
-        try:
-            tree = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise CovidctError(f"{file}: not valid YAML ({error}).") from error
+        tree = _read_config_file(file)
+    file_data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    file_dataset, file_options = file_data.get("dataset", DataConfig.dataset), file_data.get("options")
+    # Options written in the file for its own dataset; a command line that changes data.dataset drops those the
+    # new loader does not take (logged), while options given on the command line are always checked as given.
+    inherited = set(file_options) if isinstance(file_options, dict) else set()
     for text in overrides or ():
         parts, value = _parse_override(text)
+        if parts[:2] in (["data"], ["data", "options"]) and len(parts) <= 2:
+            inherited = set()  # the command line replaced the options: none is the file's any more
+        elif parts[:2] == ["data", "options"]:
+            inherited.discard(parts[2])  # given on the command line: checked, never dropped
         _set_nested(tree, parts, value)
     cfg = config_from_dict(tree, source=source)
+    if inherited and cfg.data.dataset != file_dataset and validate:
+        cfg = _drop_foreign_options(cfg, inherited, file_dataset, source)
     return validate_config(cfg, source=source, check_registries=validate)
+
+
+def _read_config_file(file: Path) -> dict:
+    """The mapping of a config file; an empty, non-text, non-YAML or non-mapping file is refused by name."""
+    try:
+        text = file.read_text()
+    except UnicodeDecodeError:
+        raise CovidctError(f"{file}: not a text file, so not a YAML config; pass a .yaml config file.") from None
+    except OSError as error:
+        raise CovidctError(f"{file}: cannot read the config ({error.strerror or error}).") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise CovidctError(f"{file}: not valid YAML ({error}).") from error
+    if tree is None:
+        raise CovidctError(
+            f"{file}: the config file is empty (no keys). An empty file would train on every default and write "
+            "data/ and .cache/ into the working folder; write the keys you mean (e.g. data: {dataset: ...}, "
+            "model: {name: ...}), start from a shipped config such as configs/demo.yaml, or pass no config at all "
+            "where defaults are wanted (load_config() without a path)."
+        )
+    if not isinstance(tree, dict):
+        kind = "a list" if isinstance(tree, list) else f"a single {type(tree).__name__} value ({str(tree)[:40]!r})"
+        raise CovidctError(
+            f"{file}: the top level must be a mapping of sections (name:, data:, model:, training:, evaluation:, ...), "
+            f"got {kind}. Write it as key: value lines, e.g. `model: {{name: small_cnn}}`, not as a list."
+        )
+    return tree
+
+
+#: ``data.options`` of ``task: segmentation`` with ``data.dataset: phantom`` (``covidct.train.segmentation``
+#: ``load_segmentation_pairs``): name -> default, and allowed values.
+SEGMENTATION_PHANTOM_OPTIONS = {"n": 60, "target": "lungs", "seed": 0}
+SEGMENTATION_PHANTOM_CHOICES = {"target": ("lungs", "lesion")}
+#: ``data.options`` of ``task: pretrain`` of a segmenter on ``data.dataset: phantom`` (``covidct.train.restoration``).
+PRETRAIN_PHANTOM_OPTIONS = {"n": 60, "seed": 0}
+
+
+def data_options_spec(cfg: RunConfig) -> tuple[dict, dict, str]:
+    """What ``data.options`` the run's data loader takes: (name -> default, name -> allowed values, who).
+
+    Classification and volume runs, and pretraining on a dataset, pass the options to the dataset's loader
+    (``covidct.data.datasets``; its signature). Segmentation runs read image/mask pairs: phantom pairs take
+    ``n``, ``target``, ``seed``; ``kaggle-lungs`` and ``medseg`` take none.
+    """
+    from covidct.data.datasets import DATASETS, dataset_options
+
+    d = cfg.data
+    model_task = _model_task(cfg.model.name)
+    task = cfg.task or model_task
+    if task == "segmentation":
+        if d.dataset == "phantom":
+            return SEGMENTATION_PHANTOM_OPTIONS, SEGMENTATION_PHANTOM_CHOICES, "phantom segmentation pairs"
+        return {}, {}, f"segmentation dataset {d.dataset!r} (image/mask pairs)"
+    if task == "pretrain" and model_task == "segmentation" and d.dataset == "phantom":
+        return PRETRAIN_PHANTOM_OPTIONS, {}, "phantom pretraining images"
+    return dataset_options(d.dataset), DATASETS[d.dataset].choices, f"dataset {d.dataset!r}"
+
+
+def check_data_options(cfg: RunConfig, source: str = "config") -> None:
+    """Check ``data.options`` against the run's loader: names (did-you-mean), allowed values, types.
+
+    Raises:
+        CovidctError: naming the option and listing the loader's options.
+    """
+    from covidct.data.options import check_options
+
+    known, choices, what = data_options_spec(cfg)
+    check_options(cfg.data.options, known, choices, what, where=f"{source}: data.options")
+
+
+def _drop_foreign_options(cfg: RunConfig, inherited: set, file_dataset: str, source: str) -> RunConfig:
+    """An override changed ``data.dataset``: drop the file's options (``inherited``) the new loader does not take.
+
+    The options in a config file were written for its own dataset (e.g. a phantom's ``n``); a command line
+    that points the run at another dataset means to leave those behind. Each dropped option is logged; options
+    given on the command line are never dropped (they are checked, and refused by name when foreign).
+    """
+    from covidct.data.datasets import list_datasets
+
+    if cfg.data.dataset not in list_datasets():
+        return cfg  # reported by validate_config with close names
+    known, _, what = data_options_spec(cfg)
+    options = dict(cfg.data.options or {})
+    dropped = sorted(key for key in options if key in inherited and key not in known)
+    if not dropped:
+        return cfg
+    logger.warning(
+        "%s: data.options %s were written for dataset %r and do not apply to %s; dropped (data.dataset was changed "
+        "on the command line). Set data.options=... to give the new loader options.",
+        source, {key: options[key] for key in dropped}, file_dataset, what,
+    )
+    kept = {key: value for key, value in options.items() if key not in dropped}
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, options=kept))
 
 
 def dump_config(cfg: RunConfig, path: str | os.PathLike) -> Path:

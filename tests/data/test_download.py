@@ -154,3 +154,31 @@ def test_zip_slip_is_refused(tmp_path):
 def test_unknown_download_name():
     with pytest.raises(CovidctError, match="Did you mean: covid-ct"):
         download_dataset("covid-cts", progress=False)
+
+
+def _zip(path: Path, members: dict) -> Path:
+    with zipfile.ZipFile(path, "w") as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
+    return path
+
+
+def test_unpack_replaces_only_what_it_unpacked_and_never_a_foreign_folder(tmp_path):
+    out = tmp_path / "out"
+    unpack(_zip(tmp_path / "v1.zip", {"top/CT_COVID/a.png": "v1"}), out)
+    unpack(_zip(tmp_path / "v2.zip", {"top/CT_COVID/a.png": "v2"}), out)  # its own earlier unpack: replaced
+    assert (out / "CT_COVID" / "a.png").read_text() == "v2"
+    (out / "notes").mkdir()
+    (out / "notes" / "thesis.txt").write_text("mine")
+    with pytest.raises(CovidctError, match=r"out: notes already exist\(s\) there and covidct did not unpack them"):
+        unpack(_zip(tmp_path / "v3.zip", {"top/notes/other.txt": "x"}), out)
+    assert (out / "notes" / "thesis.txt").read_text() == "mine"
+
+
+def test_a_staging_folder_covidct_did_not_make_is_never_deleted(tmp_path):
+    staging = tmp_path / "out.unpacking"
+    staging.mkdir()
+    (staging / "thesis.txt").write_text("mine")
+    with pytest.raises(CovidctError, match=r"out\.unpacking: this unpacking folder holds files covidct did not write"):
+        unpack(_zip(tmp_path / "a.zip", {"top/a.png": "x"}), tmp_path / "out")
+    assert (staging / "thesis.txt").read_text() == "mine"

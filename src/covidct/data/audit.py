@@ -405,6 +405,16 @@ class AuditReport:
         """True when duplicates or groups cross splits, or duplicates cross classes."""
         return bool(self.data["problems"])
 
+    @property
+    def unreadable(self) -> int:
+        """Number of rows whose file could not be read (not checked for duplicates: the audit is incomplete)."""
+        return len(self.data.get("failed", []))
+
+    @property
+    def passed(self) -> bool:
+        """The strict verdict: nothing leaks and every file was read (``covidct audit --strict`` exits 0)."""
+        return not self.leakage and not self.unreadable
+
     def to_json(self, path: str | Path) -> Path:
         """Write the report as JSON and return the path."""
         path = Path(path)
@@ -423,6 +433,9 @@ class AuditReport:
             lines.append(f"| {label} | " + " | ".join(str(row.get(s, 0)) for s in d["split_names"]) + f" | {sum(row.values())} |")
         lines += ["", "## Verdict", ""]
         lines += [f"- **{p}**" for p in d["problems"]] or ["- No duplicates or groups cross splits or classes."]
+        if d.get("failed"):
+            lines.append(f"- **{len(d['failed'])} file(s) could not be read**: they were not checked, so the audit is "
+                         "incomplete (see Unreadable files below); fix or remove them.")
         exact = d["exact_duplicates"]
         lines += ["", f"## Exact duplicates (SHA-256): {len(exact)} set(s)", ""]
         for entry in exact[:50]:

@@ -13,13 +13,26 @@ on every row and stores the results under ``<cache_root>/<stage>-<size>-<key>/``
 - ``manifest.csv``: one row per sample (a stage may give several per image, e.g. ``halves``), with the
   input row's columns plus ``suffix`` and ``source_row``;
 - ``failed.csv``: files that could not be read or processed (``path, error``), skipped, never fatal;
-- ``meta.json``: stage, size, shape, counts, the key and the code version.
+- ``inputs.csv``: size and modification time (ns) of every input file (images and mask files) as built;
+- ``meta.json``: stage, size, shape, counts, the key, the digest of ``inputs.csv`` and the code version.
+  It is written last (atomically): a folder without it is an unfinished build.
 
-The key is a hash of the manifest content, the stage name, the size, covidct's version and the source
-code of the stage's module, so a changed input or stage builds a new cache and an unchanged one is
-reused. Work is done in chunks by a process pool (all cores by default); each finished chunk is
-written to disk and marked done, so an interrupted build resumes where it stopped. Memory holds at
-most one chunk of decoded images per worker.
+The key (the folder name) is a hash of the manifest content, the stage name, the size, covidct's
+version and the source code of the stage's module, so a changed manifest or stage builds a new cache.
+The files themselves are checked on every use: a cache is reused only when every input file still has
+the size and modification time recorded in ``inputs.csv``, and its arrays have the sizes ``meta.json``
+says. Otherwise it is rebuilt in place, with a logged warning that names the cause (which files
+changed, or which cache file is damaged); ``rebuild=True`` (``covidct preprocess --rebuild``) rebuilds
+it in any case. Contents are not hashed: reading every image at each use would cost a good part of a
+build. A file replaced by one of the same size *and* the same modification time (``cp -p``,
+``rsync -a`` of an edited copy, ``touch -r``) is therefore not noticed: rebuild after such a change.
+
+Work is done in chunks by a process pool (all cores by default); each finished chunk is written to disk
+(temporary name, then rename) and marked done, so an interrupted build resumes where it stopped, unless
+the input files changed meanwhile (then the chunks are discarded). Memory holds at most one chunk of
+decoded images per worker. One process builds a cache at a time (``.build.lock``). A failed write (a
+full disk, a read-only folder) removes its partial file and stops with a ``CovidctError`` naming the
+file; finished chunks are kept for the rerun.
 """
 
 from __future__ import annotations
@@ -30,7 +43,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -39,12 +51,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from covidct.data.cache_integrity import (
+    REBUILD_HINT,
+    array_problem,
+    changed_inputs,
+    input_stats,
+    read_cache_meta,
+    read_cache_tables,
+    slice_arrays,
+    stats_digest,
+)
+from covidct.data.writes import atomic_write_text, os_error_message, remove_owned_tree, removing_on_error
 from covidct.errors import CovidctError
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "2"
 KEY_COLUMNS = ("path", "label", "group", "split", "source", "mask_path", "slice_index", "mask_rot90")
+#: The names covidct writes in a cache's ``chunks/`` folder (nothing else there is ever deleted).
+CHUNK_PATTERNS = ("chunk_*.npy", "chunk_*.csv", "chunk_*.done", "inputs.json", "*.tmp")
+#: The files of a finished slice cache (removed, meta.json first, before a rebuild in place).
+CACHE_FILES = ("meta.json", "images.u8", "masks.u8", "targets.u8", "manifest.csv", "failed.csv", "inputs.csv")
 
 
 class ManifestRows:
@@ -94,23 +121,25 @@ class Cache(ManifestRows):
 
     @classmethod
     def open(cls, path: str | Path) -> Cache:
-        """Open a finished cache folder read-only."""
+        """Open a finished cache folder read-only, after checking its files against ``meta.json``.
+
+        Raises:
+            CovidctError: no, empty or corrupt ``meta.json``, an array file of the wrong size (truncated),
+                or a manifest with another row count; the message names the file and says to rebuild.
+        """
         path = Path(path)
-        meta_file = path / "meta.json"
-        if not meta_file.is_file():
-            raise CovidctError(f"{path}: not a finished covidct cache (no meta.json); rebuild it with build_cache.")
-        meta = json.loads(meta_file.read_text())
+        meta, problem = read_cache_meta(path)
+        problem = problem or array_problem(path, slice_arrays(meta))
+        if problem:
+            raise CovidctError(f"{problem}; {REBUILD_HINT}.")
         count, size, channels = meta["count"], meta["size"], meta["channels"]
         images = np.memmap(path / "images.u8", dtype=np.uint8, mode="r", shape=(count, size, size, channels))
         masks = np.memmap(path / "masks.u8", dtype=np.uint8, mode="r", shape=(count, size, size))
         targets = None
         if meta.get("has_targets"):
             targets = np.memmap(path / "targets.u8", dtype=np.uint8, mode="r", shape=(count, size, size))
-        manifest = pd.read_csv(path / "manifest.csv", keep_default_na=False, dtype={"group": str, "label": str})
-        failed = pd.read_csv(path / "failed.csv", keep_default_na=False) if (path / "failed.csv").stat().st_size else \
-            pd.DataFrame(columns=["path", "error"])
+        manifest, failed = read_cache_tables(path, count)
         return cls(path, meta["key"], images, masks, manifest, failed, meta, targets)
-
 
 
 def cache_key(manifest: pd.DataFrame, stage: str, size: int, stage_fn=None) -> str:
@@ -180,16 +209,23 @@ def _process_chunk(job: dict) -> tuple[int, int, int]:
     if len({im.shape[2] for im in images}) > 1:
         raise CovidctError(f"stage {job['stage']!r} returned images with different channel counts.")
     stem = folder / f"chunk_{number:05d}"
-    np.save(f"{stem}.images.tmp.npy", np.stack(images) if images else np.zeros((0, size, size, 1), np.uint8))
-    np.save(f"{stem}.masks.tmp.npy", np.stack(masks) if masks else np.zeros((0, size, size), np.uint8))
-    np.save(f"{stem}.targets.tmp.npy", np.stack(targets) if targets else np.zeros((0, size, size), np.uint8))
-    pd.DataFrame(rows, columns=["source_row", "suffix"]).to_csv(f"{stem}.rows.tmp.csv", index=False)
-    pd.DataFrame(failed, columns=["path", "slice_index", "error"]).to_csv(f"{stem}.failed.tmp.csv", index=False)
-    for part in ("images", "masks", "targets"):
-        os.replace(f"{stem}.{part}.tmp.npy", f"{stem}.{part}.npy")
-    for part in ("rows", "failed"):
-        os.replace(f"{stem}.{part}.tmp.csv", f"{stem}.{part}.csv")
-    Path(f"{stem}.done").write_text(json.dumps({"samples": len(rows), "failed": len(failed), "channels": channels}))
+    arrays = {"images": np.stack(images) if images else np.zeros((0, size, size, 1), np.uint8),
+              "masks": np.stack(masks) if masks else np.zeros((0, size, size), np.uint8),
+              "targets": np.stack(targets) if targets else np.zeros((0, size, size), np.uint8)}
+    tables = {"rows": pd.DataFrame(rows, columns=["source_row", "suffix"]),
+              "failed": pd.DataFrame(failed, columns=["path", "slice_index", "error"])}
+    temporary = [f"{stem}.{part}.tmp.npy" for part in arrays] + [f"{stem}.{part}.tmp.csv" for part in tables]
+    # A failed write (disk full, read-only folder) leaves no partial file behind and names the file.
+    with removing_on_error(*temporary):
+        for part, array in arrays.items():
+            np.save(f"{stem}.{part}.tmp.npy", array)
+        for part, table in tables.items():
+            table.to_csv(f"{stem}.{part}.tmp.csv", index=False)
+        for part in arrays:
+            os.replace(f"{stem}.{part}.tmp.npy", f"{stem}.{part}.npy")
+        for part in tables:
+            os.replace(f"{stem}.{part}.tmp.csv", f"{stem}.{part}.csv")
+    atomic_write_text(f"{stem}.done", json.dumps({"samples": len(rows), "failed": len(failed), "channels": channels}))
     return number, len(rows), len(failed)
 
 
@@ -220,6 +256,7 @@ def build_cache(
     workers: int | None = None,
     progress: bool = True,
     chunk_size: int = 128,
+    rebuild: bool = False,
 ) -> Cache:
     """Compute ``stage`` at ``size`` for every manifest row once, into a memory-mapped cache.
 
@@ -231,13 +268,17 @@ def build_cache(
         workers: processes (default: all cores; 1 runs in this process).
         progress: show a tqdm progress bar.
         chunk_size: rows per chunk (the unit of parallel work, of resuming and of peak memory).
+        rebuild: rebuild the cache even when a finished one with the same key and unchanged files exists.
 
     Returns:
-        The ``Cache`` (reused when a finished cache with the same key exists).
+        The ``Cache``: reused when a finished cache with the same key exists, its input files are
+        unchanged (size and modification time) and its files are intact; otherwise (re)built, with a
+        logged warning saying why an existing one was not reused.
 
     Raises:
-        CovidctError: unknown stage, a stage returning bad arrays, or a class left with no samples
-            (e.g. every file of a class failed).
+        CovidctError: unknown stage, a stage returning bad arrays, a class left with no samples
+            (e.g. every file of a class failed), or a cache folder that cannot be written (disk full,
+            read-only), naming the file.
     """
     import covidct.preprocess  # noqa: F401  (registers the named stages)
     from covidct.data.manifest import validate_manifest
@@ -250,19 +291,56 @@ def build_cache(
     manifest = manifest.reset_index(drop=True)
     key = cache_key(manifest, stage, size, stage_fn)
     folder = Path(cache_root) / f"{stage}-{size}-{key[:16]}"
-    if (folder / "meta.json").is_file():
+    stats = input_stats(manifest)
+    digest = stats_digest(stats)
+    if not rebuild and not _reuse_problem(folder, key, stats, digest):
         logger.info("reusing cache %s", folder)
         return Cache.open(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with _build_lock(folder):  # another process building this cache: wait for it, then reuse what it built
-        if (folder / "meta.json").is_file():
+    make_cache_folder(folder)
+    with build_lock(folder):  # another process building this cache: wait for it, then reuse what it built
+        problem = _reuse_problem(folder, key, stats, digest)
+        if not problem and not rebuild:
             logger.info("reusing cache %s (built by another process meanwhile)", folder)
             return Cache.open(folder)
-        return _build(manifest, stage, size, folder, key, workers, progress, chunk_size)
+        if rebuild or (folder / "meta.json").exists():
+            logger.warning("rebuilding cache %s: %s", folder, "rebuild requested" if rebuild else problem)
+            clear_cache_folder(folder, CACHE_FILES)
+        return _build(manifest, stage, size, folder, key, workers, progress, chunk_size, stats, digest)
+
+
+def _reuse_problem(folder: Path, key: str, stats: pd.DataFrame, digest: str) -> str:
+    """Why the cache in ``folder`` cannot be reused ("" when it can): unfinished, damaged or stale."""
+    meta, problem = read_cache_meta(folder)
+    if problem:
+        return problem
+    if meta["key"] != key:
+        return f"{folder / 'meta.json'}: holds key {str(meta['key'])[:16]}..., not this cache's {key[:16]}..."
+    return array_problem(folder, slice_arrays(meta)) or changed_inputs(folder, stats, digest, meta)
+
+
+def make_cache_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".build.lock").touch()
+    except OSError as error:
+        raise CovidctError(f"cannot write the cache: {os_error_message(error, folder)}") from None
+
+
+def clear_cache_folder(folder: Path, files) -> None:
+    """Remove a cache's files before a rebuild in place: ``chunks/`` (only if it holds covidct's chunk files
+    alone, else nothing is removed), then ``meta.json`` (nothing trusts a half-removed cache), then the rest."""
+    remove_owned_tree(folder / "chunks", allowed=CHUNK_PATTERNS, what="cache chunk folder")
+    try:
+        for name in files:
+            (folder / name).unlink(missing_ok=True)
+        for leftover in folder.glob("*.tmp"):
+            leftover.unlink()
+    except OSError as error:
+        raise CovidctError(f"cannot rebuild the cache: {os_error_message(error, folder)}") from None
 
 
 @contextlib.contextmanager
-def _build_lock(folder: Path):
+def build_lock(folder: Path):
     """An exclusive lock on ``folder/.build.lock`` while one process builds the cache (POSIX ``flock``; where
     ``fcntl`` is missing, e.g. Windows, no lock: build a cache from one process at a time there)."""
     try:
@@ -283,10 +361,25 @@ def _build_lock(folder: Path):
 
 
 def _build(manifest: pd.DataFrame, stage: str, size: int, folder: Path, key: str, workers: int | None,
-           progress: bool, chunk_size: int) -> Cache:
+           progress: bool, chunk_size: int, stats: pd.DataFrame, digest: str) -> Cache:
     """``build_cache``'s work, under the folder's build lock: chunks (resumable), then the final memmaps."""
     chunks_dir = folder / "chunks"
-    chunks_dir.mkdir(parents=True, exist_ok=True)
+    inputs_file = chunks_dir / "inputs.json"
+    if chunks_dir.is_dir():
+        try:
+            resumable = json.loads(inputs_file.read_text()).get("inputs_digest") == digest
+        except (OSError, ValueError, AttributeError):
+            resumable = False
+        if not resumable:  # chunks of files that changed since (or of unknown files): never mixed in
+            logger.warning("discarding the unfinished chunks in %s: the input files changed since they were made",
+                           chunks_dir)
+            remove_owned_tree(chunks_dir, allowed=CHUNK_PATTERNS, what="cache chunk folder")
+    try:
+        chunks_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CovidctError(f"cannot write the cache: {os_error_message(error, chunks_dir)}") from None
+    if not inputs_file.is_file():
+        atomic_write_text(inputs_file, json.dumps({"inputs_digest": digest}))
     has_targets = "mask_path" in manifest and (manifest["mask_path"].astype(str) != "").any()
     records = manifest.assign(_row=np.arange(len(manifest))).to_dict("records")
     for record in records:
@@ -303,34 +396,33 @@ def _build(manifest: pd.DataFrame, stage: str, size: int, folder: Path, key: str
     bar = tqdm(total=len(records), initial=len(records) - sum(len(j["rows"]) for j in pending),
                desc=f"cache {stage}@{size}", unit="img", disable=not progress)
     workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(pending) <= 1:
-        for job in pending:
-            _process_chunk(job)
-            bar.update(len(job["rows"]))
-    else:
-        sizes = {job["chunk"]: len(job["rows"]) for job in pending}
-        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=_mp_context()) as pool:
-            futures = {pool.submit(_process_chunk, job) for job in pending}
-            try:
-                while futures:
-                    done, futures = wait(futures, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        number, _, _ = future.result()
-                        bar.update(sizes[number])
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-    bar.close()
-    cache = _assemble(folder, manifest, jobs, stage, size, key, has_targets)
-    cache.meta["build_seconds"] = round(time.perf_counter() - started, 3)
-    (folder / "meta.json").write_text(json.dumps(cache.meta, indent=2))
-    return cache
+    try:  # the bar is closed on failure too, so an error message starts on a line of its own
+        if workers == 1 or len(pending) <= 1:
+            for job in pending:
+                _process_chunk(job)
+                bar.update(len(job["rows"]))
+        else:
+            sizes = {job["chunk"]: len(job["rows"]) for job in pending}
+            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=_mp_context()) as pool:
+                futures = {pool.submit(_process_chunk, job) for job in pending}
+                try:
+                    while futures:
+                        done, futures = wait(futures, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            number, _, _ = future.result()
+                            bar.update(sizes[number])
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+    finally:
+        bar.close()
+    return _assemble(folder, manifest, jobs, stage, size, key, has_targets, stats, digest, started)
 
 
 def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size: int, key: str,
-              has_targets: bool) -> Cache:
-    """Concatenate finished chunks into the final memmaps, one chunk in memory at a time."""
+              has_targets: bool, stats: pd.DataFrame, digest: str, started: float) -> Cache:
+    """Concatenate finished chunks into the final memmaps, one chunk in memory at a time; ``meta.json`` last."""
     chunks_dir = folder / "chunks"
     stems = [chunks_dir / f"chunk_{job['chunk']:05d}" for job in jobs]
     infos = [json.loads(Path(f"{stem}.done").read_text()) for stem in stems]
@@ -359,18 +451,20 @@ def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size
         # Plain sequential writes (not a writable memmap): written memmap pages would count towards
         # this process's resident memory, and only one chunk should ever be held.
         written = 0
-        with open(folder / f"{name}.u8.tmp", "wb") as handle:
-            for stem, info in zip(stems, infos):
-                if info["samples"]:
-                    part = np.load(f"{stem}.{name}.npy")
-                    handle.write(np.ascontiguousarray(part, dtype=np.uint8).tobytes())
-                    written += part.size
-                    del part
-        if written != int(np.prod(shape)):
-            raise CovidctError(f"{folder}: chunk files hold {written} bytes of {name}, expected {int(np.prod(shape))}.")
-        os.replace(folder / f"{name}.u8.tmp", folder / f"{name}.u8")
-    out.to_csv(folder / "manifest.csv", index=False)
-    failed.to_csv(folder / "failed.csv", index=False)
+        temporary = folder / f"{name}.u8.tmp"
+        with removing_on_error(temporary):
+            with open(temporary, "wb") as handle:
+                for stem, info in zip(stems, infos):
+                    if info["samples"]:
+                        part = np.load(f"{stem}.{name}.npy")
+                        handle.write(np.ascontiguousarray(part, dtype=np.uint8).tobytes())
+                        written += part.size
+                        del part
+            if written != int(np.prod(shape)):
+                raise CovidctError(f"{folder}: chunk files hold {written} bytes of {name}, expected {int(np.prod(shape))}.")
+            os.replace(temporary, folder / f"{name}.u8")
+    for name, table in (("manifest.csv", out), ("failed.csv", failed), ("inputs.csv", stats)):
+        atomic_write_text(folder / name, table.to_csv(index=False))
     from covidct import __version__
 
     meta = {
@@ -384,12 +478,17 @@ def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size
         "has_targets": bool(has_targets),
         "counts": {str(k): int(v) for k, v in out["label"].value_counts().sort_index().items()},
         "sources": sorted(set(manifest["source"].astype(str))),
+        "inputs_digest": digest,
         "covidct_version": __version__,
         "cache_format": CACHE_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "build_seconds": round(time.perf_counter() - started, 3),
     }
-    shutil.rmtree(chunks_dir, ignore_errors=True)
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))  # the cache is finished from here on
+    try:
+        remove_owned_tree(chunks_dir, allowed=CHUNK_PATTERNS, what="cache chunk folder")
+    except CovidctError as error:  # the cache is complete; only the clean-up is refused
+        logger.warning("%s", error)
     return Cache.open(folder)
 
 
@@ -402,6 +501,7 @@ def preprocess_dataset(
     workers: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    rebuild: bool = False,
 ) -> Cache:
     """Load a registered dataset, assign its splits (official kept) and build its cache.
 
@@ -414,6 +514,7 @@ def preprocess_dataset(
         workers: processes (default: all cores).
         seed: split seed when the dataset has no official split.
         progress: show a progress bar.
+        rebuild: rebuild the cache even when an up-to-date one exists.
 
     Returns:
         The ``Cache``.
@@ -422,4 +523,5 @@ def preprocess_dataset(
     from covidct.data.splits import assign_splits
 
     manifest = assign_splits(load_dataset(dataset, root=root), seed=seed)
-    return build_cache(manifest, stage=stage, size=size, cache_root=cache_root, workers=workers, progress=progress)
+    return build_cache(manifest, stage=stage, size=size, cache_root=cache_root, workers=workers, progress=progress,
+                       rebuild=rebuild)

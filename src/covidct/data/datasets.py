@@ -29,6 +29,7 @@ import pandas as pd
 
 from covidct.data.io import IMAGE_SUFFIXES, nifti_depth
 from covidct.data.manifest import make_manifest
+from covidct.data.options import check_options
 from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 
 logger = logging.getLogger(__name__)
@@ -56,23 +57,52 @@ class DatasetSpec:
     folders: tuple = ()
     classes: tuple = ()
     label_map: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, description: str, folders: tuple = (), label_map: dict | None = None):
-    """Decorator registering ``loader(root, **options) -> Manifest`` as dataset ``name``."""
+def register_dataset(name: str, description: str, folders: tuple = (), label_map: dict | None = None,
+                     choices: dict | None = None):
+    """Decorator registering ``loader(root, **options) -> Manifest`` as dataset ``name``.
+
+    ``choices`` maps an option to its allowed values (checked by ``check_dataset_options``, e.g. before a
+    run folder is made); the other options are checked by name against the loader's signature and by type
+    against their defaults.
+    """
 
     def decorator(loader: Callable) -> Callable:
         if name in DATASETS:
             raise CovidctError(f"A dataset named {name!r} is already registered.")
         label_map_ = dict(label_map or {})
         classes = tuple(dict.fromkeys(label_map_.values()))
-        DATASETS[name] = DatasetSpec(name, loader, description, tuple(folders), classes, label_map_)
+        DATASETS[name] = DatasetSpec(name, loader, description, tuple(folders), classes, label_map_,
+                                     dict(choices or {}))
         return loader
 
     return decorator
+
+
+def dataset_options(name: str) -> dict:
+    """The options of dataset ``name``'s loader with their defaults (``root`` excluded), from its signature."""
+    import inspect
+
+    if name not in DATASETS:
+        raise unknown_name_error("dataset", name, DATASETS)
+    parameters = inspect.signature(DATASETS[name].loader).parameters
+    return {key: p.default for key, p in parameters.items()
+            if key != "root" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_dataset_options(name: str, options: dict | None, where: str = "data.options") -> dict:
+    """Check loader options of dataset ``name`` by name (its signature), value (its choices) and type.
+
+    Raises:
+        CovidctError: unknown dataset, unknown option (did-you-mean) or a bad value.
+    """
+    known = dataset_options(name)
+    return check_options(dict(options or {}), known, DATASETS[name].choices, f"dataset {name!r}", where)
 
 
 def list_datasets() -> list[str]:
@@ -98,6 +128,7 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> pd.Dat
     if name not in DATASETS:
         raise unknown_name_error("dataset", name, DATASETS)
     spec = DATASETS[name]
+    check_dataset_options(name, options, where=f"load_dataset({name!r}) options")
     if name in ("phantom", "phantom-volumes"):  # synthetic: written on first use, no folder to find
         return spec.loader(root, **options)
     return spec.loader(resolve_root(name, root), **options)
@@ -339,7 +370,11 @@ def load_phantom_volumes(
     return manifest
 
 
-@register_dataset("folder", "any class/ or split/class/ tree of images (labels = folder names)")
+FOLDER_GROUPS = ("subfolder", "image")
+
+
+@register_dataset("folder", "any class/ or split/class/ tree of images (labels = folder names)",
+                  choices={"groups": FOLDER_GROUPS})
 def load_folder(
     root: Path, label_map: dict | None = None, source: str = "folder", groups: str = "subfolder"
 ) -> pd.DataFrame:
@@ -355,6 +390,8 @@ def load_folder(
     Returns:
         Manifest; ``split`` is set when the top level holds train/val/test folders.
     """
+    if groups not in FOLDER_GROUPS:
+        raise unknown_name_error("folder group mode", groups, FOLDER_GROUPS)
     root = Path(root)
     top = subfolders(root)
     if not top:
@@ -480,8 +517,11 @@ SARS_LABELS = {"COVID": "COV", "non-COVID": "NonCOV"}
 SARS_BLOCK = 20
 
 
+SARS_GROUP_PROXIES = ("blocks+phash", "blocks", "image")
+
+
 @register_dataset("sars-cov-2-ct", "SARS-CoV-2 CT-scan (COVID / non-COVID PNG slices, no patient ids)",
-                  ("sars-cov-2-ct-scan",), SARS_LABELS)
+                  ("sars-cov-2-ct-scan",), SARS_LABELS, choices={"group_proxy": SARS_GROUP_PROXIES})
 def load_sars_cov_2_ct(
     root: Path,
     group_proxy: str = "blocks+phash",
@@ -507,8 +547,8 @@ def load_sars_cov_2_ct(
         Manifest with ``group_proxy`` naming the proxy used.
     """
     root = Path(root)
-    if group_proxy not in ("blocks+phash", "blocks", "image"):
-        raise unknown_name_error("group proxy", group_proxy, ("blocks+phash", "blocks", "image"))
+    if group_proxy not in SARS_GROUP_PROXIES:
+        raise unknown_name_error("group proxy", group_proxy, SARS_GROUP_PROXIES)
     rows = []
     for class_folder in subfolders(root):
         label = map_class_folder(class_folder, SARS_LABELS, "sars-cov-2-ct")
@@ -571,7 +611,7 @@ MOSMED_MODES = {
 
 
 @register_dataset("mosmeddata", "MosMedData chest CT volumes CT-0..CT-4 (binary, keras-io or 5-class severity)",
-                  ("mosmeddata", "MosMedData"), MOSMED_MODES["binary"])
+                  ("mosmeddata", "MosMedData"), MOSMED_MODES["binary"], choices={"classes": tuple(MOSMED_MODES)})
 def load_mosmeddata(root: Path, classes: str = "binary") -> pd.DataFrame:
     """MosMedData: ``CT-0 … CT-4/study_XXXX.nii.gz`` (also under ``studies/``), one row per volume.
 

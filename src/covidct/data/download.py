@@ -30,11 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from covidct.data.writes import os_error_message, remove_owned_tree
 from covidct.errors import CovidctError, unknown_name_error
 
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+#: Written into the staging folder of an unpack; only a staging folder holding it is ever deleted.
+STAGING_MARKER = ".covidct-unpacking"
+#: Names of the entries covidct unpacked into a folder; only those are replaced by a later unpack.
+UNPACKED_RECORD = ".covidct-unpacked"
 
 
 @dataclass(frozen=True)
@@ -193,11 +198,17 @@ def unpack(archive: str | Path, dest: str | Path, strip_top: bool = True) -> Pat
 
     Returns:
         ``dest``.
+
+    Raises:
+        CovidctError: a damaged archive, a member that would land outside ``dest``, or an entry of ``dest``
+            that the archive would replace but covidct did not unpack (covidct replaces only what it unpacked
+            there before, as recorded in ``dest/.covidct-unpacked``).
     """
     archive, dest = Path(archive), Path(dest)
     staging = dest.with_name(dest.name + ".unpacking")
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_owned_tree(staging, marker=STAGING_MARKER, what="unpacking folder")
     staging.mkdir(parents=True)
+    (staging / STAGING_MARKER).write_text(f"covidct unpacks {archive.name} here\n")
     root = staging.resolve()
     try:
         if zipfile.is_zipfile(archive):
@@ -214,22 +225,53 @@ def unpack(archive: str | Path, dest: str | Path, strip_top: bool = True) -> Pat
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
         raise CovidctError(f"{archive}: the archive is damaged ({error}); delete it and download again.") from None
     content = staging
-    entries = [p for p in staging.iterdir() if p.name != "__MACOSX"]
+    entries = [p for p in staging.iterdir() if p.name not in ("__MACOSX", STAGING_MARKER)]
     if strip_top and len(entries) == 1 and entries[0].is_dir():
         content = entries[0]
     dest.mkdir(parents=True, exist_ok=True)
-    for item in content.iterdir():
-        if item.name == "__MACOSX":
-            continue
+    record = dest / UNPACKED_RECORD
+    unpacked = set(record.read_text().split("\n")) - {""} if record.is_file() else set()
+    if (dest / ".complete").is_file():  # a dataset folder download_dataset finished: all of it is covidct's
+        unpacked |= {entry.name for entry in dest.iterdir()}
+    items = [item for item in content.iterdir() if item.name not in ("__MACOSX", STAGING_MARKER)]
+    foreign = [item.name for item in items if (dest / item.name).exists() and item.name not in unpacked]
+    if foreign:
+        raise CovidctError(
+            f"{dest}: {', '.join(sorted(foreign)[:5])} already exist(s) there and covidct did not unpack them, so they "
+            f"are not replaced by {archive.name}. Move them away (or unpack into an empty folder) and rerun."
+        )
+    for item in items:
         destination = dest / item.name
-        if destination.exists():
-            if destination.is_dir():
-                shutil.rmtree(destination)
-            else:
-                destination.unlink()
+        if destination.is_dir() and not destination.is_symlink():
+            shutil.rmtree(destination)  # unpacked here by covidct before (listed in the record)
+        elif destination.exists() or destination.is_symlink():
+            destination.unlink()
         shutil.move(str(item), str(destination))
-    shutil.rmtree(staging, ignore_errors=True)
+    record.write_text("\n".join(sorted(unpacked | {item.name for item in items})) + "\n")
+    remove_owned_tree(staging, marker=STAGING_MARKER, what="unpacking folder")
     return dest
+
+
+def check_download_folder(dest: Path, folder: Path) -> None:
+    """Refuse a ``--dest`` that is a file (or lies below one), or a dataset path that is a file, before any download.
+
+    Raises:
+        CovidctError: naming the file and saying to give a folder.
+    """
+    for path in (dest, *dest.parents):
+        if path.exists() and not path.is_dir():
+            where = "" if path == dest else f" (a part of {dest})"
+            raise CovidctError(
+                f"{path}{where} is a file, not a folder; --dest is the parent folder of the datasets (the data goes to "
+                f"DEST/<dataset>). Give a folder, e.g. --dest data/raw."
+            )
+    for path in (folder, dest / "archives"):
+        if path.exists() and not path.is_dir():
+            raise CovidctError(f"{path} is a file where covidct keeps a folder; move it away or choose another --dest.")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CovidctError(f"cannot write the download: {os_error_message(error, dest)}") from None
 
 
 def download_dataset(
@@ -257,6 +299,7 @@ def download_dataset(
         sources = SOURCES[name]
     dest = Path(dest)
     folder = dest / name
+    check_download_folder(dest, folder)
     for source in sources:
         archive = download_file(source.url, dest / "archives" / source.filename, source.size, source.sha256,
                                 progress=progress, timeout_s=timeout_s, manual=source.manual)

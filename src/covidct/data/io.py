@@ -16,6 +16,10 @@ are brought to RAS+ with ``nibabel.as_closest_canonical`` and then flipped/trans
 DICOM series are sorted by the position of each slice along the slice normal (ascending = towards the
 head for axial scans) and keep the in-plane orientation of their pixel data. ``spacing`` follows the
 array axes in mm: (row, col) for a slice, (slice, row, col) for a volume.
+
+Every reader refuses NaN and infinite values (``check_finite``): a ``CovidctError`` naming the file and
+the number of such values. Windowing would otherwise turn them into arbitrary grey levels, and a model
+fed those answers with confidence from nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +62,42 @@ class CTImage:
     path: str = ""
     spacing: tuple | None = None
     meta: dict = field(default_factory=dict)
+
+
+#: Slices checked at a time by ``check_finite`` (bounds its temporary boolean array).
+FINITE_CHECK_SLICES = 16
+
+
+def check_finite(array: np.ndarray, path: str | Path | None, what: str = "image") -> np.ndarray:
+    """Refuse an array holding NaN or +-inf values; integer arrays pass without a look.
+
+    A volume (memmaps too) is checked ``FINITE_CHECK_SLICES`` slices at a time, so no full-size
+    temporary is made.
+
+    Args:
+        array: the decoded values.
+        path: the file they came from (named in the message).
+        what: ``"image"`` or ``"volume"``, for the message.
+
+    Returns:
+        ``array`` unchanged.
+
+    Raises:
+        CovidctError: "<file>: the <what> holds N non-finite value(s) (NaN or infinite) ...".
+    """
+    if not np.issubdtype(array.dtype, np.inexact):
+        return array
+    blocks = [array] if array.ndim < 3 else (array[k : k + FINITE_CHECK_SLICES]
+                                             for k in range(0, array.shape[0], FINITE_CHECK_SLICES))
+    bad = sum(int(np.count_nonzero(~np.isfinite(block))) for block in blocks)
+    if bad:
+        nan = "all" if bad == array.size else f"{bad} of {array.size}"
+        raise CovidctError(
+            f"{path or 'array'}: the {what} holds non-finite values ({nan} voxels are NaN or infinite); covidct "
+            "refuses them rather than guess intensities. Fix the export (or replace NaN by a HU value such as "
+            "-1024, air) and remove the file from the dataset meanwhile."
+        )
+    return array
 
 
 def detect_format(path: str | Path) -> str:
@@ -221,6 +261,9 @@ def read_npy(path: str | Path, **_) -> CTImage:
         raise CovidctError(f"{path}: cannot read the NumPy file ({error}).") from None
     if array.ndim not in (2, 3):
         raise CovidctError(f"{path}: expected a 2-D slice or 3-D volume, got shape {array.shape}.")
+    if array.dtype.kind not in "biuf":
+        raise CovidctError(f"{path}: expected numbers (HU), got a {array.dtype} array.")
+    check_finite(array, path, "volume" if array.ndim == 3 else "image")
     meta = {"bit_depth": array.dtype.itemsize * 8, "channels": 1, "height": array.shape[-2], "width": array.shape[-1]}
     return CTImage(array.astype(np.float32), "HU", str(path), None, meta)
 
@@ -265,6 +308,7 @@ def read_nifti(path: str | Path, **_) -> CTImage:
         data = np.asarray(canonical.dataobj, dtype=np.float32)
     except Exception as error:
         raise CovidctError(f"{path}: cannot decode the NIfTI data ({error}); the file may be truncated.") from None
+    check_finite(data, path, "volume")
     volume = np.ascontiguousarray(np.transpose(data[::-1, ::-1, :], (2, 1, 0)))
     zooms = [float(z) for z in canonical.header.get_zooms()[:3]]
     unit = "display" if dtype == np.uint8 else "HU"
@@ -316,7 +360,10 @@ def _dicom_pixels_hu(dataset, path: Path) -> tuple[np.ndarray, str, dict]:
     intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
     has_rescale = "RescaleSlope" in dataset or "RescaleIntercept" in dataset
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2"))
-    values = pixels.astype(np.float32)
+    values = check_finite(pixels.astype(np.float32), path)
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise CovidctError(f"{path}: RescaleSlope {slope} / RescaleIntercept {intercept} are not finite numbers; "
+                           "the HU values cannot be computed. Fix the file's header.")
     meta = {
         "bit_depth": int(getattr(dataset, "BitsStored", pixels.dtype.itemsize * 8)),
         "channels": 1,

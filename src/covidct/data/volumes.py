@@ -21,7 +21,13 @@ NIfTI files are read a slab at a time, so from a path the float volume is never 
 
 **Cache.** ``build_volume_cache(manifest, shape)`` stores one preprocessed volume per manifest row in a
 memory-mapped uint8 array (N, D, H, W, 1) with its manifest, like the slice cache of
-``covidct.data.cache`` (same key scheme, same ``indices(split)``), and resumes an interrupted build.
+``covidct.data.cache``: same key scheme, same ``indices(split)``, same checks before reuse (input files
+unchanged in size and modification time, ``images.u8`` of the size ``meta.json`` says; otherwise rebuilt
+with a logged warning), same build lock; an interrupted build resumes unless its files changed meanwhile.
+
+**Non-finite values.** Every reader refuses a volume holding NaN or infinite values (``CovidctError``
+naming the file): windowing would turn them into arbitrary grey levels and a model would answer
+confidently from nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +43,16 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from covidct.data.cache import ManifestRows
+from covidct.data.cache import ManifestRows, build_lock, cache_key, clear_cache_folder, make_cache_folder
+from covidct.data.cache_integrity import (
+    array_problem,
+    changed_inputs,
+    input_stats,
+    read_cache_meta,
+    read_cache_tables,
+    stats_digest,
+)
+from covidct.data.writes import atomic_write_text, removing_on_error
 from covidct.errors import CovidctError, unknown_name_error
 
 logger = logging.getLogger(__name__)
@@ -225,7 +240,7 @@ def load_volume(path) -> object:
     Raises:
         CovidctError: the file is not a 3-D volume.
     """
-    from covidct.data.io import CTImage, detect_format, read_image
+    from covidct.data.io import CTImage, check_finite, detect_format, read_image
 
     path = Path(path)
     kind = detect_format(path)
@@ -234,6 +249,9 @@ def load_volume(path) -> object:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as error:
             raise CovidctError(f"{path}: cannot read the NumPy file ({error}).") from None
+        if array.dtype.kind not in "biuf":
+            raise CovidctError(f"{path}: expected numbers (HU), got a {array.dtype} array.")
+        check_finite(array, path, "volume")
         image = CTImage(array, "HU", str(path), None, {"format": "npy"})
     elif kind == "nifti":
         array, spacing, unit = _read_nifti_slabs(path, None)
@@ -263,6 +281,8 @@ def _read_nifti_slabs(path: Path, dtype) -> tuple[np.ndarray, tuple[float, float
     """
     import nibabel as nib
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    from covidct.data.io import check_finite
 
     try:
         image = nib.load(str(path))
@@ -299,6 +319,7 @@ def _read_nifti_slabs(path: Path, dtype) -> tuple[np.ndarray, tuple[float, float
             raise CovidctError(
                 f"{path}: cannot decode the NIfTI data ({error}); the file may be truncated."
             ) from None
+        check_finite(slab, path, "volume")
         slab = apply_orientation(slab, transform)
         rows = slice(start, stop) if towards_head else slice(depth - stop, depth - start)
         if dtype is None:
@@ -323,7 +344,7 @@ def preprocess_volume(image, shape=(32, 64, 64), target_spacing_mm=None) -> np.n
         uint8 (D, H, W) volume in 0..255. Display-unit volumes (already windowed exports, e.g. the
         COVID-CT-MD sample's uint8 NIfTI) are taken as they are, since their HU window is unknown.
     """
-    from covidct.data.io import CTImage
+    from covidct.data.io import CTImage, check_finite
 
     if isinstance(image, (str, os.PathLike)):
         from covidct.data.io import detect_format
@@ -336,6 +357,7 @@ def preprocess_volume(image, shape=(32, 64, 64), target_spacing_mm=None) -> np.n
         image = load_volume(image)
     elif not isinstance(image, CTImage):
         image = CTImage(np.asarray(image), "HU")
+    check_finite(image.array, image.path or None, "volume")
     if image.array.ndim != 3:
         raise CovidctError(
             f"{image.path or 'volume'}: expected a (D, H, W) volume, got shape {image.array.shape}."
@@ -381,23 +403,13 @@ class VolumeCache(ManifestRows):
     def open(cls, path) -> VolumeCache:
         """Open a finished volume cache folder read-only."""
         path = Path(path)
-        meta_file = path / "meta.json"
-        if not meta_file.is_file():
-            raise CovidctError(
-                f"{path}: not a finished volume cache (no meta.json); rebuild it with build_volume_cache."
-            )
-        meta = json.loads(meta_file.read_text())
+        meta, problem = read_cache_meta(path, required=("key", "count", "shape"))
+        problem = problem or array_problem(path, volume_arrays(meta))
+        if problem:
+            raise CovidctError(f"{problem}; rebuild it with build_volume_cache(..., rebuild=True).")
         shape = (meta["count"], *meta["shape"], 1)
         images = np.memmap(path / "images.u8", dtype=np.uint8, mode="r", shape=shape)
-        manifest = pd.read_csv(
-            path / "manifest.csv", keep_default_na=False, dtype={"group": str, "label": str}
-        )
-        failed_file = path / "failed.csv"
-        failed = (
-            pd.read_csv(failed_file, keep_default_na=False)
-            if failed_file.is_file() and failed_file.stat().st_size
-            else pd.DataFrame(columns=["path", "error"])
-        )
+        manifest, failed = read_cache_tables(path, int(meta["count"]))
         return cls(path, meta["key"], images, manifest, failed, meta)
 
     @property
@@ -405,6 +417,24 @@ class VolumeCache(ManifestRows):
         """The (D, H, W) of every cached volume."""
         return tuple(self.meta["shape"])
 
+
+
+def volume_arrays(meta: dict) -> dict[str, int]:
+    """Expected byte size of a volume cache's ``images.u8`` from its ``meta.json``."""
+    return {"images.u8": int(meta["count"]) * int(np.prod([int(s) for s in meta["shape"]]))}
+
+
+def _allocated_memmap(path: Path, shape: tuple, mode: str) -> np.memmap:
+    """A uint8 memmap whose disk blocks are reserved first: a full disk is then an ``OSError`` here, not a
+    SIGBUS when a page of a sparse file is written later."""
+    if mode == "w+":
+        with open(path, "wb") as handle:
+            size = int(np.prod(shape))
+            if size and hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(handle.fileno(), 0, size)
+            else:
+                handle.truncate(size)
+    return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
 
 
 def volume_rows(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -422,6 +452,7 @@ def build_volume_cache(
     cache_root=".cache/covidct",
     target_spacing_mm=None,
     progress: bool = True,
+    rebuild: bool = False,
 ) -> VolumeCache:
     """Preprocess every volume of a manifest once into a memory-mapped uint8 (N, D, H, W, 1) cache.
 
@@ -436,15 +467,17 @@ def build_volume_cache(
         cache_root: folder holding caches (shared with the slice cache).
         target_spacing_mm: resample to this spacing before the final resize (see ``preprocess_volume``).
         progress: show a tqdm progress bar.
+        rebuild: rebuild even when an up-to-date cache exists.
 
     Returns:
-        The ``VolumeCache``, reused when a finished cache with the same key exists. The key hashes the
-        manifest, the shape, the spacing, covidct's version and this module's source.
-    """
-    from tqdm.auto import tqdm
+        The ``VolumeCache``, reused when a finished cache with the same key exists, its input files are
+        unchanged (size, modification time) and ``images.u8`` is intact. The key hashes the manifest,
+        the shape, the spacing, covidct's version and this module's source.
 
-    from covidct import __version__
-    from covidct.data.cache import cache_key
+    Raises:
+        CovidctError: a class with no readable volume, or a cache folder that cannot be written (disk full,
+            read-only), naming the file.
+    """
     from covidct.data.manifest import validate_manifest
 
     validate_manifest(manifest)
@@ -454,16 +487,57 @@ def build_volume_cache(
     size_tag = "x".join(str(s) for s in shape) + spacing_tag
     key = cache_key(rows, "volume", size_tag, preprocess_volume)
     folder = Path(cache_root) / f"volume-{size_tag}-{key[:16]}"
-    if (folder / "meta.json").is_file():
+    stats = input_stats(rows)
+    digest = stats_digest(stats)
+    if not rebuild and not _volume_reuse_problem(folder, key, stats, digest):
         logger.info("reusing volume cache %s", folder)
         return VolumeCache.open(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_cache_folder(folder)
+    with build_lock(folder):
+        problem = _volume_reuse_problem(folder, key, stats, digest)
+        if not problem and not rebuild:
+            logger.info("reusing volume cache %s (built by another process meanwhile)", folder)
+            return VolumeCache.open(folder)
+        if rebuild or (folder / "meta.json").exists():
+            logger.warning("rebuilding volume cache %s: %s", folder, "rebuild requested" if rebuild else problem)
+            clear_cache_folder(folder, VOLUME_CACHE_FILES)
+        return _build_volume_cache(rows, shape, size_tag, folder, key, target_spacing_mm, progress, stats, digest)
+
+
+VOLUME_CACHE_FILES = ("meta.json", "images.u8", "images.u8.part", "manifest.csv", "failed.csv", "inputs.csv",
+                      "progress.json")
+
+
+def _volume_reuse_problem(folder: Path, key: str, stats: pd.DataFrame, digest: str) -> str:
+    """Why the volume cache in ``folder`` cannot be reused ("" when it can)."""
+    meta, problem = read_cache_meta(folder, required=("key", "count", "shape"))
+    if problem:
+        return problem
+    if meta["key"] != key:
+        return f"{folder / 'meta.json'}: holds key {str(meta['key'])[:16]}..., not this cache's {key[:16]}..."
+    return array_problem(folder, volume_arrays(meta)) or changed_inputs(folder, stats, digest, meta)
+
+
+def _build_volume_cache(rows: pd.DataFrame, shape: tuple, size_tag: str, folder: Path, key: str, target_spacing_mm,
+                        progress: bool, stats: pd.DataFrame, digest: str) -> VolumeCache:
+    """``build_volume_cache``'s work under the build lock: volume by volume (resumable), then ``meta.json``."""
+    from tqdm.auto import tqdm
+
+    from covidct import __version__
+
     count = len(rows)
     work = folder / "images.u8.tmp"
     progress_file = folder / "progress.json"
-    state = json.loads(progress_file.read_text()) if progress_file.is_file() and work.is_file() else {}
+    try:
+        state = json.loads(progress_file.read_text()) if progress_file.is_file() and work.is_file() else {}
+    except ValueError:  # a progress file cut short: start again
+        state = {}
+    if state and state.get("inputs_digest") != digest:
+        logger.warning("discarding the unfinished volume cache build in %s: the input files changed since", folder)
+        state = {}
     done = {int(k): v for k, v in state.get("done", {}).items()}
-    images = np.memmap(work, dtype=np.uint8, mode="r+" if done else "w+", shape=(count, *shape, 1))
+    with removing_on_error(*([] if done else [work]), what=work):
+        images = _allocated_memmap(work, (count, *shape, 1), "r+" if done else "w+")
     started = time.perf_counter()
     bar = tqdm(
         total=count, initial=len(done), desc=f"volume cache {size_tag}", unit="vol", disable=not progress
@@ -482,8 +556,10 @@ def build_volume_cache(
             )
             logger.warning("skipped %s: %s", path, message)
             done[index] = message
-        images.flush()
-        progress_file.write_text(json.dumps({"done": {str(k): v for k, v in done.items()}}))
+        with removing_on_error(what=work):
+            images.flush()
+        atomic_write_text(progress_file, json.dumps({"inputs_digest": digest,
+                                                     "done": {str(k): v for k, v in done.items()}}))
         bar.update(1)
     bar.close()
     good = [i for i in range(count) if not done.get(i)]
@@ -498,20 +574,22 @@ def build_volume_cache(
             f"{failed['error'].iloc[0] if len(failed) else 'none'}); fix or remove them."
         )
     if len(good) < count:  # compact: keep the readable volumes only
-        final = np.memmap(folder / "images.u8.part", dtype=np.uint8, mode="w+", shape=(len(good), *shape, 1))
-        for out_index, in_index in enumerate(good):
-            final[out_index] = images[in_index]
-        final.flush()
-        del final, images
-        os.replace(folder / "images.u8.part", folder / "images.u8")
+        part = folder / "images.u8.part"
+        with removing_on_error(part):
+            final = _allocated_memmap(part, (len(good), *shape, 1), "w+")
+            for out_index, in_index in enumerate(good):
+                final[out_index] = images[in_index]
+            final.flush()
+            del final, images
+            os.replace(part, folder / "images.u8")
         work.unlink()
     else:
         del images
         os.replace(work, folder / "images.u8")
     out = rows.iloc[good].reset_index(drop=True)
     out["source_row"] = good
-    out.to_csv(folder / "manifest.csv", index=False)
-    failed.to_csv(folder / "failed.csv", index=False)
+    for name, table in (("manifest.csv", out), ("failed.csv", failed), ("inputs.csv", stats)):
+        atomic_write_text(folder / name, table.to_csv(index=False))
     meta = {
         "key": key,
         "kind": "volume",
@@ -523,9 +601,10 @@ def build_volume_cache(
         "layout": "(N, D, H, W, 1); D inferior->superior, H anterior->posterior, W patient right->left",
         "version": __version__,
         "format": VOLUME_CACHE_FORMAT,
+        "inputs_digest": digest,
         "build_seconds": round(time.perf_counter() - started, 3),
     }
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
     progress_file.unlink(missing_ok=True)
     return VolumeCache.open(folder)
 
