@@ -434,8 +434,8 @@ def writing_run(run_dir: str | os.PathLike, lock: bool = True):
     """Mark ``run_dir`` as a run folder, hold its lock and clean up after a failure; yields a ``RunFolder``.
 
     Before anything is computed the folder is checked (``check_run_folder``), created, marked (which proves
-    it writable) and locked (``run_lock``). When the block fails and the folder holds no resumable state,
-    no checkpoint and no ``run.json``, what the run wrote goes: the folder itself when this run created it,
+    it writable) and locked (``run_lock``). When the block fails and the folder holds no resumable state and
+    no ``run.json`` (a NaN run writes one and keeps its last good checkpoint), what the run wrote goes: the folder itself when this run created it,
     its contents but the marker when it was empty (or emptied by ``--overwrite``) — so no empty or half
     folder is left for a later run to trust. The error's message then says so; when a resumable state was
     saved it says ``--resume`` instead. A write failure (full disk, read-only folder) inside the run folder
@@ -481,7 +481,9 @@ def _after_failure(folder: RunFolder, error: BaseException, cleanup: bool) -> Ba
     except CovidctError:
         status = "unknown"
     note = ""
-    if status == "new" and folder.fresh and not (run_dir / MODEL_FILE).exists():
+    # "new" after a failure: no resumable state and no run.json, so even a first checkpoint (model.keras of an
+    # epoch whose state was never saved) is no run: it would be taken for one by evaluate.
+    if status == "new" and folder.fresh:
         try:
             if folder.created:
                 remove_run_dir(run_dir)
