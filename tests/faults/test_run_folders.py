@@ -109,3 +109,21 @@ def test_a_second_trainer_of_one_run_folder_stops_at_once(phantom_data, tmp_path
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["name"] == "tiny" and saved["data"]["size"] == 48 and saved["training"]["epochs"] == 2
     assert len(pd.read_csv(run / "history.csv")) == 2
+
+
+@pytest.mark.parametrize("task", ["segmentation", "pretrain"])
+def test_segmentation_and_pretraining_runs_keep_the_same_guard(tmp_path, task):
+    """Every task goes through one run-folder guard: a folder of the user's is refused before data is read."""
+    from covidct.config import config_from_dict, validate_config
+    from covidct.segment.train import segmentation_config
+
+    if task == "segmentation":
+        cfg = segmentation_config("unet", dataset="phantom", size=32, epochs=1, model_kwargs={"base_filters": 4})
+    else:
+        cfg = validate_config(config_from_dict({
+            "task": "pretrain", "data": {"dataset": "phantom", "size": 32}, "model": {"name": "unet"},
+            "segmentation": {"val_fraction": 0.3}}))
+    precious = _precious(tmp_path / "precious")
+    with pytest.raises(CovidctError, match=f"{precious} is not a covidct run folder"):
+        train(cfg, run_dir=precious, overwrite=True, progress=False)
+    assert sorted(p.name for p in precious.iterdir()) == ["thesis.txt"]

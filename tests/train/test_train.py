@@ -244,8 +244,9 @@ def test_validation_freq_skips_validation_but_not_the_final_model(phantom_data, 
 def test_resuming_with_another_config_is_refused(phantom_data, tmp_path, tiny_config):
     from covidct.config import dump_config
 
-    run_dir = tmp_path / "interrupted"
-    run_dir.mkdir()
+    from covidct.runs import mark_run_dir
+
+    run_dir = mark_run_dir(tmp_path / "interrupted")  # a run folder covidct made (its marker)
     dump_config(tiny_config(epochs=2), run_dir / "config.yaml")
     (run_dir / "run.json").write_text(json.dumps({"status": "running"}))  # stopped between units: interrupted
     with pytest.raises(CovidctError, match=r"another config \(training.epochs: 2 -> 3\)"):

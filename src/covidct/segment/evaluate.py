@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from covidct.errors import CovidctError
-from covidct.runs import read_run_info, write_json_atomic, write_text_atomic
+from covidct.runs import check_writable, read_run_info, write_json_atomic, write_text_atomic
 from covidct.segment.metrics import per_image_metrics, summarize
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
         raise CovidctError(
             f"{run_dir} has status {info.get('status')!r}: finish it first (covidct segment train ... --resume)."
         )
+    check_writable(run_dir)  # before any mask is predicted
     cfg = load_config(run_dir / "config.yaml", validate=False)
     e = cfg.evaluation
     n_bootstrap = e.n_bootstrap if n_bootstrap is None else int(n_bootstrap)
