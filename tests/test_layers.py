@@ -42,3 +42,14 @@ def test_lower_layers_never_import_the_layers_above(layer):
         if module.startswith(UPPER)
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_run_folders_sit_below_training_and_evaluation():
+    """``covidct.runs`` (run folders: marker, lock, atomic files) is used by train and evaluate, never the reverse."""
+    upper = (*UPPER, "covidct.runs.")  # nothing above, and no sub-module of its own
+    wrong = [f"runs.py:{line} imports {module}" for line, module in imported_modules(SRC / "runs.py")
+             if module.startswith(upper) or module.startswith(("covidct.models", "covidct.preprocess"))]
+    assert not wrong, "\n".join(wrong)
+    users = [path.relative_to(SRC).as_posix() for path in SRC.rglob("*.py")
+             if any(module == "covidct.runs" for _, module in imported_modules(path))]
+    assert {"train/state.py", "train/trainer.py", "evaluate/evaluator.py"} <= set(users)

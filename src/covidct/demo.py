@@ -11,7 +11,6 @@ learns nothing is a bug, and ``tests/integration/test_demo.py`` checks it.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +115,8 @@ def run_demo(
 
     Args:
         output_root: parent folder of the run folder ``<output_root>/demo``.
-        overwrite: replace a previous demo run (announced, never silent); False refuses to.
+        overwrite: replace a previous demo run (announced, never silent); False refuses to. Only a folder
+            covidct created (with its ``.covidct-run`` marker) is ever replaced; any other folder is refused.
         gradcam: also write Grad-CAM overlays and the lung-focus score for a few test slices.
         overrides: ``key=value`` config overrides, e.g. ``("training.epochs=3",)``.
         progress: show progress bars.
@@ -125,12 +125,14 @@ def run_demo(
         A ``DemoResult``.
     """
     from covidct.evaluate import evaluate_run
+    from covidct.runs import check_run_folder, is_run_dir
     from covidct.train import train
 
     started = time.perf_counter()
     cfg = demo_config(overrides, output_root=output_root)
     run_dir = Path(cfg.output_root) / cfg.run_name
-    if run_dir.exists() and overwrite:
+    check_run_folder(run_dir)  # a folder of the user's is refused before anything is announced
+    if is_run_dir(run_dir) and overwrite:
         print(f"Replacing the previous demo run in {run_dir} (pass --keep to refuse instead).")
     run_dir = train(cfg, run_dir=run_dir, overwrite=overwrite, progress=progress)
     metrics = evaluate_run(run_dir, split="test")
@@ -148,10 +150,8 @@ def _demo_gradcam(run_dir: Path, per_class: int = 3):
 
     predictions = pd.read_csv(run_dir / "predictions_test.csv")
     chosen = predictions.groupby("label", sort=True).head(per_class)["path"].tolist()
-    out_dir = run_dir / "gradcam"
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    return gradcam_run(run_dir, chosen, out_dir=out_dir, max_per_class=per_class)
+    # A fresh run folder holds no gradcam/ of an earlier model (train --overwrite emptied it).
+    return gradcam_run(run_dir, chosen, out_dir=run_dir / "gradcam", max_per_class=per_class, overwrite=True)
 
 
 def main_demo(output_root: str = "runs", keep: bool = False, epochs: int | None = None, gradcam: bool = True) -> int:

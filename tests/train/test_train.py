@@ -108,12 +108,12 @@ def test_disk_full_leaves_no_half_written_model(phantom_data, tmp_path, monkeypa
         state_module.save_model_atomic(model, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.keras"]
-    # In a training run: a clear error, no model.keras and no temporary files.
+    # In a training run: a clear error that promises no --resume (nothing was saved), and no folder left behind.
     run_dir = tmp_path / "full"
-    with pytest.raises(CovidctError, match="No space left"):
+    with pytest.raises(CovidctError, match="No space left.*Nothing resumable was saved") as caught:
         train(tiny_config(epochs=1, max_steps_per_epoch=1), run_dir=run_dir, data=phantom_data, progress=False)
-    assert not (run_dir / "model.keras").exists()
-    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert "--resume" not in str(caught.value)
+    assert not run_dir.exists()
 
 
 def test_bad_splits_stop_with_a_message(phantom_data, tmp_path, tiny_config):
@@ -244,8 +244,9 @@ def test_validation_freq_skips_validation_but_not_the_final_model(phantom_data, 
 def test_resuming_with_another_config_is_refused(phantom_data, tmp_path, tiny_config):
     from covidct.config import dump_config
 
-    run_dir = tmp_path / "interrupted"
-    run_dir.mkdir()
+    from covidct.runs import mark_run_dir
+
+    run_dir = mark_run_dir(tmp_path / "interrupted")  # a run folder covidct made (its marker)
     dump_config(tiny_config(epochs=2), run_dir / "config.yaml")
     (run_dir / "run.json").write_text(json.dumps({"status": "running"}))  # stopped between units: interrupted
     with pytest.raises(CovidctError, match=r"another config \(training.epochs: 2 -> 3\)"):

@@ -240,9 +240,9 @@ def evaluate_run(
         The metrics dict also written to ``metrics_<tag>.json``.
     """
     from covidct.config import check_threshold
+    from covidct.runs import check_writable, write_json_atomic, write_text_atomic
     from covidct.train.data import parse_label_map, prepare_data
     from covidct.train.run import load_run
-    from covidct.train.state import write_json_atomic, write_text_atomic
 
     run_dir = Path(run_dir)
     if run_task(run_dir) == "segmentation":
@@ -251,6 +251,10 @@ def evaluate_run(
             "covidct.segment.evaluate.evaluate_segmentation (`covidct segment evaluate --run RUN`)."
         )
     loaded = load_run(run_dir)
+    # Before anything is computed: results that cannot be written are not worth minutes of predictions.
+    check_writable(run_dir)
+    if (run_dir / "figures").is_dir():
+        check_writable(run_dir / "figures")
     cfg = loaded.config
     e = cfg.evaluation
     tta = e.tta if tta is None else tta
@@ -411,6 +415,7 @@ def _threshold_from_validation(run_dir, class_names, positive_class, validation_
 def save_figures(run_dir: Path, tag: str, y_true, probs, class_names, confusion) -> list[str]:
     """Write the evaluation figures of one set (and the training curves) under ``run_dir/figures``."""
     from covidct.evaluate import plots
+    from covidct.runs import atomic_path
 
     folder = run_dir / "figures"
     folder.mkdir(exist_ok=True)
@@ -426,6 +431,7 @@ def save_figures(run_dir: Path, tag: str, y_true, probs, class_names, confusion)
         figures["training_curves.png"] = plots.plot_training_curves(pd.read_csv(history))
     written = []
     for name, fig in figures.items():
-        fig.savefig(folder / name, dpi=100)
+        with atomic_path(folder / name, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
         written.append(str(Path("figures") / name))
     return written

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from covidct.errors import CovidctError
+from covidct.runs import read_run_info
 
 START_MARKER = "<!-- results:start -->"
 END_MARKER = "<!-- results:end -->"
@@ -145,7 +146,7 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
             continue
         if evaluated.get("split") == "train":
             continue
-        info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+        info = read_run_info(run_dir)  # a corrupt run.json is named, not a JSONDecodeError
         if "dice" in metrics:
             if run_dir.name.startswith("fold_") and (run_dir.parent / "metrics_cv.json").is_file():
                 continue  # one cross-validation row (metrics_cv.json), not one per fold
@@ -212,7 +213,7 @@ def write_report(runs_root: str | os.PathLike = "runs", readme: str | os.PathLik
     Returns:
         dict with the paths written and the number of rows.
     """
-    from covidct.train.state import write_text_atomic
+    from covidct.runs import write_text_atomic
 
     table = collect_results(runs_root)
     out_dir = Path(out_dir or runs_root)

@@ -11,6 +11,11 @@ saved model; the stage's lung mask gives each heatmap its lung-focus score. Writ
   class name), predicted class and probability, explained class, lung-focus score, lung area fraction;
 - ``lung_focus.json``: ``lung_focus_summary`` grouped by true label (predicted class when unknown).
 
+An output folder holding results is refused unless ``overwrite``; then exactly what the earlier call wrote
+(the files above, its overlays as listed in its ``gradcam.csv``) is removed before the new files are
+written, so no overlay of an earlier call is left beside the new table. The folder is checked writable
+before anything is computed; the table, heatmaps and summary are written atomically.
+
 ``run_lung_focus`` (``covidct evaluate --run R --lung-focus N``) scores N images of the run's own test
 split against the cache's lung masks and writes ``R/lung_focus.json``, the column ``covidct report``
 reads.
@@ -239,9 +244,9 @@ def run_lung_focus(
         CovidctError: a volume run, an empty split, ``n`` < 1, or no lung masks for the data.
     """
     from covidct.data.cache import Cache
+    from covidct.runs import write_json_atomic
     from covidct.train.data import prepare_data
     from covidct.train.run import load_run, require_slice_run
-    from covidct.train.state import write_json_atomic
 
     if split not in ("train", "val", "test"):
         raise unknown_name_error("split", split, ("train", "val", "test"))
@@ -308,6 +313,28 @@ def format_lung_focus(summary: dict) -> str:
     return "\n".join(lines)
 
 
+OUTPUT_FILES = ("gradcam.csv", "heatmaps.npz", "lung_focus.json", "contact_sheet.png")
+
+
+def previous_outputs(out_dir: Path) -> list[Path]:
+    """The files an earlier ``gradcam_run`` wrote in ``out_dir``: its fixed outputs and its listed overlays."""
+    found = [out_dir / name for name in OUTPUT_FILES if (out_dir / name).is_file()]
+    table = out_dir / "gradcam.csv"
+    if table.is_file():
+        import pandas as pd
+
+        try:
+            listed = pd.read_csv(table, usecols=["overlay"])["overlay"].dropna().astype(str)
+        except (ValueError, KeyError, OSError):
+            listed = []
+        overlays = (out_dir / "overlays").resolve()
+        for name in listed:
+            path = out_dir / "overlays" / Path(name).name  # only files in this folder's overlays/
+            if path.resolve().parent == overlays and path.is_file() and path.suffix == ".png":
+                found.append(path)
+    return found
+
+
 def gradcam_run(
     run_dir,
     images,
@@ -332,7 +359,7 @@ def gradcam_run(
         batch_size: images per pass.
         alpha: overlay weight of the heatmap.
         max_per_class: rows per class in the contact sheet.
-        overwrite: replace an existing output folder's files.
+        overwrite: replace the results an earlier call wrote in ``out_dir`` (only those files are removed).
 
     Returns:
         A ``GradcamOutput``.
@@ -351,6 +378,7 @@ def gradcam_run(
     from covidct.evaluate.metrics import logits_to_probs
     from covidct.explain.focus import lung_focus_summary
     from covidct.explain.overlay import contact_sheet, overlay
+    from covidct.runs import atomic_path, check_writable, write_text_atomic
     from covidct.train.run import load_run, require_slice_run
 
     loaded = load_run(run_dir)
@@ -362,8 +390,10 @@ def gradcam_run(
             raise unknown_name_error("class", class_name, class_names)
         class_index = class_names.index(class_name)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "gradcam" / method
-    if (out_dir / "contact_sheet.png").exists() and not overwrite:
+    previous = previous_outputs(out_dir)
+    if previous and not overwrite:
         raise CovidctError(f"{out_dir} already holds Grad-CAM results; pass --out elsewhere or --overwrite.")
+    check_writable(out_dir / "overlays")  # before anything is computed
     files = expand_image_paths(images)
     samples, masks, rows, failed = _preprocess(loaded, files)
 
@@ -385,7 +415,8 @@ def gradcam_run(
     probabilities = logits_to_probs(result.logits)
     predicted = probabilities.argmax(axis=1)
 
-    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    for path in previous:  # the earlier call's results go only now, when the new ones are ready to be written
+        path.unlink(missing_ok=True)
     overlay_paths = []
     table_rows = []
     for i, row in enumerate(rows):
@@ -394,7 +425,8 @@ def gradcam_run(
         explained = class_names[int(result.class_index[i])]
         name = "_".join(part for part in (_safe_stem(path), row["suffix"], explained) if part) + ".png"
         target = out_dir / "overlays" / name
-        cv2.imwrite(str(target), overlay(samples[i], result.heatmaps[i], alpha=alpha)[..., ::-1])
+        if not cv2.imwrite(str(target), overlay(samples[i], result.heatmaps[i], alpha=alpha)[..., ::-1]):
+            raise CovidctError(f"Cannot write {target} (a full disk or a read-only folder?); choose another --out.")
         overlay_paths.append(target)
         table_rows.append(
             {
@@ -409,8 +441,9 @@ def gradcam_run(
             }
         )
     table = pd.DataFrame(table_rows)
-    table.to_csv(out_dir / "gradcam.csv", index=False)
-    np.savez_compressed(out_dir / "heatmaps.npz", heatmaps=result.heatmaps, samples=samples, masks=masks)
+    write_text_atomic(out_dir / "gradcam.csv", table.to_csv(index=False))
+    with atomic_path(out_dir / "heatmaps.npz", suffix=".npz") as tmp:
+        np.savez_compressed(tmp, heatmaps=result.heatmaps, samples=samples, masks=masks)
 
     known = table["true_label"].astype(bool).all()
     groups = table["true_label"] if known else table["predicted"]
@@ -418,7 +451,7 @@ def gradcam_run(
     summary.update(
         {"method": method, "layer": result.layer, "run": str(run_dir), "grouped_by": "true" if known else "predicted"}
     )
-    (out_dir / "lung_focus.json").write_text(json.dumps(summary, indent=2, default=float) + os.linesep)
+    write_text_atomic(out_dir / "lung_focus.json", json.dumps(summary, indent=2, default=float) + os.linesep)
 
     figure = contact_sheet(
         samples,

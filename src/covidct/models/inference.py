@@ -91,6 +91,33 @@ def predict_mask_probabilities(model, images: np.ndarray, batch_size: int = 16, 
     return probabilities.astype(np.float32)
 
 
+def load_model_file(path, what: str = "Model file"):
+    """Load a saved ``.keras`` model (uncompiled), or stop with a message naming the file and the fix.
+
+    Keras reports a truncated or foreign file as "File not found"; this says what it is instead.
+
+    Args:
+        path: the ``.keras`` file.
+        what: what the file is, for the message (``"Run checkpoint"``, ``"Segmenter"``).
+
+    Raises:
+        CovidctError: the file is missing, truncated, not a Keras model, or uses a layer nobody registered.
+    """
+    import covidct.models  # noqa: F401  (registers the custom layers of saved models)
+
+    path = Path(path)
+    if not path.is_file():
+        raise CovidctError(f"{what} {path} does not exist.")
+    try:
+        return keras.saving.load_model(str(path), compile=False)
+    except Exception as error:  # noqa: BLE001  (Keras raises ValueError, OSError, KeyError, TypeError, ...)
+        cause = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        raise CovidctError(
+            f"{what} {path} cannot be loaded ({cause}). It is truncated (an interrupted copy or a full disk), or not "
+            "a model saved by covidct/Keras 3. Restore the file, or retrain the run (covidct train ... --overwrite)."
+        ) from None
+
+
 def is_pretrained_checkpoint(path) -> bool:
     """Whether ``path`` is the ``model.keras`` of a ``task: pretrain`` run (its ``run.json`` says so)."""
     if path is None or str(path) == "imagenet":
@@ -104,6 +131,7 @@ def is_pretrained_checkpoint(path) -> bool:
 
 __all__ = [
     "is_pretrained_checkpoint",
+    "load_model_file",
     "predict_logits",
     "predict_mask_logits",
     "predict_mask_probabilities",

@@ -391,11 +391,9 @@ def load_segmenter(model):
         )
     key = str(path.resolve())
     if key not in _MODEL_CACHE:
-        import keras
+        from covidct.models.inference import load_model_file  # a truncated or foreign file is named
 
-        import covidct.models  # noqa: F401  (registers custom layers of registered models)
-
-        _MODEL_CACHE[key] = keras.saving.load_model(path, compile=False)
+        _MODEL_CACHE[key] = load_model_file(path, "Segmenter")
     return _MODEL_CACHE[key]
 
 

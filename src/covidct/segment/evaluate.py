@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from covidct.errors import CovidctError
+from covidct.runs import check_writable, read_run_info, write_json_atomic, write_text_atomic
 from covidct.segment.metrics import per_image_metrics, summarize
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ def _read_json(path: Path) -> dict:
         raise CovidctError(
             f"{path} is missing: is {path.parent} a finished segmentation run from train(cfg)?"
         )
+    if path.name == "run.json":
+        return read_run_info(path.parent)  # a corrupt run.json is named, not a JSONDecodeError
     return json.loads(path.read_text())
 
 
@@ -96,11 +99,8 @@ def evaluate_split(
     Returns:
         (``summarize`` dict of the test rows: Dice, IoU, HD95 with bootstrap CIs; the per-image table).
     """
-    import keras
-
-    import covidct.models  # noqa: F401  (registers the custom layers of saved segmenters)
+    from covidct.models.inference import load_model_file
     from covidct.train import segmentation as seg
-    from covidct.train.state import write_text_atomic
 
     split_file = split_dir / seg.SPLIT_FILE
     if not split_file.is_file():
@@ -117,7 +117,7 @@ def evaluate_split(
         raise CovidctError(
             f"{split_dir} was trained on lung-masked images: load the pairs with with_lungs=True to evaluate it."
         )
-    model = keras.saving.load_model(split_dir / "model.keras", compile=False)
+    model = load_model_file(split_dir / "model.keras", "Segmenter checkpoint")
     subset = pairs.subset(test)
     predicted, true = predict_test_masks(model, subset, lung_input, crop, tta)
     per_image = per_image_metrics(predicted, true, names=subset.names, groups=subset.groups)
@@ -140,8 +140,6 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
         CovidctError: not a finished segmentation run, or pairs that do not hold its test images.
     """
     from covidct.config import load_config
-    from covidct.train.state import write_json_atomic, write_text_atomic
-
     run_dir = Path(run_dir)
     info = _read_json(run_dir / "run.json")
     if info.get("task") != "segmentation":
@@ -152,6 +150,7 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
         raise CovidctError(
             f"{run_dir} has status {info.get('status')!r}: finish it first (covidct segment train ... --resume)."
         )
+    check_writable(run_dir)  # before any mask is predicted
     cfg = load_config(run_dir / "config.yaml", validate=False)
     e = cfg.evaluation
     n_bootstrap = e.n_bootstrap if n_bootstrap is None else int(n_bootstrap)

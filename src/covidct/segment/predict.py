@@ -37,12 +37,9 @@ def resolve_model_path(run) -> Path:
 
 def crop_of(model_path: Path) -> str:
     """The crop a saved segmenter was trained on: ``"lungs"`` (lung crops) or ``"none"`` (from its ``run.json``)."""
-    import json
+    from covidct.runs import read_run_info
 
-    path = Path(model_path).parent / "run.json"
-    if path.is_file():
-        return str(json.loads(path.read_text()).get("crop", "none"))
-    return "none"
+    return str(read_run_info(Path(model_path).parent).get("crop", "none"))
 
 
 def predict_lung_crop(
@@ -81,14 +78,13 @@ def lung_input_of(model_path: Path) -> str:
     """
     import json
 
+    from covidct.runs import read_run_info
+
     folder = Path(model_path).parent
-    for name in ("run.json", "metrics_test.json"):
-        path = folder / name
-        if path.is_file():
-            lung_input = json.loads(path.read_text()).get("lung_input")
-            if lung_input is not None:
-                return str(lung_input)
-    return "none"
+    lung_input = read_run_info(folder).get("lung_input")
+    if lung_input is None and (folder / "metrics_test.json").is_file():
+        lung_input = json.loads((folder / "metrics_test.json").read_text()).get("lung_input")
+    return "none" if lung_input is None else str(lung_input)
 
 
 def predict_probabilities(model, images, batch_size: int = 16, tta: bool = False) -> np.ndarray:

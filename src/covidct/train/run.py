@@ -6,7 +6,6 @@ training and inference cannot drift apart (a mistake of the seeds).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,10 +81,9 @@ def load_run(run_dir: str | os.PathLike) -> LoadedRun:
     Raises:
         CovidctError: the folder, its model or its config is missing.
     """
-    import keras
-
-    import covidct.models  # noqa: F401  (registers custom layers used by saved models)
     import covidct.train.losses  # noqa: F401  (registers the losses)
+    from covidct.models.inference import load_model_file
+    from covidct.runs import read_run_info
 
     run_dir = Path(run_dir)
     model_file = run_dir / "model.keras"
@@ -94,15 +92,13 @@ def load_run(run_dir: str | os.PathLike) -> LoadedRun:
     if not model_file.is_file():
         raise CovidctError(f"Run folder {run_dir} has no model.keras (the run did not finish its first epoch?).")
     config = load_config(run_dir / "config.yaml", validate=False)
-    info = {}
-    if (run_dir / "run.json").is_file():
-        info = json.loads((run_dir / "run.json").read_text())
+    info = read_run_info(run_dir)
     if info.get("task") == "pretrain" or config.task == "pretrain":
         raise CovidctError(
             f"Run folder {run_dir} is a self-supervised pretraining run (task: pretrain): it restores images and "
             f"predicts no class or mask. Start a run from it with model.weights: {model_file} and use that run."
         )
-    model = keras.saving.load_model(str(model_file), compile=False)
+    model = load_model_file(model_file, "Run checkpoint")
     class_names = list(info.get("class_names") or config.data.classes or [])
     if not class_names:
         raise CovidctError(f"Run folder {run_dir}: run.json has no class_names.")

@@ -1,89 +1,33 @@
-"""Atomic writes for run folders: a file is either the old version or the complete new one.
+"""Training state of a run folder: the model checkpoint and the resumable state, written atomically.
 
 Everything is written to a temporary file in the same folder and moved into place with ``os.replace``
-(atomic on POSIX and Windows), so a crash or a full disk never leaves a half-written model, history or
-training state behind.
+(``covidct.runs.atomic_path``, atomic on POSIX and Windows), so a crash or a full disk never leaves a
+half-written model, history or training state behind; a state that cannot be read back is refused by name.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
-import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from covidct.errors import CovidctError
+from covidct.runs import atomic_path, jsonable, write_json_atomic, write_text_atomic
 
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
-
-    Args:
-        path: the final file.
-        suffix: suffix of the temporary name (``.keras`` for Keras, which checks extensions).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=suffix)
-    os.close(handle)
-    os.remove(tmp)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        _remove(tmp)
-        if error.errno == errno.ENOSPC:
-            raise CovidctError(
-                f"No space left on the device while writing {path}; the previous version (if any) is kept. "
-                "Free some space and rerun with --resume."
-            ) from error
-        raise
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(tmp) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        if os.path.isdir(tmp):
-            import shutil
-
-            shutil.rmtree(tmp)
-        else:
-            os.remove(tmp)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    """Write ``data`` as indented JSON atomically (NaN written as null)."""
-    return write_text_atomic(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    return value
+__all__ = [
+    "assign_variables",
+    "atomic_path",
+    "load_train_state",
+    "save_model_atomic",
+    "save_model_file",
+    "save_train_state",
+    "variables_to_numpy",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def save_model_file(model, path: str | os.PathLike) -> None:
@@ -116,7 +60,7 @@ def save_train_state(path: str | os.PathLike, model, optimizer, state: dict) -> 
     """
     arrays = {f"model_{i}": a for i, a in enumerate(variables_to_numpy(model.variables))}
     arrays.update({f"optimizer_{i}": a for i, a in enumerate(variables_to_numpy(optimizer.variables))})
-    arrays["state_json"] = np.frombuffer(json.dumps(_jsonable(state)).encode(), dtype=np.uint8)
+    arrays["state_json"] = np.frombuffer(json.dumps(jsonable(state)).encode(), dtype=np.uint8)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as stream:
             np.savez(stream, **arrays)
@@ -124,12 +68,25 @@ def save_train_state(path: str | os.PathLike, model, optimizer, state: dict) -> 
 
 
 def load_train_state(path: str | os.PathLike) -> tuple[list, list, dict]:
-    """Read a state saved by ``save_train_state``: (model arrays, optimizer arrays, state dict)."""
-    with np.load(path) as data:
-        state = json.loads(bytes(data["state_json"]).decode())
-        model_keys = sorted((k for k in data.files if k.startswith("model_")), key=lambda k: int(k.split("_")[1]))
-        opt_keys = sorted((k for k in data.files if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
-        return [data[k] for k in model_keys], [data[k] for k in opt_keys], state
+    """Read a state saved by ``save_train_state``: (model arrays, optimizer arrays, state dict).
+
+    Raises:
+        CovidctError: the file is truncated, corrupt or not a state written by covidct (named, with the fix).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = json.loads(bytes(data["state_json"]).decode())
+            model_keys = sorted((k for k in data.files if k.startswith("model_")), key=lambda k: int(k.split("_")[1]))
+            opt_keys = sorted((k for k in data.files if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
+            arrays = [data[k] for k in model_keys], [data[k] for k in opt_keys]
+        if not isinstance(state, dict) or "epochs_done" not in state or "history" not in state:
+            raise ValueError("its state record lacks epochs_done/history")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as error:
+        raise CovidctError(
+            f"{path}: the saved training state cannot be read ({type(error).__name__}: {error}); it is truncated "
+            "or was not written by covidct. Rerun with --overwrite to start the run again (its epochs are lost)."
+        ) from None
+    return arrays[0], arrays[1], state
 
 
 def assign_variables(variables, arrays, what: str) -> None:

@@ -44,6 +44,18 @@ from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump
 from covidct.errors import CovidctError
 from covidct.evaluate.report import markdown_table
 from covidct.models.inference import predict_logits, predict_mask_logits
+from covidct.runs import (
+    HISTORY_FILE,
+    MODEL_FILE,
+    RUN_FILE,
+    STATE_FILE,
+    check_unlocked,
+    clear_run_dir,
+    remove_run_output,
+    run_lock,
+    run_status,
+    writing_run,
+)
 from covidct.train.batchnorm import (
     recalibrate_batch_norm,
     recalibration_rows,
@@ -69,10 +81,6 @@ from covidct.train.state import (
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-STATE_FILE = "train_state.npz"
-RUN_FILE = "run.json"
-HISTORY_FILE = "history.csv"
 FIT_FILE = "fit.json"  # a finished unit of a segmentation run (one fold / lung-input variant)
 
 
@@ -506,32 +514,16 @@ def _backend_info(policy: str, cfg: RunConfig) -> dict:
     return info
 
 
-def run_status(run_dir: str | os.PathLike) -> str:
-    """``"finished"``, ``"interrupted"`` (resumable state), ``"failed"`` or ``"new"``.
+def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, folder=None) -> bool:
+    """Refuse or clean the (marked, locked) run folder; returns True when training resumes from a saved state.
 
-    A run that fits several units (segmentation folds or lung-input variants) writes ``run.json`` with
-    status ``"running"`` first, so stopping between units also counts as interrupted.
+    ``--overwrite`` empties the folder but its marker (``covidct.runs.clear_run_dir``, which refuses a folder
+    without one); ``folder`` (the ``RunFolder`` of ``writing_run``) then counts as fresh.
     """
-    run_dir = Path(run_dir)
-    run_file = run_dir / RUN_FILE
-    status = ""
-    if run_file.is_file():
-        try:
-            status = json.loads(run_file.read_text()).get("status", "")
-        except json.JSONDecodeError:
-            status = ""
-        if status == "finished":
-            return "finished"
-    if (run_dir / STATE_FILE).is_file() or status == "running":
-        return "interrupted"
-    if run_file.is_file():
-        return "failed"
-    return "new"
-
-
-def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Create/clean the run folder; returns True when training resumes from a saved state."""
-    status = run_status(run_dir)
+    if overwrite:
+        status = "new" if not run_dir.exists() else _status_or_corrupt(run_dir)
+    else:
+        status = run_status(run_dir)
     if status == "finished" and not overwrite:
         raise CovidctError(
             f"Run folder {run_dir} holds a finished run; refusing to overwrite it. "
@@ -543,12 +535,22 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: boo
             "or overwrite=True (--overwrite) to start again."
         )
     if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
+        clear_run_dir(run_dir)
+        if folder is not None:
+            folder.fresh = True
     run_dir.mkdir(parents=True, exist_ok=True)
     resuming = status == "interrupted" and resume and not overwrite
     if resuming:
         _check_resumed_config(cfg, run_dir)
     return resuming
+
+
+def _status_or_corrupt(run_dir: Path) -> str:
+    """``run_status``, or ``"corrupt"`` for an unreadable ``run.json`` (which ``--overwrite`` may replace)."""
+    try:
+        return run_status(run_dir)
+    except CovidctError:
+        return "corrupt"
 
 
 def _check_resumed_config(cfg: RunConfig, run_dir: Path) -> None:
@@ -668,15 +670,26 @@ def train(
         what = f"fold={fold}" if fold is not None else f"jobs={jobs}"
         raise CovidctError(f"train(cfg, {what}): fitting folds separately applies to task segmentation, not {task}.")
     if task == "segmentation":
-        return _train_segmentation(cfg, run_dir, resume, overwrite, data, progress, fold, jobs)
-    if task == "pretrain":
-        return _train_pretrain(cfg, run_dir, resume, overwrite, data, progress)
+        _check_fold_arguments(cfg, run_dir, fold, jobs)
+    if fold is not None:  # one fold beside others: the fold's own lock; the run's only from the parent (jobs)
+        check_unlocked(run_dir, allowed_pids=(os.getppid(),))
+    # Marked, locked, cleaned up after a failure: covidct.runs.writing_run (docs/data-safety.md).
+    with writing_run(run_dir, lock=fold is None) as folder:
+        if task == "segmentation":
+            return _train_segmentation(cfg, run_dir, resume, overwrite, data, progress, fold, jobs, folder)
+        if task == "pretrain":
+            return _train_pretrain(cfg, run_dir, resume, overwrite, data, progress, folder)
+        return _train_classifier(cfg, run_dir, resume, overwrite, data, progress, folder, task)
+
+
+def _train_classifier(cfg: RunConfig, run_dir: Path, resume, overwrite, data, progress, folder, task: str) -> Path:
+    """``train(cfg)`` for ``task`` classification or volume, in the marked and locked run folder."""
     if data is not None and not isinstance(data, TrainingData):
         raise CovidctError(
             f"train(cfg): a {task} run takes TrainingData (covidct.train.data), got {type(data).__name__}; "
             "image/mask pairs train a segmentation model with task: segmentation."
         )
-    resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite)
+    resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite, folder)
     started = time.perf_counter()
     seed_everything(cfg.training.seed)
     if data is None:
@@ -873,30 +886,11 @@ def _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progre
 LUNG_INPUT_VARIANTS = {"none": ("none",), "masked": ("masked",), "auto": ("none", "masked")}
 
 
-def _train_segmentation(
-    cfg: RunConfig,
-    run_dir: Path,
-    resume: bool,
-    overwrite: bool,
-    pairs,
-    progress: bool,
-    fold: int | None = None,
-    jobs: int = 1,
-) -> Path:
-    """``train(cfg)`` for ``task: segmentation``: fit every split (and lung-input variant), write run.json.
-
-    With ``fold``, fit that fold alone and return with the run unfinished; with ``jobs`` > 1, fit the folds
-    in that many processes first (see ``train``).
-    """
+def _check_fold_arguments(cfg: RunConfig, run_dir: Path, fold, jobs) -> None:
+    """Refuse bad ``fold`` / ``jobs`` arguments of a segmentation run before its folder is touched."""
     from covidct.config import check_task_settings
-    from covidct.train import segmentation as seg
 
     check_task_settings(cfg, source=f"config of {run_dir}")
-    if pairs is not None and isinstance(pairs, TrainingData):
-        raise CovidctError(
-            "train(cfg): task segmentation takes image/mask pairs (covidct.segment.data.SegmentationPairs), not "
-            "TrainingData; pass data=load_pairs(...) or leave data=None to load data.dataset."
-        )
     if not _is_count(jobs) or jobs < 1:
         raise CovidctError(f"train(cfg, jobs={jobs!r}): jobs must be a positive integer (parallel fold processes).")
     if jobs > 1 and (not cfg.segmentation.folds or fold is not None):
@@ -914,13 +908,39 @@ def _train_segmentation(
         if not _is_count(fold) or not 0 <= fold < folds:
             raise CovidctError(f"train(cfg, fold={fold!r}): fold must be an integer in 0..{folds - 1} "
                                f"(segmentation.folds {folds}).")
+
+
+def _train_segmentation(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    pairs,
+    progress: bool,
+    fold: int | None = None,
+    jobs: int = 1,
+    folder=None,
+) -> Path:
+    """``train(cfg)`` for ``task: segmentation``: fit every split (and lung-input variant), write run.json.
+
+    With ``fold``, fit that fold alone and return with the run unfinished; with ``jobs`` > 1, fit the folds
+    in that many processes first (see ``train``).
+    """
+    from covidct.train import segmentation as seg
+
+    if pairs is not None and isinstance(pairs, TrainingData):
+        raise CovidctError(
+            "train(cfg): task segmentation takes image/mask pairs (covidct.segment.data.SegmentationPairs), not "
+            "TrainingData; pass data=load_pairs(...) or leave data=None to load data.dataset."
+        )
+    if fold is not None:
         if overwrite and run_status(run_dir) != "new":
             raise CovidctError(
                 f"train(cfg, fold={fold}, overwrite=True) would delete the other folds in {run_dir}; delete the "
                 "folder yourself before starting the folds, or fit without fold."
             )
         resume = True  # join the run that the other folds' processes share
-    resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite)
+    resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite, folder)
     started = time.perf_counter()
     if pairs is None:
         pairs = seg.load_segmentation_pairs(cfg)
@@ -930,7 +950,7 @@ def _train_segmentation(
         # (one fold's process may clear only its own folder: the others may be training beside it)
         mine = [run_dir / plans[fold].name] if fold is not None else [*run_dir.glob("fold_*"), *run_dir.glob("input_*")]
         for leftover in mine:
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_run_output(leftover, run_dir)
         for name in (STATE_FILE, FIT_FILE):
             (run_dir / name).unlink(missing_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
@@ -1098,57 +1118,20 @@ def _fit_folds_in_processes(cfg: RunConfig, run_dir: Path, pairs, pending: list[
         ) from error
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host runs (another user's process counts: signal 0 is refused, not lost)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def _is_count(value) -> bool:
     """A plain integer (not a bool): what fold numbers and job counts must be."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-@contextlib.contextmanager
 def _fold_lock(split_dir: Path):
-    """Hold ``<run>/.<fold>.lock`` (host and process id) while this process fits the fold.
+    """Hold ``<run>/.<fold>.lock`` while this process fits the fold (``covidct.runs.run_lock``).
 
     Two processes fitting the same fold (``fold=k`` started twice, or a finishing call beside a running fold)
     would write the same files; the second stops with an error naming the owner instead. A lock left by a
     process of this host that no longer runs is taken over with a warning.
     """
-    import socket
-
     lock = split_dir.parent / f".{split_dir.name}.lock"
-    host = socket.gethostname()
-    while True:
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner_host, _, owner_pid = lock.read_text().strip().partition(" ")
-            except FileNotFoundError:  # released meanwhile
-                continue
-            if owner_host == host and owner_pid.isdigit() and not _pid_alive(int(owner_pid)):
-                log.warning("%s: process %s of this host holds no more; taking its lock over", lock, owner_pid)
-                lock.unlink(missing_ok=True)
-                continue
-            raise CovidctError(
-                f"{split_dir.name} of {split_dir.parent} is being fitted by process {owner_pid or '?'} on "
-                f"{owner_host or '?'} (lock {lock}); wait for it to finish, or delete the lock if that process is gone."
-            ) from None
-        with os.fdopen(handle, "w") as stream:
-            stream.write(f"{host} {os.getpid()}\n")
-        break
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+    return run_lock(lock, f"{split_dir.name} of {split_dir.parent}", doing="fitted")
 
 
 def _fit_segmentation_split(
@@ -1297,7 +1280,9 @@ def _fit_segmentation_unit(
 # ------------------------------------------------------------------------------------------------------
 
 
-def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, unlabeled, progress: bool) -> Path:
+def _train_pretrain(
+    cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool, unlabeled, progress: bool, folder=None
+) -> Path:
     """``train(cfg)`` for ``task: pretrain``: restoration of distorted unlabeled images (Models Genesis)."""
     from covidct.config import check_task_settings
     from covidct.train import restoration
@@ -1312,7 +1297,7 @@ def _train_pretrain(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
     from covidct.models import get_spec
 
     classifier = get_spec(cfg.model.name).task == "classification"
-    resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite)
+    resuming = _prepare_run_dir(cfg, run_dir, resume, overwrite, folder)
     started = time.perf_counter()
     t, s = cfg.training, cfg.segmentation
     seed_everything(t.seed)
