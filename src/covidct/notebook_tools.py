@@ -89,6 +89,43 @@ def convention_problems(path: str | Path) -> list[str]:
     return problems
 
 
+def cell_tags(cell) -> list[str]:
+    """The tags of a notebook cell (``metadata.tags``), empty when it has none."""
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def rendering_problems(notebook, name: str = "notebook") -> list[str]:
+    """What an EXECUTED notebook fails to show: a ``figure`` cell without an ``image/png`` output, a ``table``
+    cell without ``text/html``, a cell that printed a bare ``<Figure size ...>`` text, or no ``figure`` cell.
+
+    Args:
+        notebook: an executed ``nbformat`` notebook (outputs present).
+        name: how the notebook is named in the messages.
+
+    Returns:
+        One message per problem (empty when everything rendered).
+    """
+    problems = []
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    if not any("figure" in cell_tags(cell) for cell in code_cells):
+        problems.append(f"{name}: no code cell is tagged 'figure'")
+    for index, cell in enumerate(code_cells):
+        outputs = cell.get("outputs", [])
+        mimes = {mime for output in outputs for mime in output.get("data", {})}
+        if "figure" in cell_tags(cell) and "image/png" not in mimes:
+            problems.append(f"{name}: code cell {index} is tagged 'figure' but shows no image/png")
+        if "table" in cell_tags(cell) and "text/html" not in mimes:
+            problems.append(f"{name}: code cell {index} is tagged 'table' but shows no text/html table")
+        for output in outputs:
+            text = output.get("data", {}).get("text/plain", "") if "image/png" not in output.get("data", {}) else ""
+            if isinstance(text, list):
+                text = "".join(text)
+            if text.startswith("<Figure size"):
+                problems.append(f"{name}: code cell {index} printed {text.strip()!r} instead of drawing it "
+                                "(display(figure) in a cell tagged 'figure')")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in ("strip", "check"):

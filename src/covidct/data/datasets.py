@@ -80,12 +80,17 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def load_dataset(name: str, root: str | Path | None = None, **options) -> pd.DataFrame:
+def load_dataset(
+    name: str, root: str | Path | None = None, groups_per_class: int | None = None, **options
+) -> pd.DataFrame:
     """Load a registered dataset as a Manifest.
 
     Args:
         name: a registered dataset (see ``list_datasets()``).
         root: the dataset folder; default: ``data/raw/<name>`` or ``$COVIDCT_DATA_ROOT/<folder>``.
+        groups_per_class: keep only this many whole groups (patients) of each class, chosen with seed 0
+            (``covidct.data.splits.sample_groups``): a small, still grouped subset for smoke runs
+            (``data.options={groups_per_class: 6}`` in a config). None: every row.
         **options: loader options (e.g. ``classes="binary"`` for ``mosmeddata``).
 
     Returns:
@@ -99,8 +104,16 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> pd.Dat
         raise unknown_name_error("dataset", name, DATASETS)
     spec = DATASETS[name]
     if name in ("phantom", "phantom-volumes"):  # synthetic: written on first use, no folder to find
-        return spec.loader(root, **options)
-    return spec.loader(resolve_root(name, root), **options)
+        manifest = spec.loader(root, **options)
+    else:
+        manifest = spec.loader(resolve_root(name, root), **options)
+    if groups_per_class is not None:
+        from covidct.data.splits import sample_groups
+
+        if int(groups_per_class) < 1:
+            raise CovidctError(f"groups_per_class must be a positive integer, got {groups_per_class!r}.")
+        manifest = sample_groups(manifest, int(groups_per_class), seed=0)
+    return manifest
 
 
 def data_root() -> Path:
