@@ -194,6 +194,25 @@ def choose_data(
     return DataChoice(fallback, None, dataset, tuple(candidates))
 
 
+def load_choice(data: DataChoice, fast: bool = False, groups_per_class: int | None = None, **phantom_options) -> pd.DataFrame:
+    """The manifest of a :func:`choose_data` result: the real dataset from its folder, or the phantoms.
+
+    Args:
+        data: the data choice.
+        fast: skip a loader's slow optional work (``sars-cov-2-ct``: group by file-number blocks only, without
+            merging near-duplicate clusters); for smoke runs.
+        groups_per_class: keep this many whole groups per class (see :func:`load_dataset`); None: all.
+        **phantom_options: loader options used only when the choice is synthetic (e.g. ``n``, ``size``, ``seed``).
+
+    Returns:
+        The Manifest.
+    """
+    options = dict(phantom_options) if not data.is_real else {}
+    if data.is_real and fast and data.dataset == "sars-cov-2-ct":
+        options["group_proxy"] = "blocks"
+    return load_dataset(data.dataset, root=data.root, groups_per_class=groups_per_class, **options)
+
+
 def resolve_root(name: str, root: str | Path | None) -> Path:
     """Find the folder of dataset ``name``: ``root`` when given, else the default places."""
     if root is not None:
