@@ -64,18 +64,20 @@ def summarise_generalization(results: dict) -> pd.DataFrame:
     rows = []
     for arm, block in results["arms"].items():
         seeds = block["seeds"]
+        nan = float("nan")  # older results files lack some scores (e.g. the internal macro-F1)
         values = {
-            "val_auc": [s["val_auc"] for s in seeds],
-            "internal_test_auc": [s["internal_test_auc"] for s in seeds],
-            "internal_test_macro_f1": [s["internal_test_macro_f1"] for s in seeds],
-            "external_slice_auc": [s["external"]["slice_auc"] for s in seeds],
-            "external_patient_auc": [s["external"]["patient_mean_auc"] for s in seeds],
+            "val_auc": [s.get("val_auc", nan) for s in seeds],
+            "internal_test_auc": [s.get("internal_test_auc", nan) for s in seeds],
+            "internal_test_macro_f1": [s.get("internal_test_macro_f1", nan) for s in seeds],
+            "external_slice_auc": [s["external"].get("slice_auc", nan) for s in seeds],
+            "external_patient_auc": [s["external"].get("patient_mean_auc", nan) for s in seeds],
         }
         row = {"arm": arm, "seeds": len(seeds), "train_seconds_mean": float(np.mean(block["train_seconds"]))}
         for name, vals in values.items():
             vals = np.asarray(vals, dtype=float)
-            row[f"{name}_mean"] = float(np.nanmean(vals))
-            row[f"{name}_sd"] = float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan")
+            known = vals[np.isfinite(vals)]
+            row[f"{name}_mean"] = float(known.mean()) if len(known) else nan
+            row[f"{name}_sd"] = float(known.std(ddof=1)) if len(known) > 1 else nan
         row["covid_ranked_first_seeds"] = int(sum(s["external"]["covid_patients_ranked_first"] for s in seeds))
         ens = block.get("ensemble")
         if ens:
@@ -117,7 +119,7 @@ def generalization_markdown(results: dict) -> str:
             f"| {fmt(row['external_patient_auc_mean'], row['external_patient_auc_sd'])} "
             f"| {row['covid_ranked_first_seeds']}/{row['seeds']} seeds "
             f"| {ci(ens['internal_test_auc'], ens.get('internal_test_auc_ci')) if ens else '-'} "
-            f"| {ci(ens['internal_test_macro_f1'], ens.get('internal_test_macro_f1_ci')) if ens else '-'} "
+            f"| {ci(ens['internal_test_macro_f1'], ens.get('internal_test_macro_f1_ci')) if 'internal_test_macro_f1' in ens else '-'} "
             f"| {ci(ens_ext['slice_auc'], ens_ext.get('slice_auc_ci')) if ens else '-'} "
             f"| {patient_cell} "
             f"| {row['train_seconds_mean']:.0f} |"
