@@ -173,6 +173,10 @@ def test_phantom_external_data_is_an_all_test_set_in_the_runs_classes(tmp_path, 
     assert set(data.manifest["split"]) == {"test"}
     assert data.class_names == ["COV", "Normal", "OtherPneumonia"]
     assert Path("data/phantom/n15-s64-seed7/manifest.csv").is_file()
+    binary = phantom_external_data("lungs", 32, cache_root=str(tmp_path / "cache"), n=15, classes=["COV", "NonCOV"],
+                                   label_map={"COV": "COV", "Normal": "NonCOV", "OtherPneumonia": "NonCOV"})
+    assert binary.class_names == ["COV", "NonCOV"]
+    np.testing.assert_array_equal(binary.labels, (data.manifest["label"] != "COV").to_numpy().astype(int))
 
 
 def test_stage_augmentation_grid_has_a_row_per_stage_and_a_column_per_draw():

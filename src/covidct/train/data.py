@@ -197,7 +197,7 @@ def phantom_slice_data(n: int, size: int, seed: int = 0, drop: str | None = None
 
 
 def phantom_external_data(stage: str, size: int, cache_root: str = ".cache/covidct", n: int = 60,
-                          seed: int = 7, classes=None) -> TrainingData:
+                          seed: int = 7, classes=None, label_map: dict | None = None) -> TrainingData:
     """Phantoms of another seed, preprocessed with a run's stage and size, every row in ``test``.
 
     The stand-in for an external dataset when none is at hand (smoke runs, notebooks without data): new
@@ -210,6 +210,8 @@ def phantom_external_data(stage: str, size: int, cache_root: str = ".cache/covid
         n: phantom slices (64 px, written once to ``data/phantom/n<n>-s64-seed<seed>``).
         seed: phantom seed (the demo trains on seed 0).
         classes: the run's class order (default: sorted labels).
+        label_map: ``{phantom label: run class}`` for a run with other classes (the phantom labels are COV,
+            Normal and OtherPneumonia, e.g. ``{"COV": "COV", "Normal": "NonCOV", "OtherPneumonia": "NonCOV"}``).
 
     Returns:
         TrainingData whose rows are all in the ``test`` split.
@@ -217,7 +219,8 @@ def phantom_external_data(stage: str, size: int, cache_root: str = ".cache/covid
     from covidct.data.cache import build_cache
     from covidct.data.datasets import load_dataset
 
-    manifest = load_dataset("phantom", n=n, size=64, seed=seed).assign(split="test")
+    manifest = load_dataset("phantom", n=n, size=64, seed=seed)
+    manifest = apply_label_map(manifest, label_map, source=f"phantom-seed{seed}").assign(split="test")
     cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
     return data_from_arrays(cache.images, cache.manifest.assign(split="test"), classes=classes,
                             cache_path=str(cache.path), source=f"phantom-seed{seed}")
