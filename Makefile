@@ -33,7 +33,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
-TF_MARKS = -m "not jax and not gpu and not network" -q
+TF_MARKS = -m "not jax and not gpu and not network and not notebooks" -q
 # tests/models runs in the second stream (after the JAX tests and notebooks) to balance the two.
 test-tf: install
 	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) --ignore=tests/models
@@ -46,8 +46,10 @@ test-jax: install
 	KERAS_BACKEND=jax $(PY) -m pytest -m "jax" -q -p no:cacheprovider tests/train/test_backends.py
 	KERAS_BACKEND=jax $(PY) -m pytest -m "jax" -q -p no:cacheprovider --ignore=tests/train/test_backends.py
 
+# Executes every notebook once in smoke mode under Jupyter's inline backend (the test unsets MPLBACKEND for the
+# kernel) and checks that each cell tagged `figure` shows an image and each `table` cell an HTML table.
 test-notebooks: install
-	COVIDCT_SMOKE=1 $(PY) -m pytest --nbmake --nbmake-timeout=600 -q notebooks
+	COVIDCT_SMOKE=1 $(PY) -m pytest -m notebooks -q -p no:cacheprovider tests/test_notebook_rendering.py
 
 # The TensorFlow suite uses about one core on average, so it runs beside the JAX tests + notebooks
 # (notebooks work under notebooks/, tests under tmp folders and the repo root: no shared files).

@@ -45,6 +45,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from covidct.evaluate.generalization import (
+    generalization_markdown,
+    plot_generalization,
+    summarise_generalization,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "robust"
 #: Cumulative arms, then the leave-one-out arm, then ``histogram`` (``standardize`` with rank equalisation
@@ -368,92 +374,10 @@ def internal_scores(predictions: pd.DataFrame, n_bootstrap: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- report
-def summarise(results: dict) -> pd.DataFrame:
-    """One row per arm: mean ± SD over seeds and the seed ensemble."""
-    rows = []
-    for arm, block in results["arms"].items():
-        seeds = block["seeds"]
-        values = {
-            "val_auc": [s["val_auc"] for s in seeds],
-            "internal_test_auc": [s["internal_test_auc"] for s in seeds],
-            "internal_test_macro_f1": [s["internal_test_macro_f1"] for s in seeds],
-            "external_slice_auc": [s["external"]["slice_auc"] for s in seeds],
-            "external_patient_auc": [s["external"]["patient_mean_auc"] for s in seeds],
-        }
-        row = {"arm": arm, "seeds": len(seeds), "train_seconds_mean": float(np.mean(block["train_seconds"]))}
-        for name, vals in values.items():
-            vals = np.asarray(vals, dtype=float)
-            row[f"{name}_mean"] = float(np.nanmean(vals))
-            row[f"{name}_sd"] = float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else float("nan")
-        row["covid_ranked_first_seeds"] = int(sum(s["external"]["covid_patients_ranked_first"] for s in seeds))
-        ens = block.get("ensemble")
-        if ens:
-            row["ensemble_internal_auc"] = ens["internal_test_auc"]
-            row["ensemble_external_slice_auc"] = ens["external"]["slice_auc"]
-            row["ensemble_external_patient_auc"] = ens["external"]["patient_mean_auc"]
-            row["ensemble_covid_ranked_first"] = ens["external"]["covid_patients_ranked_first"]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def markdown_table(results: dict) -> str:
-    """The results as a markdown table (mean ± SD over seeds; ensemble with 95% CI over groups)."""
-    lines = [
-        "| arm | val AUC (kept epoch) | internal test AUC | internal test macro-F1 | external slice AUC | external patient AUC | COVID ranked first "
-        "| ensemble: internal AUC [95% CI] | ensemble: internal macro-F1 [95% CI] | ensemble: external slice AUC [95% CI] | ensemble: patient AUC, ranked first "
-        "| train s/run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-
-    def fmt(mean, sd):
-        return f"{mean:.3f} ± {sd:.3f}" if np.isfinite(sd) else f"{mean:.3f}"
-
-    def ci(value, interval):
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
-
-    for row in summarise(results).to_dict("records"):
-        ens = results["arms"][row["arm"]].get("ensemble") or {}
-        ens_ext = ens.get("external", {})
-        patient_cell = "-"
-        if ens:
-            ranked = "yes" if ens_ext["covid_patients_ranked_first"] else "no"
-            patient_cell = f"{ens_ext['patient_mean_auc']:.3f}, {ranked}"
-        lines.append(
-            f"| {row['arm']} | {fmt(row['val_auc_mean'], row['val_auc_sd'])} "
-            f"| {fmt(row['internal_test_auc_mean'], row['internal_test_auc_sd'])} "
-            f"| {fmt(row['internal_test_macro_f1_mean'], row['internal_test_macro_f1_sd'])} "
-            f"| {fmt(row['external_slice_auc_mean'], row['external_slice_auc_sd'])} "
-            f"| {fmt(row['external_patient_auc_mean'], row['external_patient_auc_sd'])} "
-            f"| {row['covid_ranked_first_seeds']}/{row['seeds']} seeds "
-            f"| {ci(ens['internal_test_auc'], ens.get('internal_test_auc_ci')) if ens else '-'} "
-            f"| {ci(ens['internal_test_macro_f1'], ens.get('internal_test_macro_f1_ci')) if ens else '-'} "
-            f"| {ci(ens_ext['slice_auc'], ens_ext.get('slice_auc_ci')) if ens else '-'} "
-            f"| {patient_cell} "
-            f"| {row['train_seconds_mean']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
-def plot_results(results: dict):
-    """Internal test vs external slice AUC per arm (seed means ± SD, ensemble as a diamond); a Figure."""
-    import matplotlib.pyplot as plt
-
-    table = summarise(results)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    x = np.arange(len(table))
-    for offset, (name, label) in enumerate((("internal_test_auc", "internal test"), ("external_slice_auc", "external slices"))):
-        ax.errorbar(x + (offset - 0.5) * 0.25, table[f"{name}_mean"], yerr=np.nan_to_num(table[f"{name}_sd"]),
-                    fmt="o", capsize=3, label=f"{label} (seeds mean ± SD)")
-    if "ensemble_external_slice_auc" in table:
-        ax.scatter(x + 0.125, table["ensemble_external_slice_auc"], marker="D", color="k", label="external, seed ensemble")
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xticks(x, table["arm"], rotation=20)
-    ax.set_ylabel("AUC (COVID vs rest)")
-    ax.set_ylim(0.3, 1.02)
-    ax.legend(fontsize=7, loc="lower left")
-    ax.set_title("Trained on sars-cov-2-ct; external = covid-ct-md" if not results.get("smoke") else "smoke run (phantoms)")
-    fig.tight_layout()
-    return fig
+# The results are read, tabulated and plotted by the package (notebook 11 and `make figures` use the same code).
+summarise = summarise_generalization
+markdown_table = generalization_markdown
+plot_results = plot_generalization
 
 
 # ---------------------------------------------------------------------------------------------- main

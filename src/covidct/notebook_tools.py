@@ -14,12 +14,27 @@ import nbformat
 
 NAME_PATTERN = re.compile(r"^\d{2}_[a-z0-9]+(_[a-z0-9]+)*\.ipynb$")
 REPOSITORY = "covidct/covidct"
+SOURCE_URL = f"https://github.com/{REPOSITORY}"
+"""Where the install cell installs from; equal to ``project.urls.Source`` in pyproject.toml (a test checks)."""
 INSTALL_SOURCE = (
-    "# On Colab, install covidct next to Colab's own TensorFlow; locally this cell does nothing.\n"
-    "import sys\n"
-    "if 'google.colab' in sys.modules:\n"
-    f"    %pip install -q 'covidct @ git+https://github.com/{REPOSITORY}.git'\n"
+    "# Install covidct where it is missing (Colab): from a wheel uploaded beside this notebook, else from a\n"
+    "# cloned checkout, else from the project's source. Colab's own TensorFlow / JAX stay as they are.\n"
+    "import glob, importlib.util\n"
+    'if importlib.util.find_spec("covidct") is None:\n'
+    '    wheels = sorted(glob.glob("covidct-*.whl")) + sorted(glob.glob("/content/covidct-*.whl"))\n'
+    '    source = wheels[-1] if wheels else ("./covidct" if glob.glob("covidct/pyproject.toml")\n'
+    f'                                        else "git+{SOURCE_URL}.git")\n'
+    "    %pip install -q {source}"
 )
+"""The install cell of every notebook, verbatim (NOTEBOOK conventions: the second cell)."""
+#: A notebook computes no metric itself: every number comes from ``covidct.evaluate``.
+METRIC_PATTERN = re.compile(
+    r"\bsklearn\.metrics\b|from\s+sklearn\s+import\s+[^\n]*\bmetrics\b|\b(roc_auc_score|f1_score|accuracy_score|"
+    r"precision_score|recall_score|confusion_matrix|roc_curve|auc|average_precision_score|"
+    r"balanced_accuracy_score|precision_recall_curve)\s*\("
+)
+#: A notebook runs without any dataset: it chooses its data (phantoms as the fallback) or uses phantoms itself.
+FALLBACK_PATTERN = re.compile(r"\bchoose_data\s*\(|phantom")
 
 
 def colab_badge(name: str) -> str:
@@ -40,7 +55,7 @@ def add_colab_header(path: str | Path) -> bool:
     if "colab.research.google.com" not in markdown.source:
         markdown.source = markdown.source.rstrip() + "\n\n" + colab_badge(path.name)
         changed = True
-    if not any("google.colab" in cell.source for cell in notebook.cells if cell.cell_type == "code"):
+    if not any(cell.source.strip() == INSTALL_SOURCE.strip() for cell in notebook.cells if cell.cell_type == "code"):
         position = notebook.cells.index(markdown) + 1
         notebook.cells.insert(position, nbformat.v4.new_code_cell(INSTALL_SOURCE))
         changed = True
@@ -78,14 +93,71 @@ def convention_problems(path: str | Path) -> list[str]:
             problems.append(f"{path.name}: code cell {index} has outputs (run `make strip-notebooks`)")
         if re.search(r"^\s*(def|class)\s", cell.source, flags=re.MULTILINE):
             problems.append(f"{path.name}: code cell {index} defines a function/class; move it into covidct")
-    parameter_cells = [cell for cell in code_cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    parameter_cells = [cell for cell in code_cells if "parameters" in cell_tags(cell)]
     if not parameter_cells:
         problems.append(f"{path.name}: no code cell tagged 'parameters'")
-    elif "COVIDCT_SMOKE" not in parameter_cells[0].source:
-        problems.append(f"{path.name}: the parameters cell must read SMOKE from COVIDCT_SMOKE")
+    else:
+        source = parameter_cells[0].source
+        if "COVIDCT_SMOKE" not in source:
+            problems.append(f"{path.name}: the parameters cell must read SMOKE from COVIDCT_SMOKE")
+        for name in ("SMOKE", "DATA_ROOT", "OUTPUT_ROOT"):
+            if not re.search(rf"^{name}\s*=", source, flags=re.MULTILINE):
+                problems.append(f"{path.name}: the parameters cell must set {name}")
     first_markdown = next((cell for cell in notebook.cells if cell.cell_type == "markdown"), None)
     if first_markdown is None or "colab.research.google.com" not in first_markdown.source:
         problems.append(f"{path.name}: the first markdown cell needs the 'Open in Colab' badge")
+    if not any(cell.source.strip() == INSTALL_SOURCE.strip() for cell in code_cells[:1]):
+        problems.append(f"{path.name}: the first code cell must be the install cell, exactly "
+                        "covidct.notebook_tools.INSTALL_SOURCE (`python -m covidct.notebook_tools strip` adds it)")
+    for index, cell in enumerate(code_cells):
+        match = METRIC_PATTERN.search(cell.source)
+        if match:
+            problems.append(f"{path.name}: code cell {index} computes a metric ({match.group(0).strip()!r}); "
+                            "take every number from covidct.evaluate")
+    if not any(FALLBACK_PATTERN.search(cell.source) for cell in code_cells):
+        problems.append(f"{path.name}: no phantom fallback (call covidct.data.datasets.choose_data, or use phantoms)")
+    if not any("figure" in cell_tags(cell) for cell in code_cells):
+        problems.append(f"{path.name}: no code cell is tagged 'figure' (a notebook shows at least one figure)")
+    for index, cell in enumerate(code_cells):
+        if "figure" in cell_tags(cell) and "display(" not in cell.source:
+            problems.append(f"{path.name}: code cell {index} is tagged 'figure' but does not display(...) its figure")
+    return problems
+
+
+def cell_tags(cell) -> list[str]:
+    """The tags of a notebook cell (``metadata.tags``), empty when it has none."""
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def rendering_problems(notebook, name: str = "notebook") -> list[str]:
+    """What an EXECUTED notebook fails to show: a ``figure`` cell without an ``image/png`` output, a ``table``
+    cell without ``text/html``, a cell that printed a bare ``<Figure size ...>`` text, or no ``figure`` cell.
+
+    Args:
+        notebook: an executed ``nbformat`` notebook (outputs present).
+        name: how the notebook is named in the messages.
+
+    Returns:
+        One message per problem (empty when everything rendered).
+    """
+    problems = []
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    if not any("figure" in cell_tags(cell) for cell in code_cells):
+        problems.append(f"{name}: no code cell is tagged 'figure'")
+    for index, cell in enumerate(code_cells):
+        outputs = cell.get("outputs", [])
+        mimes = {mime for output in outputs for mime in output.get("data", {})}
+        if "figure" in cell_tags(cell) and "image/png" not in mimes:
+            problems.append(f"{name}: code cell {index} is tagged 'figure' but shows no image/png")
+        if "table" in cell_tags(cell) and "text/html" not in mimes:
+            problems.append(f"{name}: code cell {index} is tagged 'table' but shows no text/html table")
+        for output in outputs:
+            text = output.get("data", {}).get("text/plain", "") if "image/png" not in output.get("data", {}) else ""
+            if isinstance(text, list):
+                text = "".join(text)
+            if text.startswith("<Figure size"):
+                problems.append(f"{name}: code cell {index} printed {text.strip()!r} instead of drawing it "
+                                "(display(figure) in a cell tagged 'figure')")
     return problems
 
 

@@ -633,9 +633,10 @@ def plot_counts(manifest: pd.DataFrame):
     Returns:
         matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
+    figure = Figure(figsize=(11, 3.5))
+    left, right = figure.subplots(1, 2)
     table = manifest.assign(split=manifest["split"].replace("", "(none)")).pivot_table(
         index="label", columns="split", values="path", aggfunc="count", fill_value=0
     )
@@ -671,10 +672,11 @@ def plot_examples(manifest: pd.DataFrame, per_class: int = 4, seed: int = 0):
     Returns:
         matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     labels = sorted(set(manifest["label"]))
-    figure, axes = plt.subplots(len(labels), per_class, figsize=(2.2 * per_class, 2.3 * len(labels)), squeeze=False)
+    figure = Figure(figsize=(2.2 * per_class, 2.3 * len(labels)))
+    axes = figure.subplots(len(labels), per_class, squeeze=False)
     for row, label in enumerate(labels):
         shown = _displays(manifest[manifest["label"] == label], per_class, seed)
         for column in range(per_class):
@@ -701,9 +703,10 @@ def plot_intensity_histograms(manifest: pd.DataFrame, per_class: int = 50, seed:
     Returns:
         matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure = Figure(figsize=(7, 3.5))
+    axis = figure.subplots()
     bins = np.arange(257)
     for label in sorted(set(manifest["label"])):
         pixels = [image.ravel() for _, image in _displays(manifest[manifest["label"] == label], per_class, seed)]

@@ -110,12 +110,17 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def load_dataset(name: str, root: str | Path | None = None, **options) -> pd.DataFrame:
+def load_dataset(
+    name: str, root: str | Path | None = None, groups_per_class: int | None = None, **options
+) -> pd.DataFrame:
     """Load a registered dataset as a Manifest.
 
     Args:
         name: a registered dataset (see ``list_datasets()``).
         root: the dataset folder; default: ``data/raw/<name>`` or ``$COVIDCT_DATA_ROOT/<folder>``.
+        groups_per_class: keep only this many whole groups (patients) of each class, chosen with seed 0
+            (``covidct.data.splits.sample_groups``): a small, still grouped subset for smoke runs
+            (``data.options={groups_per_class: 6}`` in a config). None: every row.
         **options: loader options (e.g. ``classes="binary"`` for ``mosmeddata``).
 
     Returns:
@@ -130,8 +135,16 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> pd.Dat
     spec = DATASETS[name]
     check_dataset_options(name, options, where=f"load_dataset({name!r}) options")
     if name in ("phantom", "phantom-volumes"):  # synthetic: written on first use, no folder to find
-        return spec.loader(root, **options)
-    return spec.loader(resolve_root(name, root), **options)
+        manifest = spec.loader(root, **options)
+    else:
+        manifest = spec.loader(resolve_root(name, root), **options)
+    if groups_per_class is not None:
+        from covidct.data.splits import sample_groups
+
+        if int(groups_per_class) < 1:
+            raise CovidctError(f"groups_per_class must be a positive integer, got {groups_per_class!r}.")
+        manifest = sample_groups(manifest, int(groups_per_class), seed=0)
+    return manifest
 
 
 def data_root() -> Path:
@@ -210,6 +223,25 @@ def choose_data(
         if candidate.is_dir():
             return DataChoice(dataset, candidate, dataset, tuple(candidates))
     return DataChoice(fallback, None, dataset, tuple(candidates))
+
+
+def load_choice(data: DataChoice, fast: bool = False, groups_per_class: int | None = None, **phantom_options) -> pd.DataFrame:
+    """The manifest of a :func:`choose_data` result: the real dataset from its folder, or the phantoms.
+
+    Args:
+        data: the data choice.
+        fast: skip a loader's slow optional work (``sars-cov-2-ct``: group by file-number blocks only, without
+            merging near-duplicate clusters); for smoke runs.
+        groups_per_class: keep this many whole groups per class (see :func:`load_dataset`); None: all.
+        **phantom_options: loader options used only when the choice is synthetic (e.g. ``n``, ``size``, ``seed``).
+
+    Returns:
+        The Manifest.
+    """
+    options = dict(phantom_options) if not data.is_real else {}
+    if data.is_real and fast and data.dataset == "sars-cov-2-ct":
+        options["group_proxy"] = "blocks"
+    return load_dataset(data.dataset, root=data.root, groups_per_class=groups_per_class, **options)
 
 
 def resolve_root(name: str, root: str | Path | None) -> Path:

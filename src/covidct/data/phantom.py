@@ -1125,9 +1125,10 @@ def plot_phantom_classes(size: int = 256, seed: int = 3):
     Returns:
         A matplotlib Figure (2 rows x 3 classes).
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    figure, axes = plt.subplots(2, len(CLASSES), figsize=(3.4 * len(CLASSES), 7))
+    figure = Figure(figsize=(3.4 * len(CLASSES), 7))
+    axes = figure.subplots(2, len(CLASSES))
     for column, label in enumerate(CLASSES):
         item = make_slice(label, size=size, seed=seed)
         # Lung window W1500 / L-600 shown as HU -1350..150.

@@ -131,6 +131,22 @@ def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(np.nanmean(per_class))
 
 
+def binary_auc(is_positive, scores) -> float:
+    """ROC AUC of ``scores`` for a yes/no truth (e.g. one class against the rest); NaN when only one side occurs.
+
+    Args:
+        is_positive: N booleans (or 0/1), True for the positive cases.
+        scores: N scores, higher meaning more likely positive (e.g. a class probability).
+    """
+    truth = np.asarray(is_positive).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if len(truth) != len(scores):
+        raise CovidctError(f"binary_auc: {len(truth)} truths for {len(scores)} scores.")
+    if not 0 < truth.sum() < len(truth):
+        return float("nan")
+    return float(skm.roc_auc_score(truth, scores))
+
+
 def compute_metrics(
     y_true,
     probs,

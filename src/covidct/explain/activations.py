@@ -43,7 +43,7 @@ def feature_maps(model, image, layer_name: str, max_maps: int = 16, masks=None, 
     Returns:
         A matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     if int(max_maps) < 1:
         raise CovidctError(f"max_maps must be a positive integer, got {max_maps!r}.")
@@ -51,7 +51,8 @@ def feature_maps(model, image, layer_name: str, max_maps: int = 16, masks=None, 
     channels = top_channels(activations, max_maps)
     columns = min(4, len(channels))
     rows = math.ceil(len(channels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.2 * rows + 0.4), squeeze=False)
+    figure = Figure(figsize=(2.2 * columns, 2.2 * rows + 0.4))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.ravel():
         axis.set_axis_off()
     for axis, channel in zip(axes.ravel(), channels):

@@ -125,7 +125,7 @@ def contact_sheet(
     Returns:
         A matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     count = len(images)
     if len(heatmaps) != count:
@@ -141,9 +141,8 @@ def contact_sheet(
     for group in sorted(set(groups), key=lambda g: (class_names.index(g) if class_names and g in class_names else 0, g)):
         order.extend([i for i in range(count) if groups[i] == group][: int(max_per_class)])
 
-    figure, axes = plt.subplots(
-        len(order), 3, figsize=(3 * panel_inches, len(order) * panel_inches + 0.4), squeeze=False
-    )
+    figure = Figure(figsize=(3 * panel_inches, len(order) * panel_inches + 0.4))
+    axes = figure.subplots(len(order), 3, squeeze=False)
     for row, index in enumerate(order):
         parts = []
         if labels is not None:
@@ -193,7 +192,7 @@ def comparison_grid(
     Returns:
         A matplotlib Figure with columns ``original`` and one per heatmap set.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     count = len(images)
     if count == 0 or not heatmap_sets:
@@ -204,7 +203,8 @@ def comparison_grid(
     if row_labels is not None and len(row_labels) != count:
         raise CovidctError(f"Got {count} images but {len(row_labels)} row labels.")
     columns = 1 + len(heatmap_sets)
-    figure, axes = plt.subplots(count, columns, figsize=(columns * panel_inches, count * panel_inches + 0.4), squeeze=False)
+    figure = Figure(figsize=(columns * panel_inches, count * panel_inches + 0.4))
+    axes = figure.subplots(count, columns, squeeze=False)
     for row in range(count):
         axes[row, 0].imshow(display_rgb(images[row]))
         for column, heatmaps in enumerate(heatmap_sets.values(), start=1):

@@ -369,9 +369,6 @@ def gradcam_run(
             already holds results (without ``overwrite``).
     """
     import cv2
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import pandas as pd
 

@@ -163,14 +163,15 @@ def plot_overlays(images, preds, trues=None, titles=None, columns: int = 4):
     Returns:
         matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     images = np.asarray(images)
     if images.ndim == 4:
         images = images[..., 0]
     count = len(images)
     rows = max(1, int(np.ceil(count / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    figure = Figure(figsize=(3 * columns, 3 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for index, axis in enumerate(axes.ravel()):
         axis.axis("off")
         if index >= count:

@@ -150,3 +150,42 @@ def augment_batch(augmenter: keras.Sequential | None, batch: np.ndarray) -> np.n
         return batch
     out = augmenter(batch, training=True)
     return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
+
+
+def plot_stage_augmentations(image, size: int = 224, samples: int = 5, stages=None, training=None):
+    """Each preprocessing stage's output of one image (first column) beside ``samples`` augmented draws.
+
+    Args:
+        image: a ``covidct.data.io.CTImage`` (HU or display values).
+        size: side of the stage output in pixels.
+        samples: augmented draws per stage.
+        stages: stage names, one row each; default the study's stages (``covidct.config.STAGE_AUGMENTATION``).
+        training: the ``TrainingConfig`` whose augmentation factors apply (default ``augmentation="stage"``).
+
+    Returns:
+        A matplotlib Figure (rows: stages; columns: stage output, then the draws).
+    """
+    from matplotlib.figure import Figure
+
+    from covidct.config import STAGE_AUGMENTATION, TrainingConfig, augmentation_factors
+    from covidct.preprocess import get_stage
+
+    stages = list(stages or STAGE_AUGMENTATION)
+    training = training or TrainingConfig(augmentation="stage")
+    figure = Figure(figsize=(2 * (samples + 1), 2 * len(stages)))
+    axes = figure.subplots(len(stages), samples + 1, squeeze=False)
+    for row, stage in enumerate(stages):
+        sample = get_stage(stage)(image, size)[0].image.astype("float32")
+        augmenter = make_augmenter(augmentation_factors(training, stage), seed=row)
+        batch = np.repeat(sample[None], samples, axis=0)
+        augmented = np.asarray(augmenter(batch, training=True)) if augmenter is not None else batch
+        axes[row, 0].imshow(sample[..., 0], cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_ylabel(stage)
+        for k in range(samples):
+            axes[row, k + 1].imshow(augmented[k, ..., 0], cmap="gray", vmin=0, vmax=255)
+    for axis in axes.ravel():
+        axis.set_xticks([])
+        axis.set_yticks([])
+    axes[0, 0].set_title("stage output")
+    figure.tight_layout()
+    return figure

@@ -196,6 +196,36 @@ def phantom_slice_data(n: int, size: int, seed: int = 0, drop: str | None = None
     return data_from_arrays(images[keep], manifest[keep].reset_index(drop=True), source="phantom")
 
 
+def phantom_external_data(stage: str, size: int, cache_root: str = ".cache/covidct", n: int = 60,
+                          seed: int = 7, classes=None, label_map: dict | None = None) -> TrainingData:
+    """Phantoms of another seed, preprocessed with a run's stage and size, every row in ``test``.
+
+    The stand-in for an external dataset when none is at hand (smoke runs, notebooks without data): new
+    synthetic patients the run never saw, drawn by the same generator, so a small gap is expected.
+
+    Args:
+        stage: the run's preprocessing stage.
+        size: the run's input size.
+        cache_root: folder of the preprocessed cache.
+        n: phantom slices (64 px, written once to ``data/phantom/n<n>-s64-seed<seed>``).
+        seed: phantom seed (the demo trains on seed 0).
+        classes: the run's class order (default: sorted labels).
+        label_map: ``{phantom label: run class}`` for a run with other classes (the phantom labels are COV,
+            Normal and OtherPneumonia, e.g. ``{"COV": "COV", "Normal": "NonCOV", "OtherPneumonia": "NonCOV"}``).
+
+    Returns:
+        TrainingData whose rows are all in the ``test`` split.
+    """
+    from covidct.data.cache import build_cache
+    from covidct.data.datasets import load_dataset
+
+    manifest = load_dataset("phantom", n=n, size=64, seed=seed)
+    manifest = apply_label_map(manifest, label_map, source=f"phantom-seed{seed}").assign(split="test")
+    cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
+    return data_from_arrays(cache.images, cache.manifest.assign(split="test"), classes=classes,
+                            cache_path=str(cache.path), source=f"phantom-seed{seed}")
+
+
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """scikit-learn's "balanced" weights n / (k * count_c), one per class (classes must be present)."""
     classes = np.arange(num_classes)
