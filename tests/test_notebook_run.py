@@ -17,12 +17,14 @@ from covidct.notebook_run import (
     _select,
     check_executed,
     clean_outputs,
+    datasets_used,
     execute_notebook,
     executed_copy_path,
     inject_parameters,
     kernel_environment,
     main,
     notebook_bytes,
+    notice_problems,
     parse_parameters,
     shrink_images,
     source_notebooks,
@@ -63,7 +65,8 @@ def test_executes_in_smoke_mode_with_inline_figures_and_records_the_source_hash(
         nbformat.v4.new_markdown_cell("# 00 · tiny"),
         parameters_cell(),
         nbformat.v4.new_code_cell(
-            'import matplotlib\nprint("SMOKE", SMOKE, "RUN", RUN, matplotlib.get_backend())\n'
+            'import matplotlib\nprint("Data: real dataset \'sars-cov-2-ct\' from", os.environ["COVIDCT_DATA_ROOT"])\n'
+            'print("SMOKE", SMOKE, "RUN", RUN, matplotlib.get_backend())\n'
             'print(os.environ["COVIDCT_DATA_ROOT"] + "/sars-cov-2-ct", os.getcwd())'),
         nbformat.v4.new_code_cell(
             "import matplotlib.pyplot as plt\nfrom IPython.display import display\n"
@@ -93,6 +96,14 @@ def test_executes_in_smoke_mode_with_inline_figures_and_records_the_source_hash(
     assert source_sha256(done.copy) != source_sha256(source)  # the injected cell differs
     assert check_executed(notebooks, tmp_path / "executed") == [
         "00_tiny.ipynb: its copy " + str(done.copy) + " was executed in 'smoke' mode, not 'full'"]
+    # the dataset it said it used is recorded, and the notice must name it on the notebook's row
+    assert record["datasets_used"] == ["sars-cov-2-ct"]
+    notice = tmp_path / "executed" / "NOTICE.md"
+    assert notice_problems(tmp_path / "executed") == [
+        f"00_tiny.ipynb: used the real dataset 'sars-cov-2-ct' but {notice} does not name it on the notebook's row; "
+        "add what it shows and under which licence"]
+    notice.write_text("| notebook | datasets |\n|---|---|\n| 00_tiny.ipynb | `sars-cov-2-ct` |\n")
+    assert notice_problems(tmp_path / "executed") == []
 
 
 def test_full_mode_unsets_smoke_and_smoke_mode_sets_it():
@@ -166,6 +177,16 @@ def test_progress_bars_collapse_and_long_texts_are_cut():
     text = cell.outputs[1]["data"]["text/plain"]
     assert len(text) < 20_100 and "[... 10,000 characters left out of the executed copy ...]" in text
     assert cell.outputs[2]["data"] == {"text/plain": "bar"} and "widgets" not in notebook.metadata
+
+
+def test_datasets_used_are_read_from_the_data_line():
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(DATA)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="Data: real dataset 'covid-ct-md' from /d\n"),
+                    nbformat.v4.new_output("execute_result", execution_count=1, data={
+                        "text/plain": "Data: synthetic phantoms ('phantom'), because 'medseg' was not found"})]
+    notebook.cells = [nbformat.v4.new_markdown_cell("Data: real dataset 'not-this' (markdown)"), cell]
+    assert datasets_used(notebook) == ["covid-ct-md", "phantom"]
 
 
 def test_source_hash_ignores_outputs_but_not_code(tmp_path):

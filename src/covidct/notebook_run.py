@@ -224,6 +224,42 @@ def local_paths(repo_root: Path) -> dict[str, str]:
     return {path: text for path, text in paths.items() if len(path) > 1}
 
 
+def datasets_used(notebook) -> list[str]:
+    """The datasets a notebook said it used, from the lines ``covidct.data.datasets.choose_data`` prints.
+
+    ``"Data: real dataset 'NAME' from ..."`` gives NAME; ``"Data: synthetic phantoms ..."`` gives ``phantom``.
+    """
+    found = set()
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            text = "".join(output.get("text", "")) + "".join((output.get("data") or {}).get("text/plain", ""))
+            found.update(re.findall(r"Data: real dataset '([^']+)'", text))
+            if "Data: synthetic phantoms" in text:
+                found.add("phantom")
+    return sorted(found)
+
+
+def notice_problems(out_dir: str | os.PathLike, notice: str | os.PathLike | None = None) -> list[str]:
+    """Executed copies that used a real dataset the notice (``<out_dir>/NOTICE.md``) does not list for them.
+
+    Each copy records ``datasets_used``; every real dataset in it must be named on the notice's table row of
+    that notebook (a line starting with ``| <name relative to out_dir>``), where its licence is stated.
+    """
+    out_dir = Path(out_dir)
+    notice = Path(notice) if notice else out_dir / "NOTICE.md"
+    rows = notice.read_text(encoding="utf-8").splitlines() if notice.is_file() else []
+    problems = []
+    for copy_path in sorted(out_dir.rglob("*.ipynb")) if out_dir.is_dir() else []:
+        relative = copy_path.relative_to(out_dir).as_posix()
+        record = nbformat.read(copy_path, as_version=4).metadata.get(METADATA_KEY) or {}
+        line = next((row for row in rows if row.replace("`", "").startswith(f"| {relative} ")), "")
+        for dataset in record.get("datasets_used", []):
+            if dataset != "phantom" and f"`{dataset}`" not in line:
+                problems.append(f"{relative}: used the real dataset {dataset!r} but {notice} does not name it on "
+                                f"the notebook's row; add what it shows and under which licence")
+    return problems
+
+
 def notebook_bytes(notebook) -> int:
     """Size in bytes of the notebook as it would be written."""
     return len(nbformat.writes(notebook).encode("utf-8"))
@@ -350,6 +386,7 @@ def execute_notebook(
         "executed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "seconds": round(seconds, 1),
         "parameters": {k: v for k, v in sorted((parameters or {}).items()) if k not in unused},
+        "datasets_used": datasets_used(notebook),
         "image_scale": 1.0,
     }
     notebook.metadata[METADATA_KEY] = dict(record)
@@ -449,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = args.out if args.out is not None else (SMOKE_OUT if args.smoke else DEFAULT_OUT)
         out_dir = out_dir if out_dir.is_absolute() else repo / out_dir
         if args.check:
-            problems = check_executed(notebooks_dir, out_dir)
+            problems = check_executed(notebooks_dir, out_dir) + notice_problems(out_dir)
             print("\n".join(problems) if problems else f"every executed copy in {out_dir} is fresh and within the caps")
             return 1 if problems else 0
         if args.smoke and out_dir.resolve() == (repo / DEFAULT_OUT).resolve():
