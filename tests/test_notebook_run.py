@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -22,6 +24,7 @@ from covidct.notebook_run import (
     executed_copy_path,
     inject_parameters,
     kernel_environment,
+    local_paths,
     main,
     notebook_bytes,
     notice_problems,
@@ -177,6 +180,13 @@ def test_progress_bars_collapse_and_long_texts_are_cut():
     text = cell.outputs[1]["data"]["text/plain"]
     assert len(text) < 20_100 and "[... 10,000 characters left out of the executed copy ...]" in text
     assert cell.outputs[2]["data"] == {"text/plain": "bar"} and "widgets" not in notebook.metadata
+
+
+def test_local_paths_hide_the_data_root_checkout_and_python(monkeypatch, tmp_path):
+    monkeypatch.setenv("COVIDCT_DATA_ROOT", "data")  # relative: only its absolute form is replaced, never "data"
+    paths = local_paths(tmp_path)
+    assert paths == {str(tmp_path.resolve()): "<repo>", sys.prefix: "<python>",
+                     str(Path("data").resolve()): "$COVIDCT_DATA_ROOT"}
 
 
 def test_datasets_used_are_read_from_the_data_line():

@@ -13,8 +13,9 @@ without its copy being refreshed is caught. Size caps keep the repository light 
 working: at most ``NOTEBOOK_CAP_BYTES`` per copy and ``TOTAL_CAP_BYTES`` for all of them. A copy over its
 cap has its PNG figures re-encoded (256-colour palette, then smaller); one still over it is refused with an
 error. Terminal progress bars (carriage-return redraws) are collapsed to their last state, long text
-outputs are shortened, and absolute paths of the data root and the checkout are replaced by
-``$COVIDCT_DATA_ROOT`` and ``<repo>``.
+outputs are shortened, and absolute paths of the data root, the checkout and the Python environment are
+replaced by ``$COVIDCT_DATA_ROOT``, ``<repo>`` and ``<python>``. Each copy also records the datasets it
+said it used (``datasets_used``), which ``docs/notebooks/NOTICE.md`` must list with their licences.
 
     python -m covidct.notebook_run                       # every notebook, full mode, into docs/notebooks/
     python -m covidct.notebook_run --only 08_confusion_matrices --param RUN=../runs/my-run
@@ -214,8 +215,8 @@ def clean_outputs(notebook, replacements: dict[str, str] | None = None) -> None:
 
 
 def local_paths(repo_root: Path) -> dict[str, str]:
-    """Absolute local paths to hide in outputs: the data root (``$COVIDCT_DATA_ROOT``) and the checkout."""
-    paths = {str(Path(repo_root).resolve()): "<repo>"}
+    """Absolute local paths to hide in outputs: the data root, the checkout and the Python environment."""
+    paths = {str(Path(repo_root).resolve()): "<repo>", sys.prefix: "<python>"}
     data_root = os.environ.get("COVIDCT_DATA_ROOT", "")
     if data_root:
         paths[str(Path(data_root).resolve())] = "$COVIDCT_DATA_ROOT"
