@@ -198,7 +198,7 @@ def plot_internal_vs_external(
     ax.set_yticks(y, frame["label"], fontsize=8)
     ax.set_ylim(-0.6, n - 0.4)
     ax.set_xlim(math.floor(lowest * 10) / 10, 1.02)
-    ax.set_xlabel("AUC with 95% interval over patients")
+    ax.set_xlabel("AUC, 95% interval by bootstrap over patients (groups)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09 - 0.5 / (n + 2)), ncol=3, fontsize=8, frameon=False)
     ax.set_title(title or "AUC on the own test split vs on another hospital", fontsize=10)
