@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MPLBACKEND ?= Agg
 export COVIDCT_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: install wheel demo test test-all test-rest lint test-tf test-tf-models test-jax test-notebooks strip-notebooks figures benchmarks clean
+.PHONY: install wheel demo test test-all test-rest lint test-tf test-tf-models test-jax test-notebooks strip-notebooks figures shipped-run notebooks-executed benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -67,8 +67,20 @@ test-all: install
 strip-notebooks: install
 	$(PY) -m covidct.notebook_tools strip notebooks
 
+# The README gallery (images/) from benchmarks/results/ and, for the confusion matrix, ROC and training curves, the
+# shipped recipe's run made once by `make shipped-run` (figures never train).
 figures: install
 	$(PY) benchmarks/make_figures.py $(if $(wildcard runs/demo/gradcam/contact_sheet.png),--demo-run runs/demo)
+
+shipped-run: install
+	$(VENV)/bin/covidct train --config sars-cov-2-ct/small_cnn-lungs-robust-dataaug --evaluate
+
+# Executed copies of the notebooks, with outputs, in docs/notebooks/ (full mode, data under $$COVIDCT_DATA_ROOT).
+# ONLY=08_confusion_matrices runs one; SMOKE=1 tries it in smoke mode into runs/notebooks-smoke/;
+# PARAMS="RUN=../runs/x" sets parameters-cell values; CHECK=1 only verifies the copies.
+notebooks-executed: install
+	$(PY) -m covidct.notebook_run $(foreach name,$(ONLY),--only $(name)) $(if $(SMOKE),--smoke) \
+		$(foreach param,$(PARAMS),--param $(param)) $(if $(CHECK),--check)
 
 clean:
 	rm -rf runs/demo .pytest_cache .ruff_cache
