@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in paths:
             if add_colab_header(path) | strip_outputs(path):
                 print(f"normalised {path}")
+        # Templates (notebooks/templates/) are committed without outputs too; their header is their own.
+        for path in sorted((Path(argv[1]) / "templates").glob("*.ipynb")):
+            if strip_outputs(path):
+                print(f"normalised {path}")
         return 0
     problems = [problem for path in paths for problem in convention_problems(path)]
     print("\n".join(problems) if problems else f"{len(paths)} notebook(s) follow the conventions.")

@@ -243,7 +243,6 @@ def test_validation_freq_skips_validation_but_not_the_final_model(phantom_data, 
 
 def test_resuming_with_another_config_is_refused(phantom_data, tmp_path, tiny_config):
     from covidct.config import dump_config
-
     from covidct.runs import mark_run_dir
 
     run_dir = mark_run_dir(tmp_path / "interrupted")  # a run folder covidct made (its marker)
