@@ -153,6 +153,9 @@ def test_new_head_keeps_the_pretrained_backbone_and_freezing_keeps_the_head_trai
         for got, want in zip(model.get_layer(name).get_weights(), imagenet_lite0.get_layer(name).get_weights()):
             np.testing.assert_array_equal(got, want)
     assert tuple(model.get_layer("logits").kernel.shape) == (1280, 2)
+    assert np.abs(keras.ops.convert_to_numpy(model.get_layer("logits").kernel)).max() > 0  # a fresh random head
+    # Overwritten weights start as zeros (fast on JAX), but the config keeps the from-scratch initialiser.
+    assert model.get_layer("block4b_dwconv").get_config()["depthwise_initializer"]["class_name"] == "VarianceScaling"
     trainable = sorted(layer.name for layer in model.layers if layer.trainable and layer.weights)
     assert trainable == ["logits"]
 

