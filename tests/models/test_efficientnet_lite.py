@@ -7,6 +7,7 @@ dict is converted once per module into a temporary cache folder (``COVIDCT_CACHE
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import keras
@@ -383,3 +384,46 @@ def test_feature_baseline_on_the_pretrained_lite0(imagenet_lite0, lite0_cache, t
     assert (tmp_path / "features-efficientnet_lite0-original-lr" / "metrics_test.json").is_file()
     assert result["evaluated_on"]["n_images"] == 15 and result["evaluated_on"]["n_groups"] == 3
     assert 0.0 <= result["slice"]["macro_f1"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Transfer learning through the shared training path (model.freeze)
+# ------------------------------------------------------------------------------------------------
+
+
+def _lite_config(tiny_config, freeze: str, epochs: int):
+    cfg = tiny_config(epochs=epochs, max_steps_per_epoch=2, monitor="last", batch_size=8)
+    model = dataclasses.replace(
+        cfg.model, name="efficientnet_lite0", weights="imagenet", freeze=freeze, frozen_epochs=1,
+        finetune_learning_rate_factor=0.1,
+    )  # fmt: skip
+    return dataclasses.replace(cfg, model=model, data=dataclasses.replace(cfg.data, size=32))
+
+
+def test_frozen_phase_keeps_the_imagenet_backbone_and_its_batch_norm_statistics(
+    imagenet_lite0, lite0_cache, tiny_config, tmp_path, monkeypatch
+):
+    from covidct.train import train
+
+    monkeypatch.setenv("COVIDCT_CACHE", str(lite0_cache))
+    cfg = _lite_config(tiny_config, "frozen", epochs=1)
+    run = train(cfg, run_dir=tmp_path / "frozen", data=small_phantom_data(), progress=False)
+    trained = keras.saving.load_model(run / "model.keras", compile=False)
+    # BatchNorm of a frozen backbone runs in inference mode: the ImageNet running statistics stay.
+    for name in ("stem_bn", "block6d_project_bn", "top_bn"):
+        for got, want in zip(trained.get_layer(name).get_weights(), imagenet_lite0.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(trained.get_layer("stem_conv").kernel, imagenet_lite0.get_layer("stem_conv").kernel)
+    assert tuple(trained.get_layer("logits").kernel.shape) == (1280, 3)
+
+
+@pytest.mark.parametrize("stage", ["original", "lungs"])
+def test_shipped_transfer_configs_run_two_phases(stage):
+    # Fitting the fine-tuning phase of this network costs ~45 s of CPU (a full backward trace), so the
+    # shipped recipe is checked as the phase plan the shared epoch loop runs (tests/train runs the loop).
+    from covidct.config import load_config
+    from covidct.train.trainer import _phases
+
+    cfg = load_config(f"sars-cov-2-ct/efficientnet_lite0-imagenet-{stage}")
+    assert (cfg.data.stage, cfg.data.size, cfg.model.name, cfg.model.weights) == (stage, 224, "efficientnet_lite0", "imagenet")
+    assert _phases(cfg) == [(0, 3, False, pytest.approx(1e-3)), (3, 12, True, pytest.approx(1e-4))]
