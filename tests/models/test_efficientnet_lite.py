@@ -319,14 +319,20 @@ def test_converted_toy_computes_what_pytorch_computes():
         (lambda s, t: ({**s, "classifier.weight": s["classifier.weight"].T}, t),
          r"'classifier.weight' \(6, 4\) gives \(4, 6\) after the 'dense' layout.*is \(6, 4\)"),
         (lambda s, t: ({**s, "extra.weight": np.zeros(2)}, t), r"not used: \['extra.weight'\]"),
+        (lambda s, t: ({**s, "features.1.weight": np.zeros((4, 1, 2, 2))}, t),
+         r"'features.1.weight' \(4, 1, 2, 2\) gives \(4, 1, 2, 2\) after the 'depthwise' layout.*is \(2, 2, 3, 2\)"),
         (lambda s, t: (s, t[:-1]), r"not mapped: \['fc'\]"),
         (lambda s, t: (s, [*t[:-1], TensorMap("pool", "classifier")]), "has no known tensor layout"),
     ],
 )  # fmt: skip
 def test_converter_errors_name_the_layer_and_tensor(change, message):
     state, table = change(toy_state_dict(), TOY_TABLE)
+    model = toy_model()
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
     with pytest.raises(CovidctError, match=message):
-        convert_state_dict(toy_model(), state, table)
+        convert_state_dict(model, state, table)
+    for old, variable in zip(before, model.weights):  # nothing assigned before every check passed
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), old)
 
 
 def test_non_strict_conversion_reports_unused_tensors():

@@ -163,6 +163,7 @@ def convert_state_dict(model, state_dict: Mapping, table: Iterable[TensorMap], s
     layer_names = [layer.name for layer in model.layers]
     report = ConversionReport()
     used: set[str] = set()
+    assignments = []  # every name and shape is checked before anything is assigned
     for row in table:
         if row.layer not in layer_names:
             raise CovidctError(
@@ -189,13 +190,16 @@ def convert_state_dict(model, state_dict: Mapping, table: Iterable[TensorMap], s
                     f"{did_you_mean(tensor, arrays)}"
                 )
             target = tuple(variable.shape)
-            value = transform(arrays[tensor], target)
+            try:
+                value = transform(arrays[tensor], target)
+            except ValueError:  # e.g. a depthwise reshape of a tensor of another size
+                value = arrays[tensor]
             if tuple(value.shape) != target:
                 raise CovidctError(
                     f"Tensor {tensor!r} {tuple(arrays[tensor].shape)} gives {tuple(value.shape)} after the {kind!r} "
                     f"layout, but layer {row.layer!r} variable {variable.name!r} is {target}."
                 )
-            variable.assign(value.astype(variable.dtype))
+            assignments.append((variable, value))
             used.add(tensor)
         report.layers.append(row.layer)
     report.tensors = len(used)
@@ -207,6 +211,8 @@ def convert_state_dict(model, state_dict: Mapping, table: Iterable[TensorMap], s
                 f"Mapping table for {model.name!r} is incomplete: state-dict tensors not used: "
                 f"{report.unused[:8] or 'none'}; Keras layers with weights not mapped: {uncovered[:8] or 'none'}."
             )
+    for variable, value in assignments:
+        variable.assign(value.astype(variable.dtype))
     return report
 
 
