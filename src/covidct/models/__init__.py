@@ -11,6 +11,7 @@ from covidct.models import (  # noqa: F401
     bit,
     cnn3d,
     efficientnet,
+    efficientnet_lite,
     inception,
     masked_efficientnet,
     resnet,
