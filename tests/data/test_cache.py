@@ -213,3 +213,30 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path):
     assert not waiter.is_alive() and CALLS == []  # reused, not rebuilt
     assert result["cache"].path == folder
     np.testing.assert_array_equal(result["cache"].images, first.images)
+
+
+def test_stage_warnings_become_one_line_per_file_and_chunk(tmp_path, monkeypatch, caplog):
+    """A volume's end slices hold no lungs: the stage's warnings are summarised, not printed once per slice."""
+    import logging
+    import warnings
+
+    import cv2
+
+    from covidct.data.cache import _process_chunk
+    from covidct.preprocess import stages
+
+    image_path = tmp_path / "slice.png"
+    cv2.imwrite(str(image_path), np.full((32, 32), 90, np.uint8))
+
+    def noisy_stage(image, size):
+        warnings.warn("Suspicious lung mask (classical): no lung found.", UserWarning, stacklevel=1)
+        return [stages.StageOutput(np.zeros((size, size, 1), np.uint8), np.ones((size, size), np.uint8), "")]
+
+    monkeypatch.setattr(stages, "get_stage", lambda name: noisy_stage)
+    rows = [{"path": str(image_path), "slice_index": -1, "_row": index} for index in range(3)]
+    job = {"stage": "original", "size": 16, "folder": str(tmp_path), "chunk": 0, "rows": rows, "has_targets": False}
+    with caplog.at_level(logging.WARNING, logger="covidct.data.cache"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing escapes as a raw warning
+        assert _process_chunk(job) == (0, 3, 0)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [f"{image_path}: 3 slice(s) with a UserWarning, e.g. Suspicious lung mask (classical): no lung found."]

@@ -26,7 +26,6 @@ Stages:
 from __future__ import annotations
 
 import logging
-import warnings
 
 import cv2
 import numpy as np
@@ -40,7 +39,7 @@ from covidct.preprocess.body import (
     to_display_u8,
     to_gray,
 )
-from covidct.preprocess.lungs import LEFT_LUNG, RIGHT_LUNG, LungMaskWarning, lung_mask
+from covidct.preprocess.lungs import LEFT_LUNG, RIGHT_LUNG, lung_mask
 from covidct.preprocess.stages import StageOutput, register_stage
 
 logger = logging.getLogger(__name__)
@@ -91,11 +90,8 @@ def _masks(image):
     """Display image, body mask, lung labels and the binary mask stages return (lungs, else body)."""
     display = to_display_u8(image)
     body = body_mask(image)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", LungMaskWarning)
-        labels = lung_mask(image)
-    for warning in caught:
-        logger.warning("%s", warning.message)
+    # A LungMaskWarning reaches the caller as a warning: a cache build sums them up per file.
+    labels = lung_mask(image)
     lungs = (labels > 0).astype(np.uint8)
     if not lungs.any():
         # No lung found (abdomen slice, blank image): fall back to the body so crops stay defined.

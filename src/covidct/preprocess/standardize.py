@@ -35,14 +35,13 @@ lungs set to 0. One channel, uint8.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import cv2
 import numpy as np
 
 from covidct.errors import CovidctError, unknown_name_error
 from covidct.preprocess.body import body_mask, mask_bbox, resize_mask, to_gray
-from covidct.preprocess.lungs import LungMaskWarning, lung_mask
+from covidct.preprocess.lungs import lung_mask
 from covidct.preprocess.stages import StageOutput, register_stage
 
 log = logging.getLogger(__name__)
@@ -276,11 +275,8 @@ def robust_lung_crop(
     if not isinstance(size, int) or size < 8:
         raise CovidctError(f"size must be an integer >= 8, got {size!r}.")
     gray, unit = to_gray(image)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", LungMaskWarning)
-        labels = lung_mask(image, unit=unit)
-    for warning in caught:
-        log.warning("%s", warning.message)
+    # A LungMaskWarning reaches the caller as a warning: a cache build sums them up per file.
+    labels = lung_mask(image, unit=unit)
     lungs = (labels > 0).astype(np.uint8)
     if not lungs.any():
         # No lung found (abdomen slice, blank image): fall back to the body so the crop stays defined.
