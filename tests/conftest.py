@@ -17,12 +17,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _data_root() -> Path:
-    return Path(os.environ.get("COVIDCT_DATA_ROOT", REPO_ROOT.parent / "shared" / "data")).resolve()
+    return Path(os.environ.get("COVIDCT_DATA_ROOT", REPO_ROOT / "data")).resolve()
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The real CT data folder (COVIDCT_DATA_ROOT, default ../shared/data); skips when missing."""
+    """The real CT data folder (COVIDCT_DATA_ROOT, default ./data of the checkout); skips when missing."""
     root = _data_root()
     if not root.is_dir():
         pytest.skip(f"real CT data not found at {root} (set COVIDCT_DATA_ROOT)")
