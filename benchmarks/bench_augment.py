@@ -7,9 +7,9 @@
 ``covidct.train.data`` augments every training batch outside the compiled training step with
 ``covidct.train.augment.BatchAugmenter``. This script times its two modes: **eager** (the ``keras.Sequential`` of
 random layers called op by op, the result brought back to host memory) and **compiled** (the same layers as one
-function: ``tf.function`` on TensorFlow, the default there since session 10; ``jax.jit`` of ``stateless_call`` with
+function: ``tf.function`` on TensorFlow, the default there; ``jax.jit`` of ``stateless_call`` with
 the seed states threaded through on JAX, where the default stays eager), for the stage augmentation (flip, rotation,
-zoom, translation) and the issue-8 ``robust`` chain (+ blur/sharpen, noise, gamma, contrast, JPEG), on random float32
+zoom, translation) and the ``robust`` chain (+ blur/sharpen, noise, gamma, contrast, JPEG), on random float32
 batches (content does not change the cost). Per arm: a warm-up call (compilation) then ``--repeats`` timed calls,
 arms alternated, each call ending with the batch in host memory; medians. It measures; it changes nothing in the
 training path (``compile_augmentation`` decides the default).
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-#: The augmentations timed: the default stage setting and issue 8's robust chain.
+#: The augmentations timed: the default stage setting and the robust chain.
 PRESETS = ("stage", "robust")
 
 

@@ -1,4 +1,4 @@
-"""Mean grey level inside the lung mask per class and dataset, for each preprocessing stage (issue 8, no training).
+"""Mean grey level inside the lung mask per class and dataset, for each preprocessing stage (no training).
 
     python benchmarks/bench_brightness.py --data-root ../shared/data           # ~2 CPU min
     python benchmarks/bench_brightness.py --data-root ../shared/data --stages lungs lungs-hist --per-class 40

@@ -5,13 +5,13 @@
 
 Every fit is ``bench_segmentation.py infection ... --fold 0`` in a new Python process (what a rerun, another seed or
 another process of a parallel CV is), on its own new run folder. Per repeat, in this order: (1) **off**: cache off
-(``COVIDCT_COMPILATION_CACHE=off``) and ``--drop-last off`` (the baseline: what every process did before session 9;
+(``COVIDCT_COMPILATION_CACHE=off``) and ``--drop-last off`` (the baseline: what every process did before ``training.drop_last`` existed;
 the last, incomplete batch compiles the step a second time), (2) **drop_last**: cache off, ``--drop-last auto`` (on
 under JAX), (3) **cold**: an empty cache folder (compiles and writes the programs) and (4) **warm**: the same folder
 again (loads them), both with ``--drop-last auto``. Reported: the fold's wall time as the process measured it (data
 loading, model build, compilation, training, validation), medians over repeats, and each arm / off. Without
 ``--root`` (or the MedSeg data) the fold runs on phantom pairs. (``--arms off cold warm --drop-last off`` repeats
-the first measurement of session 9, made before ``--drop-last`` existed.)
+the first measurement, made before ``--drop-last`` existed.)
 """
 
 from __future__ import annotations

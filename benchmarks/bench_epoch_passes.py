@@ -3,7 +3,7 @@
 Every epoch the trainer recalibrates BatchNorm (a training-mode pass over ``training.bn_recalibration``
 clean training images) and scores the validation split. Both used an eager ``model(x)`` call; on JAX that
 runs op by op, and on an H100 a 256 px U-Net fold spent ~2.4 s per epoch outside 0.12 s of training
-batches (BENCHMARKS.md, issue 4). This script times both passes eagerly and compiled
+batches (BENCHMARKS.md, infection segmentation). This script times both passes eagerly and compiled
 (``predict_logits(..., compiled=)``, ``recalibrate_batch_norm(..., compiled=)``) on the same model and data,
 in alternating order, and reports the medians and their ratio::
 

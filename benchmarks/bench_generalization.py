@@ -1,4 +1,4 @@
-"""Issue 8 ablation: which parts of the ``robust`` recipe make scores survive a change of hospital.
+"""Ablation: which parts of the ``robust`` recipe make scores survive a change of hospital.
 
 Protocol (fixed before any external number was seen):
 

@@ -1,4 +1,4 @@
-"""Patient-level external check (issue 7): a 2D sars-cov-2-ct model on every covid-ct-md-sample volume.
+"""Patient-level external check: a 2D sars-cov-2-ct model on every covid-ct-md-sample volume.
 
     python benchmarks/bench_patients.py --run runs/bench-quality/small_cnn-grouped     # ~2 CPU min
 

@@ -1,12 +1,12 @@
-"""Issue 9: choose the slice classifier's recipe by grouped k-fold cross-validation over the non-test rows.
+"""Choose the slice classifier's recipe by grouped k-fold cross-validation over the non-test rows.
 
 Why: the single validation split of sars-cov-2-ct (15 groups) is flat within noise, so it cannot rank
 recipes, and scoring several recipes on the test split would be selection on test. Cross-validation over
 all 84 non-test groups gives every non-test slice one out-of-fold prediction and ranks recipes on ~2,100
 slices instead of 372.
 
-Protocol (each round fixed in a commit before any of its folds was trained: s11 in 0f1572a, s12 in dbf5afe, s13 in
-10059a6, curve in 543bb23):
+Protocol (each round's candidates and rule were fixed and committed with this script before any of its folds
+was trained):
 
 * Data: the run config ``configs/sars-cov-2-ct/small_cnn-lungs-robust-baseline.yaml`` (sars-cov-2-ct,
   ``lungs-robust`` stage, 128 px, its grouped split, seed 0). **The test rows are dropped right after
@@ -17,44 +17,46 @@ Protocol (each round fixed in a commit before any of its folds was trained: s11 
   (a fixed budget, the final epoch is kept), so the held-out fold selects nothing; it is scored once,
   after the last epoch (``training.validation_freq`` = epochs), through ``covidct.evaluate.evaluate_run``.
 * Candidates (``CANDIDATES``): overrides of that config, compared in rounds (``ROUNDS``), each with its own
-  base: round ``s11``'s base is the then-shipped recipe (``base``); rounds ``s12`` and ``s13`` take the recipe
-  s11 chose (``aug-e24``). Rounds ``s12`` and ``s13`` ran on a GPU (JAX; ``--export-data`` here,
-  ``--data-dir`` there, the folds trained by parallel ``--train-only`` workers and scored by one
-  ``--score-only`` pass): a candidate whose folds did not all finish within the call is listed as unfinished
-  and is not eligible.
+  base: round ``recipes``'s base is the previously shipped recipe (``base``); rounds ``capacity`` and
+  ``architectures`` take the recipe ``recipes`` chose (``aug-e24``). Rounds ``capacity`` and ``architectures``
+  ran on a GPU (JAX; ``--export-data`` here, ``--data-dir`` there, the folds trained by parallel
+  ``--train-only`` workers and scored by one ``--score-only`` pass): a candidate whose folds did not all finish
+  within the call is listed as unfinished and is not eligible.
 * Scores: pooled out-of-fold predictions (each non-test slice predicted once, by the model of the fold
-  that did not train on it): macro-F1 at the argmax (the issue's metric) and AUC, 95% CIs by bootstrap
+  that did not train on it): macro-F1 at the argmax (the target metric) and AUC, 95% CIs by bootstrap
   over groups; per-fold values; each candidate minus ``base`` by a paired bootstrap over groups
   (``covidct.evaluate.bootstrap.paired_difference_ci``).
 * Rule: the candidate with the highest pooled out-of-fold macro-F1 is chosen when it beats the round's base
   by at least ``MIN_GAIN``; otherwise the base stays. Equal macro-F1: the higher pooled AUC.
 * Then, and only then, the chosen recipe is trained with seeds 0 1 2 on the standard split and scored on
-  the test split once (``bench_generalization.py --arms standardize --set ...``; rounds s12/s13: on the dev
-  VM's CPU, TensorFlow, so that its training time is a CPU time). If the base stays, the test figures of the
-  shipped recipe (BENCHMARKS.md) stand and nothing new is scored on test.
-* Round s12's test run, by choice (``G`` = ``python benchmarks/bench_generalization.py --arms standardize
-  --epochs 24 --seeds 0 1 2 --runs-root runs/bench_generalization_s12``, ``S`` = ``training.monitor=last
-  training.schedule=cosine training.augmentation=stage``): aug-e24-wide → ``G --set S "model.kwargs={dropout_rate:
-  0.2, filters: [32, 64, 128, 256]}" --tag=-last-cos-aug-e24-wide``; aug-e24-s192 → ``G --size 192 --set S
-  --tag=-last-cos-aug-e24-s192``; aug-e24-tta → ``G --set S evaluation.tta=true --tag=-last-cos-aug-e24-tta``.
-  Round s13 likewise: aug-e24-resnet18 → ``G --set S model.name=resnet18 "model.kwargs={dropout_rate: 0.2}"
-  --tag=-last-cos-aug-e24-resnet18``; aug-e24-effb0 → ``G --set S model.name=efficientnet_b0
+  the test split once (``bench_generalization.py --arms standardize --set ...``; rounds ``capacity`` and
+  ``architectures``: on a 2-core CPU machine, TensorFlow, so that its training time is a CPU time). If the
+  base stays, the test figures of the shipped recipe (BENCHMARKS.md) stand and nothing new is scored on test.
+* Round ``capacity``'s test run, by choice (``G`` = ``python benchmarks/bench_generalization.py --arms
+  standardize --epochs 24 --seeds 0 1 2 --runs-root runs/bench_generalization_capacity``, ``S`` =
+  ``training.monitor=last training.schedule=cosine training.augmentation=stage``): aug-e24-wide → ``G --set S
+  "model.kwargs={dropout_rate: 0.2, filters: [32, 64, 128, 256]}" --tag=-last-cos-aug-e24-wide``; aug-e24-s192
+  → ``G --size 192 --set S --tag=-last-cos-aug-e24-s192``; aug-e24-tta → ``G --set S evaluation.tta=true
+  --tag=-last-cos-aug-e24-tta``.
+  Round ``architectures`` likewise: aug-e24-resnet18 → ``G --set S model.name=resnet18 "model.kwargs={dropout_rate:
+  0.2}" --tag=-last-cos-aug-e24-resnet18``; aug-e24-effb0 → ``G --set S model.name=efficientnet_b0
   "model.kwargs={dropout_rate: 0.2}" --tag=-last-cos-aug-e24-effb0``; aug-e24-tsmall → ``G --set S
   model.name=transfusion_small "model.kwargs={}" --tag=-last-cos-aug-e24-tsmall``.
-  Issue 9's test target counts as met only if the **median single model** of the three seeds reaches test
+  The test target counts as met only if the **median single model** of the three seeds reaches test
   macro-F1 >= 0.94 (argmax) and AUC >= 0.98; the 3-seed ensemble is reported beside it, not used for the claim.
-  Each of those candidates trains in under 30 CPU minutes per seed on the dev VM (estimated from the median
-  train step, 32 slices: small_cnn 128 px 0.25 s, wide 0.63 s, 192 px 0.58 s; ~1,300 steps per run). Round s13,
-  measured the same way without XLA: small_cnn 0.16 s, resnet18 0.62 s, efficientnet_b0 0.68 s,
-  transfusion_small 0.57 s per step (~15 CPU minutes per run); transfusion_tiny (1.48 s) was left out for that.
-* Round ``curve`` (session 12, a diagnostic on the dev VM's CPU, fixed before it ran): does ~21% more training
+  Each of those candidates trains in under 30 CPU minutes per seed on a 2-core CPU machine (estimated from the
+  median train step, 32 slices: small_cnn 128 px 0.25 s, wide 0.63 s, 192 px 0.58 s; ~1,300 steps per run).
+  Round ``architectures``, measured the same way without XLA: small_cnn 0.16 s, resnet18 0.62 s,
+  efficientnet_b0 0.68 s, transfusion_small 0.57 s per step (~15 CPU minutes per run); transfusion_tiny
+  (1.48 s) was left out for that.
+* Round ``learning-curve`` (a diagnostic on a 2-core CPU machine, fixed before it ran): does ~21% more training
   data help this recipe? ``aug-e24-sub83`` trains each fold on ~83% of the fold's training rows, by whole groups
   (``subsample_groups``: stratified by the group's majority label, seed = ``--cv-seed``) — 1,749 / 2,121, the
-  standard split's training rows over all non-test rows — and is paired with ``aug-e24`` (session 11's CPU fold
-  runs, reused) on the same held-out rows. Reading fixed now: if ``aug-e24`` beats ``aug-e24-sub83`` by >= 0.01
-  pooled OOF macro-F1, refitting the chosen recipe on all 2,121 non-test slices (train + val; a fixed budget
-  selects nothing) earns one pre-registered test look in a later change; otherwise more data of this kind is no
-  lever either. The round's "choice" line is not used.
+  standard split's training rows over all non-test rows — and is paired with ``aug-e24`` (the fold runs of
+  round ``recipes`` on the CPU, reused) on the same held-out rows. Reading fixed in advance: if ``aug-e24`` beats
+  ``aug-e24-sub83`` by >= 0.01 pooled OOF macro-F1, refitting the chosen recipe on all 2,121 non-test slices
+  (train + val; a fixed budget selects nothing) earns one test look, fixed in advance, in a later change;
+  otherwise more data of this kind is no lever either. The round's "choice" line is not used.
 
 Everything trains through ``covidct.train.train``. Finished folds are reused (resumable); ``--overwrite``
 retrains. Examples::
@@ -62,8 +64,8 @@ retrains. Examples::
     python benchmarks/bench_recipe_cv.py --out benchmarks/results/recipe_cv_cpu.json
     python benchmarks/bench_recipe_cv.py --candidates base aug --folds 4   # a subset
     python benchmarks/bench_recipe_cv.py --smoke --out /tmp/cv.json         # phantoms, about a minute
-    python benchmarks/bench_recipe_cv.py --round s12 --export-data .gpu/cv   # non-test arrays for a GPU box
-    ROUND=s12 bash benchmarks/device/recipe_cv.sh                            # there: round s12 in parallel
+    python benchmarks/bench_recipe_cv.py --round capacity --export-data .gpu/cv   # non-test arrays for a GPU box
+    ROUND=capacity bash benchmarks/device/recipe_cv.sh                            # there: that round in parallel
 """
 
 from __future__ import annotations
@@ -82,11 +84,11 @@ REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "sars-cov-2-ct" / "small_cnn-lungs-robust-baseline.yaml"
 #: The recipes compared (config overrides of BASE_CONFIG), by round. ``stage`` augmentation of the lungs-robust
 #: stage is the lungs crop's gentle geometry (±18° rotation, up to 10% zoom in, ±5% shift, horizontal flip).
-#: Round ``s11`` (session 11, dev VM, TF CPU) chose ``aug-e24`` over the then-shipped ``base``; round ``s12``
-#: (session 12, pre-registered before it ran) takes ``aug-e24`` as its base and tries more capacity
-#: (``aug-e24-wide``: twice the filters, ~4x the convolution FLOPs), more pixels (``aug-e24-s192``) and mirror
-#: test-time augmentation (``aug-e24-tta``: same fold models as ``aug-e24``, prediction averaged with its
-#: horizontal flip). Round ``s13`` (session 12, pre-registered after s12 kept aug-e24) tries other registered
+#: Round ``recipes`` (TF CPU) chose ``aug-e24`` over the previously shipped ``base``; round ``capacity`` (fixed
+#: before it ran) takes ``aug-e24`` as its base and tries more capacity (``aug-e24-wide``: twice the filters,
+#: ~4x the convolution FLOPs), more pixels (``aug-e24-s192``) and mirror test-time augmentation
+#: (``aug-e24-tta``: same fold models as ``aug-e24``, prediction averaged with its horizontal flip). Round
+#: ``architectures`` (fixed after ``capacity`` kept aug-e24, before it ran) tries other registered
 #: architectures, from scratch, with the same recipe: resnet18, efficientnet_b0, transfusion_small.
 AUG_E24 = ["training.augmentation=stage", "training.epochs=24"]
 CANDIDATES: dict[str, list[str]] = {
@@ -107,10 +109,10 @@ CANDIDATES: dict[str, list[str]] = {
 TRAIN_FRACTION: dict[str, float] = {"aug-e24-sub83": 0.83}
 #: round -> (its base, its candidates in order).
 ROUNDS: dict[str, tuple[str, list[str]]] = {
-    "s11": ("base", ["base", "e24", "aug", "aug-e24"]),
-    "s12": ("aug-e24", ["aug-e24", "aug-e24-wide", "aug-e24-s192", "aug-e24-tta"]),
-    "s13": ("aug-e24", ["aug-e24", "aug-e24-resnet18", "aug-e24-effb0", "aug-e24-tsmall"]),
-    "curve": ("aug-e24", ["aug-e24", "aug-e24-sub83"]),
+    "recipes": ("base", ["base", "e24", "aug", "aug-e24"]),
+    "capacity": ("aug-e24", ["aug-e24", "aug-e24-wide", "aug-e24-s192", "aug-e24-tta"]),
+    "architectures": ("aug-e24", ["aug-e24", "aug-e24-resnet18", "aug-e24-effb0", "aug-e24-tsmall"]),
+    "learning-curve": ("aug-e24", ["aug-e24", "aug-e24-sub83"]),
 }
 #: Candidates that differ from another only in ``evaluation.*``: they reuse that candidate's trained fold
 #: models (copied into their own run folders) and only predict differently.
@@ -351,7 +353,7 @@ def versus_base(base: pd.DataFrame, other: pd.DataFrame, n_bootstrap: int) -> di
 
 
 def choose(candidates: dict, base: str = "base") -> dict:
-    """Apply the pre-registered rule to the candidates' pooled out-of-fold scores (``base``: the round's base)."""
+    """Apply the fixed rule to the candidates' pooled out-of-fold scores (``base``: the round's base)."""
     best = max(candidates, key=lambda n: (round(candidates[n]["oof_macro_f1"], 6), candidates[n]["oof_auc"]))
     gain = candidates[best]["oof_macro_f1"] - candidates[base]["oof_macro_f1"]
     chosen = best if best != base and gain >= MIN_GAIN else base
@@ -453,8 +455,8 @@ def write_json(results: dict, path) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--round", default="s11", choices=list(ROUNDS),
-                        help="which pre-registered comparison (its base and candidates; default s11)")
+    parser.add_argument("--round", default="recipes", choices=list(ROUNDS),
+                        help="which comparison, fixed in advance (its base and candidates; default recipes)")
     parser.add_argument("--candidates", nargs="+", default=None, choices=list(CANDIDATES),
                         help="a subset of the round's candidates (default all; the rule needs the round's base)")
     parser.add_argument("--folds", type=int, default=4, help="grouped folds over the non-test rows (default 4)")

@@ -3,7 +3,7 @@
     python benchmarks/bench_restoration.py                       # U-Net base 16 and small_cnn, 128 px, phantoms
     python benchmarks/bench_restoration.py --repeats 7 --out benchmarks/results/restoration_speed.json
 
-For each network (the issue-4 U-Net, base 16 with BatchNorm; ``small_cnn``'s restoration network) and batch, on
+For each network (the infection-segmentation U-Net, base 16 with BatchNorm; ``small_cnn``'s restoration network) and batch, on
 phantom lung crops (the speed does not depend on the image content): (1) one ``RestorationSequence`` batch
 (geometry + distortions, the CPU-side input work per step) and (2) one ``train_on_batch`` step on a prepared
 batch, each timed ``--repeats`` times after a warm-up, alternating the two. Reported: medians, the share of

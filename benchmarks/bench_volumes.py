@@ -1,4 +1,4 @@
-"""Volume check on phantoms (issue 7): does a 3D CNN learn COV vs Normal, and does slice aggregation agree?
+"""Volume check on phantoms: does a 3D CNN learn COV vs Normal, and does slice aggregation agree?
 
     python benchmarks/bench_volumes.py                     # 180 volumes 32x64x64 cached at 16x32x32, ~10 CPU min
     python benchmarks/bench_volumes.py --smoke             # 24 volumes, 2 epochs: the script runs end to end

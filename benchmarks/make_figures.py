@@ -48,49 +48,49 @@ DPI = 100
 #: on the COVID-CT-MD sample (COVID-19 vs CAP + Normal; lung-containing slices, 648 of 901). Seeds' ensembles.
 GENERALIZATION = [
     ("original (whole slice), 1 seed; external: all 901 slices", "bench_quality.json", None),
-    ("lungs (lung crop), 2 seeds", "generalization_gpu_h200_s01.json", "lungs"),
+    ("lungs (lung crop), 2 seeds", "generalization_gpu_h200_lungs_seeds01.json", "lungs"),
     ("lungs-robust (standardised lung crop), 3 seeds", "generalization_gpu_h100_standardize_histogram.json",
      "standardize"),
     ("lungs-hist (rank-equalised lung crop), 3 seeds", "generalization_gpu_h100_standardize_histogram.json",
      "histogram"),
-    ("lungs-robust + appearance augmentation, 1 seed", "generalization_gpu_h200_s0.json", "appearance"),
-    ("robust recipe (+ AdamW, dropout), 1 seed", "generalization_gpu_h200_s0.json", "robust"),
-    ("robust recipe at 224 px, 2 seeds", "generalization_gpu_h100_robust_224_s10.json", "robust"),
-    ("lungs-robust, fixed 16 epochs, 3 seeds", "generalization_cpu_standardize_last_cos_seeds012_s7.json",
+    ("lungs-robust + appearance augmentation, 1 seed", "generalization_gpu_h200_ablation_seed0.json", "appearance"),
+    ("robust recipe (+ AdamW, dropout), 1 seed", "generalization_gpu_h200_ablation_seed0.json", "robust"),
+    ("robust recipe at 224 px, 2 seeds", "generalization_gpu_h100_robust_224.json", "robust"),
+    ("lungs-robust, fixed 16 epochs, 3 seeds", "generalization_cpu_standardize_last_cos_seeds012_resize_mask.json",
      "standardize"),
     ("lungs-robust, 16 epochs, Genesis-pretrained, 3 seeds",
-     "generalization_cpu_standardize_last_cos_genesis_seeds012_s8.json", "standardize"),
+     "generalization_cpu_standardize_last_cos_genesis_seeds012.json", "standardize"),
     ("lungs-robust, 24 epochs, stage aug. (shipped), 3 seeds",
-     "generalization_cpu_standardize_last_cos_aug_e24_seeds012_s11.json", "standardize"),
+     "generalization_cpu_standardize_last_cos_aug_e24_seeds012.json", "standardize"),
 ]
 
 #: Per stage, the same test split: macro-F1 (argmax) and AUC. Rows without a recorded F1 show n/a.
 STAGE_ROWS = [
     ("original, 1 seed", "bench_quality.json", None),
-    ("lungs, 2 seeds", "generalization_gpu_h200_s01.json", "lungs"),
+    ("lungs, 2 seeds", "generalization_gpu_h200_lungs_seeds01.json", "lungs"),
     ("lungs-robust, 3 seeds", "generalization_gpu_h100_standardize_histogram.json", "standardize"),
     ("lungs-hist, 3 seeds", "generalization_gpu_h100_standardize_histogram.json", "histogram"),
-    ("lungs-robust, fixed 16 epochs, 3 seeds", "generalization_cpu_standardize_last_cos_seeds012_s7.json",
+    ("lungs-robust, fixed 16 epochs, 3 seeds", "generalization_cpu_standardize_last_cos_seeds012_resize_mask.json",
      "standardize"),
     ("lungs-robust + stage aug., 24 epochs, 3 seeds",
-     "generalization_cpu_standardize_last_cos_aug_e24_seeds012_s11.json", "standardize"),
+     "generalization_cpu_standardize_last_cos_aug_e24_seeds012.json", "standardize"),
 ]
 
 #: Per model and recipe: pooled out-of-fold scores of 4-fold grouped CV over the 84 non-test groups (2,121
 #: slices), lungs-robust at 128 px. Each round re-ran its reference, so machine-to-machine noise is visible.
 CV_ROUNDS = [
-    ("recipe_cv_gpu_h100_s13.json", {
+    ("recipe_cv_gpu_h100_architectures.json", {
         "aug-e24": "small_cnn, aug., 24 ep [H100]",
         "aug-e24-resnet18": "resnet18, aug., 24 ep [H100]",
         "aug-e24-tsmall": "transfusion_small, aug., 24 ep [H100]",
     }),
-    ("recipe_cv_gpu_h100_s12.json", {
+    ("recipe_cv_gpu_h100_capacity.json", {
         "aug-e24": "small_cnn, aug., 24 ep [H100, 2nd round]",
         "aug-e24-wide": "small_cnn wide (32-256 filters) [H100]",
         "aug-e24-s192": "small_cnn at 192 px [H100]",
         "aug-e24-tta": "small_cnn + mirror TTA [H100]",
     }),
-    ("recipe_cv_cpu_s11.json", {
+    ("recipe_cv_cpu_recipes.json", {
         "base": "small_cnn, 16 ep, no aug. [CPU]",
         "e24": "small_cnn, 24 ep, no aug. [CPU]",
         "aug": "small_cnn, aug., 16 ep [CPU]",
@@ -107,9 +107,9 @@ INFECTION_RECIPES = [
     ("128 px lung crops, fixed budget", "segmentation_infection_unet_128px_b16_masked_lungcrop_fixedbudget.json"),
     ("128 px lung crops, Genesis-pretrained",
      "segmentation_infection_unet_128px_b16_masked_lungcrop_unet-pretrain-genesis-sarscov2.json"),
-    ("256 px, base 32, lung crops, GPU", "segmentation_infection_unet_256px_b32_masked_lungcrop_h200_s9.json"),
-    ("256 px, base 32, whole slices, GPU", "segmentation_infection_unet_256px_b32_masked_h200_s9.json"),
-    ("same, other fold partition", "segmentation_infection_unet_256px_b32_masked_seed1_h200_s9.json"),
+    ("256 px, base 32, lung crops, GPU", "segmentation_infection_unet_256px_b32_masked_lungcrop_h200.json"),
+    ("256 px, base 32, whole slices, GPU", "segmentation_infection_unet_256px_b32_masked_h200.json"),
+    ("same, other fold partition", "segmentation_infection_unet_256px_b32_masked_seed1_h200.json"),
 ]
 
 #: Stages drawn on the phantom (the study's stages, then the robust ones).

@@ -70,7 +70,7 @@ def test_settings_and_stage_augmentation(config_file):
     baseline = apply_setting(cfg, "baseline")
     assert baseline.setting == "baseline" and baseline.training.class_weight == "none"
     assert apply_setting(cfg, "dataaug").setting == "dataaug"
-    # SCIENCE.md: (r, z, t) = (0.05, -0.1, 0.05) for lungs, (0.1, -0.2, 0.15) for lungs-nocrop.
+    # The CT-COV19 study: (r, z, t) = (0.05, -0.1, 0.05) for lungs, (0.1, -0.2, 0.15) for lungs-nocrop.
     assert augmentation_factors(cfg.training, "lungs") == {"rotation": 0.05, "zoom": -0.1, "translation": 0.05, "flip": True}
     assert STAGE_AUGMENTATION["lungs-nocrop"] == (0.1, -0.2, 0.15)
     assert STAGE_AUGMENTATION["crop"] == (0.07, -0.1, 0.07)
@@ -120,7 +120,7 @@ def test_missing_file_and_bad_override(tmp_path):
 
 def test_stage_augmentation_covers_every_registered_stage():
     """Every built-in stage resolves "stage" augmentation to the factors of the study stage it is framed like
-    (session 11: lungs-robust used to fall back silently to the whole-slice factors); an unknown stage is refused."""
+    (lungs-robust once fell back silently to the whole-slice factors); an unknown stage is refused."""
     from covidct.config import STAGE_AUGMENTATION_LIKE, TrainingConfig
     from covidct.preprocess import STAGES
 

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Prepared in session 10 for the next drawn device (not run yet): is the eager training augmentation what holds the
-# 224 px `robust` recipe at ~400 img/s on an H100 (session 10, BENCHMARKS issue-8 section)?
+# Prepared for a later device call (not run yet): is the eager training augmentation what holds the
+# 224 px `robust` recipe at ~400 img/s on an H100 (BENCHMARKS.md, generalisation section)?
 #  1. `bench_augment.py` on the GPU (JAX): BatchAugmenter eager vs compiled per batch of 32, 128 and 224 px.
 #  2. The recipe itself, seed 0, 224 px, in the order eager, compiled, compiled, eager
 #     (COVIDCT_COMPILE_AUGMENTATION=off/on; each run its own folder): epoch seconds from each history.csv.

@@ -1,13 +1,13 @@
 #!/bin/bash
-# Device run of a round of benchmarks/bench_recipe_cv.py (issue 9; each round pre-registered in a commit before it
-# ran: candidates, folds and rule in the script's docstring and ROUNDS). One H100, JAX, bf16 (auto).
+# Device run of a round of benchmarks/bench_recipe_cv.py (each round fixed and committed before it ran:
+# candidates, folds and rule in the script's docstring and ROUNDS). One H100, JAX, bf16 (auto).
 # One worker per (trained candidate, fold), all in parallel; then one --score-only pass scores every candidate of
 # the round (evaluation-only ones such as aug-e24-tta reuse their source's fold models) and applies the rule. A
 # worker cut by its timeout leaves its candidate unfinished: not eligible.
-#   round s12 (session 12, call 1): ROUND=s12 TRAIN="aug-e24-s192 aug-e24-wide aug-e24" (the default)
-#   round s13 (session 12, call 2): ROUND=s13 TRAIN="aug-e24-resnet18 aug-e24-effb0 aug-e24-tsmall aug-e24"
+#   round capacity (first call): ROUND=capacity TRAIN="aug-e24-s192 aug-e24-wide aug-e24" (the default)
+#   round architectures (second call): ROUND=architectures TRAIN="aug-e24-resnet18 aug-e24-effb0 aug-e24-tsmall aug-e24"
 # Before the call, here: .gpu/whl = keras 3.15.1 + namex 0.1.0 + optree 0.20.0 wheels (manylinux, cp312);
-# `python benchmarks/bench_recipe_cv.py --round $ROUND --export-data .gpu/cv` (non-test rows only; s12: 31 MB).
+# `python benchmarks/bench_recipe_cv.py --round $ROUND --export-data .gpu/cv` (non-test rows only; capacity: 31 MB).
 # Carry [".gpu/whl", ".gpu/cv"]. 3 files come back.
 # Usage (device tool): ROUND=.. TRAIN=.. bash benchmarks/device/recipe_cv.sh      DRY=1 ... (CPU, tiny steps)
 if [ -z "$DRY" ]; then
@@ -19,7 +19,7 @@ else
   PY=${PY:-.venv/bin/python}; X="--max-steps 1 --n-bootstrap 20"; LIMIT=${LIMIT:-900}
 fi
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
-ROUND=${ROUND:-s12}; TRAIN=${TRAIN:-aug-e24-s192 aug-e24-wide aug-e24}
+ROUND=${ROUND:-capacity}; TRAIN=${TRAIN:-aug-e24-s192 aug-e24-wide aug-e24}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT /tmp/cv; START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 CV="$PY benchmarks/bench_recipe_cv.py --round $ROUND --data-dir .gpu/cv --runs-root /tmp/cv/runs $X"
 for c in $TRAIN; do

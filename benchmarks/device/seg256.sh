@@ -1,16 +1,16 @@
 #!/bin/bash
-# Issue 4 on the device machine (session 9): infection U-Net on medseg, 5-fold grouped CV at 256 px / base 32,
+# Infection segmentation on the device machine: infection U-Net on medseg, 5-fold grouped CV at 256 px / base 32,
 # lung-masked input, BatchNorm momentum 0.9 + recalibration 1024, up to 80 epochs, patience 15, batch 8 (JAX).
 # One process per fold, all on the one GPU (`bench_segmentation.py --fold k` on one --run-dir), then one finishing
-# call per arm (same command without --fold: writes run.json, the CV metrics and the result JSON). In session 5 the
-# same run fitted its folds one after another at 100-190 s each (a GPU epoch took 0.12 s; the rest is per-epoch
+# call per arm (same command without --fold: writes run.json, the CV metrics and the result JSON). In an earlier
+# call the same run fitted its folds one after another at 100-190 s each (a GPU epoch took 0.12 s; the rest is per-epoch
 # work outside the batches), too slow for one call. (Since then `--jobs 5` does the same in one command, and
 # training.drop_last: auto leaves out the incomplete last batch on JAX: add --drop-last off to repeat these runs.)
-# Two arms, fixed before the run (commit message of this script):
-#   crop  (primary, the issue-4 result): lung crops (--crop lungs, the CPU recipe of session 6) at 256 px
-#   whole (secondary): whole slices, session 5's unfinished run
+# Two arms, fixed and committed with this script before the run:
+#   crop  (primary, the infection-segmentation result): lung crops (--crop lungs, the CPU recipe) at 256 px
+#   whole (secondary): whole slices, the earlier unfinished run
 # Carry: .gpu/whl (keras 3.15.1 + namex + optree wheels) and .gpu/medseg (a copy of ../shared/data/medseg-covid19-100).
-# Session 9, second call (fixed after the first call's results, before this one): ARMS=whole SEED=1, a confirmatory
+# Second call (fixed after the first call's results, before this one): ARMS=whole SEED=1, a confirmatory
 # run of the whole-slice arm on another fold partition (seed 1: folds, validation groups, initial weights, draws).
 # If the call is cut by its limit, run it again at once: the warm machine keeps /tmp/seg and the run folders resume.
 # Usage (device tool): bash benchmarks/device/seg256.sh      DRY=1 bash benchmarks/device/seg256.sh (CPU check)

@@ -14,7 +14,7 @@ segmentation model needs ``task: segmentation`` written out).
 
 Experiment names follow ``<model>-<stage>-<setting>`` with setting one of ``baseline``, ``classw``
 (class weights "balanced"), ``dataaug`` (the stage's augmentation), ``classw-dataaug``, and ``robust`` /
-``classw-robust`` (issue 8's geometry + appearance augmentation, ``training.augmentation: robust``).
+``classw-robust`` (the robust recipe's geometry + appearance augmentation, ``training.augmentation: robust``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ LOSSES = ("ce", "focal", "dice_bce", "restoration_mse")
 CLASS_WEIGHTS = ("none", "balanced")
 MONITORS = ("val_macro_f1", "val_auc", "val_loss", "val_dice", "last")
 TASKS = ("classification", "volume", "segmentation", "pretrain")
-# task: segmentation (issue #4): the loss, the selection scores and the lung-masked input choices.
+# task: segmentation: the loss, the selection scores and the lung-masked input choices.
 SEGMENTATION_LOSSES = ("dice_bce",)
 SEGMENTATION_MONITORS = ("val_dice", "val_loss", "last")
 LUNG_INPUTS = ("none", "masked", "auto")
@@ -53,7 +53,7 @@ AUTO_ON_OFF = ("auto", "on", "off")  # training.mixed_precision and training.dro
 ON_OFF_KEYS = ("mixed_precision", "drop_last")  # training keys whose YAML on/off (read as booleans) mean "on"/"off"
 FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
 
-# The study's stage-specific augmentation (SCIENCE.md): (rotation, zoom, translation) factors of
+# The CT-COV19 study's stage-specific augmentation: (rotation, zoom, translation) factors of
 # Keras' RandomRotation, RandomZoom (negative = zoom in) and RandomTranslation, plus RandomFlip
 # horizontal. Tighter crops get gentler augmentation so the lungs stay in the frame.
 STAGE_AUGMENTATION: dict[str, tuple[float, float, float]] = {
@@ -75,7 +75,7 @@ STAGE_AUGMENTATION_LIKE: dict[str, str] = {
     "masked-pair": "original",
     "halves": "crop",
 }
-# training.augmentation: robust (issue 8): ±29° rotation, ±15% zoom (crop/zoom), ±5% shift, flips,
+# training.augmentation: robust: ±29° rotation, ±15% zoom (crop/zoom), ±5% shift, flips,
 # and the "robust" appearance preset (blur/sharpen, noise, gamma, contrast, JPEG).
 ROBUST_AUGMENTATION = {"rotation": 0.08, "zoom": 0.15, "translation": 0.05, "flip": True, "appearance": "robust"}
 
@@ -157,8 +157,8 @@ class TrainingConfig:
         focal_alpha: class balance of the focal loss: None, a float (weight of the positive class for two
             classes, of every class otherwise) or a list with one weight per class.
         class_weight: ``"none"`` or ``"balanced"`` (scikit-learn's n / (k * count)).
-        augmentation: ``"none"``, ``"stage"`` (the stage's (r, z, t) of SCIENCE.md), ``"robust"``
-            (``ROBUST_AUGMENTATION``: geometry plus appearance, issue 8) or a dict with ``rotation``,
+        augmentation: ``"none"``, ``"stage"`` (the stage's (r, z, t) of the CT-COV19 study), ``"robust"``
+            (``ROBUST_AUGMENTATION``: geometry plus appearance) or a dict with ``rotation``,
             ``zoom``, ``translation``, ``flip`` (bool) and ``appearance`` (a preset of
             ``covidct.train.appearance.APPEARANCE_PRESETS`` or a dict of its layers).
         monitor: the validation score that selects the checkpoint and drives early stopping, or ``"last"``:
@@ -356,7 +356,7 @@ _TUPLE_FIELDS = {("data", "split_fractions"), ("data", "classes"), ("evaluation"
 def setting_of(training: TrainingConfig) -> str:
     """``baseline`` / ``classw`` / ``dataaug`` / ``classw-dataaug`` from a training config."""
     classw = training.class_weight == "balanced"
-    if training.augmentation == "robust":  # issue 8's geometry + appearance augmentation
+    if training.augmentation == "robust":  # the robust recipe's geometry + appearance augmentation
         return "classw-robust" if classw else "robust"
     dataaug = training.augmentation not in ("none", None, False)
     return {(False, False): "baseline", (True, False): "classw", (False, True): "dataaug", (True, True): "classw-dataaug"}[
@@ -400,7 +400,7 @@ def augmentation_factors(training: TrainingConfig, stage: str) -> dict | None:
         rotation, zoom, translation = STAGE_AUGMENTATION[like]
         return {"rotation": rotation, "zoom": zoom, "translation": translation, "flip": True}
     if aug == "robust":
-        # Issue 8's recipe: stronger geometry plus appearance (covidct.train.appearance "robust" preset).
+        # The robust recipe: stronger geometry plus appearance (covidct.train.appearance "robust" preset).
         return dict(ROBUST_AUGMENTATION)
     if isinstance(aug, dict):
         known = {"rotation", "zoom", "translation", "flip", "appearance"}

@@ -147,7 +147,7 @@ def test_sars_audit_finds_the_provenance_pairs_and_probe(sars_audit):
         assert frozenset((a, b)) in near
     assert report.data["near_duplicates"]["n_cross_class"] == 0
     probe = report.data["shortcut_probe"]
-    # SCIENCE.md measured 0.76 with seven features; ours adds sharpness, so it is at least as high.
+    # A plain baseline measured 0.76 with seven features; ours adds sharpness, so it is at least as high.
     assert 0.7 < probe["auc_cv"] < 1.0 and 0.6 < probe["auc_grouped_cv"] < 1.0
     # The block + pHash patient proxy keeps every near-duplicate pair inside one split.
     assert report.data["near_duplicates"]["n_cross_split"] == 0 and report.data["group_overlap"] == []

@@ -1,4 +1,4 @@
-"""The selection rule of benchmarks/bench_recipe_cv.py (issue 9), on hand-made out-of-fold scores."""
+"""The selection rule of benchmarks/bench_recipe_cv.py, on hand-made out-of-fold scores."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def test_exported_workers_and_score_only_pass_with_mirror_tta(cv, tmp_path):
 
     from covidct.data.splits import grouped_kfold
 
-    common = ["--smoke", "--round", "s12", "--folds", "2", "--runs-root", str(tmp_path / "runs"),
+    common = ["--smoke", "--round", "capacity", "--folds", "2", "--runs-root", str(tmp_path / "runs"),
               "--cache-root", str(tmp_path / "cache")]
     own = cv.non_test_data(cv.parse_args(common), "aug-e24")
     assert cv.main(common + ["--export-data", str(tmp_path / "bundle")]) == 0

@@ -1,4 +1,4 @@
-"""The lung-focus column of ``covidct report`` (issue #6): lesion model high, shortcut model LOW and flagged.
+"""The lung-focus column of ``covidct report``: lesion model high, shortcut model LOW and flagged.
 
 Both models are the session fixtures of ``conftest.py``. The lesion run goes through the command line
 (``covidct evaluate --lung-focus``, masks from the phantom dataset's cache); the shortcut run's test

@@ -79,7 +79,7 @@ def test_transfusion_variants_all_differ():
 
 
 def test_simple_cnn_matches_a_numpy_forward_pass():
-    """The seed's layer order (rescale → conv/relu → pool ×3 → global max → dense) checked numerically."""
+    """The original study's layer order (rescale → conv/relu → pool ×3 → global max → dense) checked numerically."""
     from scipy.signal import correlate
 
     model = build_model("simple_cnn", input_shape=(30, 30, 1), num_classes=3)
@@ -127,7 +127,7 @@ def test_masked_efficientnet_sees_only_the_masked_image(built_models):
     assert np.abs(reference).max() > 0
     np.testing.assert_allclose(out(b_same_inside, mask), reference, rtol=1e-5, atol=0)
     assert not np.allclose(out(b, mask), reference, rtol=1e-2, atol=0)
-    # The seed's head: 2x2/2 conv and 3x3 conv of 512 filters, Dense 512; MaxPool(6) at 512 px.
+    # The original study's head: 2x2/2 conv and 3x3 conv of 512 filters, Dense 512; MaxPool(6) at 512 px.
     assert model.get_layer("head_conv1").strides == (2, 2) and model.get_layer("head_conv2").kernel_size == (3, 3)
 
 

@@ -139,7 +139,7 @@ def test_slice_aggregation_of_a_2d_model_agrees(volume_run, tmp_path, tiny_confi
 
 
 def test_slice_tools_refuse_a_volume_run(volume_run, capsys):
-    """predict_images, predict-volume and gradcam explain 2-D slices: a 3-D run is refused, by name (issue #7)."""
+    """predict_images, predict-volume and gradcam explain 2-D slices: a 3-D run is refused, by name."""
     from covidct.cli import main
     from covidct.evaluate.volume_predict import predict_volume
     from covidct.train.run import load_run, predict_images

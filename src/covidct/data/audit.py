@@ -8,8 +8,8 @@ Run it before training (``covidct audit DATASET``). It reports:
   ``hash_size=16`` of the 8-bit display image) differs in at most ``NEAR_DUP_HAMMING`` = 16 bits
   (6 % of the bits). Why 256 bits and 16: the usual 64-bit pHash is too coarse for CT lung crops. On
   the SARS-CoV-2 CT-scan set (2,481 slices) 64-bit pHash already pairs 23 images of *different*
-  classes at 2 bits and chains many patients into one cluster above 4 bits (SCIENCE.md, "Measured
-  facts"), while 256-bit pHash within 16 bits finds 11 pairs, none across classes (the first
+  classes at 2 bits and chains many patients into one cluster above 4 bits (measured with plain
+  baselines), while 256-bit pHash within 16 bits finds 11 pairs, none across classes (the first
   cross-class pair appears at 40 bits): the 2 byte-identical pairs and the 3 near-identical pairs
   named in the dataset's PROVENANCE.md, plus adjacent slices.
 - **Group overlap**: groups (patients or their proxy) that appear in more than one split.

@@ -563,7 +563,7 @@ def load_sars_cov_2_ct(
 ) -> pd.DataFrame:
     """SARS-CoV-2 CT-scan (Soares et al. 2020): ``COVID/``, ``non-COVID/``, no patient ids.
 
-    Groups are a patient proxy (see SCIENCE.md "Measured facts"): file numbers follow patient and slice
+    Groups are a patient proxy: file numbers follow patient and slice
     order, so blocks of ``block`` consecutive file numbers approximate patients (20 gives ~63 + 62
     groups, close to the ~60 + 60 patients of the paper); near-duplicate clusters (perceptual hash
     within ``hamming`` of 256 bits, same class) that straddle block borders are merged into one group.

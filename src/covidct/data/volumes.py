@@ -3,12 +3,12 @@
 Volume models take ``(D, H, W, 1)`` values in 0..255: HU clipped to [-1000, 400] and mapped linearly
 (-1000 HU, air, to 0; +400 HU, dense soft tissue and the start of bone, to 255). The window keeps
 everything from air through lung parenchyma, ground glass and consolidation to soft tissue, and
-saturates bone, as in the MosMedData 3D CNN of seed 003 and the keras-io ``3D_image_classification``
+saturates bone, as in the MosMedData 3D CNN of CovidScan and the keras-io ``3D_image_classification``
 example. The models divide by 255 inside, so the cache holds compact uint8.
 
 **Shapes.** covidct writes volume shapes as (D, H, W) = (axial slices, rows, columns), the layout of
 ``covidct.data.io.read_image``: slices inferior (0) to superior, anterior at the top of each slice,
-the patient's right on the image left. The seeds write sizes the other way round: seed 003's
+the patient's right on the image left. The original studies write sizes the other way round: CovidScan's
 "64x64x32" and keras-io's "128x128x64" are (W, H, D) (keras-io's ``process_scan`` resizes the array
 from ``nibabel.get_fdata()`` to ``(128, 128, 64)`` with depth last). In covidct they are
 ``SHAPES["covidscan"] = (32, 64, 64)`` and ``SHAPES["kerasio"] = (64, 128, 128)``; use
@@ -57,9 +57,9 @@ from covidct.errors import CovidctError, unknown_name_error
 
 logger = logging.getLogger(__name__)
 
-#: The volume HU window (keras-io and seed 003): [-1000, 400] HU mapped to 0..255.
+#: The volume HU window (keras-io and CovidScan): [-1000, 400] HU mapped to 0..255.
 HU_MIN, HU_MAX = -1000.0, 400.0
-#: Named target shapes, (D, H, W). Seed 003 writes 64x64x32 and keras-io 128x128x64 as (W, H, D).
+#: Named target shapes, (D, H, W). CovidScan writes 64x64x32 and keras-io 128x128x64 as (W, H, D).
 SHAPES = {"covidscan": (32, 64, 64), "kerasio": (64, 128, 128)}
 #: Axis codes of the (D, H, W) layout (nibabel convention: the direction each index increases towards):
 #: D towards Superior, H towards Posterior, W towards the patient's Left (radiological view).
@@ -119,7 +119,7 @@ def resolve_shape(shape) -> tuple[int, int, int]:
 
 
 def resize_volume(volume: np.ndarray, shape=(32, 64, 64), order: int = 1) -> np.ndarray:
-    """Resize a (D, H, W) volume to ``shape`` with ``scipy.ndimage.zoom`` (the seeds' method).
+    """Resize a (D, H, W) volume to ``shape`` with ``scipy.ndimage.zoom`` (the original studies' method).
 
     Args:
         volume: (D, H, W) array; the output keeps its dtype (uint8 values are interpolated and rounded).

@@ -54,7 +54,7 @@ def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | No
     if factors.get("appearance"):
         from covidct.train.appearance import make_appearance_layers
 
-        # Appearance after geometry, so blur/noise/JPEG act on the final pixel grid (issue 8).
+        # Appearance after geometry, so blur/noise/JPEG act on the final pixel grid.
         stages.extend(make_appearance_layers(factors["appearance"], seed=seed + 4))
     if not stages:
         return None

@@ -7,7 +7,7 @@ restoration loss (``restoration_mse``, for ``task: pretrain``) clean images in [
 computed in float32 even under mixed precision.
 
 The focal loss (Lin et al. 2017, arXiv:1708.02002) is ``-alpha_t (1 - p_t)^gamma log p_t`` averaged
-over the batch (the seed summed it and had no alpha; mean reduction keeps the learning rate
+over the batch (the original study summed it and had no alpha; mean reduction keeps the learning rate
 independent of the batch size).
 """
 

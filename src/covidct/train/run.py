@@ -1,7 +1,7 @@
 """A finished run folder, loaded back: its config, model, classes and preprocessing.
 
 Prediction through ``predict_images`` applies the run's *own* stage and size to new images, so
-training and inference cannot drift apart (a mistake of the seeds).
+training and inference cannot drift apart (a mistake of the original studies).
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def enable_compilation_cache() -> str | None:
     loads them instead of compiling again; returns the folder (None: not JAX, or switched off).
 
     A 256 px U-Net fold on an H200 spent 110-224 s in its first epoch, mostly compiling, and ~25 s in up to 79
-    more (BENCHMARKS.md, issue 4); within one process every fold builds a new model and compiles again. The folder is
+    more (BENCHMARKS.md, infection segmentation); within one process every fold builds a new model and compiles again. The folder is
     ``$COVIDCT_COMPILATION_CACHE`` (``off`` disables), else the one JAX was given (``JAX_COMPILATION_CACHE_DIR``),
     else ``$COVIDCT_CACHE/xla`` (default ``.cache/covidct/xla``). JAX caches programs that took at least
     ``jax_persistent_cache_min_compile_time_secs`` (1 s) to compile, and a cached program computes the same
@@ -648,7 +648,7 @@ def train(
             kept. A last call without ``fold`` (``resume=True``) fits any fold left and writes ``run.json``.
         jobs: ``task: segmentation`` with ``segmentation.folds`` only: fit up to ``jobs`` folds at the same time,
             each in its own fresh Python process (``fold=k`` there; logs in ``<run_dir>/fold_<k>.log``), then
-            finish the run here. For a GPU, where a fold is compile-bound (BENCHMARKS.md, issue 4); on a CPU the
+            finish the run here. For a GPU, where a fold is compile-bound (BENCHMARKS.md, infection segmentation); on a CPU the
             processes share the cores. Each process must know the model: covidct's own are registered on
             import, a model registered by an importable module is imported by each process, one registered in a
             notebook is refused before any process starts (``_model_module``). Same result as ``jobs=1``.

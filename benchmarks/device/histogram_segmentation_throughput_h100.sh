@@ -1,10 +1,10 @@
 #!/bin/bash
-# Copy of the script run on the device machine in session 3 (carried: this file as .gpu/run3.sh, .gpu/bundle2 from
+# Copy of the script run on the device machine (carried: this file as .gpu/run3.sh, .gpu/bundle2 from
 # `bench_generalization.py --export-data .gpu/bundle2 --arms standardize histogram --size 128`, .gpu/whl = keras
 # 3.15.1 + namex + optree wheels, .gpu/medseg = a copy of ../shared/data/medseg-covid19-100). Results: BENCHMARKS.md.
-# Session 3 device run (JAX). In parallel: #8 histogram vs standardize arms (3 seeds each) and #4 infection
+# Device run (JAX). In parallel: histogram vs standardize arms (3 seeds each) and the infection
 # U-Net 5-fold at 256 px / base 32 and 128 px / base 16 (longer); then their aggregate; then, alone on the
-# GPU, #9 throughput of covidct's train(cfg) vs bare model.fit (EfficientNetB0, then ResNet50 if time is left).
+# GPU, throughput of covidct's train(cfg) vs bare model.fit (EfficientNetB0, then ResNet50 if time is left).
 # DRY=1: tiny settings to check the script on a CPU machine.
 if [ -z "$DRY" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1

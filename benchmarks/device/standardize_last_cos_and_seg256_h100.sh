@@ -1,10 +1,11 @@
 #!/bin/bash
-# Session 5 device run (JAX), carried: .gpu/whl (keras 3.15.1 + namex + optree wheels), .gpu/bundle2 (from
+# Device run (JAX), carried: .gpu/whl (keras 3.15.1 + namex + optree wheels), .gpu/bundle2 (from
 # `bench_generalization.py --export-data .gpu/bundle2 --arms standardize histogram --size 128`), .gpu/medseg (a copy of
 # ../shared/data/medseg-covid19-100). In parallel:
-#   #4  infection U-Net, 5-fold grouped CV, 256 px, base 32, lung-masked, BatchNorm recalibration (default 1024),
-#       up to 80 epochs, patience 15 (session 3's run was cut inside fold 0: op-by-op JAX; now XLA);
-#   #9  `standardize` arm, 3 seeds, 16 epochs, fixed budget: monitor last + cosine schedule (rule fixed a priori).
+#   segmentation: infection U-Net, 5-fold grouped CV, 256 px, base 32, lung-masked, BatchNorm recalibration
+#       (default 1024), up to 80 epochs, patience 15 (the earlier run was cut inside fold 0: op-by-op JAX; now XLA);
+#   classifier: `standardize` arm, 3 seeds, 16 epochs, fixed budget: monitor last + cosine schedule (rule fixed
+#       a priori).
 # DRY=1: tiny settings to check the script on a CPU machine.
 if [ -z "$DRY" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1

@@ -1,16 +1,18 @@
 #!/bin/bash
-# Session 10 device call (one H100/H200, JAX backend). Two measurements, fixed before the call (this commit):
-#  A (issue 8, "the same at 224 px"): GPU training time of the `robust` recipe (configs/robust/robust.yaml: small_cnn,
+# Device call (one H100/H200, JAX backend). Two measurements, fixed and committed before the call:
+#  A ("the same at 224 px"): GPU training time of the `robust` recipe (configs/robust/robust.yaml: small_cnn,
 #    stage lungs-robust, robust augmentation, AdamW + cosine, up to 20 epochs, early stopping on val AUC) at 224 px,
 #    seed 0, on sars-cov-2-ct arrays exported here with
 #    `python benchmarks/bench_generalization.py --export-data .gpu/bundle224 --arms robust --size 224`.
 #    Its internal test and external (covid-ct-md) scores are reported whatever they are; nothing is chosen by them.
-#  B (session 9 follow-up): the GPU effect of training.drop_last and of the persistent XLA cache: one MedSeg fold of the
-#    256 px / base-32 infection U-Net, 2 epochs, in a fresh process per arm (off, drop_last, cold, warm), one repeat.
+#  B (follow-up of the 256 px segmentation runs): the GPU effect of training.drop_last and of the persistent XLA
+#    cache: one MedSeg fold of the 256 px / base-32 infection U-Net, 2 epochs, in a fresh process per arm
+#    (off, drop_last, cold, warm), one repeat.
 # Carry: .gpu (whl: keras 3.15.1 + namex + optree wheels; bundle224; medseg: copy of ../shared/data/medseg-covid19-100).
 # Call 2 (fixed after call 1, before it; same warm H100): SEEDS="0 1 2" REPEATS=1 LIMIT_A=220 LIMIT_B=170 — seeds 1
 # and 2 of A (seed 0 is kept; gives the 3-seed ensemble and three training times) and a second repeat of B.
-# Usage (device tool): bash benchmarks/device/s10.sh          DRY=1 bash benchmarks/device/s10.sh (tiny CPU check)
+# Usage (device tool): bash benchmarks/device/robust_224_and_compile_cache.sh
+#   DRY=1 bash benchmarks/device/robust_224_and_compile_cache.sh (tiny CPU check)
 if [ -z "$DRY" ]; then
   [ -d /tmp/site/keras ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .gpu/whl/*.whl || exit 1
