@@ -302,19 +302,37 @@ def build_cache(
     folder = Path(cache_root) / f"{stage}-{size}-{key[:16]}"
     stats = input_stats(manifest)
     digest = stats_digest(stats)
-    if not rebuild and not _reuse_problem(folder, key, stats, digest):
-        logger.info("reusing cache %s", folder)
-        return Cache.open(folder)
+    return reuse_or_build(
+        folder, rebuild, "cache", lambda: _reuse_problem(folder, key, stats, digest), lambda: Cache.open(folder),
+        lambda: _build(manifest, stage, size, folder, key, workers, progress, chunk_size, stats, digest), CACHE_FILES,
+    )
+
+
+def reuse_or_build(folder: Path, rebuild: bool, kind: str, problem_of, open_cache, build, files):
+    """Open a finished, intact cache or (re)build it, one builder at a time (slice and volume caches).
+
+    Args:
+        folder: the cache folder.
+        rebuild: build even when the existing cache passes every check.
+        kind: what to call it in the log ("cache", "volume cache").
+        problem_of: returns why the existing cache cannot be reused ("" when it can).
+        open_cache: opens the existing cache.
+        build: builds it and returns the opened cache.
+        files: the cache's own file names, removed before a rebuild.
+    """
+    if not rebuild and not problem_of():
+        logger.info("reusing %s %s", kind, folder)
+        return open_cache()
     make_cache_folder(folder)
     with build_lock(folder):  # another process building this cache: wait for it, then reuse what it built
-        problem = _reuse_problem(folder, key, stats, digest)
+        problem = problem_of()
         if not problem and not rebuild:
-            logger.info("reusing cache %s (built by another process meanwhile)", folder)
-            return Cache.open(folder)
+            logger.info("reusing %s %s (built by another process meanwhile)", kind, folder)
+            return open_cache()
         if rebuild or (folder / "meta.json").exists():
-            logger.warning("rebuilding cache %s: %s", folder, "rebuild requested" if rebuild else problem)
-            clear_cache_folder(folder, CACHE_FILES)
-        return _build(manifest, stage, size, folder, key, workers, progress, chunk_size, stats, digest)
+            logger.warning("rebuilding %s %s: %s", kind, folder, "rebuild requested" if rebuild else problem)
+            clear_cache_folder(folder, files)
+        return build()
 
 
 def _reuse_problem(folder: Path, key: str, stats: pd.DataFrame, digest: str) -> str:

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from covidct.data.cache import ManifestRows, build_lock, cache_key, clear_cache_folder, make_cache_folder
+from covidct.data.cache import ManifestRows, cache_key, reuse_or_build
 from covidct.data.cache_integrity import (
     array_problem,
     changed_inputs,
@@ -489,19 +489,12 @@ def build_volume_cache(
     folder = Path(cache_root) / f"volume-{size_tag}-{key[:16]}"
     stats = input_stats(rows)
     digest = stats_digest(stats)
-    if not rebuild and not _volume_reuse_problem(folder, key, stats, digest):
-        logger.info("reusing volume cache %s", folder)
-        return VolumeCache.open(folder)
-    make_cache_folder(folder)
-    with build_lock(folder):
-        problem = _volume_reuse_problem(folder, key, stats, digest)
-        if not problem and not rebuild:
-            logger.info("reusing volume cache %s (built by another process meanwhile)", folder)
-            return VolumeCache.open(folder)
-        if rebuild or (folder / "meta.json").exists():
-            logger.warning("rebuilding volume cache %s: %s", folder, "rebuild requested" if rebuild else problem)
-            clear_cache_folder(folder, VOLUME_CACHE_FILES)
-        return _build_volume_cache(rows, shape, size_tag, folder, key, target_spacing_mm, progress, stats, digest)
+    return reuse_or_build(
+        folder, rebuild, "volume cache", lambda: _volume_reuse_problem(folder, key, stats, digest),
+        lambda: VolumeCache.open(folder),
+        lambda: _build_volume_cache(rows, shape, size_tag, folder, key, target_spacing_mm, progress, stats, digest),
+        VOLUME_CACHE_FILES,
+    )
 
 
 VOLUME_CACHE_FILES = ("meta.json", "images.u8", "images.u8.part", "manifest.csv", "failed.csv", "inputs.csv",
