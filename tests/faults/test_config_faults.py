@@ -90,13 +90,13 @@ def test_options_the_new_loader_takes_are_kept_and_command_line_options_checked(
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.options.nn=3"], r"dataset 'phantom' has no option 'nn'\. Did you mean: n\? Its options: n, seed, size\."),
+    (["data.options.nn=3"], r"dataset 'phantom' has no option 'nn'\. Did you mean: n\? Its options: groups_per_class, n, seed, size\."),
     (["data.dataset=folder", "data.options={groups: bogus}"],
      r"data\.options\.groups='bogus' is not one of \['subfolder', 'image'\] for dataset 'folder'"),
     (["data.dataset=folder", "data.options={groups: imag}"], r"Did you mean: image\?"),
     (["data.options.n=many"], r"data\.options\.n='many' must be an integer for dataset 'phantom'"),
     (["data.dataset=sars-cov-2-ct", "data.options={group_proxy: block}"], r"Did you mean: blocks"),
-    (["data.dataset=ct-cov19", "data.options={n: 5}"], r"dataset 'ct-cov19' has no option 'n'\. Its options: none\."),
+    (["data.dataset=ct-cov19", "data.options={n: 5}"], r"dataset 'ct-cov19' has no option 'n'\. Its options: groups_per_class\."),
 ])
 def test_bad_data_options_are_refused_when_the_config_loads(overrides, message):
     with pytest.raises(CovidctError, match=message):

@@ -91,8 +91,14 @@ def dataset_options(name: str) -> dict:
     if name not in DATASETS:
         raise unknown_name_error("dataset", name, DATASETS)
     parameters = inspect.signature(DATASETS[name].loader).parameters
-    return {key: p.default for key, p in parameters.items()
-            if key != "root" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    options = {key: p.default for key, p in parameters.items()
+               if key != "root" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    # Options that load_dataset itself applies to any loader's manifest.
+    return {**options, **GENERIC_OPTIONS}
+
+
+#: Options of ``load_dataset`` that apply to every dataset (not passed to its loader).
+GENERIC_OPTIONS = {"groups_per_class": None}
 
 
 def check_dataset_options(name: str, options: dict | None, where: str = "data.options") -> dict:
