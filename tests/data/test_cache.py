@@ -215,8 +215,8 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path):
     np.testing.assert_array_equal(result["cache"].images, first.images)
 
 
-def test_stage_warnings_become_one_line_per_file_and_chunk(tmp_path, monkeypatch, caplog):
-    """A volume's end slices hold no lungs: the stage's warnings are summarised, not printed once per slice."""
+def test_stage_warnings_become_one_line_per_chunk(tmp_path, monkeypatch, caplog):
+    """A volume's end slices hold no lungs: the stage's warnings are summed up per chunk, not printed per slice."""
     import logging
     import warnings
 
@@ -239,4 +239,4 @@ def test_stage_warnings_become_one_line_per_file_and_chunk(tmp_path, monkeypatch
         warnings.simplefilter("error")  # nothing escapes as a raw warning
         assert _process_chunk(job) == (0, 3, 0)
     lines = [record.getMessage() for record in caplog.records]
-    assert lines == [f"{image_path}: 3 slice(s) with a UserWarning, e.g. Suspicious lung mask (classical): no lung found."]
+    assert lines == ["3 slice(s) of 1 file(s) with a UserWarning, e.g. Suspicious lung mask (classical): no lung found."]

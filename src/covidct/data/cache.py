@@ -185,7 +185,7 @@ def _process_chunk(job: dict) -> tuple[int, int, int]:
     size, folder, number = job["size"], Path(job["folder"]), job["chunk"]
     loader = ImageLoader()
     images, masks, targets, rows, failed = [], [], [], [], []
-    noted: dict[tuple[str, str], list[str]] = {}  # warnings of the stage, per file: one summary line each
+    noted: dict[str, list[tuple[str, str]]] = {}  # the stage's warnings by kind: one summary line each
     for row in job["rows"]:
         path, slice_index = row["path"], int(row.get("slice_index", -1))
         try:
@@ -196,7 +196,7 @@ def _process_chunk(job: dict) -> tuple[int, int, int]:
                 warnings.simplefilter("always")
                 outputs = stage_fn(image, size)
             for warning in caught:
-                noted.setdefault((path, warning.category.__name__), []).append(str(warning.message))
+                noted.setdefault(warning.category.__name__, []).append((path, str(warning.message)))
             turns = row.get("mask_rot90", 0)
             turns = int(turns) if pd.notna(turns) and turns != "" else 0
             target = (_read_target(row["mask_path"], size, turns)
@@ -211,9 +211,10 @@ def _process_chunk(job: dict) -> tuple[int, int, int]:
             masks.append(output.mask)
             targets.append(target if target is not None else np.zeros((size, size), np.uint8))
             rows.append({"source_row": row["_row"], "suffix": output.suffix})
-    # A volume's end slices legitimately hold no lungs: one line per file and chunk, not one per slice.
-    for (path, category), messages in noted.items():
-        logger.warning("%s: %d slice(s) with a %s, e.g. %s", path, len(messages), category, messages[0])
+    # A volume's end slices legitimately hold no lungs: one line per kind of warning and chunk, not one per slice.
+    for category, found in noted.items():
+        files = len({path for path, _ in found})
+        logger.warning("%d slice(s) of %d file(s) with a %s, e.g. %s", len(found), files, category, found[0][1])
     channels = images[0].shape[2] if images else 0
     if len({im.shape[2] for im in images}) > 1:
         raise CovidctError(f"stage {job['stage']!r} returned images with different channel counts.")
