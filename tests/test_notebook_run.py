@@ -28,6 +28,7 @@ from covidct.notebook_run import (
     main,
     notebook_bytes,
     notice_problems,
+    parameter_value,
     parse_parameters,
     shrink_images,
     source_notebooks,
@@ -265,6 +266,9 @@ def test_parameters_and_selection_name_notebooks(tmp_path):
     notebook.cells = [parameters_cell()]
     assert inject_parameters(notebook, {"RUN": "r", "OTHER": "o"}) == ["OTHER"]
     assert notebook.cells[1].source == "RUN = 'r'"
+    # Values are read as papermill's -p reads them: numbers, booleans and lists typed, anything else a string.
+    assert [parameter_value(text) for text in ("20", "[32, 64, 64]", "false", "../runs/x", "1e-3")] == [
+        20, [32, 64, 64], False, "../runs/x", "1e-3"]
 
     notebooks = tmp_path / "notebooks"
     sources = [write_notebook(notebooks / name, [parameters_cell()])

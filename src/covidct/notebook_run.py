@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
+import yaml
 
 from covidct.errors import CovidctError, did_you_mean
 
@@ -152,6 +153,15 @@ def parse_parameters(items, names: list[str]) -> dict[str, dict[str, str]]:
     return parsed
 
 
+def parameter_value(text: str):
+    """A ``--param`` value as papermill's ``-p`` reads it: a YAML number, boolean or list, else the string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, list)) else text
+
+
 def inject_parameters(notebook, values: dict[str, str]) -> list[str]:
     """Add a cell tagged ``injected-parameters`` after the ``parameters`` cell (papermill's convention).
 
@@ -166,7 +176,8 @@ def inject_parameters(notebook, values: dict[str, str]) -> list[str]:
     assigned = set(re.findall(r"^([A-Za-z_]\w*)\s*=", cells[index].source, flags=re.MULTILINE))
     used = {key: value for key, value in values.items() if key in assigned}
     if used:
-        cell = nbformat.v4.new_code_cell("\n".join(f"{key} = {value!r}" for key, value in sorted(used.items())))
+        cell = nbformat.v4.new_code_cell("\n".join(f"{key} = {parameter_value(value)!r}"
+                                                   for key, value in sorted(used.items())))
         cell.metadata["tags"] = ["injected-parameters"]
         cells.insert(index + 1, cell)
     return sorted(set(values) - set(used))
