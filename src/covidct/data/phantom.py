@@ -8,7 +8,7 @@ What a slice holds (values in HU, before noise):
 
 - air outside the body: -1000; a patient table below the body (a foam core near -500 between two
   thin carbon shells near +150; the patient lies supine, so the table is posterior, at the image bottom);
-- the body: soft tissue 0..60 HU under a subcutaneous fat ring near -100 HU, the heart (~+40 HU)
+- the body: soft tissue from 0 to 60 HU under a subcutaneous fat ring near -100 HU, the heart (~+40 HU)
   in the anterior mediastinum, a trachea (air, with a soft-tissue wall) at the top of the mediastinum;
 - bone 400..1000 HU: the spine (cortical shell ~900 HU around marrow ~500 HU, spinal canal ~+20 HU)
   at the posterior midline, ribs as small ellipses around the lungs, the sternum at the anterior midline;
