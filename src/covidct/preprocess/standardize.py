@@ -3,7 +3,7 @@
 Why: a model trained on one hospital's slices learns that hospital's display window, reconstruction
 kernel and resolution as readily as it learns the disease. In sars-cov-2-ct the non-COVID slices are
 visibly blurrier than the COVID ones and differ in mean grey level, so blur and brightness are
-shortcuts that fail on other hospitals' scans (BENCHMARKS.md, generalisation). This module removes
+shortcuts that fail on other hospitals' scans (docs/experiments/generalisation.md). This module removes
 what it can of those differences *before* the network sees the image, as a pure function of the image
 (never of its label):
 
