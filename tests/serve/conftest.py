@@ -1,0 +1,91 @@
+"""Fixtures of the serve tests: one tiny phantom-trained run (session-scoped), its app, and sample uploads.
+
+The run: small_cnn, 1 epoch at 48 px on the shared phantom slices (tests/conftest.py), labels mapped to the
+binary COV / NonCOV, evaluated on its test split with a decision threshold of 0.4 (metrics_test.json), on its
+validation split (metrics_val.json) and on a relabelled copy as an "external" set. The model is weak; the tests
+check what the server does with it, not how good it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIZE = 48
+THRESHOLD = 0.4
+BINARY = {"COV": "COV", "Normal": "NonCOV", "OtherPneumonia": "NonCOV"}
+
+
+@pytest.fixture(scope="session")
+def serve_run(phantom_data, tiny_config, tmp_path_factory) -> Path:
+    import dataclasses
+
+    from covidct.evaluate.evaluator import evaluate_run
+    from covidct.train import train
+    from covidct.train.data import apply_label_map, data_from_arrays
+
+    manifest = apply_label_map(phantom_data.manifest, BINARY, source="phantom")
+    data = data_from_arrays(phantom_data.images, manifest, classes=["COV", "NonCOV"], source="phantom")
+    cfg = tiny_config(epochs=1, max_steps_per_epoch=4)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="small_cnn"),
+                              data=dataclasses.replace(cfg.data, classes=["COV", "NonCOV"]))
+    run = train(cfg, run_dir=tmp_path_factory.mktemp("serve") / "phantom-small_cnn", data=data, progress=False)
+    evaluate_run(run, split="test", data=data, n_bootstrap=0, figures=False, threshold=THRESHOLD)
+    evaluate_run(run, split="val", data=data, n_bootstrap=0, figures=False)
+    external = data_from_arrays(phantom_data.images, manifest.assign(split="test"), classes=["COV", "NonCOV"])
+    evaluate_run(run, dataset="phantom-copy", data=external, n_bootstrap=0, figures=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def served(serve_run, phantom_data):
+    """The loaded run, with the OOD reference taken from its training images (the run has no cache)."""
+    from covidct.serve.served_run import load_served_run, reference_from_samples
+
+    run = load_served_run(serve_run)
+    train_rows = phantom_data.indices("train")
+    run.reference = reference_from_samples(np.asarray(phantom_data.images[train_rows]), "phantom training images")
+    return run
+
+
+@pytest.fixture
+def upload_tmp(tmp_path) -> Path:
+    folder = tmp_path / "requests"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def client(served, upload_tmp):
+    from fastapi.testclient import TestClient
+
+    from covidct.serve.app import create_app
+
+    with TestClient(create_app(served, max_upload_mb=1, tmp_root=upload_tmp)) as test_client:
+        yield test_client
+
+
+def phantom_slice(label: str = "COV", size: int = 128, seed: int = 3) -> np.ndarray:
+    """One HU phantom slice (size x size) of the class ``label``."""
+    from covidct.data.phantom import make_dataset
+
+    phantoms = make_dataset(n=6, size=size, seed=seed, slices_per_patient=1)
+    index = list(phantoms.labels).index(label)
+    return np.asarray(phantoms.images_hu[index], np.float32)
+
+
+def png_bytes(image_hu: np.ndarray) -> bytes:
+    import cv2
+
+    from covidct.data.windows import window_hu
+
+    ok, data = cv2.imencode(".png", np.rint(window_hu(image_hu) * 255).astype(np.uint8))
+    assert ok
+    return data.tobytes()
+
+
+@pytest.fixture(scope="session")
+def cov_png() -> bytes:
+    return png_bytes(phantom_slice("COV"))
