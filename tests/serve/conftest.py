@@ -28,7 +28,7 @@ def serve_run(phantom_data, tiny_config, tmp_path_factory) -> Path:
 
     manifest = apply_label_map(phantom_data.manifest, BINARY, source="phantom")
     data = data_from_arrays(phantom_data.images, manifest, classes=["COV", "NonCOV"], source="phantom")
-    cfg = tiny_config(epochs=1, max_steps_per_epoch=4)
+    cfg = tiny_config(epochs=1, max_steps_per_epoch=4, bn_recalibration=0)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="small_cnn"),
                               data=dataclasses.replace(cfg.data, classes=["COV", "NonCOV"]))
     run = train(cfg, run_dir=tmp_path_factory.mktemp("serve") / "phantom-small_cnn", data=data, progress=False)
@@ -89,3 +89,45 @@ def png_bytes(image_hu: np.ndarray) -> bytes:
 @pytest.fixture(scope="session")
 def cov_png() -> bytes:
     return png_bytes(phantom_slice("COV"))
+
+
+def dicom_bytes(pixels_hu: np.ndarray, position_z: float = 0.0, pixel_data: bool = True, series_uid: str = "1.2.3") -> bytes:
+    """A CT DICOM slice (uint16 stored, RescaleIntercept -1024) as bytes."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.Modality = "CT"
+    dataset.SeriesInstanceUID = series_uid
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.ImagePositionPatient = [0.0, 0.0, position_z]
+    dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    dataset.PixelSpacing = [0.7, 0.7]
+    dataset.Rows, dataset.Columns = pixels_hu.shape
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.BitsAllocated = dataset.BitsStored = 16
+    dataset.HighBit = 15
+    dataset.PixelRepresentation = 0
+    dataset.RescaleSlope, dataset.RescaleIntercept = 1.0, -1024.0
+    if pixel_data:
+        dataset.PixelData = np.clip(pixels_hu + 1024, 0, 65535).astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def phantom_volume(depth: int = 8, size: int = 64, seed: int = 4) -> np.ndarray:
+    """A (D, H, W) HU volume: phantom slices of one class stacked (enough for the lung-slice selection)."""
+    from covidct.data.phantom import make_dataset
+
+    phantoms = make_dataset(n=depth, size=size, seed=seed, slices_per_patient=depth)
+    return np.asarray(phantoms.images_hu[:depth], np.float32)
