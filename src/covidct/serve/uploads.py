@@ -123,11 +123,17 @@ def check_picture(path: Path) -> None:
     """Check a PNG/JPEG/TIFF's dimensions from its header (nothing decoded)."""
     from PIL import Image
 
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if head[12:16] == b"IHDR":  # PNG: the size is in the first chunk
+        width, height = struct.unpack(">II", head[16:24])
+        _check_plane(height, width, "image")
+        return
     try:
         with Image.open(path) as image:  # lazy: reads the header only
             width, height = image.size
-    except Image.DecompressionBombError as error:
-        raise UploadError(422, f"The image is too large to decode safely ({error}).") from None
+    except Image.DecompressionBombError:
+        raise UploadError(422, f"The image has more than the limit of {MAX_PIXELS:,} pixels; downscale it first.") from None
     except Exception as error:  # noqa: BLE001  (Pillow raises many types for corrupt headers)
         raise UploadError(422, f"The image header cannot be read ({type(error).__name__}): the file is corrupt.") from None
     _check_plane(height, width, "image")
