@@ -19,7 +19,7 @@ BINARY = {"COV": "COV", "Normal": "NonCOV", "OtherPneumonia": "NonCOV"}
 
 
 @pytest.fixture(scope="session")
-def serve_run(phantom_data, tiny_config, tmp_path_factory) -> Path:
+def serve_run(phantom_data, tiny_config, tmp_path_factory, server_process) -> Path:
     import dataclasses
 
     from covidct.evaluate.evaluator import evaluate_run
@@ -36,6 +36,11 @@ def serve_run(phantom_data, tiny_config, tmp_path_factory) -> Path:
     evaluate_run(run, split="val", data=data, n_bootstrap=0, figures=False)
     external = data_from_arrays(phantom_data.images, manifest.assign(split="test"), classes=["COV", "NonCOV"])
     evaluate_run(run, dataset="phantom-copy", data=external, n_bootstrap=0, figures=False)
+    if server_process is not None:  # the waiting interpreter now runs `covidct serve --run <run> --port <port>`
+        import json
+
+        server_process["process"].stdin.write(json.dumps(["serve", "--run", str(run), "--port", server_process["port"]]) + "\n")
+        server_process["process"].stdin.close()
     return run
 
 
@@ -131,3 +136,51 @@ def phantom_volume(depth: int = 8, size: int = 64, seed: int = 4) -> np.ndarray:
 
     phantoms = make_dataset(n=depth, size=size, seed=seed, slices_per_patient=depth)
     return np.asarray(phantoms.images_hu[:depth], np.float32)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# An interpreter that imports what `covidct serve` needs, then runs the command line it reads from stdin.
+PREWARMED = ("import json, sys; import tensorflow, keras, fastapi, uvicorn; import covidct.serve.app, covidct.serve.served_run; "
+             "from covidct.cli import main; argv = json.loads(sys.stdin.readline()); sys.exit(main(argv))")
+
+
+@pytest.fixture(scope="session")
+def server_process(tmp_path_factory):
+    """``covidct serve`` for the browser test, as a subprocess on a free loopback port (None without chromium).
+
+    Started before the run is trained: the subprocess imports TensorFlow, FastAPI and covidct.serve meanwhile, and
+    ``serve_run`` then hands it the command line ``serve --run <run> --port <port>`` (``covidct.cli.main``, the
+    console script's entry point), so the server's start overlaps with training instead of adding to the test time.
+    """
+    import os
+    import subprocess
+    import sys
+
+    if not CHROMIUM.exists():
+        yield None
+        return
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "wb") as sink:
+        process = subprocess.Popen([sys.executable, "-c", PREWARMED], stdin=subprocess.PIPE, stdout=sink,
+                                   stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "port": str(port), "process": process, "log": log}
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
