@@ -109,7 +109,7 @@ def load_reference(run_dir: Path, info: dict, seed: int = 0) -> Reference:
         return Reference(unavailable=f"the run's cache {folder} cannot be read ({error})")
     if len(rows) > REFERENCE_IMAGES:
         rows = np.sort(np.random.default_rng(seed).choice(rows, REFERENCE_IMAGES, replace=False))
-    return reference_from_samples(np.asarray(cache.images[rows]), f"{len(rows)} training images of {folder}")
+    return reference_from_samples(np.asarray(cache.images[rows]), f"{len(rows)} training images (cache {folder.name})")
 
 
 def _score_entry(path: Path, record: dict, positive: str | None) -> dict:
