@@ -11,8 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
-
-from tests.serve.conftest import dicom_bytes
+from serve_helpers import dicom_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::covidct.explain.focus.LungFocusWarning")
 

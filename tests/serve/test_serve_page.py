@@ -9,8 +9,7 @@ import os
 import time
 
 import pytest
-
-from tests.serve.conftest import CHROMIUM
+from serve_helpers import CHROMIUM
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (apt-get install chromium)"),
