@@ -109,6 +109,37 @@ def test_decompression_bomb_is_refused_before_decoding(client, bomb_png, upload_
     assert list(upload_tmp.iterdir()) == []
 
 
+def test_zip_that_expands_beyond_its_limit_is_stopped(client, upload_tmp, monkeypatch):
+    import io
+    import zipfile
+
+    from covidct.serve import uploads
+
+    monkeypatch.setattr(uploads, "MAX_ARCHIVE_BYTES", 1 << 20)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("../../outside.dcm", bytes(3 << 20))
+    assert len(buffer.getvalue()) < 64 * 1024
+    response = _post(client, buffer.getvalue(), "series.zip")
+    assert response.status_code == 422 and "The ZIP expands to more than 1 MB" in response.json()["detail"]
+    assert list(upload_tmp.iterdir()) == [] and not (upload_tmp.parent / "outside.dcm").exists()
+
+
+def test_error_messages_do_not_show_the_servers_temporary_path(served, upload_tmp):
+    from fastapi.testclient import TestClient
+
+    from covidct.errors import CovidctError
+    from covidct.serve.app import create_app
+
+    def failing(run, path):
+        raise CovidctError(f"{path.parent / 'upload.nii'}: no slice shows lung (largest lung fraction 0.000)")
+
+    with TestClient(create_app(served, tmp_root=upload_tmp, process=failing)) as http:
+        response = http.post("/api/predict", files={"file": ("scan.nii", b"data")})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "the upload: no slice shows lung (largest lung fraction 0.000)"
+
+
 def test_announced_oversize_upload_is_refused_at_once(client):
     response = client.post("/api/predict", files={"file": ("big.png", b"\x89PNG" + bytes(2 << 20))})
     assert response.status_code == 413

@@ -19,6 +19,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+DROP = """(bytes) => {
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([new Uint8Array(bytes)], "notes.png", {type: "image/png"}));
+  document.querySelector("#drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}"""
+
+
 def _wait_healthy(server, timeout: float = 120.0) -> None:
     import httpx
 
@@ -78,7 +85,8 @@ def test_upload_in_the_browser_shows_the_prediction(server_process, serve_run, c
             if os.environ.get("COVIDCT_SERVE_SCREENSHOT"):  # the README's picture: images/serve.png
                 page.screenshot(path=os.environ["COVIDCT_SERVE_SCREENSHOT"], full_page=True)
 
-            page.set_input_files("#file", str(bad))
+            # The bad file is dropped on the drop zone (the drag-and-drop path), not picked.
+            page.evaluate(DROP, list(bad.read_bytes()))
             page.wait_for_selector("#error:not([hidden])", timeout=30_000)
             message = page.inner_text("#error")
             assert "Could not analyse notes.png" in message and "is a text file, not a supported image" in message

@@ -15,3 +15,6 @@ Nothing here imports FastAPI at package import time, so ``covidct --help`` stays
 
 Research software, not a diagnostic device.
 """
+
+#: Largest upload in MB (``covidct serve --max-upload-mb``).
+DEFAULT_MAX_UPLOAD_MB = 64

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -322,8 +323,9 @@ def create_app(run, max_upload_mb: float = uploads.DEFAULT_MAX_UPLOAD_MB, worker
             return JSONResponse({"detail": refused.message}, status_code=refused.status)
         except uploads.UploadError as error:
             return JSONResponse({"detail": str(error)}, status_code=error.status)
-        except CovidctError as error:
-            return JSONResponse({"detail": str(error)}, status_code=422)
+        except CovidctError as error:  # a reader's or the stage's message: without the server's temporary path
+            detail = re.sub(re.escape(str(folder)) + r"[^\s:,;)]*", "the upload", str(error))
+            return JSONResponse({"detail": detail}, status_code=422)
         except MemoryError:
             return JSONResponse({"detail": "The image is too large to process on this machine."}, status_code=422)
         finally:

@@ -14,7 +14,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def add_parser(subparsers) -> None:
     """Declare ``covidct serve`` on the main parser's ``subparsers``."""
-    from covidct.serve.uploads import DEFAULT_MAX_UPLOAD_MB
+    from covidct.serve import DEFAULT_MAX_UPLOAD_MB
 
     parser = subparsers.add_parser(
         "serve", help="local web page + JSON API: predictions, Grad-CAM and lung focus of one run",

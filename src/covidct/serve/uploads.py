@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from covidct.errors import CovidctError
+from covidct.serve import DEFAULT_MAX_UPLOAD_MB  # noqa: F401  (re-exported: the app's default)
 
-#: Largest upload in MB (``--max-upload-mb``).
-DEFAULT_MAX_UPLOAD_MB = 64
 #: Largest slice in pixels (rows x columns): 4096 x 4096. A float32 copy of it is 64 MiB.
 MAX_PIXELS = 4096 * 4096
 #: Smallest side of a slice in pixels (a 1 x 1 "image" carries nothing to classify).
