@@ -253,8 +253,6 @@ def read_upload(upload: StoredUpload):
     Raises:
         UploadError: 422 with the reader's message (truncated data, no pixel data, mixed series, ...).
     """
-    import warnings
-
     from covidct.data.io import read_image
 
     path = upload.path
@@ -270,10 +268,8 @@ def read_upload(upload: StoredUpload):
             for member in folder.iterdir():
                 check_dicom(member)
             path = folder
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image = read_image(path)
+    try:  # a reader's warnings (uneven slice spacing, colour picture) go to the server's log
+        image = read_image(path)
     except CovidctError as error:
         raise UploadError(422, _strip_path(str(error), path)) from None
     except (ValueError, OSError, EOFError, MemoryError) as error:
