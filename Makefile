@@ -8,7 +8,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MPLBACKEND ?= Agg
 # Real-data tests and notebooks read $COVIDCT_DATA_ROOT (else ./data); .ci/run sets it, tests skip what is missing.
 
-.PHONY: install wheel demo test test-all test-rest lint test-tf test-tf-models test-jax test-notebooks strip-notebooks figures shipped-run notebooks-executed benchmarks clean
+# `make serve RUN=runs/demo`: the local page and JSON API of one run (docs/serve.md); needs the [serve] extra.
+.PHONY: serve install wheel demo test test-all test-rest lint test-tf test-tf-models test-jax test-notebooks strip-notebooks figures shipped-run notebooks-executed benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +30,10 @@ wheel: install
 
 demo: install
 	$(VENV)/bin/covidct demo
+
+RUN ?= runs/demo
+serve: install
+	$(VENV)/bin/covidct serve --run $(RUN)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from covidct import DISCLAIMER, __version__
+from covidct.serve.cli import add_parser as _add_serve
 
 
 def _add_models(subparsers) -> None:
@@ -579,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gradcam(subparsers)
     _add_config(subparsers)
     _add_data(subparsers)
+    _add_serve(subparsers)
     return parser
 
 
