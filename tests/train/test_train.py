@@ -104,13 +104,13 @@ def test_disk_full_leaves_no_half_written_model(phantom_data, tmp_path, monkeypa
     state_module.save_model_atomic(model, target)
     before = target.read_bytes()
     monkeypatch.setattr(state_module, "save_model_file", full_disk)
-    with pytest.raises(CovidctError, match="No space left"):
+    with pytest.raises(CovidctError, match="model.keras: disk full"):
         state_module.save_model_atomic(model, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.keras"]
     # In a training run: a clear error that promises no --resume (nothing was saved), and no folder left behind.
     run_dir = tmp_path / "full"
-    with pytest.raises(CovidctError, match="No space left.*Nothing resumable was saved") as caught:
+    with pytest.raises(CovidctError, match="disk full.*Nothing resumable was saved") as caught:
         train(tiny_config(epochs=1, max_steps_per_epoch=1), run_dir=run_dir, data=phantom_data, progress=False)
     assert "--resume" not in str(caught.value)
     assert not run_dir.exists()
