@@ -8,15 +8,14 @@ import pytest
 
 import covidct.models.simple_cnn  # noqa: F401  (registers simple_cnn)
 from covidct.config import (
-    STAGE_AUGMENTATION,
     RunConfig,
     apply_setting,
-    augmentation_factors,
     dump_config,
     experiment_name,
     load_config,
 )
 from covidct.errors import CovidctError
+from covidct.train.recipes import STAGE_AUGMENTATION, augmentation_factors
 
 YAML = """
 name: ""
@@ -121,7 +120,8 @@ def test_missing_file_and_bad_override(tmp_path):
 def test_stage_augmentation_covers_every_registered_stage():
     """Every built-in stage resolves "stage" augmentation to the factors of the study stage it is framed like
     (lungs-robust once fell back silently to the whole-slice factors); an unknown stage is refused."""
-    from covidct.config import STAGE_AUGMENTATION_LIKE, TrainingConfig
+    from covidct.config import TrainingConfig
+    from covidct.train.recipes import STAGE_AUGMENTATION_LIKE
     from covidct.preprocess import STAGES
 
     stage_aug = TrainingConfig(augmentation="stage")

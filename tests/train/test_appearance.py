@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from scipy import fft, ndimage
 
-from covidct.config import TrainingConfig, augmentation_factors
+from covidct.config import TrainingConfig
+from covidct.train.recipes import augmentation_factors
 from covidct.errors import CovidctError
 from covidct.train.appearance import (
     RandomBlurSharpen,

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from covidct.config import ROBUST_AUGMENTATION
+from covidct.train.recipes import ROBUST_AUGMENTATION
 from covidct.train.augment import BatchAugmenter, augment_batch, compile_augmentation, make_augmenter
 from covidct.train.data import SliceSequence
 

@@ -23,7 +23,7 @@ def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | No
 
     Args:
         factors: ``{"rotation", "zoom", "translation", "flip"}`` as returned by
-            ``covidct.config.augmentation_factors`` (None: no augmentation). Rotation is a fraction of
+            ``covidct.train.recipes.augmentation_factors`` (None: no augmentation). Rotation is a fraction of
             a full turn (0.1 = ±36°), zoom and translation fractions of the image size.
         seed: seed of the random layers; the trainer rebuilds the pipeline with a new seed every epoch
             so an interrupted run resumes with the same random draws.
@@ -159,7 +159,7 @@ def plot_stage_augmentations(image, size: int = 224, samples: int = 5, stages=No
         image: a ``covidct.data.io.CTImage`` (HU or display values).
         size: side of the stage output in pixels.
         samples: augmented draws per stage.
-        stages: stage names, one row each; default the study's stages (``covidct.config.STAGE_AUGMENTATION``).
+        stages: stage names, one row each; default the study's stages (``covidct.train.recipes.STAGE_AUGMENTATION``).
         training: the ``TrainingConfig`` whose augmentation factors apply (default ``augmentation="stage"``).
 
     Returns:
@@ -167,7 +167,8 @@ def plot_stage_augmentations(image, size: int = 224, samples: int = 5, stages=No
     """
     from matplotlib.figure import Figure
 
-    from covidct.config import STAGE_AUGMENTATION, TrainingConfig, augmentation_factors
+    from covidct.config import TrainingConfig
+    from covidct.train.recipes import STAGE_AUGMENTATION, augmentation_factors
     from covidct.preprocess import get_stage
 
     stages = list(stages or STAGE_AUGMENTATION)

@@ -256,7 +256,7 @@ class SliceSequence(keras.utils.PyDataset):
         batch_size: images per batch.
         shuffle: reshuffle the rows every epoch (seeded by ``seed`` and the epoch).
         seed: seed of shuffling and augmentation.
-        augmentation: factors dict (see ``covidct.config.augmentation_factors``) or None.
+        augmentation: factors dict (see ``covidct.train.recipes.augmentation_factors``) or None.
         class_weights: per-class weights turned into sample weights, or None.
         input_names: the model's input names (two names split the channels).
         max_steps: cap on batches per epoch.

@@ -30,10 +30,11 @@ from covidct.config import (
     RunConfig,
     apply_setting,
     config_from_dict,
-    did_you_mean,
+    parse_override,
+    set_nested,
     validate_config,
 )
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, did_you_mean
 from covidct.evaluate.report import markdown_table
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ def load_grid(path: str | os.PathLike, overrides: list[str] | tuple = (), valida
     Returns:
         The run configs in grid order (models outermost, settings innermost).
     """
-    from covidct.config import _parse_override, _set_nested
 
     path = Path(path)
     if not path.is_file():
@@ -87,8 +87,8 @@ def load_grid(path: str | os.PathLike, overrides: list[str] | tuple = (), valida
                 if grid.get("output_root"):
                     tree["output_root"] = grid["output_root"]
                 for text in list(grid.get("overrides") or []) + list(overrides or []):
-                    parts, value = _parse_override(text)
-                    _set_nested(tree, parts, value)
+                    parts, value = parse_override(text)
+                    set_nested(tree, parts, value)
                 cfg = apply_setting(config_from_dict(tree, source=str(path)), setting)
                 configs.append(validate_config(cfg, source=str(path), check_registries=validate))
     return configs

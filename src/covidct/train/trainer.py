@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump_config, resolve_task
+from covidct.config import RunConfig, config_to_dict, dump_config, resolve_task
+from covidct.train.recipes import augmentation_factors
 from covidct.errors import CovidctError
 from covidct.evaluate.report import markdown_table
 from covidct.models.inference import predict_logits, predict_mask_logits

@@ -102,7 +102,7 @@ def external_volume_data(loaded, dataset: str, root, label_map, progress: bool =
 
 def volume_augmentation(training) -> dict | None:
     """``VolumeAugmenter`` keyword arguments for ``training.augmentation`` (None: off); see the module doc."""
-    from covidct.config import augmentation_factors
+    from covidct.train.recipes import augmentation_factors
 
     aug = training.augmentation
     factors = augmentation_factors(training, "original")  # validates dict keys
