@@ -284,28 +284,15 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from covidct.config import load_config
     from covidct.train import train
+    from covidct.train.tasks import load_run_config
+    from covidct.train.workflow import evaluate_after_training
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_run_config(args.config, args.set)
     run_dir = train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, jobs=args.jobs)
     print(f"Run saved in {run_dir}")
     if args.evaluate:
-        from covidct.evaluate.evaluator import evaluate_run, run_task
-
-        if run_task(run_dir) == "pretrain":
-            print("A pretraining run is not evaluated (its restoration error is in run_report.md); start a run of the "
-                  f"same model from it with model.weights: {run_dir}/model.keras, then evaluate that run.")
-            return 0
-        if run_task(run_dir) == "segmentation":
-            from covidct.segment.evaluate import evaluate_segmentation
-
-            summary = evaluate_segmentation(run_dir)
-            dice = summary["dice"]
-            print(f"test Dice {dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}] ({_segmentation_selection(summary)})")
-            return 0
-        result = evaluate_run(run_dir, split="test")
-        print(f"test macro-F1 {result['slice']['macro_f1']:.3f}, AUC {result['slice']['auc_macro_ovr']:.3f}")
+        print(evaluate_after_training(run_dir)[1])
     return 0
 
 

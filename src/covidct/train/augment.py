@@ -168,8 +168,8 @@ def plot_stage_augmentations(image, size: int = 224, samples: int = 5, stages=No
     from matplotlib.figure import Figure
 
     from covidct.config import TrainingConfig
-    from covidct.train.recipes import STAGE_AUGMENTATION, augmentation_factors
     from covidct.preprocess import get_stage
+    from covidct.train.recipes import STAGE_AUGMENTATION, augmentation_factors
 
     stages = list(stages or STAGE_AUGMENTATION)
     training = training or TrainingConfig(augmentation="stage")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from covidct.config import RunConfig, load_config
 from covidct.errors import CovidctError
+from covidct.train.tasks import load_run_config
 
 RECIPES = {"sars-cov-2-ct": "sars-cov-2-ct/small_cnn-lungs-robust-dataaug"}
 """The shipped config a notebook trains for each real dataset (others: ``sars-cov-2-ct/base`` re-pointed)."""
@@ -47,7 +48,7 @@ def classifier_config(data, smoke: bool = False, output_root: str | os.PathLike 
         stem = "phantom-demo"
     run_name = stem + ("-smoke" if smoke else "")
     every = [*base, f"output_root={output_root}", f"name={run_name}", *(smoke_overrides if smoke else []), *overrides]
-    return load_config(name, every)
+    return load_run_config(name, every)
 
 
 def classifier_run(data, smoke: bool = False, run: str | os.PathLike = "", output_root: str | os.PathLike = "runs/notebooks",

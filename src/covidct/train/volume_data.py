@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 
 from covidct.errors import CovidctError
-from covidct.train.data import SliceSequence, TrainingData, apply_label_map, resolve_classes
+from covidct.train.samples import SliceSequence, TrainingData, apply_label_map, resolve_classes
 
 log = logging.getLogger(__name__)
 
