@@ -25,6 +25,7 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
+from covidct import __version__
 from covidct.data.writes import atomic_path, check_writable, jsonable, write_error  # noqa: F401 (re-exported)
 from covidct.data.writes import atomic_write_json as write_json_atomic
 from covidct.data.writes import atomic_write_text as write_text_atomic  # noqa: F401 (re-exported)
@@ -144,8 +145,6 @@ def mark_run_dir(run_dir: str | os.PathLike) -> Path:
             raise write_error(error, run_dir) from error
         raise
     if not marker.is_file():
-        from covidct import __version__
-
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         write_json_atomic(marker, {"created_by": f"covidct {__version__}", "created": created})
     return run_dir

@@ -21,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covidct.errors import CovidctError
+import covidct.evaluate.plots as plots
+from covidct.config import check_threshold
+from covidct.data.cache import build_cache
+from covidct.data.datasets import load_dataset
+from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 from covidct.evaluate.aggregate import aggregate_groups
 from covidct.evaluate.bootstrap import bootstrap_ci
 from covidct.evaluate.calibration import expected_calibration_error, fit_temperature
@@ -33,6 +37,11 @@ from covidct.evaluate.metrics import (
     predict_labels,
     resolve_positive_index,
 )
+from covidct.models.inference import predict_logits, split_inputs
+from covidct.runs import atomic_path, check_writable, write_json_atomic, write_text_atomic
+from covidct.train.data import apply_label_map, data_from_arrays, parse_label_map, prepare_data
+from covidct.train.run import load_run
+from covidct.train.volume_data import external_volume_data, is_volume_model
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +125,6 @@ def metric_functions(class_names, threshold=None, positive_class=None) -> dict:
 
 def _predict(loaded, images, rows, batch_size, tta: bool, mc_dropout: int):
     """Probabilities (N, C), logits (N, C) and optional MC-dropout std (N, C)."""
-    from covidct.models.inference import predict_logits
-
     model = loaded.model
     logits = predict_logits(model, images, rows, batch_size, loaded.input_names)
     probs = logits_to_probs(logits)
@@ -140,7 +147,6 @@ def mc_dropout_predict(model, images, rows, batch_size, input_names, passes: int
     """
     import keras
 
-    from covidct.models.inference import split_inputs
 
     bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [layer.trainable for layer in bn_layers]
@@ -166,19 +172,12 @@ def mc_dropout_predict(model, images, rows, batch_size, input_names, passes: int
 
 def _external_data(loaded, dataset: str, root, label_map, progress: bool):
     """Load another dataset, map its labels onto the run's classes, preprocess it with the run's stage."""
-    from covidct.data.cache import build_cache
-    from covidct.data.datasets import load_dataset
-    from covidct.train.data import apply_label_map, data_from_arrays
-    from covidct.train.volume_data import external_volume_data, is_volume_model
-
     if is_volume_model(loaded.config.model.name):  # a 3D run: the external volumes at the run's shape
         return external_volume_data(loaded, dataset, root, label_map, progress)
     manifest = load_dataset(dataset, root=root)
     manifest = apply_label_map(manifest, label_map, source=dataset)
     unknown = sorted(set(manifest["label"].astype(str)) - set(loaded.class_names))
     if unknown:
-        from covidct.errors import did_you_mean
-
         raise CovidctError(
             f"External dataset {dataset!r}: label(s) {unknown} are not classes of the run {loaded.class_names}."
             f"{did_you_mean(unknown[0], loaded.class_names)} Pass a label map, e.g. "
@@ -239,11 +238,6 @@ def evaluate_run(
     Returns:
         The metrics dict also written to ``metrics_<tag>.json``.
     """
-    from covidct.config import check_threshold
-    from covidct.runs import check_writable, write_json_atomic, write_text_atomic
-    from covidct.train.data import parse_label_map, prepare_data
-    from covidct.train.run import load_run
-
     run_dir = Path(run_dir)
     if run_task(run_dir) == "segmentation":
         raise CovidctError(
@@ -272,8 +266,6 @@ def evaluate_run(
         rows = np.arange(len(eval_data.labels))
     else:
         if split not in ("train", "val", "test"):
-            from covidct.errors import unknown_name_error
-
             raise unknown_name_error("split", split, ("train", "val", "test"))
         section, tag = "internal", split
         eval_data = own_data = data if data is not None else prepare_data(cfg, progress=progress)
@@ -414,9 +406,6 @@ def _threshold_from_validation(run_dir, class_names, positive_class, validation_
 
 def save_figures(run_dir: Path, tag: str, y_true, probs, class_names, confusion) -> list[str]:
     """Write the evaluation figures of one set (and the training curves) under ``run_dir/figures``."""
-    from covidct.evaluate import plots
-    from covidct.runs import atomic_path
-
     folder = run_dir / "figures"
     folder.mkdir(exist_ok=True)
     figures = {

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from covidct.errors import CovidctError, did_you_mean
+from covidct.models import get_spec, list_models
 
 LOGGER = logging.getLogger(__name__)
 
@@ -122,7 +123,6 @@ def conv_layer_names(model) -> list[str]:
 
 def _default_layer(model, model_name: str | None) -> str:
     name = model_name or model.name
-    from covidct.models import get_spec, list_models
 
     if name in list_models():
         layer = get_spec(name).gradcam_layer

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, unknown_name_error
 
 
 def display_rgb(image) -> np.ndarray:
@@ -59,8 +59,6 @@ def heatmap_rgb(heatmap, cmap: str = "jet", size: tuple | None = None) -> np.nda
     try:
         colormap = matplotlib.colormaps[cmap]
     except KeyError as error:
-        from covidct.errors import unknown_name_error
-
         raise unknown_name_error("colormap", cmap, list(matplotlib.colormaps)) from error
     colours = colormap(np.clip(heatmap, 0.0, 1.0))[..., :3]
     return np.rint(colours * 255.0).astype(np.uint8)

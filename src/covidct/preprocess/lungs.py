@@ -29,7 +29,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from covidct.data.io import CTImage
 from covidct.errors import CovidctError, unknown_name_error
+from covidct.models.inference import (
+    is_pretrained_checkpoint,
+    load_model_file,  # a truncated or foreign file is named
+    predict_mask_probabilities,
+)
 from covidct.preprocess.body import (
     SliceAnalysis,
     analyse_slice,
@@ -120,7 +126,6 @@ def lung_mask(
         if unit not in ("HU", "display"):
             raise CovidctError(f"unit must be 'HU' or 'display', got {unit!r}.")
         gray, _ = to_gray(image)
-        from covidct.data.io import CTImage
 
         image = CTImage(gray, unit, path=getattr(image, "path", ""))
     if method == "classical":
@@ -382,7 +387,6 @@ def load_segmenter(model):
         raise CovidctError(
             f"No segmenter at {path}: pass a run folder from `covidct segment train` or a .keras file."
         )
-    from covidct.models.inference import is_pretrained_checkpoint
 
     if is_pretrained_checkpoint(path):
         raise CovidctError(
@@ -391,8 +395,6 @@ def load_segmenter(model):
         )
     key = str(path.resolve())
     if key not in _MODEL_CACHE:
-        from covidct.models.inference import load_model_file  # a truncated or foreign file is named
-
         _MODEL_CACHE[key] = load_model_file(path, "Segmenter")
     return _MODEL_CACHE[key]
 
@@ -412,8 +414,6 @@ def predict_foreground(
     Returns:
         bool (N, H, W).
     """
-    from covidct.models.inference import predict_mask_probabilities
-
     model = load_segmenter(model)
     images = np.asarray(images_u8)
     if images.ndim == 4:

@@ -17,6 +17,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from covidct.config import TrainingConfig
+from covidct.preprocess import get_stage
+from covidct.train.appearance import make_appearance_layers
+from covidct.train.recipes import STAGE_AUGMENTATION, augmentation_factors
+
 
 def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | None:
     """Build the augmentation pipeline.
@@ -52,8 +57,6 @@ def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | No
             keras.layers.RandomTranslation(t, t, fill_mode="constant", fill_value=0.0, seed=seed + 3, name="aug_translation")
         )
     if factors.get("appearance"):
-        from covidct.train.appearance import make_appearance_layers
-
         # Appearance after geometry, so blur/noise/JPEG act on the final pixel grid.
         stages.extend(make_appearance_layers(factors["appearance"], seed=seed + 4))
     if not stages:
@@ -167,9 +170,6 @@ def plot_stage_augmentations(image, size: int = 224, samples: int = 5, stages=No
     """
     from matplotlib.figure import Figure
 
-    from covidct.config import TrainingConfig
-    from covidct.preprocess import get_stage
-    from covidct.train.recipes import STAGE_AUGMENTATION, augmentation_factors
 
     stages = list(stages or STAGE_AUGMENTATION)
     training = training or TrainingConfig(augmentation="stage")

@@ -37,9 +37,15 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+import covidct.models  # noqa: F401  (custom objects of saved models)
+from covidct.data.datasets import load_dataset
+from covidct.data.io import detect_format
 from covidct.errors import CovidctError
+from covidct.models import get_spec
 from covidct.models.inference import is_pretrained_checkpoint  # re-exported: its old home
-from covidct.train.segmentation import MaskSequence
+from covidct.segment.data import prepare_slice, read_gray
+from covidct.train.data import prepare_data
+from covidct.train.segmentation import MaskSequence, load_segmentation_pairs, lung_masked, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +199,8 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
     Raises:
         CovidctError: an unknown dataset, an unreadable file (named), or no images.
     """
-    from covidct.models import get_spec
-    from covidct.segment.data import prepare_slice, read_gray
-    from covidct.train.segmentation import load_segmentation_pairs, lung_masked, model_inputs
-
     d, s = cfg.data, cfg.segmentation
     if get_spec(cfg.model.name).task == "classification":
-        from covidct.train.data import prepare_data
-
         data = prepare_data(cfg, progress=progress)
         split = data.manifest["split"].astype(str).to_numpy()
         keep = np.flatnonzero(split != "test")
@@ -217,8 +217,6 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
             raise CovidctError(f"data.options {unknown} do not apply to phantom pretraining images (n, seed).")
         pairs = load_segmentation_pairs(cfg)
         return UnlabeledImages(model_inputs(pairs, masked), list(pairs.names), np.asarray(pairs.groups))
-    from covidct.data.datasets import load_dataset
-    from covidct.data.io import detect_format
 
     manifest = load_dataset(d.dataset, d.root, **dict(d.options or {}))
     paths = manifest["path"].astype(str).tolist()
@@ -300,8 +298,6 @@ def load_pretrained(model, path) -> dict:
         CovidctError: an unreadable checkpoint, a namesake layer with other shapes (another ``model.kwargs``),
             or no layer copied at all (another model).
     """
-    import covidct.models  # noqa: F401  (custom objects of saved models)
-
     try:
         source = keras.saving.load_model(str(path), compile=False)
     except Exception as error:  # noqa: BLE001

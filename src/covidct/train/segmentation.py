@@ -32,11 +32,19 @@ import keras
 import numpy as np
 import pandas as pd
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, unknown_name_error
 from covidct.models.inference import (  # re-exported: their old home
     predict_mask_logits,
     predict_mask_probabilities,
 )
+from covidct.segment.data import (
+    SEGMENTATION_DATASETS,
+    crop_pairs_to_lungs,
+    dilated_lung_mask,
+    load_pairs,
+    phantom_pairs,
+)
+from covidct.train.data import epoch_order, epoch_steps
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +71,6 @@ def load_segmentation_pairs(cfg):
     Returns:
         ``covidct.segment.data.SegmentationPairs`` (with ``lungs`` when the lung input needs them).
     """
-    from covidct.segment.data import (
-        SEGMENTATION_DATASETS,
-        crop_pairs_to_lungs,
-        dilated_lung_mask,
-        load_pairs,
-        phantom_pairs,
-    )
-
     d = cfg.data
     if d.dataset == "phantom":
         options = dict(d.options or {})
@@ -91,8 +91,6 @@ def load_segmentation_pairs(cfg):
             pairs.lungs = np.stack([dilated_lung_mask(image[..., 0]) for image in pairs.images])
         return pairs
     if d.dataset not in SEGMENTATION_DATASETS:
-        from covidct.errors import unknown_name_error
-
         raise unknown_name_error("segmentation dataset", d.dataset, [*SEGMENTATION_DATASETS, "phantom"])
     return load_pairs(d.dataset, d.root, d.size, with_lungs=needs_lungs(cfg), crop=cfg.segmentation.crop)
 
@@ -355,14 +353,10 @@ class MaskSequence(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Fix this epoch's row order (a pure function of seed and epoch; augmentation adds the batch index)."""
-        from covidct.train.data import epoch_order
-
         self.epoch = int(epoch)
         self.order = epoch_order(self.indices, self.seed, self.epoch, self.shuffle)
 
     def __len__(self) -> int:
-        from covidct.train.data import epoch_steps
-
         return epoch_steps(len(self.order), self.batch_size, self.max_steps, self.drop_last)
 
     def __getitem__(self, index: int):

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+import covidct.train.restoration as restoration
 from covidct.config import RunConfig, check_task_settings
 from covidct.errors import CovidctError
 from covidct.models import get_spec
 from covidct.models.inference import predict_mask_logits
 from covidct.runs import MODEL_FILE
-import covidct.train.restoration as restoration
 from covidct.train.batchnorm import recalibration_rows
 from covidct.train.build import build_configured_model, build_segmentation_model
 from covidct.train.loop import Trainer, fit_map_model, map_batches, nan_error
