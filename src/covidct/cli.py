@@ -8,7 +8,10 @@ calls (imports are lazy so ``covidct --help`` does not start TensorFlow).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+import yaml
 
 from covidct import DISCLAIMER, __version__
 from covidct.commands.training import add_grid, add_segment, add_train
@@ -357,8 +360,6 @@ def _run_config(args) -> int:
         if base is None:
             print(f"Copied {args.name} to {target}; use it with --config {target}.")
         else:
-            import os
-
             folder = os.path.normpath(os.path.join(target.parent, base, ".."))
             print(f"Copied {args.name} to {target}; run it with covidct grid {target}. It reads its base config from "
                   f"{base}, relative to the grid file: copy that one too "
@@ -368,8 +369,6 @@ def _run_config(args) -> int:
 
 def _grid_base(path) -> str | None:
     """A grid file's ``base`` when it names another file (a relative path), else None."""
-    import yaml
-
     tree = yaml.safe_load(path.read_text()) or {}
     base = tree.get("base") if isinstance(tree, dict) and "models" in tree else None
     return base if isinstance(base, str) else None
@@ -377,8 +376,6 @@ def _grid_base(path) -> str | None:
 
 def _shipped_name(path) -> str:
     """``.../configs/sars-cov-2-ct/base.yaml`` -> ``sars-cov-2-ct/base`` (the path itself when not shipped)."""
-    import os
-
     from covidct.config import shipped_configs_folder
 
     relative = os.path.relpath(os.path.normpath(path), shipped_configs_folder())

@@ -11,9 +11,12 @@ learns nothing is a bug, and ``tests/integration/test_demo.py`` checks it.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from covidct import DISCLAIMER
 from covidct.config import config_from_dict, dump_config, load_config
@@ -67,8 +70,6 @@ def demo_config(overrides: list[str] | tuple = (), output_root: str | None = Non
         tree["output_root"] = output_root
     cfg = config_from_dict(tree, source="covidct demo")
     if overrides:
-        import tempfile
-
 
         with tempfile.TemporaryDirectory() as folder:
             path = dump_config(cfg, Path(folder) / "demo.yaml")
@@ -142,8 +143,6 @@ def run_demo(
 
 def _demo_gradcam(run_dir: Path, per_class: int = 3):
     """Grad-CAM of a few test slices per class, with the run's own preprocessing."""
-    import pandas as pd
-
 
     predictions = pd.read_csv(run_dir / "predictions_test.csv")
     chosen = predictions.groupby("label", sort=True).head(per_class)["path"].tolist()

@@ -14,12 +14,15 @@ other dataset mapped onto the run's classes with a label map (``section: externa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
+from sklearn import metrics as skm
 
 import covidct.evaluate.plots as plots
 from covidct.config import check_threshold
@@ -49,8 +52,6 @@ CI_METRICS = ("macro_f1", "auc_macro_ovr", "accuracy", "balanced_accuracy", "wei
 
 
 def _metric_functions(class_names, threshold, positive_index):
-    from sklearn import metrics as skm
-
     def predictions(probs):
         return predict_labels(probs, threshold, positive_index if positive_index is not None else 1)
 
@@ -145,8 +146,6 @@ def mc_dropout_predict(model, images, rows, batch_size, input_names, passes: int
     Dropout runs in training mode while BatchNormalization keeps its inference statistics (Keras 3 runs
     a non-trainable BatchNormalization layer in inference mode even when ``training=True``).
     """
-    import keras
-
 
     bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [layer.trainable for layer in bn_layers]
@@ -191,8 +190,6 @@ def _external_data(loaded, dataset: str, root, label_map, progress: bool):
 
 def run_task(run_dir) -> str:
     """The task recorded in a run folder's ``run.json`` (``""`` when absent or unreadable)."""
-    import json
-
     try:
         return str(json.loads((Path(run_dir) / "run.json").read_text()).get("task") or "")
     except (OSError, ValueError):

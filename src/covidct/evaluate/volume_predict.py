@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from scipy import ndimage
 
 from covidct.data.io import CTImage
 from covidct.data.volumes import load_volume
@@ -67,8 +69,6 @@ def lung_fractions(volume, criterion: str = "lung-mask") -> np.ndarray:
     Returns:
         float64 (D,) fractions in [0, 1].
     """
-    from scipy import ndimage
-
 
     if criterion not in SLICE_CRITERIA:
         raise unknown_name_error("slice criterion", criterion, SLICE_CRITERIA)
@@ -289,8 +289,6 @@ def plot_slice_probabilities(prediction: VolumePrediction, classes=None, title: 
         A matplotlib Figure: x = slice index (inferior to superior), y = probability; dots on scored
         slices, a dashed line per class at its patient score, grey bars = lung fraction (right axis).
     """
-    from matplotlib.figure import Figure
-
     classes = list(classes or prediction.class_names)
     unknown = [c for c in classes if c not in prediction.class_names]
     if unknown:

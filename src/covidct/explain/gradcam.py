@@ -37,7 +37,9 @@ import weakref
 from dataclasses import dataclass
 
 import cv2
+import keras
 import numpy as np
+from keras import ops
 
 from covidct.errors import CovidctError, did_you_mean
 from covidct.models import get_spec, list_models
@@ -73,8 +75,6 @@ class CamResult:
 
 
 def _keras():
-    import keras
-
     return keras
 
 
@@ -288,7 +288,6 @@ def _select_scores(ops, logits, class_index):
 
 def _gradients_tensorflow(probe, inputs, delta, class_index):
     import tensorflow as tf
-    from keras import ops
 
     delta = tf.convert_to_tensor(delta)
     inputs = [tf.convert_to_tensor(array) for array in inputs]
@@ -303,7 +302,6 @@ def _gradients_tensorflow(probe, inputs, delta, class_index):
 
 def _gradients_jax(probe, inputs, delta, class_index):
     import jax
-    from keras import ops
 
     # The jitted function lives on the probe (not in a global table), so it is freed with the model.
     gradient_fn = getattr(probe, "_covidct_jax_gradient_fn", None)
@@ -326,7 +324,6 @@ def _gradients_jax(probe, inputs, delta, class_index):
 
 def _gradients_torch(probe, inputs, delta, class_index):
     import torch
-    from keras import ops
 
     delta_tensor = ops.convert_to_tensor(delta).detach().requires_grad_(True)
     inputs = [ops.convert_to_tensor(array) for array in inputs]

@@ -29,7 +29,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 import covidct.preprocess  # noqa: F401  (registers the stages)
 from covidct.data.cache import Cache
@@ -320,8 +323,6 @@ def previous_outputs(out_dir: Path) -> list[Path]:
     found = [out_dir / name for name in OUTPUT_FILES if (out_dir / name).is_file()]
     table = out_dir / "gradcam.csv"
     if table.is_file():
-        import pandas as pd
-
         try:
             listed = pd.read_csv(table, usecols=["overlay"])["overlay"].dropna().astype(str)
         except (ValueError, KeyError, OSError):
@@ -367,10 +368,6 @@ def gradcam_run(
         CovidctError: unknown class, missing run or images, a 3-D volume run, or an output folder that
             already holds results (without ``overwrite``).
     """
-    import cv2
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
 
     loaded = load_run(run_dir)
     require_slice_run(loaded, "Grad-CAM (covidct gradcam)")

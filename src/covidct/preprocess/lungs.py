@@ -28,6 +28,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from skimage.filters import gaussian
+from skimage.segmentation import active_contour
 
 from covidct.data.io import CTImage
 from covidct.errors import CovidctError, unknown_name_error
@@ -337,9 +339,6 @@ def _label_by_side(foreground: np.ndarray, shape_hw) -> np.ndarray:
 
 def _envelope(image) -> np.ndarray:
     """The CT-COV19 study's lung envelope: active contour on gaussian(img, 3) from a 500-point circle of radius 250 (at 512 px)."""
-    from skimage.filters import gaussian
-    from skimage.segmentation import active_contour
-
     display = to_display_u8(image)
     height, width = display.shape
     body = analyse_slice(image)

@@ -6,11 +6,13 @@ its ``model.keras`` (fold 0's for a cross-validation run) and the lung input it 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
+from matplotlib.figure import Figure
 
 from covidct.data.io import read_image
 from covidct.errors import CovidctError
@@ -78,8 +80,6 @@ def lung_input_of(model_path: Path) -> str:
     before segmentation moved into ``train(cfg)``), so that prediction feeds the model what it was
     trained on.
     """
-    import json
-
 
     folder = Path(model_path).parent
     lung_input = read_run_info(folder).get("lung_input")
@@ -149,8 +149,6 @@ def plot_overlays(images, preds, trues=None, titles=None, columns: int = 4):
     Returns:
         matplotlib Figure.
     """
-    from matplotlib.figure import Figure
-
     images = np.asarray(images)
     if images.ndim == 4:
         images = images[..., 0]

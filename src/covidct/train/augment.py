@@ -14,8 +14,11 @@ within 1e-4 grey levels for the ``robust`` chain (``benchmarks/bench_augment.py`
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
+from matplotlib.figure import Figure
 
 from covidct.config import TrainingConfig
 from covidct.preprocess import get_stage
@@ -71,8 +74,6 @@ COMPILE_AUGMENTATION_ENV = "COVIDCT_COMPILE_AUGMENTATION"
 def compile_augmentation() -> bool:
     """Whether ``BatchAugmenter`` compiles by default: on TensorFlow only (see the module doc), unless
     ``$COVIDCT_COMPILE_AUGMENTATION`` says ``on`` (TensorFlow or JAX) or ``off`` (for A/B timings on a GPU)."""
-    import os
-
     setting = os.environ.get(COMPILE_AUGMENTATION_ENV, "auto").strip().lower()
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"${COMPILE_AUGMENTATION_ENV}={setting!r}: use on, off or auto.")
@@ -168,8 +169,6 @@ def plot_stage_augmentations(image, size: int = 224, samples: int = 5, stages=No
     Returns:
         A matplotlib Figure (rows: stages; columns: stage output, then the draws).
     """
-    from matplotlib.figure import Figure
-
 
     stages = list(stages or STAGE_AUGMENTATION)
     training = training or TrainingConfig(augmentation="stage")

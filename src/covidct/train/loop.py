@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from sklearn.metrics import f1_score
 
 from covidct.config import RunConfig, config_to_dict, segmentation_augmentation
 from covidct.errors import CovidctError
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 def validation_scores(y_true: np.ndarray, logits: np.ndarray, loss: str, gamma: float, alpha) -> dict:
     """val_loss, val_macro_f1, val_auc (one-vs-rest macro, on probabilities), val_accuracy."""
-    from sklearn.metrics import f1_score
-
     probs = logits_to_probs(logits)
     present = sorted(set(np.asarray(y_true).tolist()))
     return {
@@ -309,7 +308,7 @@ def map_batches(t) -> dict:
 
 
 def fit_map_model(cfg: RunConfig, run_dir: Path, trainer: Trainer, resuming: bool, progress: bool) -> None:
-    """``_fit_phases`` for a model with one output map per image (loss ``training.loss`` on one channel).
+    """``fit_phases`` for a model with one output map per image (loss ``training.loss`` on one channel).
 
     XLA compilation costs more than it saves for these small fully convolutional models on a CPU under
     TensorFlow (graph mode either way); JAX without jit runs op by op (0.65 s per batch of 8 on an H100).

@@ -36,6 +36,9 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+from keras import layers
+from scipy.special import expit
+from tqdm.auto import tqdm
 
 import covidct.models  # noqa: F401  (custom objects of saved models)
 from covidct.data.datasets import load_dataset
@@ -228,7 +231,6 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
                 f"{path} ({d.dataset}) is a {detect_format(path)} file; restoration pretraining reads 2-D slice "
                 f"pictures ({', '.join(PICTURE_FORMATS)}), e.g. data.dataset: sars-cov-2-ct."
             )
-    from tqdm.auto import tqdm
 
     images = []
     for path in tqdm(paths, desc=f"pretraining inputs ({d.dataset})", disable=not progress, leave=False):
@@ -255,8 +257,6 @@ def restoration_network(model):
     Raises:
         CovidctError: a model without a spatial layer or with several inputs.
     """
-    from keras import layers
-
     if len(model.inputs) != 1:
         raise CovidctError(
             f"Model {model.name!r} takes {len(model.inputs)} inputs; restoration pretraining takes one image input."
@@ -371,8 +371,6 @@ def fixed_validation_pairs(images: np.ndarray, rows, rates, seed: int) -> tuple[
 
 def restoration_mse_numpy(clean: np.ndarray, logits: np.ndarray) -> float:
     """Mean squared error between ``sigmoid(logits)`` and the clean images in [0, 1] (the training loss)."""
-    from scipy.special import expit
-
     clean = np.asarray(clean, dtype=np.float64).reshape(len(clean), -1)
     predicted = expit(np.asarray(logits, dtype=np.float64).reshape(len(logits), -1))
     return float(np.mean((predicted - clean) ** 2))

@@ -28,9 +28,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import cv2
 import keras
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import GroupKFold
 
 from covidct.errors import CovidctError, unknown_name_error
 from covidct.models.inference import (  # re-exported: their old home
@@ -167,8 +169,6 @@ def group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
 
 def grouped_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
     """Test-row indices of ``k`` folds with disjoint groups (sklearn GroupKFold on shuffled groups)."""
-    from sklearn.model_selection import GroupKFold
-
     unique = np.unique(groups)
     if k < 2 or k > len(unique):
         raise CovidctError(
@@ -280,8 +280,6 @@ def augment_batch(
     Returns:
         (images, masks), new arrays of the same shapes.
     """
-    import cv2
-
     images, masks = images.copy(), masks.copy()
     height, width = images.shape[1:3]
     for index in range(len(images)):

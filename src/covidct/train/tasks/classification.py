@@ -43,13 +43,16 @@ class ClassificationTask(Task):
     """One class per 2-D image (``VolumeTask``: per 3-D volume); see the module docstring."""
 
     name = "classification"
+    #: ``training.augmentation: stage`` means the stage's 2-D factors (``covidct.train.recipes``); a volume run
+    #: reads it as the volume augmenter's own defaults (``covidct.train.volume_data.volume_augmentation``).
+    stage_factors = True
 
     def check_config(self, cfg: RunConfig, source: str) -> None:
         """The augmentation recipe resolves: a stage with factors, known appearance presets."""
         t = cfg.training
         if t.augmentation != "stage":
             augmentation_factors(t, cfg.data.stage)  # a dict's keys and appearance preset
-        elif self.name != "volume":  # volumes: volume_augmentation's own factors
+        elif self.stage_factors:
             try:
                 augmentation_factors(t, cfg.data.stage)
             except CovidctError as error:
@@ -151,6 +154,7 @@ class VolumeTask(ClassificationTask):
     """One class per 3-D volume (volume models; ``covidct.train.volume_data``)."""
 
     name = "volume"
+    stage_factors = False
 
 
 def shortcut_probe(cfg: RunConfig, data: TrainingData) -> dict:
