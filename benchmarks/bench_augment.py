@@ -29,7 +29,7 @@ PRESETS = ("stage", "robust")
 
 
 def factors_of(preset: str) -> dict:
-    from covidct.config import DEFAULT_AUGMENTATION, ROBUST_AUGMENTATION
+    from covidct.train.recipes import DEFAULT_AUGMENTATION, ROBUST_AUGMENTATION
 
     if preset == "robust":
         return dict(ROBUST_AUGMENTATION)

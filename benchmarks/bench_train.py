@@ -192,7 +192,7 @@ def main(argv=None) -> dict:
         sequence = SliceSequence(data.images, rows, data.labels, batch_size=args.batch, shuffle=True)
         arms["covidct_pipeline_s"] = (fresh_model(args, shape, n_classes), {"x": sequence, "shuffle": False})
     if args.augment:
-        from covidct.config import STAGE_AUGMENTATION
+        from covidct.train.recipes import STAGE_AUGMENTATION
 
         r, z, t = STAGE_AUGMENTATION["original"]
         augmented = SliceSequence(data.images, rows, data.labels, batch_size=args.batch, shuffle=True,

@@ -41,23 +41,23 @@ def crash_after_epoch(monkeypatch):
     as a killed process would leave it; the ``with`` block expects that crash and restores training after it."""
     import contextlib
 
-    from covidct.train import trainer as trainer_module
+    from covidct.train import loop as loop_module
 
     @contextlib.contextmanager
     def crash(epoch: int, unit: str | None = None):
-        original = trainer_module._Trainer.end_epoch
+        original = loop_module.Trainer.end_epoch
 
         def end_epoch(self, current, logs, seconds):
             original(self, current, logs, seconds)
             if current == epoch and (unit is None or self.run_dir.name == unit):
                 raise RuntimeError("simulated crash")
 
-        monkeypatch.setattr(trainer_module._Trainer, "end_epoch", end_epoch)
+        monkeypatch.setattr(loop_module.Trainer, "end_epoch", end_epoch)
         try:
             with pytest.raises(RuntimeError, match="simulated crash"):
                 yield
         finally:
-            monkeypatch.setattr(trainer_module._Trainer, "end_epoch", original)
+            monkeypatch.setattr(loop_module.Trainer, "end_epoch", original)
 
     return crash
 

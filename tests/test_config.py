@@ -8,15 +8,14 @@ import pytest
 
 import covidct.models.simple_cnn  # noqa: F401  (registers simple_cnn)
 from covidct.config import (
-    STAGE_AUGMENTATION,
     RunConfig,
     apply_setting,
-    augmentation_factors,
     dump_config,
     experiment_name,
     load_config,
 )
 from covidct.errors import CovidctError
+from covidct.train.recipes import STAGE_AUGMENTATION, augmentation_factors
 
 YAML = """
 name: ""
@@ -121,8 +120,9 @@ def test_missing_file_and_bad_override(tmp_path):
 def test_stage_augmentation_covers_every_registered_stage():
     """Every built-in stage resolves "stage" augmentation to the factors of the study stage it is framed like
     (lungs-robust once fell back silently to the whole-slice factors); an unknown stage is refused."""
-    from covidct.config import STAGE_AUGMENTATION_LIKE, TrainingConfig
+    from covidct.config import TrainingConfig
     from covidct.preprocess import STAGES
+    from covidct.train.recipes import STAGE_AUGMENTATION_LIKE
 
     stage_aug = TrainingConfig(augmentation="stage")
     built_in = [name for name, fn in STAGES.items() if getattr(fn, "__module__", "").startswith("covidct.")]
@@ -139,14 +139,17 @@ def test_stage_augmentation_covers_every_registered_stage():
 
 
 def test_stage_augmentation_for_an_unknown_stage_names_the_config(config_file):
-    """A registered stage without factors is refused when the config is loaded (not at the first batch)."""
+    """A registered stage without factors is refused by the task's check when the config is loaded for training
+    (``load_run_config``, which ``covidct train`` uses; ``train(cfg)`` checks it too), not at the first batch."""
     from covidct.preprocess import STAGES, register_stage
+    from covidct.train.tasks import load_run_config
 
     name = "test-only-stage-without-factors"
     register_stage(name)(STAGES["lungs"])
     try:
         with pytest.raises(CovidctError, match=f"{config_file}.*no factors for stage '{name}'"):
-            load_config(config_file, [f"data.stage={name}", "training.augmentation=stage"])
-        assert load_config(config_file, [f"data.stage={name}", "training.augmentation=none"]).data.stage == name
+            load_run_config(config_file, [f"data.stage={name}", "training.augmentation=stage"])
+        assert load_config(config_file, [f"data.stage={name}", "training.augmentation=stage"]).data.stage == name
+        assert load_run_config(config_file, [f"data.stage={name}", "training.augmentation=none"]).data.stage == name
     finally:
         STAGES.pop(name)

@@ -8,9 +8,13 @@ calls (imports are lazy so ``covidct --help`` does not start TensorFlow).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+import yaml
+
 from covidct import DISCLAIMER, __version__
+from covidct.commands.training import add_grid, add_segment, add_train
 from covidct.serve.cli import add_parser as _add_serve
 
 
@@ -36,100 +40,6 @@ def _run_models(args) -> int:
             f"{'yes' if spec.imagenet_weights else 'no':<8} {spec.gradcam_layer or '-'}"
         )
     print(f"\n{len(names)} model(s).")
-    return 0
-
-
-def _add_segment(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "segment", help="train / apply lung or infection segmenters", description="Segmentation runs."
-    )
-    actions = parser.add_subparsers(dest="segment_action", metavar="ACTION", required=True)
-    train = actions.add_parser("train", help="train and evaluate a segmenter (writes a run folder)")
-    train.add_argument("--model", default="bcd_unet", help="registered segmenter: bcd_unet, unet")
-    train.add_argument("--dataset", default="kaggle-lungs", choices=["kaggle-lungs", "medseg"])
-    train.add_argument("--root", default=None, help="data root (default COVIDCT_DATA_ROOT, else ./data)")
-    train.add_argument("--size", type=int, default=64, help="input side in pixels (default 64)")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--folds", type=int, default=0, help="k >= 2: grouped k-fold CV (medseg); 0: test split")
-    train.add_argument("--fold", type=int, default=None,
-                       help="with --folds: fit only this fold (0-based), e.g. one process per fold on one --run-dir; "
-                       "then run once more without --fold and with --resume to finish and evaluate the run")
-    train.add_argument("--jobs", type=int, default=1,
-                       help="with --folds: fit up to N folds at once, one process each (for a GPU: a fold is "
-                       "compile-bound there), then finish and evaluate the run")
-    train.add_argument("--base-filters", type=int, default=None, help="width of the first level (builder argument)")
-    train.add_argument("--run-dir", default=None, help="default runs/segment-<model>-<dataset>-<size>")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
-    train.add_argument("--lung-input", default="none", choices=["none", "masked", "auto"],
-                       help="plain, lung-masked, or both with the better kept on validation Dice")
-    train.add_argument("--crop", default="none", choices=["none", "lungs"],
-                       help="lungs: crop each slice to the square around its lungs before resampling to --size")
-    train.add_argument("--rotation", type=float, default=0.0, help="largest random rotation in degrees")
-    train.add_argument("--patience", type=int, default=0, help="early stopping on validation Dice (0: off)")
-    train.add_argument("--monitor", default="val_dice", choices=["val_dice", "val_loss", "last"],
-                       help="checkpoint rule; last: a fixed epoch budget, the final epoch is kept")
-    train.add_argument("--schedule", default="none", choices=["none", "cosine"], help="learning-rate schedule")
-    train.add_argument("--val-fraction", type=float, default=0.15,
-                       help="training groups held out for validation (0 only with --monitor last)")
-    train.add_argument("--drop-last", default="auto", choices=["auto", "on", "off"],
-                       help="leave out each epoch's incomplete last batch (auto: where the step is XLA-compiled)")
-    train.add_argument("--weights", default=None,
-                       help="initial weights of the same model and --base-filters, e.g. a task: pretrain run's model.keras")
-    evaluate = actions.add_parser("evaluate", help="per-image Dice/IoU/HD95 of a trained run on its test rows")
-    evaluate.add_argument("--run", required=True, help="run folder from `segment train` or `train` (task: segmentation)")
-    predict = actions.add_parser("predict", help="write masks and overlays for images")
-    predict.add_argument("--model", required=True, help="run folder or .keras file from `segment train`")
-    predict.add_argument("--images", nargs="+", required=True, help="image files or folders")
-    predict.add_argument("--out", required=True, help="output folder for *_mask.png and *_overlay.png")
-    predict.add_argument("--threshold", type=float, default=0.5)
-    predict.add_argument("--tta", action="store_true", help="average each map with its left-right mirror's")
-    parser.set_defaults(func=_run_segment)
-
-
-def _segmentation_selection(summary: dict) -> str:
-    """What chose the checkpoints of a segmentation run, for the one-line summaries."""
-    if summary.get("selection", {}).get("split") == "none":
-        return "nothing selected: fixed epoch budget, final epoch kept"
-    return "checkpoints selected on validation"
-
-
-def _run_segment(args) -> int:
-    if args.segment_action == "train":
-        from covidct.segment.train import train_segmenter
-
-        kwargs = {} if args.base_filters is None else {"base_filters": args.base_filters}
-        run_dir = train_segmenter(
-            model=args.model, dataset=args.dataset, root=args.root, size=args.size, epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, folds=args.folds,
-            run_dir=args.run_dir, overwrite=args.overwrite, seed=args.seed, model_kwargs=kwargs,
-            resume=args.resume, lung_input=args.lung_input, crop=args.crop, rotation_deg=args.rotation, patience=args.patience,
-            monitor=args.monitor, schedule=args.schedule, val_fraction=args.val_fraction, weights=args.weights,
-            drop_last=args.drop_last, progress=True, fold=args.fold, jobs=args.jobs,
-        )
-        if args.fold is not None:
-            print(f"fold {args.fold} fitted in {run_dir}; when every fold is, finish the run with the same command "
-                  "without --fold and with --resume (writes run.json and the CV metrics)")
-            return 0
-        print(f"run folder: {run_dir}")
-        return 0
-    if args.segment_action == "evaluate":
-        from covidct.segment.evaluate import evaluate_segmentation
-
-        summary = evaluate_segmentation(args.run)
-        dice = summary["dice"]
-        print(f"{args.run}: Dice {dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}] on {summary['n_images']} "
-              f"test image(s) ({summary['split']}{', mirror TTA' if summary.get('tta') else ''}); "
-              f"{_segmentation_selection(summary)}")
-        return 0
-    from covidct.segment.predict import predict_files
-
-    results = predict_files(args.model, args.images, args.out, threshold=args.threshold, tta=args.tta)
-    failed = [r for r in results if "error" in r]
-    print(f"{len(results) - len(failed)} mask(s) written to {args.out}; {len(failed)} unreadable.")
     return 0
 
 
@@ -267,67 +177,6 @@ def _run_gradcam(args) -> int:
     )
     print(format_gradcam_output(output))
     return 0
-
-
-def _add_train(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train", help="train one model from a config", description="Train one model (the one training path)."
-    )
-    parser.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. training.epochs=3")
-    parser.add_argument("--run-dir", default=None, help="run folder (default runs/<name>)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    parser.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="task segmentation with folds: fit up to N folds at once, one process each (for a GPU)")
-    parser.set_defaults(func=_run_train)
-
-
-def _run_train(args) -> int:
-    from covidct.config import load_config
-    from covidct.train import train
-
-    cfg = load_config(args.config, args.set)
-    run_dir = train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite, jobs=args.jobs)
-    print(f"Run saved in {run_dir}")
-    if args.evaluate:
-        from covidct.evaluate.evaluator import evaluate_run, run_task
-
-        if run_task(run_dir) == "pretrain":
-            print("A pretraining run is not evaluated (its restoration error is in run_report.md); start a run of the "
-                  f"same model from it with model.weights: {run_dir}/model.keras, then evaluate that run.")
-            return 0
-        if run_task(run_dir) == "segmentation":
-            from covidct.segment.evaluate import evaluate_segmentation
-
-            summary = evaluate_segmentation(run_dir)
-            dice = summary["dice"]
-            print(f"test Dice {dice['mean']:.3f} [{dice['low']:.3f}, {dice['high']:.3f}] ({_segmentation_selection(summary)})")
-            return 0
-        result = evaluate_run(run_dir, split="test")
-        print(f"test macro-F1 {result['slice']['macro_f1']:.3f}, AUC {result['slice']['auc_macro_ovr']:.3f}")
-    return 0
-
-
-def _add_grid(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "grid", help="run a grid of experiments", description="Run models x stages x settings (resumable)."
-    )
-    parser.add_argument("grid", help="grid YAML (configs/grids/*.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
-    parser.add_argument("--no-evaluate", action="store_true", help="do not evaluate finished runs on test")
-    parser.set_defaults(func=_run_grid)
-
-
-def _run_grid(args) -> int:
-    from covidct.evaluate.report import markdown_table
-    from covidct.train.grid import run_grid
-
-    table = run_grid(args.grid, args.set, dry_run=args.dry_run, evaluate=not args.no_evaluate)
-    print(markdown_table(table))
-    return 0 if args.dry_run or (table["status"] == "finished").all() else 1
 
 
 def _add_evaluate(subparsers) -> None:
@@ -512,8 +361,6 @@ def _run_config(args) -> int:
         if base is None:
             print(f"Copied {args.name} to {target}; use it with --config {target}.")
         else:
-            import os
-
             folder = os.path.normpath(os.path.join(target.parent, base, ".."))
             print(f"Copied {args.name} to {target}; run it with covidct grid {target}. It reads its base config from "
                   f"{base}, relative to the grid file: copy that one too "
@@ -523,8 +370,6 @@ def _run_config(args) -> int:
 
 def _grid_base(path) -> str | None:
     """A grid file's ``base`` when it names another file (a relative path), else None."""
-    import yaml
-
     tree = yaml.safe_load(path.read_text()) or {}
     base = tree.get("base") if isinstance(tree, dict) and "models" in tree else None
     return base if isinstance(base, str) else None
@@ -532,8 +377,6 @@ def _grid_base(path) -> str | None:
 
 def _shipped_name(path) -> str:
     """``.../configs/sars-cov-2-ct/base.yaml`` -> ``sars-cov-2-ct/base`` (the path itself when not shipped)."""
-    import os
-
     from covidct.config import shipped_configs_folder
 
     relative = os.path.relpath(os.path.normpath(path), shipped_configs_folder())
@@ -567,15 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(subparsers)
     _add_models(subparsers)
-    _add_train(subparsers)
-    _add_grid(subparsers)
+    add_train(subparsers)
+    add_grid(subparsers)
     _add_evaluate(subparsers)
     _add_features(subparsers)
     _add_report(subparsers)
     _add_audit(subparsers)
     _add_preprocess(subparsers)
     _add_download(subparsers)
-    _add_segment(subparsers)
+    add_segment(subparsers)
     _add_predict_volume(subparsers)
     _add_gradcam(subparsers)
     _add_config(subparsers)

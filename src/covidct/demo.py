@@ -11,11 +11,19 @@ learns nothing is a bug, and ``tests/integration/test_demo.py`` checks it.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from covidct import DISCLAIMER
+from covidct.config import config_from_dict, dump_config, load_config
+from covidct.evaluate import evaluate_run
+from covidct.explain.runs import gradcam_run
+from covidct.runs import check_run_folder, is_run_dir
+from covidct.train import train
 
 # The demo experiment as data; configs/demo.yaml holds the same run for `covidct train`
 # (tests/integration/test_demo.py checks that the two agree).
@@ -57,16 +65,11 @@ class DemoResult:
 
 def demo_config(overrides: list[str] | tuple = (), output_root: str | None = None):
     """The demo's RunConfig (``DEMO_CONFIG`` plus ``key=value`` overrides)."""
-    from covidct.config import config_from_dict, load_config
-
     tree = {**DEMO_CONFIG}
     if output_root is not None:
         tree["output_root"] = output_root
     cfg = config_from_dict(tree, source="covidct demo")
     if overrides:
-        import tempfile
-
-        from covidct.config import dump_config
 
         with tempfile.TemporaryDirectory() as folder:
             path = dump_config(cfg, Path(folder) / "demo.yaml")
@@ -124,10 +127,6 @@ def run_demo(
     Returns:
         A ``DemoResult``.
     """
-    from covidct.evaluate import evaluate_run
-    from covidct.runs import check_run_folder, is_run_dir
-    from covidct.train import train
-
     started = time.perf_counter()
     cfg = demo_config(overrides, output_root=output_root)
     run_dir = Path(cfg.output_root) / cfg.run_name
@@ -144,9 +143,6 @@ def run_demo(
 
 def _demo_gradcam(run_dir: Path, per_class: int = 3):
     """Grad-CAM of a few test slices per class, with the run's own preprocessing."""
-    import pandas as pd
-
-    from covidct.explain.runs import gradcam_run
 
     predictions = pd.read_csv(run_dir / "predictions_test.csv")
     chosen = predictions.groupby("label", sort=True).head(per_class)["path"].tolist()

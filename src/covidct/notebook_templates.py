@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from covidct.notebook_tools import convention_problems
+
 TEMPLATES_FOLDER = "templates"
 TEMPLATE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*\.ipynb$")
 #: The problem text of the numbered-name rule in ``convention_problems``, which templates are exempt from.
@@ -44,8 +46,6 @@ def template_convention_problems(path: str | Path) -> list[str]:
         Problems, one line each (empty when the template is clean). A notebook outside
         ``notebooks/templates/`` is one problem: the exemption applies to templates only.
     """
-    from covidct.notebook_tools import convention_problems
-
     path = Path(path)
     if not is_template(path):
         return [f"{path}: not a template (templates live in notebooks/{TEMPLATES_FOLDER}/); "

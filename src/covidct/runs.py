@@ -7,7 +7,9 @@ non-empty folder without it. One process at a time writes a run: ``run_lock`` ho
 (host and process id) for the whole run; a second process stops at once with an error naming the owner, and
 a lock left by a process of this host that no longer runs is taken over. Every file of a run is written
 atomically (``atomic_path``: a temporary file in the same folder, then ``os.replace``), so a crash, a kill or
-a full disk leaves the previous version or the complete new one, never half a file. ``docs/data-safety.md``
+a full disk leaves the previous version or the complete new one, never half a file. The atomic writers are
+the one implementation in ``covidct.data.writes``, re-exported here under the names run code uses
+(``write_text_atomic``, ``write_json_atomic``). ``docs/data-safety.md``
 describes the whole scheme.
 """
 
@@ -20,12 +22,13 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
+from covidct import __version__
+from covidct.data.writes import atomic_path, check_writable, jsonable, write_error  # noqa: F401 (re-exported)
+from covidct.data.writes import atomic_write_json as write_json_atomic
+from covidct.data.writes import atomic_write_text as write_text_atomic  # noqa: F401 (re-exported)
 from covidct.errors import CovidctError
 
 log = logging.getLogger(__name__)
@@ -38,117 +41,8 @@ RUN_FILE = "run.json"
 HISTORY_FILE = "history.csv"
 CONFIG_FILE = "config.yaml"
 
-#: errno values of a write that failed for want of room or of permission (reported, not raised raw).
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-# ------------------------------------------------------------------------------------------------------
-# Atomic writes and write errors
-# ------------------------------------------------------------------------------------------------------
-
-
-def write_error(error: OSError, path) -> CovidctError:
-    """A one-line ``CovidctError`` for a failed write of ``path``: what happened and what to do."""
-    reason = error.strerror or str(error)
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = "Free some space (or choose a folder on another disk) and rerun."
-        return CovidctError(f"No space left on the device while writing {path} ({reason}). {fix}")
-    return CovidctError(
-        f"Cannot write {path} ({reason}): the folder is read-only or not yours. "
-        "Choose a writable folder (--run-dir, --output-root, --out) or fix its permissions."
-    )
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
-
-    A full disk or a read-only folder becomes a ``CovidctError`` naming ``path``; the previous version of
-    the file (if any) is kept either way.
-
-    Args:
-        path: the final file.
-        suffix: suffix of the temporary name (``.keras`` for Keras, which checks extensions).
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=suffix)
-        os.close(handle)
-        os.remove(tmp)
-    except OSError as error:
-        if error.errno in WRITE_ERRNOS:
-            raise write_error(error, path) from error
-        raise
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        _remove_temporary(tmp)
-        if error.errno in WRITE_ERRNOS:
-            raise write_error(error, path) from error
-        raise
-    except BaseException:
-        _remove_temporary(tmp)
-        raise
-
-
-def _remove_temporary(tmp) -> None:
-    """Remove the temporary path ``atomic_path`` named (a file, or a folder a writer made there)."""
-    with contextlib.suppress(OSError):
-        if os.path.isdir(tmp) and Path(tmp).name.startswith("."):  # guarded: only the name mkstemp gave
-            shutil.rmtree(tmp)
-        else:
-            os.remove(tmp)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    """Write ``data`` as indented JSON atomically (NaN written as null)."""
-    return write_text_atomic(path, json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
-
-
-def jsonable(value):
-    """``value`` with NumPy scalars/arrays, paths and non-finite floats turned into plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def check_writable(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed and prove that a file can be written in it (before any long computation).
-
-    Raises:
-        CovidctError: the folder cannot be created or written (read-only, not yours, full disk).
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".covidct-write-test-")
-        os.close(handle)
-        os.remove(probe)
-    except OSError as error:
-        if error.errno in WRITE_ERRNOS:
-            raise write_error(error, folder) from error
-        raise
-    return folder
-
+#: errno values of a write that failed for want of room or of permission (reported in words, not raised raw).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 # ------------------------------------------------------------------------------------------------------
 # Reading a run folder
@@ -247,12 +141,10 @@ def mark_run_dir(run_dir: str | os.PathLike) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        if error.errno in WRITE_ERRNOS:
+        if error.errno in _WRITE_ERRNOS:
             raise write_error(error, run_dir) from error
         raise
     if not marker.is_file():
-        from covidct import __version__
-
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         write_json_atomic(marker, {"created_by": f"covidct {__version__}", "created": created})
     return run_dir
@@ -377,7 +269,7 @@ def run_lock(lock: str | os.PathLike, what: str, doing: str = "written"):
                 "wait for it to finish, or delete the lock if that process is gone."
             ) from None
         except OSError as error:
-            if error.errno in WRITE_ERRNOS:
+            if error.errno in _WRITE_ERRNOS:
                 raise write_error(error, lock.parent) from error
             raise
         with os.fdopen(handle, "w") as stream:
@@ -470,7 +362,7 @@ def _inside(path, folder: Path) -> bool:
 def _after_failure(folder: RunFolder, error: BaseException, cleanup: bool) -> BaseException:
     """Clean up after a failed run (see ``writing_run``); returns the error to raise (``error`` or a clearer one)."""
     run_dir = folder.path
-    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS and (
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS and (
         error.filename is None or _inside(error.filename, run_dir)
     ):
         error = write_error(error, error.filename or run_dir)

@@ -12,9 +12,9 @@ from covidct.errors import CovidctError
 from covidct.evaluate import evaluate_run
 from covidct.evaluate.metrics import compute_metrics, logits_to_probs
 from covidct.evaluate.report import END_MARKER, START_MARKER, collect_results, write_report
+from covidct.models.inference import predict_logits
 from covidct.train.data import data_from_arrays
 from covidct.train.run import load_run, predict_images
-from covidct.train.trainer import predict_logits
 
 
 def test_test_split_files_and_consistency(tiny_run, phantom_data):

@@ -11,8 +11,8 @@ import yaml
 from covidct.cli import main
 from covidct.errors import CovidctError
 from covidct.runs import LOCK_FILE, MARKER_FILE, clear_run_dir, remove_run_dir, remove_run_output, run_status
+from covidct.train import loop as loop_module
 from covidct.train import train
-from covidct.train import trainer as trainer_module
 
 
 def _precious(folder):
@@ -91,7 +91,7 @@ def test_a_second_trainer_of_one_run_folder_stops_at_once(phantom_data, tmp_path
     config = tmp_path / "other.yaml"
     config.write_text(yaml.safe_dump({"name": "other", "data": {"dataset": "phantom", "size": 32},
                                       "training": {"epochs": 5}}))
-    original, seen = trainer_module._Trainer.end_epoch, {}
+    original, seen = loop_module.Trainer.end_epoch, {}
 
     def end_epoch(self, epoch, logs, seconds):
         original(self, epoch, logs, seconds)
@@ -99,7 +99,7 @@ def test_a_second_trainer_of_one_run_folder_stops_at_once(phantom_data, tmp_path
             for flags in ([], ["--overwrite"], ["--resume"]):
                 seen[tuple(flags)] = main(["train", "--config", str(config), "--run-dir", str(run), *flags])
 
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", end_epoch)
+    monkeypatch.setattr(loop_module.Trainer, "end_epoch", end_epoch)
     cfg = tiny_config(epochs=2, max_steps_per_epoch=1)
     train(cfg, run_dir=run, data=phantom_data, progress=False)
     err = capsys.readouterr().err

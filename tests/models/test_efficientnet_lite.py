@@ -428,7 +428,7 @@ def test_shipped_transfer_configs_run_two_phases(stage):
     # Fitting the fine-tuning phase of this network costs ~45 s of CPU (a full backward trace), so the
     # shipped recipe is checked as the phase plan the shared epoch loop runs (tests/train runs the loop).
     from covidct.config import load_config
-    from covidct.train.trainer import _phases
+    from covidct.train.loop import phases as _phases
 
     cfg = load_config(f"sars-cov-2-ct/efficientnet_lite0-imagenet-{stage}")
     assert (cfg.data.stage, cfg.data.size, cfg.model.name, cfg.model.weights) == (stage, 224, "efficientnet_lite0", "imagenet")

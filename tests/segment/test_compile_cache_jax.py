@@ -8,7 +8,7 @@ import pytest
 from test_segment_train import assert_same_folds  # same folder (pytest prepends it to sys.path)
 
 from covidct.segment.train import train_segmenter
-from covidct.train import trainer as trainer_module
+from covidct.train import runtime as trainer_module
 
 pytestmark = pytest.mark.jax
 

@@ -13,6 +13,7 @@ from covidct.errors import CovidctError
 from covidct.segment.data import load_pairs
 from covidct.segment.predict import overlay_masks, plot_overlays, predict_files
 from covidct.segment.train import segmentation_config, train_segmenter
+from covidct.train import folds as folds_module
 from covidct.train import train
 from covidct.train import trainer as trainer_module
 from covidct.train.losses import dice_bce_loss
@@ -292,7 +293,7 @@ def test_parallel_folds_import_the_module_that_registered_the_model(tmp_path, mo
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugin's entry ends with the test
     import covidct_plugin_for_tests  # noqa: F401  (registers plugin_unet here)
 
-    assert trainer_module._model_module("unet") is None and trainer_module._model_module(
+    assert folds_module.model_module("unet") is None and folds_module.model_module(
         "plugin_unet") == "covidct_plugin_for_tests"
     pairs = phantom_pairs(24, 32, "lesion")
     settings = dict(dataset="phantom", size=32, epochs=1, batch_size=4, folds=2)
@@ -603,7 +604,7 @@ def test_medseg_pairs_follow_the_data_layer_orientation(tmp_path, monkeypatch):
 def test_bn_momentum_reaches_every_batch_norm_layer():
     import keras
 
-    from covidct.train.trainer import set_batch_norm_momentum
+    from covidct.train.batchnorm import set_batch_norm_momentum
 
     def two_bn(input_shape):
         inputs = keras.Input(input_shape, name="image")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy import fft, ndimage
 
-from covidct.config import TrainingConfig, augmentation_factors
+from covidct.config import TrainingConfig
 from covidct.errors import CovidctError
 from covidct.train.appearance import (
     RandomBlurSharpen,
@@ -26,6 +26,7 @@ from covidct.train.appearance import (
     resolve_appearance,
 )
 from covidct.train.augment import make_augmenter
+from covidct.train.recipes import augmentation_factors
 
 
 def lung_batch(n: int = 4, size: int = 32, seed: int = 0) -> np.ndarray:

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from covidct.config import ROBUST_AUGMENTATION
 from covidct.train.augment import BatchAugmenter, augment_batch, compile_augmentation, make_augmenter
 from covidct.train.data import SliceSequence
+from covidct.train.recipes import ROBUST_AUGMENTATION
 
 STAGE = {"rotation": 0.1, "zoom": -0.2, "translation": 0.1, "flip": True}
 

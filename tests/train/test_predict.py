@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from covidct.train.trainer import predict_logits
+from covidct.models.inference import predict_logits
 
 
 def _tiny_classifier():

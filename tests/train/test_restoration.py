@@ -172,7 +172,7 @@ def test_pretrain_defaults_and_shipped_configs():
 
 
 def test_pretrain_run_learns_and_hands_its_weights_to_a_segmentation_run(tmp_path):
-    from covidct.train.trainer import build_segmentation_model
+    from covidct.train.build import build_segmentation_model
 
     cfg = _cfg(output_root=str(tmp_path), training={"epochs": 4})
     run = train(cfg, progress=False)
@@ -266,8 +266,8 @@ def test_restoration_network_of_a_classifier_keeps_its_backbone(name, resized):
 def test_a_classifier_pretrains_on_its_split_without_test_rows_and_hands_over_its_backbone(tmp_path):
     import keras
 
+    from covidct.train.build import build_configured_model
     from covidct.train.data import prepare_data
-    from covidct.train.trainer import build_configured_model
 
     data_section = {"dataset": "phantom", "stage": "original", "size": 32, "options": {"n": 60},
                     "cache_root": str(tmp_path / "cache")}

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 
 from covidct.errors import CovidctError
+from covidct.train import build as build_module
+from covidct.train import loop as loop_module
 from covidct.train import state as state_module
 from covidct.train import train
 from covidct.train import trainer as trainer_module
@@ -69,7 +71,7 @@ def test_finished_run_is_not_overwritten(phantom_data, tmp_path, tiny_config):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(phantom_data, tmp_path, monkeypatch, tiny_config):
-    original = trainer_module._Trainer.end_epoch
+    original = loop_module.Trainer.end_epoch
 
     def poison_after_first_epoch(self, epoch, logs, seconds):
         original(self, epoch, logs, seconds)
@@ -78,7 +80,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(phantom_data, tmp_path, m
             kernel = self.model.get_layer("logits").kernel
             kernel.assign(np.full(tuple(kernel.shape), np.nan, dtype="float32"))
 
-    monkeypatch.setattr(trainer_module._Trainer, "end_epoch", poison_after_first_epoch)
+    monkeypatch.setattr(loop_module.Trainer, "end_epoch", poison_after_first_epoch)
     run_dir = tmp_path / "nan"
     with pytest.raises(CovidctError, match="NaN in epoch 2.*keeps the best epoch \\(1\\)"):
         train(tiny_config(epochs=3, max_steps_per_epoch=2), run_dir=run_dir, data=phantom_data, progress=False)
@@ -104,13 +106,13 @@ def test_disk_full_leaves_no_half_written_model(phantom_data, tmp_path, monkeypa
     state_module.save_model_atomic(model, target)
     before = target.read_bytes()
     monkeypatch.setattr(state_module, "save_model_file", full_disk)
-    with pytest.raises(CovidctError, match="No space left"):
+    with pytest.raises(CovidctError, match="model.keras: disk full"):
         state_module.save_model_atomic(model, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.keras"]
     # In a training run: a clear error that promises no --resume (nothing was saved), and no folder left behind.
     run_dir = tmp_path / "full"
-    with pytest.raises(CovidctError, match="No space left.*Nothing resumable was saved") as caught:
+    with pytest.raises(CovidctError, match="disk full.*Nothing resumable was saved") as caught:
         train(tiny_config(epochs=1, max_steps_per_epoch=1), run_dir=run_dir, data=phantom_data, progress=False)
     assert "--resume" not in str(caught.value)
     assert not run_dir.exists()
@@ -134,7 +136,7 @@ def test_frozen_backbone_trains_only_the_head(phantom_data, tmp_path, tiny_confi
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze="frozen"))
     run = train(cfg, run_dir=tmp_path / "frozen", data=phantom_data, progress=False)
     keras.utils.set_random_seed(cfg.training.seed)
-    initial = trainer_module.build_configured_model(cfg, phantom_data.images, 3)
+    initial = build_module.build_configured_model(cfg, phantom_data.images, 3)
     trained = keras.saving.load_model(run / "model.keras", compile=False)
     np.testing.assert_array_equal(initial.get_layer("conv1").get_weights()[0], trained.get_layer("conv1").get_weights()[0])
     assert not np.allclose(initial.get_layer("logits").get_weights()[0], trained.get_layer("logits").get_weights()[0])
@@ -170,7 +172,7 @@ def test_checkpoint_holds_batch_norm_statistics_of_clean_training_rows(phantom_d
 
 def test_monitor_last_keeps_the_final_epoch_and_never_stops_early(phantom_data, tmp_path, monkeypatch, tiny_config):
     saved_at = []
-    real_save = trainer_module.save_model_atomic
+    real_save = loop_module.save_model_atomic
 
     def counting_save(model, path):
         saved_at.append(path)
@@ -178,7 +180,7 @@ def test_monitor_last_keeps_the_final_epoch_and_never_stops_early(phantom_data, 
 
     # patience 1 would stop a run on a flat validation score after epoch 2; with monitor last it is ignored.
     cfg = tiny_config(epochs=3, max_steps_per_epoch=2, monitor="last", early_stopping_patience=1, learning_rate=1e-9)
-    monkeypatch.setattr(trainer_module, "save_model_atomic", counting_save)
+    monkeypatch.setattr(loop_module, "save_model_atomic", counting_save)
     run = train(cfg, run_dir=tmp_path / "last", data=phantom_data, progress=False)
     info = json.loads((run / "run.json").read_text())
     assert (info["monitor"], info["best_epoch"], info["epochs_run"], info["stopped_early"]) == ("last", 3, 3, False)
@@ -202,13 +204,13 @@ def test_validation_freq_skips_validation_but_not_the_final_model(phantom_data, 
     import keras
 
     passes = []
-    real_recalibrate = trainer_module.recalibrate_batch_norm
+    real_recalibrate = loop_module.recalibrate_batch_norm
 
     def counting_recalibrate(model, batches):
         passes.append(1)
         return real_recalibrate(model, batches)
 
-    monkeypatch.setattr(trainer_module, "recalibrate_batch_norm", counting_recalibrate)
+    monkeypatch.setattr(loop_module, "recalibrate_batch_norm", counting_recalibrate)
     base = tiny_config(epochs=5, max_steps_per_epoch=2, monitor="last", augmentation="stage", bn_recalibration=40)
     base = dataclasses.replace(base, model=dataclasses.replace(base.model, name="small_cnn"))  # BN and dropout
     every = train(base, run_dir=tmp_path / "every", data=phantom_data, progress=False)
@@ -271,15 +273,15 @@ def test_slow_state_writes_are_skipped_and_resume_replays_the_epochs(
 
     cfg = tiny_config(epochs=4, max_steps_per_epoch=1)
     reference = train(cfg, run_dir=tmp_path / "reference", data=phantom_data, progress=False)
-    real_save, written = trainer_module.save_train_state, []
+    real_save, written = loop_module.save_train_state, []
 
     def slow_save(path, model, optimizer, state):  # a write far slower than an epoch (large model, fast GPU)
         time.sleep(0.05)
         written.append(state["epochs_done"])
         return real_save(path, model, optimizer, state)
 
-    monkeypatch.setattr(trainer_module, "save_train_state", slow_save)
-    monkeypatch.setattr(trainer_module._Trainer, "STATE_SAVE_SHARE", 10_000.0)  # next write after 500 s
+    monkeypatch.setattr(loop_module, "save_train_state", slow_save)
+    monkeypatch.setattr(loop_module.Trainer, "STATE_SAVE_SHARE", 10_000.0)  # next write after 500 s
     with crash_after_epoch(2):
         train(cfg, run_dir=tmp_path / "resumed", data=phantom_data, progress=False)
     assert written == [1]  # epoch 1 is always written; epochs 2-3 were skipped

@@ -20,8 +20,8 @@ from covidct.data.volumes import preprocess_volume
 from covidct.errors import CovidctError
 from covidct.evaluate import evaluate_run
 from covidct.train import train
+from covidct.train.build import build_configured_model
 from covidct.train.data import prepare_data
-from covidct.train.trainer import build_configured_model
 from covidct.train.volume_data import VolumeSequence, volume_augmentation, volume_shape_of
 
 # Written at the phantom's minimum in-plane size, cached smaller to keep the 3D CNN cheap on CPU.

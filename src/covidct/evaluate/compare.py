@@ -22,7 +22,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from covidct.errors import CovidctError
+from covidct.config import load_config
+from covidct.errors import CovidctError, unknown_name_error
 
 #: Metrics that can be compared: metric key in ``metrics_<tag>.json`` → label on tables and axes.
 METRICS = {"macro_f1": "macro-F1", "auc": "AUC (macro, one-vs-rest)"}
@@ -40,8 +41,6 @@ def _number(value) -> float:
 
 def _setting(run_dir: Path) -> str:
     """The experiment setting of a run (``baseline``, ``classw-dataaug``, ...) from its ``config.yaml``."""
-    from covidct.config import load_config
-
     config = run_dir / "config.yaml"
     if not config.is_file():
         return ""
@@ -154,8 +153,6 @@ def finished_runs_without_test_scores(runs_root: str | os.PathLike) -> list[Path
 
 def _check_metric(metric: str) -> None:
     if metric not in METRICS:
-        from covidct.errors import unknown_name_error
-
         raise unknown_name_error("metric", metric, METRICS)
 
 

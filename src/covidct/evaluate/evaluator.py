@@ -14,14 +14,21 @@ other dataset mapped onto the run's classes with a label map (``section: externa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
+from sklearn import metrics as skm
 
-from covidct.errors import CovidctError
+import covidct.evaluate.plots as plots
+from covidct.config import check_threshold
+from covidct.data.cache import build_cache
+from covidct.data.datasets import load_dataset
+from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 from covidct.evaluate.aggregate import aggregate_groups
 from covidct.evaluate.bootstrap import bootstrap_ci
 from covidct.evaluate.calibration import expected_calibration_error, fit_temperature
@@ -33,6 +40,11 @@ from covidct.evaluate.metrics import (
     predict_labels,
     resolve_positive_index,
 )
+from covidct.models.inference import predict_logits, split_inputs
+from covidct.runs import atomic_path, check_writable, write_json_atomic, write_text_atomic
+from covidct.train.data import apply_label_map, data_from_arrays, parse_label_map, prepare_data
+from covidct.train.run import load_run
+from covidct.train.volume_data import external_volume_data, is_volume_model
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +52,6 @@ CI_METRICS = ("macro_f1", "auc_macro_ovr", "accuracy", "balanced_accuracy", "wei
 
 
 def _metric_functions(class_names, threshold, positive_index):
-    from sklearn import metrics as skm
-
     def predictions(probs):
         return predict_labels(probs, threshold, positive_index if positive_index is not None else 1)
 
@@ -116,8 +126,6 @@ def metric_functions(class_names, threshold=None, positive_class=None) -> dict:
 
 def _predict(loaded, images, rows, batch_size, tta: bool, mc_dropout: int):
     """Probabilities (N, C), logits (N, C) and optional MC-dropout std (N, C)."""
-    from covidct.models.inference import predict_logits
-
     model = loaded.model
     logits = predict_logits(model, images, rows, batch_size, loaded.input_names)
     probs = logits_to_probs(logits)
@@ -138,9 +146,6 @@ def mc_dropout_predict(model, images, rows, batch_size, input_names, passes: int
     Dropout runs in training mode while BatchNormalization keeps its inference statistics (Keras 3 runs
     a non-trainable BatchNormalization layer in inference mode even when ``training=True``).
     """
-    import keras
-
-    from covidct.models.inference import split_inputs
 
     bn_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [layer.trainable for layer in bn_layers]
@@ -166,19 +171,12 @@ def mc_dropout_predict(model, images, rows, batch_size, input_names, passes: int
 
 def _external_data(loaded, dataset: str, root, label_map, progress: bool):
     """Load another dataset, map its labels onto the run's classes, preprocess it with the run's stage."""
-    from covidct.data.cache import build_cache
-    from covidct.data.datasets import load_dataset
-    from covidct.train.data import apply_label_map, data_from_arrays
-    from covidct.train.volume_data import external_volume_data, is_volume_model
-
     if is_volume_model(loaded.config.model.name):  # a 3D run: the external volumes at the run's shape
         return external_volume_data(loaded, dataset, root, label_map, progress)
     manifest = load_dataset(dataset, root=root)
     manifest = apply_label_map(manifest, label_map, source=dataset)
     unknown = sorted(set(manifest["label"].astype(str)) - set(loaded.class_names))
     if unknown:
-        from covidct.errors import did_you_mean
-
         raise CovidctError(
             f"External dataset {dataset!r}: label(s) {unknown} are not classes of the run {loaded.class_names}."
             f"{did_you_mean(unknown[0], loaded.class_names)} Pass a label map, e.g. "
@@ -192,8 +190,6 @@ def _external_data(loaded, dataset: str, root, label_map, progress: bool):
 
 def run_task(run_dir) -> str:
     """The task recorded in a run folder's ``run.json`` (``""`` when absent or unreadable)."""
-    import json
-
     try:
         return str(json.loads((Path(run_dir) / "run.json").read_text()).get("task") or "")
     except (OSError, ValueError):
@@ -239,11 +235,6 @@ def evaluate_run(
     Returns:
         The metrics dict also written to ``metrics_<tag>.json``.
     """
-    from covidct.config import check_threshold
-    from covidct.runs import check_writable, write_json_atomic, write_text_atomic
-    from covidct.train.data import parse_label_map, prepare_data
-    from covidct.train.run import load_run
-
     run_dir = Path(run_dir)
     if run_task(run_dir) == "segmentation":
         raise CovidctError(
@@ -272,8 +263,6 @@ def evaluate_run(
         rows = np.arange(len(eval_data.labels))
     else:
         if split not in ("train", "val", "test"):
-            from covidct.errors import unknown_name_error
-
             raise unknown_name_error("split", split, ("train", "val", "test"))
         section, tag = "internal", split
         eval_data = own_data = data if data is not None else prepare_data(cfg, progress=progress)
@@ -414,9 +403,6 @@ def _threshold_from_validation(run_dir, class_names, positive_class, validation_
 
 def save_figures(run_dir: Path, tag: str, y_true, probs, class_names, confusion) -> list[str]:
     """Write the evaluation figures of one set (and the training curves) under ``run_dir/figures``."""
-    from covidct.evaluate import plots
-    from covidct.runs import atomic_path
-
     folder = run_dir / "figures"
     folder.mkdir(exist_ok=True)
     figures = {

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, unknown_name_error
+from covidct.preprocess import get_stage
 
 #: Columns of the rows ``plot_internal_vs_external`` draws.
 GENERALIZATION_COLUMNS = (
@@ -65,8 +66,6 @@ def generalization_row(result: dict, arm: str, label: str) -> dict:
     """
     arms = result.get("arms") or {}
     if arm not in arms:
-        from covidct.errors import unknown_name_error
-
         raise unknown_name_error("arm", arm, arms)
     entry = arms[arm]
     seeds = entry.get("seeds") or []
@@ -226,8 +225,6 @@ def plot_score_bars(rows, metrics=("macro_f1", "auc"), title: str | None = None,
     metrics = list(metrics)
     for metric in metrics:
         if metric not in SCORE_METRICS:
-            from covidct.errors import unknown_name_error
-
             raise unknown_name_error("metric", metric, SCORE_METRICS)
     columns = ["label"] + [f"{m}{s}" for m in metrics for s in ("", " low", " high")]
     frame = _require(rows, columns, "plot_score_bars")
@@ -275,8 +272,6 @@ def plot_stages(image, stages, size: int = 128, columns: int = 5, title: str | N
     Returns:
         The Figure; panel k (``fig.axes[k]``) shows its sample as ``fig.axes[k].images[0]``.
     """
-    from covidct.preprocess import get_stage
-
     panels = []
     for name in stages:
         outputs = get_stage(name)(image, size)

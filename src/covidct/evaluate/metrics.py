@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, unknown_name_error
 
 
 def logits_to_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -246,7 +246,5 @@ def resolve_positive_index(class_names, positive_class: str | int | None = None)
             raise CovidctError(f"positive_class index {positive_class} is out of range for classes {names}.")
         return int(positive_class)
     if positive_class not in names:
-        from covidct.errors import unknown_name_error
-
         raise unknown_name_error("class", str(positive_class), names)
     return names.index(positive_class)

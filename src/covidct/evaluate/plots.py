@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
@@ -105,8 +106,6 @@ def plot_reliability(y_true, probs, n_bins: int = 10, title: str | None = None) 
 
 def plot_training_curves(history, title: str | None = None) -> Figure:
     """Training loss, validation loss and validation macro-F1/AUC per epoch (from ``history.csv``)."""
-    import pandas as pd
-
     frame = pd.DataFrame(history)
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)

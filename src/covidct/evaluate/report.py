@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from covidct.errors import CovidctError
-from covidct.runs import read_run_info
+from covidct.runs import read_run_info, write_text_atomic
 
 START_MARKER = "<!-- results:start -->"
 END_MARKER = "<!-- results:end -->"
@@ -213,8 +213,6 @@ def write_report(runs_root: str | os.PathLike = "runs", readme: str | os.PathLik
     Returns:
         dict with the paths written and the number of rows.
     """
-    from covidct.runs import write_text_atomic
-
     table = collect_results(runs_root)
     out_dir = Path(out_dir or runs_root)
     note = (

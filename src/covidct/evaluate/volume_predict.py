@@ -30,8 +30,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from scipy import ndimage
 
+from covidct.data.io import CTImage
+from covidct.data.volumes import load_volume
 from covidct.errors import CovidctError, unknown_name_error
+from covidct.evaluate.aggregate import aggregate_scores
+from covidct.preprocess.lungs import lung_mask
+from covidct.train.run import LoadedRun, load_run, predict_images, require_slice_run
 
 SLICE_CRITERIA = ("lung-mask", "air-fraction")
 AGGREGATIONS = ("mean", "max", "topk", "fraction")
@@ -39,9 +46,6 @@ AGGREGATIONS = ("mean", "max", "topk", "fraction")
 
 def _as_volume(volume):
     """A ``CTImage`` (D, H, W) from a CTImage, a path (file or DICOM folder) or an HU array."""
-    from covidct.data.io import CTImage
-    from covidct.data.volumes import load_volume
-
     if isinstance(volume, (str, os.PathLike)):
         # .npy files are memory-mapped and NIfTI read slab by slab: one copy of the volume at most.
         volume = load_volume(volume)
@@ -65,9 +69,6 @@ def lung_fractions(volume, criterion: str = "lung-mask") -> np.ndarray:
     Returns:
         float64 (D,) fractions in [0, 1].
     """
-    from scipy import ndimage
-
-    from covidct.data.io import CTImage
 
     if criterion not in SLICE_CRITERIA:
         raise unknown_name_error("slice criterion", criterion, SLICE_CRITERIA)
@@ -83,7 +84,6 @@ def lung_fractions(volume, criterion: str = "lung-mask") -> np.ndarray:
             body = ndimage.binary_fill_holes(slice_hu > -500)
             fractions[k] = np.mean(body & (slice_hu < -400) & (slice_hu >= -1000 - 100))
         return fractions
-    from covidct.preprocess.lungs import lung_mask
 
     spacing = tuple(volume.spacing[1:]) if volume.spacing else None
     for k, slice_array in enumerate(volume.array):
@@ -150,8 +150,6 @@ def aggregate_slices(slice_probs: np.ndarray, k: int = 5, threshold: float = 0.5
         Dict ``{"mean", "max", "topk", "fraction"} -> (C,)`` computed by
         ``covidct.evaluate.aggregate.aggregate_scores`` class by class.
     """
-    from covidct.evaluate.aggregate import aggregate_scores
-
     slice_probs = np.asarray(slice_probs, dtype=np.float64)
     if slice_probs.ndim != 2 or len(slice_probs) == 0:
         raise CovidctError(
@@ -172,7 +170,6 @@ def _predictor(model_or_run, class_names, batch_size: int) -> tuple[Callable, li
     """A function list[CTImage] -> (N, C) probabilities, and the class names it knows."""
     if callable(model_or_run) and not hasattr(model_or_run, "predict"):
         return model_or_run, class_names
-    from covidct.train.run import LoadedRun, load_run, predict_images, require_slice_run
 
     run = model_or_run
     if isinstance(run, (str, os.PathLike)):
@@ -221,8 +218,6 @@ def predict_volume(
     Raises:
         CovidctError: no slice shows lung (wrong file, or not a chest CT), or bad arguments.
     """
-    from covidct.data.io import CTImage
-
     if method not in AGGREGATIONS:
         raise unknown_name_error("aggregation method", method, AGGREGATIONS)
     if not 0 <= min_lung_fraction < 1:
@@ -294,8 +289,6 @@ def plot_slice_probabilities(prediction: VolumePrediction, classes=None, title: 
         A matplotlib Figure: x = slice index (inferior to superior), y = probability; dots on scored
         slices, a dashed line per class at its patient score, grey bars = lung fraction (right axis).
     """
-    from matplotlib.figure import Figure
-
     classes = list(classes or prediction.class_names)
     unknown = [c for c in classes if c not in prediction.class_names]
     if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from covidct.errors import CovidctError
 from covidct.explain.gradcam import layer_activations
@@ -43,8 +44,6 @@ def feature_maps(model, image, layer_name: str, max_maps: int = 16, masks=None, 
     Returns:
         A matplotlib Figure.
     """
-    from matplotlib.figure import Figure
-
     if int(max_maps) < 1:
         raise CovidctError(f"max_maps must be a positive integer, got {max_maps!r}.")
     activations = layer_activations(model, image, layer_name, masks=masks)[0]

@@ -37,9 +37,12 @@ import weakref
 from dataclasses import dataclass
 
 import cv2
+import keras
 import numpy as np
+from keras import ops
 
 from covidct.errors import CovidctError, did_you_mean
+from covidct.models import get_spec, list_models
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,8 +75,6 @@ class CamResult:
 
 
 def _keras():
-    import keras
-
     return keras
 
 
@@ -122,7 +123,6 @@ def conv_layer_names(model) -> list[str]:
 
 def _default_layer(model, model_name: str | None) -> str:
     name = model_name or model.name
-    from covidct.models import get_spec, list_models
 
     if name in list_models():
         layer = get_spec(name).gradcam_layer
@@ -288,7 +288,6 @@ def _select_scores(ops, logits, class_index):
 
 def _gradients_tensorflow(probe, inputs, delta, class_index):
     import tensorflow as tf
-    from keras import ops
 
     delta = tf.convert_to_tensor(delta)
     inputs = [tf.convert_to_tensor(array) for array in inputs]
@@ -303,7 +302,6 @@ def _gradients_tensorflow(probe, inputs, delta, class_index):
 
 def _gradients_jax(probe, inputs, delta, class_index):
     import jax
-    from keras import ops
 
     # The jitted function lives on the probe (not in a global table), so it is freed with the model.
     gradient_fn = getattr(probe, "_covidct_jax_gradient_fn", None)
@@ -326,7 +324,6 @@ def _gradients_jax(probe, inputs, delta, class_index):
 
 def _gradients_torch(probe, inputs, delta, class_index):
     import torch
-    from keras import ops
 
     delta_tensor = ops.convert_to_tensor(delta).detach().requires_grad_(True)
     inputs = [ops.convert_to_tensor(array) for array in inputs]

@@ -7,9 +7,11 @@ can be scored (``covidct.explain.focus``), saved, or drawn in several ways.
 from __future__ import annotations
 
 import cv2
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, unknown_name_error
 
 
 def display_rgb(image) -> np.ndarray:
@@ -49,8 +51,6 @@ def heatmap_rgb(heatmap, cmap: str = "jet", size: tuple | None = None) -> np.nda
     Returns:
         uint8 RGB (H, W, 3).
     """
-    import matplotlib
-
     heatmap = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
     if heatmap.ndim != 2:
         raise CovidctError(f"A heatmap must be 2-D (H, W), got shape {heatmap.shape}.")
@@ -59,8 +59,6 @@ def heatmap_rgb(heatmap, cmap: str = "jet", size: tuple | None = None) -> np.nda
     try:
         colormap = matplotlib.colormaps[cmap]
     except KeyError as error:
-        from covidct.errors import unknown_name_error
-
         raise unknown_name_error("colormap", cmap, list(matplotlib.colormaps)) from error
     colours = colormap(np.clip(heatmap, 0.0, 1.0))[..., :3]
     return np.rint(colours * 255.0).astype(np.uint8)
@@ -125,8 +123,6 @@ def contact_sheet(
     Returns:
         A matplotlib Figure.
     """
-    from matplotlib.figure import Figure
-
     count = len(images)
     if len(heatmaps) != count:
         raise CovidctError(f"Got {count} images but {len(heatmaps)} heatmaps.")
@@ -192,8 +188,6 @@ def comparison_grid(
     Returns:
         A matplotlib Figure with columns ``original`` and one per heatmap set.
     """
-    from matplotlib.figure import Figure
-
     count = len(images)
     if count == 0 or not heatmap_sets:
         raise CovidctError("comparison_grid needs at least one image and one heatmap set.")

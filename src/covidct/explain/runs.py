@@ -29,9 +29,24 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
+import covidct.preprocess  # noqa: F401  (registers the stages)
+from covidct.data.cache import Cache
+from covidct.data.io import read_image
 from covidct.errors import CovidctError, unknown_name_error
+from covidct.evaluate.metrics import logits_to_probs
+from covidct.explain.focus import lung_area_fractions, lung_focus_scores, lung_focus_summary
+from covidct.explain.gradcam import compute_cams
+from covidct.explain.overlay import contact_sheet, overlay
+from covidct.models.inference import split_inputs
+from covidct.preprocess.stages import get_stage
+from covidct.runs import atomic_path, check_writable, write_json_atomic, write_text_atomic
+from covidct.train.data import prepare_data
+from covidct.train.run import load_run, require_slice_run
 
 LOGGER = logging.getLogger(__name__)
 
@@ -97,10 +112,6 @@ def _safe_stem(path: Path) -> str:
 
 def _preprocess(loaded, files: list[Path]):
     """Run the run's stage on each file; keep the stage's masks (for the lung-focus score)."""
-    import covidct.preprocess  # noqa: F401  (registers the stages)
-    from covidct.data.io import read_image
-    from covidct.preprocess.stages import get_stage
-
     stage = get_stage(loaded.stage)
     samples, masks, rows, failed = [], [], [], []
     for path in files:
@@ -177,10 +188,6 @@ def lung_focus_of_samples(
     Returns:
         A ``LungFocusResult``.
     """
-    from covidct.explain.focus import lung_area_fractions, lung_focus_scores, lung_focus_summary
-    from covidct.explain.gradcam import compute_cams
-    from covidct.models.inference import split_inputs
-
     samples = np.asarray(samples)
     if samples.ndim == 3:
         samples = samples[..., None]
@@ -243,11 +250,6 @@ def run_lung_focus(
     Raises:
         CovidctError: a volume run, an empty split, ``n`` < 1, or no lung masks for the data.
     """
-    from covidct.data.cache import Cache
-    from covidct.runs import write_json_atomic
-    from covidct.train.data import prepare_data
-    from covidct.train.run import load_run, require_slice_run
-
     if split not in ("train", "val", "test"):
         raise unknown_name_error("split", split, ("train", "val", "test"))
     if int(n) < 1:
@@ -321,8 +323,6 @@ def previous_outputs(out_dir: Path) -> list[Path]:
     found = [out_dir / name for name in OUTPUT_FILES if (out_dir / name).is_file()]
     table = out_dir / "gradcam.csv"
     if table.is_file():
-        import pandas as pd
-
         try:
             listed = pd.read_csv(table, usecols=["overlay"])["overlay"].dropna().astype(str)
         except (ValueError, KeyError, OSError):
@@ -368,15 +368,6 @@ def gradcam_run(
         CovidctError: unknown class, missing run or images, a 3-D volume run, or an output folder that
             already holds results (without ``overwrite``).
     """
-    import cv2
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from covidct.evaluate.metrics import logits_to_probs
-    from covidct.explain.focus import lung_focus_summary
-    from covidct.explain.overlay import contact_sheet, overlay
-    from covidct.runs import atomic_path, check_writable, write_text_atomic
-    from covidct.train.run import load_run, require_slice_run
 
     loaded = load_run(run_dir)
     require_slice_run(loaded, "Grad-CAM (covidct gradcam)")

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from covidct.errors import CovidctError
+from covidct.data.windows import window_hu
+from covidct.errors import CovidctError, unknown_name_error
 
 BODY_METHODS = ("hu", "seed")
 BODY_THRESHOLD_HU = -500.0
@@ -311,14 +312,7 @@ def to_display_u8(image) -> np.ndarray:
     """Grey uint8 (H, W) view of a slice: HU via the lung window (-600/1500), display values clipped."""
     gray, unit = to_gray(image)
     if unit == "HU":
-        try:
-            from covidct.data.windows import window_hu
-        except ImportError:  # the data layer's windows module is optional at import time
-            window_hu = None
-        if window_hu is not None:
-            scaled = np.asarray(window_hu(gray, level=-600, width=1500), dtype=np.float32)
-        else:
-            scaled = np.clip((gray - (-600.0 - 750.0)) / 1500.0, 0.0, 1.0)
+        scaled = np.asarray(window_hu(gray, level=-600, width=1500), dtype=np.float32)
         return np.round(scaled * 255.0).astype(np.uint8)
     return np.clip(np.round(gray), 0, 255).astype(np.uint8)
 
@@ -335,8 +329,6 @@ def body_mask(image, method: str = "hu", warn: bool = True) -> np.ndarray:
         uint8 (H, W) mask in {0, 1}; never empty (the whole image when no body is found).
     """
     if method not in BODY_METHODS:
-        from covidct.errors import unknown_name_error
-
         raise unknown_name_error("body-mask method", method, BODY_METHODS)
     gray, _ = to_gray(image)
     shape = gray.shape

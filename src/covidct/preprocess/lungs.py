@@ -28,8 +28,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from skimage.filters import gaussian
+from skimage.segmentation import active_contour
 
+from covidct.data.io import CTImage
 from covidct.errors import CovidctError, unknown_name_error
+from covidct.models.inference import (
+    is_pretrained_checkpoint,
+    load_model_file,  # a truncated or foreign file is named
+    predict_mask_probabilities,
+)
 from covidct.preprocess.body import (
     SliceAnalysis,
     analyse_slice,
@@ -120,7 +128,6 @@ def lung_mask(
         if unit not in ("HU", "display"):
             raise CovidctError(f"unit must be 'HU' or 'display', got {unit!r}.")
         gray, _ = to_gray(image)
-        from covidct.data.io import CTImage
 
         image = CTImage(gray, unit, path=getattr(image, "path", ""))
     if method == "classical":
@@ -332,9 +339,6 @@ def _label_by_side(foreground: np.ndarray, shape_hw) -> np.ndarray:
 
 def _envelope(image) -> np.ndarray:
     """The CT-COV19 study's lung envelope: active contour on gaussian(img, 3) from a 500-point circle of radius 250 (at 512 px)."""
-    from skimage.filters import gaussian
-    from skimage.segmentation import active_contour
-
     display = to_display_u8(image)
     height, width = display.shape
     body = analyse_slice(image)
@@ -382,7 +386,6 @@ def load_segmenter(model):
         raise CovidctError(
             f"No segmenter at {path}: pass a run folder from `covidct segment train` or a .keras file."
         )
-    from covidct.models.inference import is_pretrained_checkpoint
 
     if is_pretrained_checkpoint(path):
         raise CovidctError(
@@ -391,8 +394,6 @@ def load_segmenter(model):
         )
     key = str(path.resolve())
     if key not in _MODEL_CACHE:
-        from covidct.models.inference import load_model_file  # a truncated or foreign file is named
-
         _MODEL_CACHE[key] = load_model_file(path, "Segmenter")
     return _MODEL_CACHE[key]
 
@@ -412,8 +413,6 @@ def predict_foreground(
     Returns:
         bool (N, H, W).
     """
-    from covidct.models.inference import predict_mask_probabilities
-
     model = load_segmenter(model)
     images = np.asarray(images_u8)
     if images.ndim == 4:

@@ -30,6 +30,7 @@ import logging
 import cv2
 import numpy as np
 
+from covidct.data.windows import WINDOWS, window_hu
 from covidct.preprocess.body import (
     body_mask,
     crop_to_body,
@@ -152,8 +153,6 @@ def lungs_3window(image, size: int) -> list[StageOutput]:
     display, _, _, lungs = _masks(image)
     gray, unit = to_gray(image)
     if unit == "HU":
-        from covidct.data.windows import WINDOWS, window_hu
-
         channels = [window_hu(gray, *WINDOWS[name]) * 255.0 for name in THREE_WINDOWS]
         stacked = np.round(np.stack(channels, axis=-1)).astype(np.uint8)
     else:

@@ -39,6 +39,7 @@ import logging
 import cv2
 import numpy as np
 
+from covidct.data.windows import window_hu
 from covidct.errors import CovidctError, unknown_name_error
 from covidct.preprocess.body import body_mask, mask_bbox, resize_mask, to_gray
 from covidct.preprocess.lungs import lung_mask
@@ -144,8 +145,6 @@ def standardize_intensity(image: np.ndarray, mask: np.ndarray, method: str = "pe
         raise CovidctError(f"unit must be 'HU' or 'display', got {unit!r}.")
     image = np.asarray(image, dtype=np.float32)
     if unit == "HU":
-        from covidct.data.windows import window_hu
-
         image = window_hu(image, level=-600.0, width=1500.0) * 255.0
     if method == "percentile":
         return standardize_percentiles(image, mask)

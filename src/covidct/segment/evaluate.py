@@ -21,9 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from covidct.config import load_config
 from covidct.errors import CovidctError
+from covidct.models.inference import load_model_file, predict_mask_probabilities
 from covidct.runs import check_writable, read_run_info, write_json_atomic, write_text_atomic
+from covidct.segment.data import paste_crops
 from covidct.segment.metrics import per_image_metrics, summarize
+from covidct.train import segmentation as seg
+from covidct.train.segmentation import load_segmentation_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +67,9 @@ def predict_test_masks(
     probability map is the mean of the image's and of its left-right mirror's (mirrored back), as
     ``evaluation.tta`` does for classifiers.
     """
-    from covidct.models.inference import predict_mask_probabilities
-    from covidct.train import segmentation as seg
-
     probabilities = predict_mask_probabilities(model, seg.model_inputs(pairs, lung_input == "masked"), tta=tta)
     if crop != "lungs":
         return probabilities >= THRESHOLD, pairs.masks
-    from covidct.segment.data import paste_crops
 
     probabilities = paste_crops(probabilities, pairs.boxes, pairs.frame_masks.shape[1])
     return probabilities >= THRESHOLD, pairs.frame_masks
@@ -99,9 +100,6 @@ def evaluate_split(
     Returns:
         (``summarize`` dict of the test rows: Dice, IoU, HD95 with bootstrap CIs; the per-image table).
     """
-    from covidct.models.inference import load_model_file
-    from covidct.train import segmentation as seg
-
     split_file = split_dir / seg.SPLIT_FILE
     if not split_file.is_file():
         raise CovidctError(f"{split_file} is missing: is {split_dir} a segmentation run from train(cfg)?")
@@ -139,7 +137,6 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
     Raises:
         CovidctError: not a finished segmentation run, or pairs that do not hold its test images.
     """
-    from covidct.config import load_config
     run_dir = Path(run_dir)
     info = _read_json(run_dir / "run.json")
     if info.get("task") != "segmentation":
@@ -156,8 +153,6 @@ def evaluate_segmentation(run_dir, pairs=None, n_bootstrap: int | None = None) -
     n_bootstrap = e.n_bootstrap if n_bootstrap is None else int(n_bootstrap)
     seed = cfg.training.seed
     if pairs is None:
-        from covidct.train.segmentation import load_segmentation_pairs
-
         pairs = load_segmentation_pairs(cfg)
     selection = {
         "split": info.get("selection_split", "val"),

@@ -13,6 +13,7 @@ import pandas as pd
 from scipy import ndimage
 
 from covidct.errors import CovidctError
+from covidct.evaluate.bootstrap import bootstrap_ci
 
 METRICS = ("dice", "iou", "hausdorff95")
 
@@ -121,8 +122,6 @@ def summarize(per_image: pd.DataFrame, n_bootstrap: int = 1000, ci: float = 0.95
     Returns:
         ``{metric: {"mean", "low", "high", "median", "n_undefined"}, "n_images", "n_groups"}``.
     """
-    from covidct.evaluate.bootstrap import bootstrap_ci
-
     summary = {"n_images": int(len(per_image)), "n_groups": int(per_image["group"].nunique())}
     groups = per_image["group"].to_numpy()
     for metric in METRICS:

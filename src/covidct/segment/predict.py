@@ -6,13 +6,22 @@ its ``model.keras`` (fold 0's for a cross-validation run) and the lung input it 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
+from matplotlib.figure import Figure
 
+from covidct.data.io import read_image
 from covidct.errors import CovidctError
+from covidct.models.inference import predict_mask_probabilities
+from covidct.preprocess.body import to_display_u8
+from covidct.preprocess.lungs import load_segmenter, predict_foreground
+from covidct.runs import read_run_info
+from covidct.segment.data import dilated_lung_mask, lung_crop, paste_crops
+from covidct.train.segmentation import lung_masked
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +46,6 @@ def resolve_model_path(run) -> Path:
 
 def crop_of(model_path: Path) -> str:
     """The crop a saved segmenter was trained on: ``"lungs"`` (lung crops) or ``"none"`` (from its ``run.json``)."""
-    from covidct.runs import read_run_info
-
     return str(read_run_info(Path(model_path).parent).get("crop", "none"))
 
 
@@ -54,9 +61,6 @@ def predict_lung_crop(
     Returns:
         bool (H, W).
     """
-    from covidct.segment.data import lung_crop, paste_crops
-    from covidct.train.segmentation import lung_masked
-
     height, width = image.shape[:2]
     crop, _, lungs, box, _ = lung_crop(image, None, int(model.input_shape[1]))
     inputs = lung_masked(crop[None, ..., None], lungs[None]) if masked_input else crop[None]
@@ -76,9 +80,6 @@ def lung_input_of(model_path: Path) -> str:
     before segmentation moved into ``train(cfg)``), so that prediction feeds the model what it was
     trained on.
     """
-    import json
-
-    from covidct.runs import read_run_info
 
     folder = Path(model_path).parent
     lung_input = read_run_info(folder).get("lung_input")
@@ -96,9 +97,6 @@ def predict_probabilities(model, images, batch_size: int = 16, tta: bool = False
         batch_size: images per forward pass.
         tta: average with the left-right mirror's map, mirrored back (as ``evaluation.tta``).
     """
-    from covidct.models.inference import predict_mask_probabilities
-    from covidct.preprocess.lungs import load_segmenter
-
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
@@ -107,22 +105,10 @@ def predict_probabilities(model, images, batch_size: int = 16, tta: bool = False
 
 def read_display(path) -> np.ndarray:
     """Read one 2D image as display uint8 (H, W) (HU files through the lung window)."""
-    from covidct.preprocess.body import to_display_u8
-
-    try:
-        from covidct.data.io import read_image
-    except ImportError:
-        read_image = None
-    if read_image is not None:
-        image = read_image(path)
-        array = np.asarray(image.array)
-        if array.ndim == 3:
-            raise CovidctError(f"{path} is a volume; segment predict takes 2D slices.")
-        return to_display_u8(image)
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise CovidctError(f"Cannot read image {path} (missing, corrupt or not an image).")
-    return image
+    image = read_image(path)
+    if np.asarray(image.array).ndim == 3:
+        raise CovidctError(f"{path} is a volume; segment predict takes 2D slices.")
+    return to_display_u8(image)
 
 
 def overlay_masks(image_u8: np.ndarray, pred=None, true=None, alpha: float = 0.4) -> np.ndarray:
@@ -163,8 +149,6 @@ def plot_overlays(images, preds, trues=None, titles=None, columns: int = 4):
     Returns:
         matplotlib Figure.
     """
-    from matplotlib.figure import Figure
-
     images = np.asarray(images)
     if images.ndim == 4:
         images = images[..., 0]
@@ -197,8 +181,6 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5, tta: bool = False
     Returns:
         One dict per image: path, mask, overlay, foreground_fraction (unreadable files: path, error).
     """
-    from covidct.preprocess.lungs import load_segmenter, predict_foreground
-
     model_path = resolve_model_path(run)
     model = load_segmenter(model_path)
     masked_input = lung_input_of(model_path) == "masked"
@@ -230,8 +212,6 @@ def predict_files(run, paths, out_dir, threshold: float = 0.5, tta: bool = False
         if cropped:
             mask = predict_lung_crop(model, image, masked_input, threshold, tta)
         elif masked_input:
-            from covidct.segment.data import dilated_lung_mask
-
             mask = predict_foreground(model, (image * dilated_lung_mask(image))[None], threshold=threshold, tta=tta)[0]
         else:
             mask = predict_foreground(model, image[None], threshold=threshold, tta=tta)[0]

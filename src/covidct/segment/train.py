@@ -4,7 +4,7 @@ Segmenters (lungs, infection) are fitted by the one training path, ``covidct.tra
 (``task: segmentation``: Dice + BCE loss, checkpoint on validation Dice, early stopping, resume; see
 ``covidct.train.segmentation``). This module only turns the command's flags into that config
 (``segmentation_config``) and, once training has finished, scores the test rows per image
-(``covidct.segment.evaluate.evaluate_segmentation``). The run folder::
+(``covidct.train.workflow.evaluate_after_training``: ``covidct.segment.evaluate.evaluate_segmentation``). The run folder::
 
     runs/<name>/config.yaml  model.keras  history.csv  run.json  split.csv  metrics_test.json  per_image_test.csv
     runs/<name>/fold_<k>/... and metrics_cv.json  per_image_cv.csv      (with --folds k: grouped k-fold CV)
@@ -17,7 +17,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from covidct.config import config_from_dict, validate_config
 from covidct.errors import CovidctError
+from covidct.train.trainer import train
+from covidct.train.workflow import evaluate_after_training
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +88,6 @@ def segmentation_config(
     Returns:
         A frozen, validated ``covidct.config.RunConfig``.
     """
-    from covidct.config import config_from_dict, validate_config
-
     if not isinstance(model, str):
         raise CovidctError(
             f"model must be the name of a registered segmentation model (covidct models --task segmentation), got "
@@ -151,14 +152,11 @@ def train_segmenter(
         Path of the run folder (with ``metrics_test.json``, or ``metrics_cv.json`` for folds; neither after a
         call with ``fold``).
     """
-    from covidct.segment.evaluate import evaluate_segmentation
-    from covidct.train import train
-
     cfg = segmentation_config(model=model, **settings)
     run = train(cfg, run_dir=run_dir, resume=resume, overwrite=overwrite, data=pairs, progress=progress, fold=fold,
                 jobs=jobs)
     if fold is None:
-        evaluate_segmentation(run, pairs=pairs)
+        evaluate_after_training(run, data=pairs)
     return run
 
 

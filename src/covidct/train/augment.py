@@ -14,8 +14,16 @@ within 1e-4 grey levels for the ``robust`` chain (``benchmarks/bench_augment.py`
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
+from matplotlib.figure import Figure
+
+from covidct.config import TrainingConfig
+from covidct.preprocess import get_stage
+from covidct.train.appearance import make_appearance_layers
+from covidct.train.recipes import STAGE_AUGMENTATION, augmentation_factors
 
 
 def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | None:
@@ -23,7 +31,7 @@ def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | No
 
     Args:
         factors: ``{"rotation", "zoom", "translation", "flip"}`` as returned by
-            ``covidct.config.augmentation_factors`` (None: no augmentation). Rotation is a fraction of
+            ``covidct.train.recipes.augmentation_factors`` (None: no augmentation). Rotation is a fraction of
             a full turn (0.1 = ±36°), zoom and translation fractions of the image size.
         seed: seed of the random layers; the trainer rebuilds the pipeline with a new seed every epoch
             so an interrupted run resumes with the same random draws.
@@ -52,8 +60,6 @@ def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | No
             keras.layers.RandomTranslation(t, t, fill_mode="constant", fill_value=0.0, seed=seed + 3, name="aug_translation")
         )
     if factors.get("appearance"):
-        from covidct.train.appearance import make_appearance_layers
-
         # Appearance after geometry, so blur/noise/JPEG act on the final pixel grid.
         stages.extend(make_appearance_layers(factors["appearance"], seed=seed + 4))
     if not stages:
@@ -68,8 +74,6 @@ COMPILE_AUGMENTATION_ENV = "COVIDCT_COMPILE_AUGMENTATION"
 def compile_augmentation() -> bool:
     """Whether ``BatchAugmenter`` compiles by default: on TensorFlow only (see the module doc), unless
     ``$COVIDCT_COMPILE_AUGMENTATION`` says ``on`` (TensorFlow or JAX) or ``off`` (for A/B timings on a GPU)."""
-    import os
-
     setting = os.environ.get(COMPILE_AUGMENTATION_ENV, "auto").strip().lower()
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"${COMPILE_AUGMENTATION_ENV}={setting!r}: use on, off or auto.")
@@ -159,16 +163,12 @@ def plot_stage_augmentations(image, size: int = 224, samples: int = 5, stages=No
         image: a ``covidct.data.io.CTImage`` (HU or display values).
         size: side of the stage output in pixels.
         samples: augmented draws per stage.
-        stages: stage names, one row each; default the study's stages (``covidct.config.STAGE_AUGMENTATION``).
+        stages: stage names, one row each; default the study's stages (``covidct.train.recipes.STAGE_AUGMENTATION``).
         training: the ``TrainingConfig`` whose augmentation factors apply (default ``augmentation="stage"``).
 
     Returns:
         A matplotlib Figure (rows: stages; columns: stage output, then the draws).
     """
-    from matplotlib.figure import Figure
-
-    from covidct.config import STAGE_AUGMENTATION, TrainingConfig, augmentation_factors
-    from covidct.preprocess import get_stage
 
     stages = list(stages or STAGE_AUGMENTATION)
     training = training or TrainingConfig(augmentation="stage")

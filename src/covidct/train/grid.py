@@ -30,11 +30,17 @@ from covidct.config import (
     RunConfig,
     apply_setting,
     config_from_dict,
-    did_you_mean,
+    parse_override,
+    set_nested,
     validate_config,
 )
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, did_you_mean
 from covidct.evaluate.report import markdown_table
+from covidct.runs import run_status
+from covidct.train.state import write_text_atomic
+from covidct.train.tasks import check_config
+from covidct.train.trainer import train
+from covidct.train.workflow import evaluate_after_training
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,6 @@ def load_grid(path: str | os.PathLike, overrides: list[str] | tuple = (), valida
     Returns:
         The run configs in grid order (models outermost, settings innermost).
     """
-    from covidct.config import _parse_override, _set_nested
 
     path = Path(path)
     if not path.is_file():
@@ -87,10 +92,11 @@ def load_grid(path: str | os.PathLike, overrides: list[str] | tuple = (), valida
                 if grid.get("output_root"):
                     tree["output_root"] = grid["output_root"]
                 for text in list(grid.get("overrides") or []) + list(overrides or []):
-                    parts, value = _parse_override(text)
-                    _set_nested(tree, parts, value)
+                    parts, value = parse_override(text)
+                    set_nested(tree, parts, value)
                 cfg = apply_setting(config_from_dict(tree, source=str(path)), setting)
-                configs.append(validate_config(cfg, source=str(path), check_registries=validate))
+                cfg = validate_config(cfg, source=str(path), check_registries=validate)
+                configs.append(check_config(cfg, source=str(path)) if validate else cfg)
     return configs
 
 
@@ -133,8 +139,6 @@ def run_grid(
     Returns:
         DataFrame with one row per run (status, selection score, test macro-F1 and AUC with CIs).
     """
-    from covidct.train.trainer import run_status, train
-
     configs = load_grid(path, overrides)
     rows = []
     for i, cfg in enumerate(configs, start=1):
@@ -150,14 +154,7 @@ def run_grid(
                 train(cfg, run_dir=run_dir, resume=status == "interrupted", overwrite=status == "failed", progress=progress)
                 status = "finished"
             if evaluate and not any((run_dir / name).is_file() for name in ("metrics_test.json", "metrics_cv.json")):
-                from covidct.evaluate.evaluator import evaluate_run, run_task
-
-                if run_task(run_dir) == "segmentation":
-                    from covidct.segment.evaluate import evaluate_segmentation
-
-                    evaluate_segmentation(run_dir, n_bootstrap=n_bootstrap)
-                else:
-                    evaluate_run(run_dir, split="test", n_bootstrap=n_bootstrap, progress=progress)
+                evaluate_after_training(run_dir, n_bootstrap=n_bootstrap, progress=progress)
         except CovidctError as failure:
             # One failed experiment (NaN loss, a model that does not fit the size) must not stop the grid.
             status, error = "failed", str(failure)
@@ -167,8 +164,6 @@ def run_grid(
     if configs and not dry_run:
         root = Path(configs[0].output_root)
         root.mkdir(parents=True, exist_ok=True)
-        from covidct.train.state import write_text_atomic
-
         write_text_atomic(root / "grid_summary.csv", table.to_csv(index=False))
         write_text_atomic(root / "grid_summary.md", markdown_table(table))
     return table

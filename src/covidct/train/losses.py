@@ -17,7 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, unknown_name_error
+from covidct.evaluate.metrics import logits_to_probs
 
 
 def _alpha_vector(alpha, num_classes: int):
@@ -157,15 +158,12 @@ def make_loss(name: str, num_classes: int, gamma: float = 2.0, alpha=None) -> ke
         return DiceBCEFromLogits()
     if name == "restoration_mse":
         return RestorationMSE()
-    from covidct.errors import unknown_name_error
 
     raise unknown_name_error("loss", name, ("ce", "focal", "dice_bce", "restoration_mse"))
 
 
 def loss_numpy(name: str, y_true: np.ndarray, logits: np.ndarray, gamma: float = 2.0, alpha=None) -> float:
     """The same losses in NumPy (mean over samples), for validation scores without a second graph."""
-    from covidct.evaluate.metrics import logits_to_probs
-
     probs = logits_to_probs(logits)
     y = np.asarray(y_true).astype(int).ravel()
     pt = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)

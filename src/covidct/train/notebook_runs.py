@@ -13,6 +13,9 @@ from pathlib import Path
 
 from covidct.config import RunConfig, load_config
 from covidct.errors import CovidctError
+from covidct.train.run import train_or_reuse
+from covidct.train.tasks import load_run_config
+from covidct.train.trainer import run_status
 
 RECIPES = {"sars-cov-2-ct": "sars-cov-2-ct/small_cnn-lungs-robust-dataaug"}
 """The shipped config a notebook trains for each real dataset (others: ``sars-cov-2-ct/base`` re-pointed)."""
@@ -47,7 +50,7 @@ def classifier_config(data, smoke: bool = False, output_root: str | os.PathLike 
         stem = "phantom-demo"
     run_name = stem + ("-smoke" if smoke else "")
     every = [*base, f"output_root={output_root}", f"name={run_name}", *(smoke_overrides if smoke else []), *overrides]
-    return load_config(name, every)
+    return load_run_config(name, every)
 
 
 def classifier_run(data, smoke: bool = False, run: str | os.PathLike = "", output_root: str | os.PathLike = "runs/notebooks",
@@ -69,9 +72,6 @@ def classifier_run(data, smoke: bool = False, run: str | os.PathLike = "", outpu
     Raises:
         CovidctError: ``run`` is given but is not a finished run folder.
     """
-    from covidct.train.run import train_or_reuse
-    from covidct.train.trainer import run_status
-
     if run:
         run_dir = Path(run)
         if run_status(run_dir) != "finished":

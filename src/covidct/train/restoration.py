@@ -36,10 +36,19 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+from keras import layers
+from scipy.special import expit
+from tqdm.auto import tqdm
 
+import covidct.models  # noqa: F401  (custom objects of saved models)
+from covidct.data.datasets import load_dataset
+from covidct.data.io import detect_format
 from covidct.errors import CovidctError
+from covidct.models import get_spec
 from covidct.models.inference import is_pretrained_checkpoint  # re-exported: its old home
-from covidct.train.segmentation import MaskSequence
+from covidct.segment.data import prepare_slice, read_gray
+from covidct.train.data import prepare_data
+from covidct.train.segmentation import MaskSequence, load_segmentation_pairs, lung_masked, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +202,8 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
     Raises:
         CovidctError: an unknown dataset, an unreadable file (named), or no images.
     """
-    from covidct.models import get_spec
-    from covidct.segment.data import prepare_slice, read_gray
-    from covidct.train.segmentation import load_segmentation_pairs, lung_masked, model_inputs
-
     d, s = cfg.data, cfg.segmentation
     if get_spec(cfg.model.name).task == "classification":
-        from covidct.train.data import prepare_data
-
         data = prepare_data(cfg, progress=progress)
         split = data.manifest["split"].astype(str).to_numpy()
         keep = np.flatnonzero(split != "test")
@@ -217,8 +220,6 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
             raise CovidctError(f"data.options {unknown} do not apply to phantom pretraining images (n, seed).")
         pairs = load_segmentation_pairs(cfg)
         return UnlabeledImages(model_inputs(pairs, masked), list(pairs.names), np.asarray(pairs.groups))
-    from covidct.data.datasets import load_dataset
-    from covidct.data.io import detect_format
 
     manifest = load_dataset(d.dataset, d.root, **dict(d.options or {}))
     paths = manifest["path"].astype(str).tolist()
@@ -230,7 +231,6 @@ def load_unlabeled_images(cfg, progress: bool = True) -> UnlabeledImages:
                 f"{path} ({d.dataset}) is a {detect_format(path)} file; restoration pretraining reads 2-D slice "
                 f"pictures ({', '.join(PICTURE_FORMATS)}), e.g. data.dataset: sars-cov-2-ct."
             )
-    from tqdm.auto import tqdm
 
     images = []
     for path in tqdm(paths, desc=f"pretraining inputs ({d.dataset})", disable=not progress, leave=False):
@@ -257,8 +257,6 @@ def restoration_network(model):
     Raises:
         CovidctError: a model without a spatial layer or with several inputs.
     """
-    from keras import layers
-
     if len(model.inputs) != 1:
         raise CovidctError(
             f"Model {model.name!r} takes {len(model.inputs)} inputs; restoration pretraining takes one image input."
@@ -300,8 +298,6 @@ def load_pretrained(model, path) -> dict:
         CovidctError: an unreadable checkpoint, a namesake layer with other shapes (another ``model.kwargs``),
             or no layer copied at all (another model).
     """
-    import covidct.models  # noqa: F401  (custom objects of saved models)
-
     try:
         source = keras.saving.load_model(str(path), compile=False)
     except Exception as error:  # noqa: BLE001
@@ -375,8 +371,6 @@ def fixed_validation_pairs(images: np.ndarray, rows, rates, seed: int) -> tuple[
 
 def restoration_mse_numpy(clean: np.ndarray, logits: np.ndarray) -> float:
     """Mean squared error between ``sigmoid(logits)`` and the clean images in [0, 1] (the training loss)."""
-    from scipy.special import expit
-
     clean = np.asarray(clean, dtype=np.float64).reshape(len(clean), -1)
     predicted = expit(np.asarray(logits, dtype=np.float64).reshape(len(logits), -1))
     return float(np.mean((predicted - clean) ** 2))

@@ -12,8 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+import covidct.preprocess  # noqa: F401  (registers the stages)
+import covidct.train.losses  # noqa: F401  (registers the losses)
 from covidct.config import RunConfig, load_config
+from covidct.data.io import CTImage, read_image
 from covidct.errors import CovidctError
+from covidct.evaluate.metrics import logits_to_probs
+from covidct.models.inference import load_model_file, predict_logits
+from covidct.preprocess.stages import get_stage
+from covidct.runs import read_run_info
+from covidct.train.trainer import run_status, train
 
 
 @dataclass
@@ -81,10 +89,6 @@ def load_run(run_dir: str | os.PathLike) -> LoadedRun:
     Raises:
         CovidctError: the folder, its model or its config is missing.
     """
-    import covidct.train.losses  # noqa: F401  (registers the losses)
-    from covidct.models.inference import load_model_file
-    from covidct.runs import read_run_info
-
     run_dir = Path(run_dir)
     model_file = run_dir / "model.keras"
     if not run_dir.is_dir():
@@ -106,8 +110,6 @@ def load_run(run_dir: str | os.PathLike) -> LoadedRun:
 
 
 def _to_ctimage(item):
-    from covidct.data.io import CTImage, read_image
-
     if isinstance(item, CTImage):
         return item
     if isinstance(item, (str, os.PathLike)):
@@ -126,9 +128,6 @@ def preprocess_images(loaded: LoadedRun, items) -> tuple[np.ndarray, np.ndarray]
         (samples uint8 (M, size, size, C), owner (M,) index of the input each sample came from); a
         stage such as ``halves`` gives two samples per input.
     """
-    import covidct.preprocess  # noqa: F401  (registers the stages)
-    from covidct.preprocess.stages import get_stage
-
     stage = get_stage(loaded.stage)
     samples, owner = [], []
     for i, item in enumerate(items):
@@ -158,9 +157,6 @@ def predict_images(loaded: LoadedRun, items, batch_size: int = 32, tta: bool = F
     Raises:
         CovidctError: the run holds a 3-D volume model (see ``require_slice_run``), or an input is unreadable.
     """
-    from covidct.evaluate.metrics import logits_to_probs
-    from covidct.models.inference import predict_logits
-
     require_slice_run(loaded, "predict_images")
     items = list(items)
     samples, owner = preprocess_images(loaded, items)
@@ -179,8 +175,6 @@ def train_or_reuse(cfg: RunConfig, run_dir: str | os.PathLike | None = None, pro
 
     Notebooks and benchmarks call this so rerunning them never retrains (nor clobbers) a finished run.
     """
-    from covidct.train.trainer import run_status, train
-
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.output_root) / cfg.run_name
     status = run_status(run_dir)
     if status == "finished":

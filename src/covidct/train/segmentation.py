@@ -28,15 +28,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import cv2
 import keras
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import GroupKFold
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, unknown_name_error
 from covidct.models.inference import (  # re-exported: their old home
     predict_mask_logits,
     predict_mask_probabilities,
 )
+from covidct.segment.data import (
+    SEGMENTATION_DATASETS,
+    crop_pairs_to_lungs,
+    dilated_lung_mask,
+    load_pairs,
+    phantom_pairs,
+)
+from covidct.train.data import epoch_order, epoch_steps
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +73,6 @@ def load_segmentation_pairs(cfg):
     Returns:
         ``covidct.segment.data.SegmentationPairs`` (with ``lungs`` when the lung input needs them).
     """
-    from covidct.segment.data import (
-        SEGMENTATION_DATASETS,
-        crop_pairs_to_lungs,
-        dilated_lung_mask,
-        load_pairs,
-        phantom_pairs,
-    )
-
     d = cfg.data
     if d.dataset == "phantom":
         options = dict(d.options or {})
@@ -91,8 +93,6 @@ def load_segmentation_pairs(cfg):
             pairs.lungs = np.stack([dilated_lung_mask(image[..., 0]) for image in pairs.images])
         return pairs
     if d.dataset not in SEGMENTATION_DATASETS:
-        from covidct.errors import unknown_name_error
-
         raise unknown_name_error("segmentation dataset", d.dataset, [*SEGMENTATION_DATASETS, "phantom"])
     return load_pairs(d.dataset, d.root, d.size, with_lungs=needs_lungs(cfg), crop=cfg.segmentation.crop)
 
@@ -169,8 +169,6 @@ def group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
 
 def grouped_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
     """Test-row indices of ``k`` folds with disjoint groups (sklearn GroupKFold on shuffled groups)."""
-    from sklearn.model_selection import GroupKFold
-
     unique = np.unique(groups)
     if k < 2 or k > len(unique):
         raise CovidctError(
@@ -282,8 +280,6 @@ def augment_batch(
     Returns:
         (images, masks), new arrays of the same shapes.
     """
-    import cv2
-
     images, masks = images.copy(), masks.copy()
     height, width = images.shape[1:3]
     for index in range(len(images)):
@@ -355,14 +351,10 @@ class MaskSequence(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Fix this epoch's row order (a pure function of seed and epoch; augmentation adds the batch index)."""
-        from covidct.train.data import epoch_order
-
         self.epoch = int(epoch)
         self.order = epoch_order(self.indices, self.seed, self.epoch, self.shuffle)
 
     def __len__(self) -> int:
-        from covidct.train.data import epoch_steps
-
         return epoch_steps(len(self.order), self.batch_size, self.max_steps, self.drop_last)
 
     def __getitem__(self, index: int):

@@ -12,6 +12,7 @@ import os
 import zipfile
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from covidct.errors import CovidctError
@@ -44,8 +45,6 @@ def save_model_atomic(model, path: str | os.PathLike) -> Path:
 
 def variables_to_numpy(variables) -> list[np.ndarray]:
     """Values of Keras variables as NumPy arrays (any backend)."""
-    import keras
-
     return [np.asarray(keras.ops.convert_to_numpy(v.value if hasattr(v, "value") else v)) for v in variables]
 
 

@@ -27,24 +27,25 @@ import warnings
 
 import numpy as np
 
+from covidct.data.datasets import load_dataset
+from covidct.data.splits import assign_splits
+from covidct.data.volumes import build_volume_cache, resolve_shape, volume_rows
 from covidct.errors import CovidctError
-from covidct.train.data import SliceSequence, TrainingData, apply_label_map, resolve_classes
+from covidct.models import get_spec
+from covidct.train.augment_volume import VolumeAugmenter
+from covidct.train.recipes import augmentation_factors
+from covidct.train.samples import SliceSequence, TrainingData, apply_label_map, resolve_classes
 
 log = logging.getLogger(__name__)
 
 
 def is_volume_model(name: str) -> bool:
     """Whether the registered model ``name`` is a volume (3D) model."""
-    from covidct.models import get_spec
-
     return get_spec(name).task == "volume"
 
 
 def volume_shape_of(cfg) -> tuple[int, int, int]:
     """The (D, H, W) volumes are resized to: ``data.volume_shape`` or the model's default input shape."""
-    from covidct.data.volumes import resolve_shape
-    from covidct.models import get_spec
-
     shape = cfg.data.volume_shape
     if shape is None:
         return tuple(int(s) for s in get_spec(cfg.model.name).input_shape[:3])
@@ -69,10 +70,6 @@ def prepare_volume_data(cfg, progress: bool = True) -> TrainingData:
         TrainingData with images a read-only uint8 memmap (N, D, H, W, 1) and one manifest row per
         volume (a per-slice manifest, e.g. ``covid-ct-md``, is collapsed to one row per file).
     """
-    from covidct.data.datasets import load_dataset
-    from covidct.data.splits import assign_splits
-    from covidct.data.volumes import build_volume_cache, volume_rows
-
     d = cfg.data
     manifest = load_dataset(d.dataset, root=d.root, **dict(d.options or {}))
     manifest = volume_rows(apply_label_map(manifest, d.label_map, source=d.dataset))
@@ -85,9 +82,6 @@ def prepare_volume_data(cfg, progress: bool = True) -> TrainingData:
 
 def external_volume_data(loaded, dataset: str, root, label_map, progress: bool = False) -> TrainingData:
     """Another dataset as volumes at a volume run's shape, labels mapped onto the run's classes (all ``test``)."""
-    from covidct.data.datasets import load_dataset
-    from covidct.data.volumes import build_volume_cache, volume_rows
-
     manifest = volume_rows(apply_label_map(load_dataset(dataset, root=root), label_map, source=dataset))
     unknown = sorted(set(manifest["label"].astype(str)) - set(loaded.class_names))
     if unknown:
@@ -102,8 +96,6 @@ def external_volume_data(loaded, dataset: str, root, label_map, progress: bool =
 
 def volume_augmentation(training) -> dict | None:
     """``VolumeAugmenter`` keyword arguments for ``training.augmentation`` (None: off); see the module doc."""
-    from covidct.config import augmentation_factors
-
     aug = training.augmentation
     factors = augmentation_factors(training, "original")  # validates dict keys
     if factors is None:
@@ -140,7 +132,6 @@ class VolumeSequence(SliceSequence):
         item = super().__getitem__(index)
         if self.volume_augmentation is None:
             return item
-        from covidct.train.augment_volume import VolumeAugmenter
 
         # One generator per (seed, epoch, batch): the draws do not depend on the order batches are read.
         seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])

@@ -1,0 +1,1 @@
+"""Subcommand groups of ``covidct`` (``covidct.cli`` registers them)."""
