@@ -49,6 +49,7 @@ LAZY_ALLOWED = {
     # imports the package function it runs when it runs (nothing imports the cli, so no cycle hides here).
     ("covidct.cli", "*"): "startup",
     ("covidct.commands.training", "*"): "startup",
+    ("covidct.serve.cli", "*"): "startup",
     # The model registry imports every architecture and Keras; reading, listing and copying configs must not.
     ("covidct.config.checks", "covidct.models"): "Keras on first use",
     # Notebooks executed before the recipes moved import STAGE_AUGMENTATION from covidct.config; remove with

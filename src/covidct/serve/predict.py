@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import base64
 
+import cv2
 import numpy as np
 
+import covidct.preprocess  # noqa: F401  (registers the stages)
 from covidct import DISCLAIMER
+from covidct.data.io import CTImage
 from covidct.errors import CovidctError
+from covidct.evaluate.metrics import logits_to_probs
+from covidct.evaluate.volume_predict import predict_volume
+from covidct.explain.focus import lung_area_fractions, lung_focus_score, lung_focus_threshold
+from covidct.explain.gradcam import compute_cams
+from covidct.explain.overlay import display_rgb, overlay
+from covidct.models.inference import predict_logits, split_inputs
+from covidct.preprocess.stages import get_stage
 
 TOP_SLICES = 3
 
 
 def png_data_uri(rgb: np.ndarray) -> str:
     """A ``data:image/png;base64,...`` URI of a uint8 (H, W) or (H, W, 3) RGB image."""
-    import cv2
-
     array = np.asarray(rgb)
     if array.ndim == 3:
         array = array[..., ::-1]  # OpenCV writes BGR
@@ -34,9 +42,7 @@ def png_data_uri(rgb: np.ndarray) -> str:
 
 def mask_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """The image in grey with the lung mask tinted green and its outline drawn."""
-    import cv2
 
-    from covidct.explain.overlay import display_rgb
 
     base = display_rgb(image).astype(np.float32)
     inside = np.asarray(mask) > 0
@@ -50,9 +56,6 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.
 
 def preprocess(run, image) -> tuple[np.ndarray, np.ndarray]:
     """The run's stage on one slice: uint8 samples (M, size, size, C) and their masks (M, size, size)."""
-    import covidct.preprocess  # noqa: F401  (registers the stages)
-    from covidct.preprocess.stages import get_stage
-
     outputs = get_stage(run.stage)(image, run.size)
     if not outputs:
         raise CovidctError("The preprocessing stage produced no sample for this image.")
@@ -70,8 +73,6 @@ def decide(run, probs: np.ndarray) -> str:
 
 
 def _cams(run, samples: np.ndarray, class_index: int):
-    from covidct.explain.gradcam import compute_cams
-    from covidct.models.inference import split_inputs
 
     return compute_cams(run.model, split_inputs(samples.astype(np.float32), run.input_names),
                         class_index=class_index, model_name=run.model_name)
@@ -80,10 +81,6 @@ def _cams(run, samples: np.ndarray, class_index: int):
 def _explained(run, samples, masks, class_index: int | None) -> tuple[dict, np.ndarray, np.ndarray]:
     """Grad-CAM of ``class_index`` (None: each sample's argmax) on the samples: images, focus score and warning;
     the mean probabilities; and the explained class of each sample."""
-    from covidct.evaluate.metrics import logits_to_probs
-    from covidct.explain.focus import lung_area_fractions, lung_focus_score, lung_focus_threshold
-    from covidct.explain.overlay import display_rgb, overlay
-
     cams = _cams(run, samples, class_index)
     probs = logits_to_probs(cams.logits).mean(axis=0)
     heatmap, mask = cams.heatmaps[0], masks[0]
@@ -137,11 +134,6 @@ def _decision(run) -> dict:
 
 def predict_volume_result(run, image) -> dict:
     """The JSON result of a volume: per-slice curve, patient score with the run's aggregation, top slices."""
-    from covidct.data.io import CTImage
-    from covidct.evaluate.metrics import logits_to_probs
-    from covidct.evaluate.volume_predict import predict_volume
-    from covidct.models.inference import predict_logits
-
     def predictor(items):
         rows = [preprocess(run, item) for item in items]
         samples = np.concatenate([s for s, _ in rows])

@@ -23,8 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from covidct.data.cache import Cache
 from covidct.errors import CovidctError
+from covidct.evaluate.metrics import resolve_positive_index
+from covidct.models.inference import load_model_file
+from covidct.runs import read_run_info
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,7 +52,6 @@ def image_features(samples: np.ndarray) -> np.ndarray:
 @dataclass
 class Reference:
     """Training-set intensity statistics: per-feature median and robust spread, or why there are none."""
-
     median: np.ndarray | None = None
     spread: np.ndarray | None = None
     n_images: int = 0
@@ -100,7 +104,6 @@ def load_reference(run_dir: Path, info: dict, seed: int = 0) -> Reference:
         why = (f"the run's preprocessed cache {info.get('cache')} is not on this machine"
                if info.get("cache") else "the run records no preprocessed cache")
         return Reference(unavailable=f"{why}, so the training set's intensity statistics are unknown")
-    from covidct.data.cache import Cache
 
     try:
         cache = Cache.open(folder)
@@ -200,7 +203,6 @@ class ServedRun:
         scores: labelled metrics entries (``read_scores``).
         reference: the OOD reference statistics.
     """
-
     run_dir: Path
     model: object
     info: dict
@@ -250,10 +252,7 @@ def load_served_run(run_dir: str | os.PathLike) -> ServedRun:
     Raises:
         CovidctError: the folder, its model or its record is missing, or it is not a slice classifier run.
     """
-    import yaml
 
-    from covidct.models.inference import load_model_file
-    from covidct.runs import read_run_info
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -279,7 +278,6 @@ def load_served_run(run_dir: str | os.PathLike) -> ServedRun:
     data = config.get("data") or {}
     evaluation = config.get("evaluation") or {}
     threshold, source = _threshold(run_dir, evaluation) if len(class_names) == 2 else (None, "argmax (more than two classes)")
-    from covidct.evaluate.metrics import resolve_positive_index
 
     positive = class_names[resolve_positive_index(class_names, evaluation.get("positive_class"))] if len(
         class_names) == 2 else ""

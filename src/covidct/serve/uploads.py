@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidct.data.io import read_image, take_slice
 from covidct.errors import CovidctError
 from covidct.serve import DEFAULT_MAX_UPLOAD_MB  # noqa: F401  (re-exported: the app's default)
 
@@ -44,7 +45,6 @@ EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "dicom": ".dcm", "n
 
 class UploadError(CovidctError):
     """An upload the server refuses, with the HTTP status to answer."""
-
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = int(status)
@@ -223,7 +223,6 @@ def extract_series(archive: Path, folder: Path) -> int:
 @dataclass
 class StoredUpload:
     """An upload on disk: its path (server-chosen name), kind and size in bytes."""
-
     path: Path
     kind: str
     size: int
@@ -253,8 +252,6 @@ def read_upload(upload: StoredUpload):
     Raises:
         UploadError: 422 with the reader's message (truncated data, no pixel data, mixed series, ...).
     """
-    from covidct.data.io import read_image
-
     path = upload.path
     if upload.kind == "zip":
         folder = path.parent / "series"
@@ -276,7 +273,6 @@ def read_upload(upload: StoredUpload):
         raise UploadError(422, f"The file cannot be decoded ({type(error).__name__}): it is truncated or corrupt.") from None
     array = image.array
     if array.ndim == 3 and array.shape[0] == 1:
-        from covidct.data.io import take_slice
 
         image = take_slice(image, 0)
         array = image.array
