@@ -579,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gradcam(subparsers)
     _add_config(subparsers)
     _add_data(subparsers)
+    __import__("covidct.evidence.cli", fromlist=["add_parser"]).add_parser(subparsers)
     return parser
 
 
