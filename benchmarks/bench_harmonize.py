@@ -71,6 +71,7 @@ def _summary(rows: pd.DataFrame) -> dict:
         if column in done and len(done):
             values = done[column].to_numpy(dtype=float)
             out[column] = {"mean": float(values.mean()), "mean_abs": float(np.abs(values).mean()),
+                           "median_abs": float(np.median(np.abs(values))),
                            "p95_abs": float(np.percentile(np.abs(values), 95)), "max_abs": float(np.abs(values).max())}
     return out
 
