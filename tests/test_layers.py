@@ -3,7 +3,7 @@
 The layers, top to bottom (a module belongs to the layer of its longest matching prefix):
 
     cli → workflows (grid, demo, train-or-reuse for notebooks, evaluate after training, segment training,
-    feature baselines, notebook tools) → serve / experiments → explain and the evaluation of run folders
+    feature baselines, notebook tools) → serve / experiments / lesion evidence → explain and the evaluation of run folders
     (``evaluate.evaluator``, ``segment.evaluate``, ...) → train → evaluate (metrics, bootstrap, reports)
     → runs → config → preprocess → models → data → errors
 
@@ -27,7 +27,7 @@ LAYERS = [
     ("workflows", ("covidct.demo", "covidct.train.grid", "covidct.train.workflow", "covidct.train.notebook_runs",
                    "covidct.segment.train", "covidct.features", "covidct.notebook_run", "covidct.notebook_tools",
                    "covidct.notebook_templates")),
-    ("serve/experiments", ("covidct.serve", "covidct.experiments")),
+    ("serve/experiments", ("covidct.serve", "covidct.experiments", "covidct.evidence")),
     ("explain, evaluation of runs", ("covidct.explain", "covidct.evaluate.evaluator", "covidct.evaluate.volume_predict",
                                      "covidct.evaluate.compare", "covidct.segment.evaluate", "covidct.segment.predict")),
     ("train", ("covidct.train",)),
@@ -50,6 +50,7 @@ LAZY_ALLOWED = {
     ("covidct.cli", "*"): "startup",
     ("covidct.commands.training", "*"): "startup",
     ("covidct.serve.cli", "*"): "startup",
+    ("covidct.evidence.cli", "*"): "startup",
     # The model registry imports every architecture and Keras; reading, listing and copying configs must not.
     ("covidct.config.checks", "covidct.models"): "Keras on first use",
     # Notebooks executed before the recipes moved import STAGE_AUGMENTATION from covidct.config; remove with

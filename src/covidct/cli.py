@@ -15,6 +15,7 @@ import yaml
 
 from covidct import DISCLAIMER, __version__
 from covidct.commands.training import add_grid, add_segment, add_train
+from covidct.evidence.cli import add_parser as _add_evidence
 from covidct.serve.cli import add_parser as _add_serve
 
 
@@ -424,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(subparsers)
     _add_data(subparsers)
     _add_serve(subparsers)
+    _add_evidence(subparsers)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Preprocessing: body masks, background removal, lung masks, crops, and the named STAGES."""
 
-from covidct.preprocess import pipelines, standardize  # noqa: F401  (register the named stages)
+from covidct.preprocess import harmonize, pipelines, standardize  # noqa: F401  (register the named stages)
 from covidct.preprocess.body import body_mask, crop_to_body, remove_background
 from covidct.preprocess.lungs import check_lung_mask, lung_mask
 from covidct.preprocess.stages import STAGES, StageOutput, get_stage, register_stage

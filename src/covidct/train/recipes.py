@@ -31,6 +31,7 @@ STAGE_AUGMENTATION_LIKE: dict[str, str] = {
     "lungs-3window": "lungs",
     "lungs-robust": "lungs",
     "lungs-hist": "lungs",
+    "lungs-harmonized": "lungs",
     "masked-pair": "original",
     "halves": "crop",
 }
