@@ -93,11 +93,12 @@ def external_data(stage: str, size: int, class_names: list, cache_root: str, roo
     """covid-ct-md mapped to the run's classes, preprocessed with the run's stage, lung-containing slices only."""
     from covidct.data.cache import build_cache
     from covidct.data.datasets import load_dataset
+    from covidct.preprocess import get_stage
     from covidct.train.data import apply_label_map, data_from_arrays
 
     manifest = apply_label_map(load_dataset(EXTERNAL, root=root), EXTERNAL_LABEL_MAP, source=EXTERNAL)
     manifest = manifest.assign(split="test")
-    cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
+    cache = build_cache(manifest, stage=get_stage(stage), size=size, cache_root=cache_root, progress=False)
     rows = cache.manifest.reset_index(drop=True)
     keep = np.flatnonzero(lung_fractions(rows, cache_root) >= MIN_LUNG_FRACTION)
     images = np.asarray(cache.images[keep])
@@ -136,6 +137,7 @@ def export_bundle(out_dir, stages, size: int, cache_root: str = ".cache/covidct"
     from covidct.data.cache import build_cache
     from covidct.data.datasets import load_dataset
     from covidct.data.splits import assign_splits
+    from covidct.preprocess import get_stage
     from covidct.train.data import apply_label_map
 
     out_dir = Path(out_dir)
@@ -147,7 +149,7 @@ def export_bundle(out_dir, stages, size: int, cache_root: str = ".cache/covidct"
     written = []
     for stage in stages:
         for kind, manifest in (("internal", internal), ("external", external)):
-            cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
+            cache = build_cache(manifest, stage=get_stage(stage), size=size, cache_root=cache_root, progress=False)
             stem = out_dir / f"{kind}-{stage}-{size}"
             np.savez_compressed(f"{stem}.npz", images=np.asarray(cache.images))
             cache.manifest.to_csv(f"{stem}.csv", index=False)

@@ -172,9 +172,10 @@ def _add_preprocess(subparsers) -> None:
 
 def _run_preprocess(args) -> int:
     from covidct.data.cache import preprocess_dataset
+    from covidct.preprocess import get_stage
 
     cache = preprocess_dataset(
-        args.dataset, stage=args.stage, size=args.size, root=args.root, cache_root=args.cache_root, workers=args.workers,
+        args.dataset, stage=get_stage(args.stage), size=args.size, root=args.root, cache_root=args.cache_root, workers=args.workers,
         rebuild=args.rebuild,
     )
     print(f"{cache.path}: {len(cache)} samples {cache.images.shape}, {len(cache.failed)} file(s) skipped.")

@@ -233,6 +233,7 @@ def _medseg_phantom_layout(root: Path):
 def test_medseg_records_mask_orientation_and_block_groups(tmp_path, monkeypatch):
     import covidct.data.datasets as datasets
     from covidct.data.cache import build_cache
+    from covidct.preprocess import get_stage
 
     lesion, right_only = _medseg_phantom_layout(tmp_path / "m")
     manifest = load_dataset("medseg", root=tmp_path / "m", cache_root=tmp_path / "cache")
@@ -250,7 +251,7 @@ def test_medseg_records_mask_orientation_and_block_groups(tmp_path, monkeypatch)
     pd.testing.assert_frame_equal(manifest, again)
 
     # The cache's targets apply the turn: z001's target is the lesion, not its rotated copy.
-    cache = build_cache(manifest, stage="original", size=64, cache_root=tmp_path / "c", workers=1, progress=False)
+    cache = build_cache(manifest, stage=get_stage("original"), size=64, cache_root=tmp_path / "c", workers=1, progress=False)
     from covidct.preprocess.body import resize_mask  # the one mask-resampling rule (area down, cut at 0.5)
 
     np.testing.assert_array_equal(cache.targets[0], resize_mask(lesion, (64, 64)))

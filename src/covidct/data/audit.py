@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from covidct.data.cache import default_cache_root
 from covidct.errors import CovidctError
 
 logger = logging.getLogger(__name__)
@@ -57,11 +58,6 @@ NUMERIC_FEATURES = (
     "laplacian_var",
     "jpeg_blockiness",
 )
-
-
-def default_cache_root() -> Path:
-    """``$COVIDCT_CACHE`` or ``.cache/covidct``."""
-    return Path(os.environ.get("COVIDCT_CACHE", ".cache/covidct"))
 
 
 # ------------------------------------------------------------------------------------------ fingerprints

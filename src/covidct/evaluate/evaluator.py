@@ -168,6 +168,7 @@ def _external_data(loaded, dataset: str, root, label_map, progress: bool):
     """Load another dataset, map its labels onto the run's classes, preprocess it with the run's stage."""
     from covidct.data.cache import build_cache
     from covidct.data.datasets import load_dataset
+    from covidct.preprocess import get_stage
     from covidct.train.data import apply_label_map, data_from_arrays
     from covidct.train.volume_data import external_volume_data, is_volume_model
 
@@ -186,7 +187,7 @@ def _external_data(loaded, dataset: str, root, label_map, progress: bool):
         )
     manifest = manifest.assign(split="test")
     cfg = loaded.config
-    cache = build_cache(manifest, stage=loaded.stage, size=loaded.size, cache_root=cfg.data.cache_root, progress=progress)
+    cache = build_cache(manifest, stage=get_stage(loaded.stage), size=loaded.size, cache_root=cfg.data.cache_root, progress=progress)
     return data_from_arrays(cache.images, cache.manifest.assign(split="test"), classes=loaded.class_names, cache_path=str(cache.path), source=dataset)
 
 

@@ -152,6 +152,7 @@ def prepare_data(cfg, progress: bool = True) -> TrainingData:
     from covidct.data.cache import build_cache
     from covidct.data.datasets import load_dataset
     from covidct.data.splits import assign_splits
+    from covidct.preprocess import get_stage
     from covidct.train.volume_data import is_volume_model, prepare_volume_data
 
     if is_volume_model(cfg.model.name):  # 3D models read the volume cache (N, D, H, W, 1) instead
@@ -160,7 +161,7 @@ def prepare_data(cfg, progress: bool = True) -> TrainingData:
     manifest = load_dataset(d.dataset, root=d.root, **dict(d.options or {}))
     manifest = apply_label_map(manifest, d.label_map, source=d.dataset)
     manifest = assign_splits(manifest, fractions=tuple(d.split_fractions), seed=d.seed, keep_official=d.keep_official_splits)
-    cache = build_cache(manifest, stage=d.stage, size=d.size, cache_root=d.cache_root, progress=progress)
+    cache = build_cache(manifest, stage=get_stage(d.stage), size=d.size, cache_root=d.cache_root, progress=progress)
     if cache.failed is not None and len(cache.failed):
         warnings.warn(f"{len(cache.failed)} image(s) failed preprocessing and were skipped (see {cache.path}).", stacklevel=2)
     return data_from_arrays(cache.images, cache.manifest, classes=d.classes, cache_path=str(cache.path), source=d.dataset)
@@ -218,10 +219,11 @@ def phantom_external_data(stage: str, size: int, cache_root: str = ".cache/covid
     """
     from covidct.data.cache import build_cache
     from covidct.data.datasets import load_dataset
+    from covidct.preprocess import get_stage
 
     manifest = load_dataset("phantom", n=n, size=64, seed=seed)
     manifest = apply_label_map(manifest, label_map, source=f"phantom-seed{seed}").assign(split="test")
-    cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
+    cache = build_cache(manifest, stage=get_stage(stage), size=size, cache_root=cache_root, progress=False)
     return data_from_arrays(cache.images, cache.manifest.assign(split="test"), classes=classes,
                             cache_path=str(cache.path), source=f"phantom-seed{seed}")
 
