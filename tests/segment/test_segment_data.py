@@ -106,5 +106,5 @@ def test_segmentation_folds_are_the_folds_of_data_splits(val_fraction):
 def test_pairs_of_an_unknown_dataset_are_refused_with_a_close_match(tmp_path):
     from covidct.errors import CovidctError
 
-    with pytest.raises(CovidctError, match="Did you mean: medseg\?"):
+    with pytest.raises(CovidctError, match=r"Did you mean: medseg\?"):
         load_pairs("medsg", tmp_path)

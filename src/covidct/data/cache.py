@@ -65,8 +65,10 @@ from covidct.data.cache_integrity import (
     slice_arrays,
     stats_digest,
 )
+from covidct.data.datasets import load_dataset
 from covidct.data.io import ImageLoader, read_image
 from covidct.data.manifest import validate_manifest
+from covidct.data.splits import assign_splits
 from covidct.data.stage import full_field_target, stage_name
 from covidct.data.writes import atomic_write_text, os_error_message, remove_owned_tree, removing_on_error
 from covidct.errors import CovidctError, unknown_name_error
@@ -79,11 +81,6 @@ KEY_COLUMNS = ("path", "label", "group", "split", "source", "mask_path", "slice_
 CHUNK_PATTERNS = ("chunk_*.npy", "chunk_*.csv", "chunk_*.done", "inputs.json", "*.tmp")
 #: The files of a finished slice cache (removed, meta.json first, before a rebuild in place).
 CACHE_FILES = ("meta.json", "images.u8", "masks.u8", "targets.u8", "manifest.csv", "failed.csv", "inputs.csv")
-
-
-def default_cache_root() -> Path:
-    """``$COVIDCT_CACHE`` or ``.cache/covidct``."""
-    return Path(os.environ.get("COVIDCT_CACHE", ".cache/covidct"))
 
 
 class ManifestRows:
@@ -558,9 +555,6 @@ def preprocess_dataset(
     Returns:
         The ``Cache``.
     """
-    from covidct.data.datasets import load_dataset
-    from covidct.data.splits import assign_splits
-
     manifest = assign_splits(load_dataset(dataset, root=root), seed=seed)
     return build_cache(manifest, stage=stage, size=size, cache_root=cache_root, workers=workers, progress=progress,
                        rebuild=rebuild)

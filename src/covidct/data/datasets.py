@@ -17,6 +17,9 @@ puts data by default).
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import logging
 import os
 import re
@@ -25,11 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from covidct.data import phantom
+from covidct.data.groups import GROUP_MERGE_HAMMING, merge_near_duplicate_groups
 from covidct.data.io import IMAGE_SUFFIXES, nifti_depth
 from covidct.data.manifest import make_manifest
 from covidct.data.options import check_options
+from covidct.data.splits import sample_groups
 from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 
 logger = logging.getLogger(__name__)
@@ -86,8 +93,6 @@ def register_dataset(name: str, description: str, folders: tuple = (), label_map
 
 def dataset_options(name: str) -> dict:
     """The options of dataset ``name``'s loader with their defaults (``root`` excluded), from its signature."""
-    import inspect
-
     if name not in DATASETS:
         raise unknown_name_error("dataset", name, DATASETS)
     parameters = inspect.signature(DATASETS[name].loader).parameters
@@ -145,8 +150,6 @@ def load_dataset(
     else:
         manifest = spec.loader(resolve_root(name, root), **options)
     if groups_per_class is not None:
-        from covidct.data.splits import sample_groups
-
         if int(groups_per_class) < 1:
             raise CovidctError(f"groups_per_class must be a positive integer, got {groups_per_class!r}.")
         manifest = sample_groups(manifest, int(groups_per_class), seed=0)
@@ -352,8 +355,6 @@ def load_phantom(root: str | Path | None = None, n: int = 120, size: int = 64, s
     Returns:
         Manifest with ``.npy`` HU slices, lung-mask paths and patient groups.
     """
-    from covidct.data import phantom
-
     root = Path(root) if root is not None else Path("data") / "phantom" / f"n{n}-s{size}-seed{seed}"
     manifest_file = root / "manifest.csv"
     if manifest_file.is_file():
@@ -378,7 +379,7 @@ def load_phantom_volumes(
 ) -> pd.DataFrame:
     """Synthetic phantom volumes written once to ``data/phantom-volumes/n<n>-<D>x<H>x<W>-seed<seed>``.
 
-    Volume ``i`` has class ``CLASSES[i % 3]`` (``covidct.data.volumes.write_phantom_volumes``), so the
+    Volume ``i`` has class ``CLASSES[i % 3]`` (``covidct.data.phantom.write_phantom_volumes``), so the
     classes are balanced; use ``data.label_map`` (``OtherPneumonia: drop``) for COV vs Normal.
 
     Args:
@@ -390,8 +391,6 @@ def load_phantom_volumes(
     Returns:
         Manifest with one row per ``.npy`` HU volume (``slice_index`` -1, group = patient).
     """
-    from covidct.data.volumes import write_phantom_volumes
-
     shape = tuple(int(s) for s in shape)
     tag = "x".join(str(s) for s in shape)
     root = Path(root) if root is not None else Path("data") / "phantom-volumes" / f"n{n}-{tag}-seed{seed}"
@@ -400,7 +399,7 @@ def load_phantom_volumes(
         frame = pd.read_csv(manifest_file, keep_default_na=False, dtype={"group": str, "label": str})
         if all(Path(p).is_file() for p in frame["path"]):
             return make_manifest(frame.to_dict("records"))
-    frame = write_phantom_volumes(root, n=n, shape=shape, seed=seed).copy()
+    frame = phantom.write_phantom_volumes(root, n=n, shape=shape, seed=seed).copy()
     frame["source"] = "phantom-volumes"
     frame["group_proxy"] = "patient"
     manifest = make_manifest(frame.to_dict("records"))
@@ -601,8 +600,6 @@ def load_sars_cov_2_ct(
     proxy = {"image": "image", "blocks": f"blocks of {block} file numbers"}.get(group_proxy, "")
     manifest = _finish(rows, "sars-cov-2-ct", proxy)
     if group_proxy == "blocks+phash":
-        from covidct.data.audit import GROUP_MERGE_HAMMING, merge_near_duplicate_groups
-
         threshold = GROUP_MERGE_HAMMING if hamming is None else hamming
         manifest = merge_near_duplicate_groups(manifest, hamming=threshold, cache_root=cache_root)
         manifest["group_proxy"] = f"blocks of {block} file numbers merged with 256-bit pHash<={threshold} clusters"
@@ -727,6 +724,27 @@ def medseg_group(path: str | Path, fallback: int = 0) -> str:
     return f"medseg_block{(index - 1) // MEDSEG_BLOCK:02d}"
 
 
+_LUNG_MASK: list = []
+
+
+def register_lung_mask(lung_mask: Callable) -> None:
+    """Register the classical lung mask ``lung_mask(image_u8, warn=False)`` the MedSeg orientation check uses.
+
+    ``covidct.preprocess.lungs`` registers its ``lung_mask`` when it is imported (``import covidct.preprocess``):
+    the data layer does not import the preprocessing layer above it.
+    """
+    _LUNG_MASK[:] = [lung_mask]
+
+
+def _lung_mask() -> Callable:
+    if not _LUNG_MASK:
+        raise CovidctError(
+            "MedSeg's mask orientation needs the classical lung mask: `import covidct.preprocess` first "
+            "(it registers covidct.preprocess.lungs.lung_mask with covidct.data.datasets.register_lung_mask)."
+        )
+    return _LUNG_MASK[0]
+
+
 def medseg_mask_rot90(image, mask) -> int:
     """Quarter turns ``k`` (0 or -1) that align a MedSeg mask with its image: ``np.rot90(mask, k)``.
 
@@ -743,30 +761,21 @@ def medseg_mask_rot90(image, mask) -> int:
     Returns:
         -1 (turn the mask a quarter turn clockwise) or 0 (keep it). Empty or non-square masks give 0.
     """
-    import numpy as np
-
-    from covidct.preprocess.lungs import lung_mask
-
     mask = np.asarray(mask) > 0
     if not mask.any() or mask.shape[0] != mask.shape[1] or np.shape(image) != mask.shape:
         return 0
-    lungs = lung_mask(np.asarray(image), warn=False) > 0
+    lungs = _lung_mask()(np.asarray(image), warn=False) > 0
     as_is, quarter = lungs[mask].mean(), lungs[np.rot90(mask, -1)].mean()
     return 0 if as_is > quarter + 0.05 else -1
 
 
 def _medseg_turns(pairs: list[tuple[Path, Path]], cache_root: str | Path | None | bool) -> list[int]:
     """``medseg_mask_rot90`` of every pair, cached in ``<cache_root>/medseg_mask_rot90.json`` by content hash."""
-    import hashlib
-    import inspect
-    import json
-
     import cv2
 
-    import covidct.preprocess.lungs
-
     # The decision depends on the lung-mask code too: a change there recomputes it.
-    version = MEDSEG_ORIENTATION_VERSION + hashlib.sha256(inspect.getsource(covidct.preprocess.lungs).encode()).hexdigest()
+    lung_code = inspect.getsource(inspect.getmodule(_lung_mask()))
+    version = MEDSEG_ORIENTATION_VERSION + hashlib.sha256(lung_code.encode()).hexdigest()
     keys = []
     for image, mask in pairs:
         digest = hashlib.sha256(version.encode())

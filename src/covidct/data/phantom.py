@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from covidct.data.manifest import make_manifest
 from covidct.errors import CovidctError, unknown_name_error
 
 CLASSES = ("COV", "Normal", "OtherPneumonia")
@@ -1074,8 +1075,6 @@ def write_dataset(
     """
     import cv2
 
-    from covidct.data.manifest import make_manifest
-
     root = Path(root)
     data = make_dataset(n=n, size=size, seed=seed, slices_per_patient=slices_per_patient)
     counters: dict[str, int] = {}
@@ -1113,6 +1112,43 @@ def write_dataset(
     manifest = make_manifest(rows)
     manifest.to_csv(root / "manifest.csv", index=False)
     return manifest
+
+
+def write_phantom_volumes(root, n: int = 12, shape=(32, 64, 64), seed: int = 0) -> pd.DataFrame:
+    """Write phantom volumes (balanced classes) as int16 HU ``.npy`` files and return their Manifest.
+
+    Layout: ``root/<label>/phantomvol_<i>.npy`` (D, H, W), inferior to superior; each volume is its own
+    patient (``group``). Volume ``i`` has class ``CLASSES[i % 3]`` and seed ``seed * 100003 + i``.
+
+    Args:
+        root: output folder.
+        n: number of volumes.
+        shape: (D, H, W) of each volume (>= 4, 32, 32).
+        seed: dataset seed.
+
+    Returns:
+        A Manifest (path, label, group, split "", source "phantom-volume", slice_index -1).
+    """
+    root = Path(root)
+    rows = []
+    for i in range(int(n)):
+        label = CLASSES[i % len(CLASSES)]
+        volume = make_volume(label, shape=tuple(shape), seed=seed * 100003 + i)
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"phantomvol_{i:04d}.npy"
+        np.save(path, np.clip(np.rint(volume.volume_hu), -32768, 32767).astype(np.int16))
+        rows.append(
+            {
+                "path": str(path.resolve()),
+                "label": label,
+                "group": f"phantomvol_{i:04d}",
+                "split": "",
+                "source": "phantom-volume",
+                "slice_index": -1,
+            }
+        )
+    return make_manifest(rows)
 
 
 def plot_phantom_classes(size: int = 256, seed: int = 3):

@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from covidct.data.datasets import register_lung_mask
 from covidct.errors import CovidctError, unknown_name_error
 from covidct.preprocess.body import (
     SliceAnalysis,
@@ -436,3 +437,6 @@ def _model_mask(image, model) -> np.ndarray:
     display = to_display_u8(image)
     foreground = predict_foreground(model, display[None])[0]
     return _label_by_side(foreground, display.shape)
+
+
+register_lung_mask(lung_mask)  # the MedSeg orientation check of the data layer uses it

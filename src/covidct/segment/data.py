@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidct.data.cache import build_cache, default_cache_root
+from covidct.data.cache import build_cache
+from covidct.data.cache_integrity import default_cache_root
 from covidct.data.datasets import dataset_candidates, load_dataset
 from covidct.data.stage import StageOutput
 from covidct.errors import CovidctError, unknown_name_error
