@@ -146,6 +146,7 @@ def _add_audit(subparsers) -> None:
 
 
 def _run_audit(args) -> int:
+    import covidct.preprocess  # noqa: F401  (registers the lung mask MedSeg's orientation check uses)
     from covidct.data.audit import audit_named_dataset
 
     report, json_path, markdown_path = audit_named_dataset(args.dataset, root=args.root, out_dir=args.out, seed=args.seed)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import covidct.preprocess  # noqa: F401  (registers the lung mask MedSeg's orientation check uses)
 from covidct.data.datasets import list_datasets, load_dataset, to_binary
 from covidct.errors import CovidctError
 
@@ -298,3 +299,11 @@ def test_choose_data_finds_the_real_folder_or_falls_back_to_phantoms(tmp_path, m
     monkeypatch.setenv("COVIDCT_DATA_ROOT", str(tmp_path / "store"))
     assert choose_data("sars-cov-2-ct").root == found.root
     assert choose_data("phantom").dataset == "phantom"
+
+
+def test_medseg_orientation_without_a_registered_lung_mask_says_what_to_import(monkeypatch):
+    import covidct.data.datasets as datasets
+
+    monkeypatch.setattr(datasets, "_LUNG_MASK", [])
+    with pytest.raises(CovidctError, match=r"`import covidct.preprocess` first"):
+        datasets.medseg_mask_rot90(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8))
