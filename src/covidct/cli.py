@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from covidct import DISCLAIMER, __version__
+from covidct.experiments import cli as experiments_cli
 
 
 def _add_models(subparsers) -> None:
@@ -581,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gradcam(subparsers)
     _add_config(subparsers)
     _add_data(subparsers)
+    experiments_cli.add_parser(subparsers)
     return parser
 
 
