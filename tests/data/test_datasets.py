@@ -233,6 +233,7 @@ def _medseg_phantom_layout(root: Path):
 
 def test_medseg_records_mask_orientation_and_block_groups(tmp_path, monkeypatch):
     import covidct.data.datasets as datasets
+    import covidct.data.mask_datasets as mask_datasets
     from covidct.data.cache import build_cache
     from covidct.preprocess import get_stage
 
@@ -247,7 +248,7 @@ def test_medseg_records_mask_orientation_and_block_groups(tmp_path, monkeypatch)
     def fail(*_):
         raise AssertionError("orientation recomputed despite the cache")
 
-    monkeypatch.setattr(datasets, "medseg_mask_rot90", fail)
+    monkeypatch.setattr(mask_datasets, "medseg_mask_rot90", fail)
     again = load_dataset("medseg", root=tmp_path / "m", cache_root=tmp_path / "cache")
     pd.testing.assert_frame_equal(manifest, again)
 
@@ -302,8 +303,8 @@ def test_choose_data_finds_the_real_folder_or_falls_back_to_phantoms(tmp_path, m
 
 
 def test_medseg_orientation_without_a_registered_lung_mask_says_what_to_import(monkeypatch):
-    import covidct.data.datasets as datasets
+    import covidct.data.mask_datasets as mask_datasets
 
-    monkeypatch.setattr(datasets, "_LUNG_MASK", [])
+    monkeypatch.setattr(mask_datasets, "_LUNG_MASK", [])
     with pytest.raises(CovidctError, match=r"`import covidct.preprocess` first"):
-        datasets.medseg_mask_rot90(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8))
+        mask_datasets.medseg_mask_rot90(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8))

@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidct.data.datasets import register_lung_mask
+from covidct.data.mask_datasets import register_lung_mask
 from covidct.errors import CovidctError, unknown_name_error
 from covidct.preprocess.body import (
     SliceAnalysis,
