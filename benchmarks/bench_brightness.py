@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def mean_lung_grey(manifest: pd.DataFrame, stage: str, size: int) -> np.ndarray:
@@ -46,10 +45,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/bench_brightness.json")
     args = parser.parse_args(argv)
 
-    from bench_generalization import MIN_LUNG_FRACTION, lung_fractions
-
     import covidct.preprocess.standardize  # noqa: F401  (registers lungs-robust, lungs-hist)
     from covidct.data.datasets import load_dataset
+    from covidct.experiments.external import MIN_LUNG_FRACTION, lung_fractions
 
     root = Path(args.data_root)
     internal = load_dataset("sars-cov-2-ct", root=root / "sars-cov-2-ct-scan")

@@ -48,10 +48,11 @@ def manifest_for(data_root: Path):
 
 def build_speed(manifest, stage: str, size: int, workers: int) -> dict:
     from covidct.data.cache import build_cache
+    from covidct.preprocess import get_stage
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        cache = build_cache(manifest, stage=stage, size=size, cache_root=folder, workers=workers, progress=False)
+        cache = build_cache(manifest, stage=get_stage(stage), size=size, cache_root=folder, workers=workers, progress=False)
         seconds = time.perf_counter() - start
         result = {"stage": stage, "size": size, "workers": workers, "images": len(manifest), "seconds": round(seconds, 2),
                   "images_per_s": round(len(manifest) / seconds, 1), "failed": len(cache.failed)}
@@ -79,13 +80,13 @@ def rss_child(data_root: Path, size: int, workers: int, stage: str = "original")
     """Build one cache and print peak RSS (MiB) of this process and of its largest worker."""
     import covidct.preprocess  # noqa: F401
     from covidct.data.cache import build_cache
-    from covidct.preprocess.stages import STAGES, register_stage
+    from covidct.preprocess.stages import STAGES, get_stage, register_stage
 
     if stage == "bench-bare-resize" and stage not in STAGES:
         register_stage(stage)(bare_resize)
     manifest = manifest_for(data_root)
     with tempfile.TemporaryDirectory() as folder:
-        build_cache(manifest, stage=stage, size=size, cache_root=folder, workers=workers, progress=False)
+        build_cache(manifest, stage=get_stage(stage), size=size, cache_root=folder, workers=workers, progress=False)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"size": size, "stage": stage, "main_peak_rss_mib": round(own, 1), "largest_worker_peak_rss_mib": round(children, 1)}))

@@ -16,8 +16,10 @@ Protocol (fixed before any external number was seen):
   is trained with several seeds; ``ensemble`` rows average the seeds' probabilities.
 * 95% CIs: bootstrap over patients/groups (``covidct.evaluate``); across seeds: mean ± SD.
 
-Everything goes through ``covidct.train.train`` and ``covidct.evaluate.evaluate_run``. The script
-imports no TensorFlow itself, so it runs under ``KERAS_BACKEND=jax`` (GPU) as well::
+The protocol lives in the package (``covidct.experiments.ablation``, its data in
+``covidct.experiments.external``); this script is its command line. Everything goes through
+``covidct.train.train`` and ``covidct.evaluate.evaluate_run``; it imports no TensorFlow itself, so it runs
+under ``KERAS_BACKEND=jax`` (GPU) as well::
 
     python benchmarks/bench_generalization.py --size 128 --epochs 20 --seeds 0 1 2 --out results.json
     KERAS_BACKEND=jax python benchmarks/bench_generalization.py --size 224 --seeds 0 1 2 3 4 --out gpu.json
@@ -34,395 +36,48 @@ Finished runs are reused (the script is resumable); ``--overwrite`` retrains.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
-import yaml
 
 from covidct.evaluate.generalization import (
     generalization_markdown,
     plot_generalization,
     summarise_generalization,
 )
+from covidct.experiments.ablation import (  # noqa: F401  (the protocol's functions, under their old names)
+    ARMS,
+    arm_config,
+    ensemble_scores,
+    evaluate_arm,
+    run_ablation,
+    scores_from_files,
+    summarise_runs,
+    train_arm,
+    write_json,
+)
+from covidct.experiments.ensembles import (  # noqa: F401
+    ensemble,
+    external_summary,
+    internal_scores,
+    patient_table,
+)
+from covidct.experiments.external import (  # noqa: F401
+    CONFIG_DIR,
+    EXTERNAL,
+    EXTERNAL_LABEL_MAP,
+    MIN_LUNG_FRACTION,
+    bundle_data,
+    export_bundle,
+    external_data,
+    lung_fractions,
+    smoke_external_data,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs" / "robust"
-#: Cumulative arms, then the leave-one-out arm, then ``histogram`` (``standardize`` with rank equalisation
-#: inside the lungs instead of the two percentile anchors: the mean lung brightness no longer differs).
-ARMS = ("plain", "lungs", "standardize", "appearance", "robust", "no-standardize", "histogram")
-EXTERNAL = "covid-ct-md"
-#: covid-ct-md's labels onto sars-cov-2-ct's classes: COVID-19 vs (CAP + Normal).
-EXTERNAL_LABEL_MAP = {"COV": "COV", "OtherPneumonia": "NonCOV", "Normal": "NonCOV"}
-#: A slice counts as lung-containing when both lungs together cover at least this fraction of it.
-MIN_LUNG_FRACTION = 0.05
-POSITIVE = "COV"
-
-log = logging.getLogger("bench_generalization")
-
-
-# ----------------------------------------------------------------------------------------------- data
-def lung_fractions(manifest: pd.DataFrame, cache_root: str) -> np.ndarray:
-    """Lung-mask area fraction of every (path, slice_index) row of a volume manifest (cached as CSV)."""
-    from covidct.data.io import CTImage, read_image
-    from covidct.preprocess.lungs import lung_mask
-
-    cache = Path(cache_root) / "bench_generalization_lung_fractions.csv"
-    known = pd.read_csv(cache) if cache.is_file() else pd.DataFrame(columns=["path", "slice_index", "fraction"])
-    key = manifest["path"].astype(str) + "#" + manifest["slice_index"].astype(int).astype(str)
-    table = dict(zip(known["path"].astype(str) + "#" + known["slice_index"].astype(int).astype(str), known["fraction"]))
-    missing = sorted(set(manifest.loc[~key.isin(table.keys()), "path"].astype(str)))
-    for path in missing:
-        volume = read_image(path)
-        for k in range(volume.array.shape[0]):
-            labels = lung_mask(CTImage(volume.array[k], volume.unit, path), warn=False)
-            table[f"{path}#{k}"] = float((labels > 0).mean())
-    if missing:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        rows = [{"path": k.rsplit("#", 1)[0], "slice_index": int(k.rsplit("#", 1)[1]), "fraction": v} for k, v in table.items()]
-        pd.DataFrame(rows).to_csv(cache, index=False)
-    return np.array([table[k] for k in key], dtype=float)
-
-
-def external_data(stage: str, size: int, class_names: list, cache_root: str, root: str | None = None):
-    """covid-ct-md mapped to the run's classes, preprocessed with the run's stage, lung-containing slices only."""
-    from covidct.data.cache import build_cache
-    from covidct.data.datasets import load_dataset
-    from covidct.train.data import apply_label_map, data_from_arrays
-
-    manifest = apply_label_map(load_dataset(EXTERNAL, root=root), EXTERNAL_LABEL_MAP, source=EXTERNAL)
-    manifest = manifest.assign(split="test")
-    cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
-    rows = cache.manifest.reset_index(drop=True)
-    keep = np.flatnonzero(lung_fractions(rows, cache_root) >= MIN_LUNG_FRACTION)
-    images = np.asarray(cache.images[keep])
-    return data_from_arrays(images, rows.iloc[keep].assign(split="test"), classes=class_names, source=EXTERNAL)
-
-
-def smoke_external_data(stage: str, size: int, class_names: list, seed: int = 99):
-    """Smoke stand-in for another hospital: phantoms shown through another window and blurred."""
-    from scipy import ndimage
-
-    from covidct.data.io import CTImage
-    from covidct.data.phantom import make_dataset
-    from covidct.data.windows import window_hu
-    from covidct.preprocess import get_stage
-    from covidct.train.data import data_from_arrays
-
-    phantoms = make_dataset(n=24, size=64, seed=seed, slices_per_patient=4)
-    stage_fn = get_stage(stage)
-    images = []
-    for image_hu in phantoms.images_hu:
-        display = ndimage.gaussian_filter(window_hu(image_hu, -500, 1800) * 255.0, 1.0).astype(np.float32)
-        images.append(stage_fn(CTImage(display, "display"), size)[0].image)
-    labels = ["COV" if label == "COV" else "NonCOV" for label in phantoms.labels]
-    manifest = pd.DataFrame({"path": [f"shifted/{i}" for i in range(len(labels))], "label": labels,
-                             "group": phantoms.groups, "split": "test", "source": "phantom-shifted"})
-    return data_from_arrays(np.stack(images), manifest, classes=class_names, source="phantom-shifted")
-
-
-def export_bundle(out_dir, stages, size: int, cache_root: str = ".cache/covidct") -> list[Path]:
-    """Write preprocessed arrays for a machine without the raw data (e.g. a GPU box): per stage
-    ``internal-<stage>-<size>.npz`` (images, compressed) + ``.csv`` (manifest with the grouped split) and
-    ``external-<stage>-<size>`` likewise, plus ``lung_fractions.csv``. Built with the same code as a
-    normal run (dataset loader, grouped split, ``build_cache``), so ``--data-dir`` runs the same data.
-    """
-    from covidct.config import load_config
-    from covidct.data.cache import build_cache
-    from covidct.data.datasets import load_dataset
-    from covidct.data.splits import assign_splits
-    from covidct.train.data import apply_label_map
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    d = load_config(CONFIG_DIR / "robust.yaml").data
-    internal = assign_splits(load_dataset(d.dataset, root=d.root), fractions=tuple(d.split_fractions), seed=d.seed,
-                             keep_official=d.keep_official_splits)
-    external = apply_label_map(load_dataset(EXTERNAL), EXTERNAL_LABEL_MAP, source=EXTERNAL).assign(split="test")
-    written = []
-    for stage in stages:
-        for kind, manifest in (("internal", internal), ("external", external)):
-            cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
-            stem = out_dir / f"{kind}-{stage}-{size}"
-            np.savez_compressed(f"{stem}.npz", images=np.asarray(cache.images))
-            cache.manifest.to_csv(f"{stem}.csv", index=False)
-            written += [Path(f"{stem}.npz"), Path(f"{stem}.csv")]
-    rows = external.reset_index(drop=True)
-    rows.assign(fraction=lung_fractions(rows, cache_root))[["path", "slice_index", "fraction"]].to_csv(
-        out_dir / "lung_fractions.csv", index=False)
-    written.append(out_dir / "lung_fractions.csv")
-    return written
-
-
-def bundle_data(data_dir, kind: str, stage: str, size: int, class_names=None):
-    """TrainingData from an exported bundle (see ``export_bundle``); external rows are lung-containing only."""
-    from covidct.train.data import data_from_arrays
-
-    stem = Path(data_dir) / f"{kind}-{stage}-{size}"
-    if not Path(f"{stem}.npz").is_file():
-        from covidct.errors import CovidctError
-
-        raise CovidctError(f"{stem}.npz is missing: export it with --export-data (stage {stage!r}, size {size}).")
-    images = np.load(f"{stem}.npz")["images"]
-    manifest = pd.read_csv(f"{stem}.csv", keep_default_na=False)
-    if kind == "external":
-        fractions = pd.read_csv(Path(data_dir) / "lung_fractions.csv")
-        table = dict(zip(fractions["path"] + "#" + fractions["slice_index"].astype(str), fractions["fraction"]))
-        key = manifest["path"] + "#" + manifest["slice_index"].astype(int).astype(str)
-        keep = np.flatnonzero(key.map(table).to_numpy(dtype=float) >= MIN_LUNG_FRACTION)
-        images, manifest = images[keep], manifest.iloc[keep].assign(split="test")
-    return data_from_arrays(images, manifest, classes=class_names, source=f"{kind}-{stage}")
-
-
-# ------------------------------------------------------------------------------------------ train/eval
-def arm_config(arm: str, seed: int, args):
-    """The arm's RunConfig with the command line's size, epochs, seed and output folder."""
-    from covidct.config import load_config
-
-    overrides = [
-        f"data.size={args.size}",
-        f"training.epochs={args.epochs}",
-        f"training.seed={seed}",
-        f"name=gen-{arm}-s{args.size}-seed{seed}{args.tag}",
-        f"output_root={args.runs_root}",
-        f"evaluation.n_bootstrap={args.n_bootstrap}",
-        f"data.cache_root={args.cache_root}",
-    ]
-    if args.batch_size:
-        overrides.append(f"training.batch_size={args.batch_size}")
-    overrides += list(args.set)
-    if args.max_steps:
-        overrides.append(f"training.max_steps_per_epoch={args.max_steps}")
-    if args.smoke:
-        overrides += [
-            "data.dataset=phantom",
-            "data.options={n: 96, size: 64, seed: 0}",
-            "data.label_map={COV: COV, Normal: NonCOV, OtherPneumonia: NonCOV}",
-            "training.min_epochs=0",
-            "training.shortcut_probe=false",
-        ]
-    return load_config(CONFIG_DIR / f"{arm}.yaml", overrides)
-
-
-def train_arm(arm: str, seed: int, args) -> tuple[Path, float]:
-    """Train one arm with one seed (reusing a finished run); returns (run folder, seconds trained)."""
-    from covidct.train import train
-    from covidct.train.trainer import run_status
-
-    cfg = arm_config(arm, seed, args)
-    run_dir = Path(cfg.output_root) / cfg.run_name
-    if run_status(run_dir) == "finished" and not args.overwrite:
-        seconds = json.loads((run_dir / "run.json").read_text()).get("seconds", float("nan"))
-        return run_dir, float(seconds)
-    data = bundle_data(args.data_dir, "internal", cfg.data.stage, cfg.data.size) if args.data_dir else None
-    started = time.perf_counter()
-    train(cfg, run_dir=run_dir, resume=run_status(run_dir) == "interrupted", overwrite=args.overwrite, data=data,
-          progress=False)
-    return run_dir, time.perf_counter() - started
-
-
-def patient_table(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Mean COVID probability per patient (group) with the patient's label."""
-    table = predictions.groupby("group").agg(label=("label", "first"), score=(f"prob_{POSITIVE}", "mean"), slices=("label", "size"))
-    return table.reset_index().sort_values("score", ascending=False)
-
-
-def external_summary(predictions: pd.DataFrame, n_bootstrap: int, class_names: list) -> dict:
-    """Slice AUC (CI over patients), patient-mean AUC and the ranking check from a predictions table."""
-    from covidct.evaluate.evaluator import metrics_with_ci
-
-    y = (predictions["label"].astype(str) == POSITIVE).to_numpy().astype(int)
-    probs = np.stack([1 - predictions[f"prob_{POSITIVE}"].to_numpy(), predictions[f"prob_{POSITIVE}"].to_numpy()], axis=1)
-    slice_metrics = metrics_with_ci(y, probs, predictions["group"].astype(str).to_numpy(), ["other", POSITIVE], n_bootstrap)
-    patients = patient_table(predictions)
-    covid = patients.loc[patients["label"] == POSITIVE, "score"]
-    others = patients.loc[patients["label"] != POSITIVE, "score"]
-    from sklearn.metrics import roc_auc_score
-
-    patient_auc = float(roc_auc_score(patients["label"] == POSITIVE, patients["score"])) if len(covid) and len(others) else float("nan")
-    return {
-        "slice_auc": slice_metrics["auc_macro_ovr"],
-        "slice_auc_ci": [slice_metrics["ci"]["auc_macro_ovr"]["low"], slice_metrics["ci"]["auc_macro_ovr"]["high"]] if n_bootstrap else None,
-        "slice_balanced_accuracy": slice_metrics["balanced_accuracy"],
-        "n_slices": int(len(predictions)),
-        "patient_mean_auc": patient_auc,
-        "covid_patients_ranked_first": bool(len(covid) and len(others) and covid.min() > others.max()),
-        "patients": {row.group: {"label": row.label, "mean_prob_covid": float(row.score), "slices": int(row.slices)}
-                     for row in patients.itertuples()},
-    }
-
-
-def evaluate_arm(run_dir: Path, ext, args) -> dict:
-    """Internal test + external scores of one run (through ``covidct.evaluate.evaluate_run``)."""
-    from covidct.evaluate import evaluate_run
-
-    own = None
-    if args.data_dir:
-        info = json.loads((run_dir / "run.json").read_text())
-        own = bundle_data(args.data_dir, "internal", info["stage"], int(info["size"]), info["class_names"])
-    # Macro-F1 at a threshold chosen on validation first (kept here), then the argmax evaluation the files keep
-    # (metrics_test.json, read back by scores_from_files).
-    at_val = evaluate_run(run_dir, split="test", n_bootstrap=0, figures=False, data=own, threshold="val")
-    evaluate_run(run_dir, split="test", n_bootstrap=args.n_bootstrap, figures=False, data=own)
-    tag = "external-" + ("phantom-shifted" if args.smoke else EXTERNAL)
-    evaluate_run(run_dir, dataset=tag.removeprefix("external-"), data=ext, label_map=EXTERNAL_LABEL_MAP,
-                 n_bootstrap=0, figures=False)
-    return scores_from_files(run_dir, args.n_bootstrap, at_val)
-
-
-def scores_from_files(run_dir: Path, n_bootstrap: int, at_val: dict | None = None) -> dict:
-    """The scores of an evaluated run from its files (``metrics_test.json``, the external predictions, history):
-    no model needed, so also for runs trained on another machine whose weights did not come back. The macro-F1 at
-    the validation threshold needs validation predictions, which a run folder does not keep: taken from ``at_val``
-    (``evaluate_run(..., threshold="val")``'s result) when given, else None."""
-    info = json.loads((run_dir / "run.json").read_text())
-    history = pd.read_csv(run_dir / "history.csv")
-    internal = json.loads((run_dir / "metrics_test.json").read_text())["slice"]
-    ci = internal.get("ci", {}).get("auc_macro_ovr", {})
-    predictions = pd.read_csv(run_dir / f"predictions_{external_tag(run_dir)}.csv")
-    return {
-        "val_auc": float(history.loc[history["epoch"] == info["best_epoch"], "val_auc"].iloc[0]),
-        "monitor": info.get("monitor"),
-        "best_epoch": info.get("best_epoch"),
-        "epochs_run": info.get("epochs_run"),
-        "shortcut_probe_auc": (info.get("shortcut_probe") or {}).get("auc"),
-        "internal_test_auc": internal["auc_macro_ovr"],
-        "internal_test_auc_ci": [ci.get("low"), ci.get("high")] if ci else None,
-        "internal_test_macro_f1": internal["macro_f1"],
-        "internal_test_macro_f1_at_val_threshold": at_val["slice"]["macro_f1"] if at_val else None,
-        "val_threshold": at_val["threshold"]["value"] if at_val else None,
-        "external": external_summary(predictions, n_bootstrap, list(info["class_names"])),
-    }
-
-
-def external_tag(run_dir: Path) -> str:
-    """The tag of the one external evaluation in a run folder (``external-covid-ct-md``; smoke: phantoms)."""
-    found = sorted(path.stem.removeprefix("predictions_") for path in run_dir.glob("predictions_external-*.csv"))
-    if len(found) != 1:
-        raise SystemExit(f"{run_dir}: expected one predictions_external-*.csv, found {len(found)}")
-    return found[0]
-
-
-def results_header(args, backend: str, size: int, seeds: list) -> dict:
-    """The results dict of ``run_ablation`` / ``--from-runs`` before any arm: protocol and settings."""
-    return {
-        "protocol": __doc__.split("Everything goes through")[0].strip(),
-        "backend": backend, "size": size, "epochs": args.epochs, "seeds": list(seeds), "smoke": bool(args.smoke),
-        "overrides": list(args.set), "tag": args.tag,
-        "min_lung_fraction": MIN_LUNG_FRACTION, "label_map": EXTERNAL_LABEL_MAP, "arms": {},
-    }
-
-
-def ensemble_scores(run_dirs: list[Path], n_bootstrap: int) -> dict:
-    """The seed ensemble of one arm: internal test and external scores of the averaged probabilities."""
-    return {**internal_scores(ensemble(run_dirs, "test"), n_bootstrap),
-            "external": external_summary(ensemble(run_dirs, external_tag(run_dirs[0])), n_bootstrap,
-                                         ["NonCOV", POSITIVE])}
-
-
-def summarise_runs(run_dirs: list[Path], arm: str, args) -> dict:
-    """The results dict of ``run_ablation`` for one arm, from finished run folders (``--from-runs``)."""
-    block = {"config": str(CONFIG_DIR / f"{arm}.yaml"), "seeds": [], "train_seconds": [], "run_dirs": [],
-             "from_files": True}
-    for run_dir in run_dirs:
-        info = json.loads((run_dir / "run.json").read_text())
-        scores = scores_from_files(run_dir, args.n_bootstrap)
-        scores["seed"] = int(yaml.safe_load((run_dir / "config.yaml").read_text())["training"]["seed"])
-        block["seeds"].append(scores)
-        block["train_seconds"].append(float(info.get("seconds", float("nan"))))
-        block["run_dirs"].append(str(run_dir))
-    if len(run_dirs) > 1:
-        block["ensemble"] = ensemble_scores(run_dirs, args.n_bootstrap)
-    info = json.loads((run_dirs[0] / "run.json").read_text())
-    results = results_header(args, info.get("backend"), info.get("size"), [s["seed"] for s in block["seeds"]])
-    results["arms"][arm] = block
-    return results
-
-
-def ensemble(run_dirs: list[Path], tag: str) -> pd.DataFrame:
-    """Average the seeds' predictions of one evaluation tag (rows matched by path and slice)."""
-    keys = ["path", "slice_index"] if tag.startswith("external") else ["path"]
-    frames = [pd.read_csv(d / f"predictions_{tag}.csv") for d in run_dirs]
-    keys = [k for k in keys if k in frames[0]]
-    merged = frames[0][keys + ["group", "label", f"prob_{POSITIVE}"]].copy()
-    for i, frame in enumerate(frames[1:], start=1):
-        merged = merged.merge(frame[keys + [f"prob_{POSITIVE}"]].rename(columns={f"prob_{POSITIVE}": f"p{i}"}), on=keys)
-    columns = [f"prob_{POSITIVE}"] + [f"p{i}" for i in range(1, len(frames))]
-    merged[f"prob_{POSITIVE}"] = merged[columns].mean(axis=1)
-    return merged.drop(columns=columns[1:])
-
-
-def internal_scores(predictions: pd.DataFrame, n_bootstrap: int) -> dict:
-    """Slice AUC and macro-F1 (argmax of the averaged probabilities) of internal test predictions, CIs over groups."""
-    from covidct.evaluate.evaluator import metrics_with_ci
-
-    y = (predictions["label"].astype(str) == POSITIVE).to_numpy().astype(int)
-    p = predictions[f"prob_{POSITIVE}"].to_numpy()
-    result = metrics_with_ci(y, np.stack([1 - p, p], 1), predictions["group"].astype(str).to_numpy(), ["other", POSITIVE], n_bootstrap)
-    ci = result.get("ci", {})
-    return {
-        "internal_test_auc": result["auc_macro_ovr"],
-        "internal_test_auc_ci": [ci["auc_macro_ovr"]["low"], ci["auc_macro_ovr"]["high"]] if ci else None,
-        "internal_test_macro_f1": result["macro_f1"],
-        "internal_test_macro_f1_ci": [ci["macro_f1"]["low"], ci["macro_f1"]["high"]] if ci else None,
-    }
-
-
-# --------------------------------------------------------------------------------------------- report
 # The results are read, tabulated and plotted by the package (notebook 11 and `make figures` use the same code).
 summarise = summarise_generalization
 markdown_table = generalization_markdown
 plot_results = plot_generalization
-
-
-# ---------------------------------------------------------------------------------------------- main
-def run_ablation(args) -> dict:
-    """Train and evaluate every arm × seed, ensemble the seeds, return (and write) the results dict."""
-    import keras
-
-    results = results_header(args, keras.backend.backend(), args.size, args.seeds)
-    external_by_stage = {}
-    for arm in args.arms:
-        block = {"config": str(CONFIG_DIR / f"{arm}.yaml"), "seeds": [], "train_seconds": [], "run_dirs": []}
-        for seed in args.seeds:
-            run_dir, seconds = train_arm(arm, seed, args)
-            stage = json.loads((run_dir / "run.json").read_text())["stage"]
-            class_names = json.loads((run_dir / "run.json").read_text())["class_names"]
-            if stage not in external_by_stage:
-                if args.smoke:
-                    external_by_stage[stage] = smoke_external_data(stage, args.size, class_names)
-                elif args.data_dir:
-                    external_by_stage[stage] = bundle_data(args.data_dir, "external", stage, args.size, class_names)
-                else:
-                    external_by_stage[stage] = external_data(stage, args.size, class_names, args.cache_root)
-            scores = evaluate_arm(run_dir, external_by_stage[stage], args)
-            scores["seed"] = seed
-            block["seeds"].append(scores)
-            block["train_seconds"].append(seconds)
-            block["run_dirs"].append(str(run_dir))
-            log.info("%s seed %d: val AUC %.3f, test AUC %.3f, test macro-F1 %.3f (%.3f at the val threshold %.3f), "
-                     "external AUC %.3f (%.0f s)", arm, seed, scores["val_auc"], scores["internal_test_auc"],
-                     scores["internal_test_macro_f1"], scores["internal_test_macro_f1_at_val_threshold"],
-                     scores["val_threshold"], scores["external"]["slice_auc"], seconds)
-        if len(args.seeds) > 1:
-            block["ensemble"] = ensemble_scores([Path(d) for d in block["run_dirs"]], args.n_bootstrap)
-        results["arms"][arm] = block
-        if args.out:
-            write_json(results, args.out)
-    return results
-
-
-def write_json(results: dict, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=float))
-    os.replace(tmp, path)
 
 
 def parse_args(argv=None):

@@ -16,6 +16,7 @@ import yaml
 from covidct import DISCLAIMER, __version__
 from covidct.commands.training import add_grid, add_segment, add_train
 from covidct.evidence.cli import add_parser as _add_evidence
+from covidct.experiments import cli as experiments_cli
 from covidct.serve.cli import add_parser as _add_serve
 
 
@@ -58,6 +59,7 @@ def _add_audit(subparsers) -> None:
 
 
 def _run_audit(args) -> int:
+    import covidct.preprocess  # noqa: F401  (registers the lung mask MedSeg's orientation check uses)
     from covidct.data.audit import audit_named_dataset
 
     report, json_path, markdown_path = audit_named_dataset(args.dataset, root=args.root, out_dir=args.out, seed=args.seed)
@@ -84,9 +86,10 @@ def _add_preprocess(subparsers) -> None:
 
 def _run_preprocess(args) -> int:
     from covidct.data.cache import preprocess_dataset
+    from covidct.preprocess import get_stage
 
     cache = preprocess_dataset(
-        args.dataset, stage=args.stage, size=args.size, root=args.root, cache_root=args.cache_root, workers=args.workers,
+        args.dataset, stage=get_stage(args.stage), size=args.size, root=args.root, cache_root=args.cache_root, workers=args.workers,
         rebuild=args.rebuild,
     )
     print(f"{cache.path}: {len(cache)} samples {cache.images.shape}, {len(cache.failed)} file(s) skipped.")
@@ -426,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(subparsers)
     _add_serve(subparsers)
     _add_evidence(subparsers)
+    experiments_cli.add_parser(subparsers)
     return parser
 
 

@@ -15,7 +15,7 @@ from covidct.data.cache import Cache, build_cache
 from covidct.data.manifest import make_manifest
 from covidct.data.windows import to_display
 from covidct.errors import CovidctError
-from covidct.preprocess.stages import STAGES, StageOutput, register_stage
+from covidct.preprocess.stages import STAGES, StageOutput, get_stage, register_stage
 
 CALLS: list[str] = []
 INTERRUPT_AFTER: list[int] = []
@@ -70,7 +70,7 @@ def dataset(tmp_path: Path, n: int = 12, bad: bool = False):
 
 def test_cache_matches_stage_and_manifest(tmp_path):
     manifest = dataset(tmp_path)
-    cache = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False, chunk_size=5)
+    cache = build_cache(manifest, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False, chunk_size=5)
     assert cache.images.shape == (12, 16, 16, 1) and cache.images.dtype == np.uint8
     assert cache.masks.shape == (12, 16, 16)
     # A constant image stays constant through INTER_AREA resizing.
@@ -87,13 +87,13 @@ def test_cache_matches_stage_and_manifest(tmp_path):
 
 def test_unchanged_inputs_reuse_and_changed_inputs_rebuild(tmp_path):
     manifest = dataset(tmp_path)
-    first = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False)
+    first = build_cache(manifest, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False)
     CALLS.clear()
-    again = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False)
+    again = build_cache(manifest, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False)
     assert again.path == first.path and CALLS == []
     changed = manifest.assign(label=manifest["label"].replace({"COV": "NonCOV"}))
-    assert build_cache(changed, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False).path != first.path
-    assert build_cache(manifest, "test-data-gray", 24, tmp_path / "cache", workers=1, progress=False).path != first.path
+    assert build_cache(changed, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False).path != first.path
+    assert build_cache(manifest, get_stage("test-data-gray"), 24, tmp_path / "cache", workers=1, progress=False).path != first.path
 
 
 def test_interrupted_build_resumes_without_redoing_chunks(tmp_path):
@@ -102,11 +102,11 @@ def test_interrupted_build_resumes_without_redoing_chunks(tmp_path):
     INTERRUPT_AFTER[:] = [9]  # two chunks of 4 finish, the third is interrupted at its second image
     try:
         with pytest.raises(KeyboardInterrupt):
-            build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False, chunk_size=4)
+            build_cache(manifest, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False, chunk_size=4)
     finally:
         INTERRUPT_AFTER.clear()
     CALLS.clear()
-    cache = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False, chunk_size=4)
+    cache = build_cache(manifest, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False, chunk_size=4)
     assert sorted(CALLS) == sorted(manifest["path"][8:])  # only the unfinished chunk was recomputed
     np.testing.assert_array_equal(cache.images[:, 0, 0, 0], [40 + 15 * k for k in range(12)])
     assert not (cache.path / "chunks").exists()
@@ -114,8 +114,8 @@ def test_interrupted_build_resumes_without_redoing_chunks(tmp_path):
 
 def test_parallel_equals_serial_with_variable_outputs(tmp_path):
     manifest = dataset(tmp_path)
-    serial = build_cache(manifest, "test-data-variable", 16, tmp_path / "a", workers=1, progress=False, chunk_size=3)
-    parallel = build_cache(manifest, "test-data-variable", 16, tmp_path / "b", workers=2, progress=False, chunk_size=3)
+    serial = build_cache(manifest, get_stage("test-data-variable"), 16, tmp_path / "a", workers=1, progress=False, chunk_size=3)
+    parallel = build_cache(manifest, get_stage("test-data-variable"), 16, tmp_path / "b", workers=2, progress=False, chunk_size=3)
     bright = [40 + 15 * k >= 128 for k in range(12)]
     assert len(serial) == 12 + sum(bright) and serial.images.shape[3] == 2
     np.testing.assert_array_equal(serial.images, parallel.images)
@@ -126,7 +126,7 @@ def test_parallel_equals_serial_with_variable_outputs(tmp_path):
 
 def test_corrupt_files_are_listed_and_skipped(tmp_path):
     manifest = dataset(tmp_path, bad=True)
-    cache = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=2, progress=False, chunk_size=4)
+    cache = build_cache(manifest, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=2, progress=False, chunk_size=4)
     assert len(cache) == 12
     failed = dict(zip(cache.failed["path"].map(lambda p: Path(p).name), cache.failed["error"]))
     assert sorted(failed) == ["cut.png", "empty.png"]
@@ -137,7 +137,7 @@ def test_class_with_no_usable_image_is_an_error(tmp_path):
     manifest = dataset(tmp_path, bad=True)
     only_bad_normal = manifest[(manifest["label"] == "COV") | manifest["path"].str.endswith("empty.png")]
     with pytest.raises(CovidctError, match=r"\['Normal'\] have no usable image"):
-        build_cache(only_bad_normal, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False)
+        build_cache(only_bad_normal, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False)
 
 
 def test_volume_slices_and_target_masks(tmp_path):
@@ -150,7 +150,7 @@ def test_volume_slices_and_target_masks(tmp_path):
     cv2.imwrite(str(mask), target)
     manifest = make_manifest([{"path": str(path), "label": "COV", "group": "p", "split": "", "source": "t",
                                "slice_index": k, "mask_path": str(mask)} for k in range(3)])
-    cache = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False)
+    cache = build_cache(manifest, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False)
     np.testing.assert_array_equal(cache.images[:, 5, 5, 0], [0, 128, 255])  # lung window of -1350/-600/150 HU
     assert cache.targets is not None
     np.testing.assert_array_equal(cache.targets[0, 0], [1] * 8 + [0] * 8)
@@ -166,7 +166,7 @@ def test_targets_follow_the_full_field_stage_geometry(tmp_path):
     cv2.imwrite(str(tmp_path / "wide_mask.png"), target)
     manifest = make_manifest([{"path": str(image), "mask_path": str(tmp_path / "wide_mask.png"), "label": "COV",
                                "group": "p", "split": "", "source": "t"}])
-    cache = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False)
+    cache = build_cache(manifest, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False)
     _, expected = fit_to_size(np.zeros((20, 36), np.uint8), (target > 0).astype(np.uint8), 16)
     np.testing.assert_array_equal(cache.targets[0], expected)
 
@@ -192,7 +192,7 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path):
     import threading
 
     manifest = dataset(tmp_path)
-    first = build_cache(manifest, "test-data-gray", 16, tmp_path / "cache", workers=1, progress=False, chunk_size=5)
+    first = build_cache(manifest, get_stage("test-data-gray"), 16, tmp_path / "cache", workers=1, progress=False, chunk_size=5)
     folder = tmp_path / "other" / first.path.name  # the same key in another cache root, not built yet
     folder.mkdir(parents=True)
     CALLS.clear()
@@ -200,7 +200,7 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_cache(tmp_path):
     with open(folder / ".build.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # "another process" is building
         waiter = threading.Thread(target=lambda: result.update(cache=build_cache(
-            manifest, "test-data-gray", 16, tmp_path / "other", workers=1, progress=False, chunk_size=5)))
+            manifest, get_stage("test-data-gray"), 16, tmp_path / "other", workers=1, progress=False, chunk_size=5)))
         waiter.start()
         waiter.join(timeout=1.5)
         assert waiter.is_alive() and CALLS == [] and not (folder / "chunks").exists()
@@ -232,9 +232,8 @@ def test_stage_warnings_become_one_line_per_chunk(tmp_path, monkeypatch, caplog)
         warnings.warn("Suspicious lung mask (classical): no lung found.", UserWarning, stacklevel=1)
         return [stages.StageOutput(np.zeros((size, size, 1), np.uint8), np.ones((size, size), np.uint8), "")]
 
-    monkeypatch.setattr(stages, "get_stage", lambda name: noisy_stage)
     rows = [{"path": str(image_path), "slice_index": -1, "_row": index} for index in range(3)]
-    job = {"stage": "original", "size": 16, "folder": str(tmp_path), "chunk": 0, "rows": rows, "has_targets": False}
+    job = {"stage": noisy_stage, "stage_name": "noisy", "size": 16, "folder": str(tmp_path), "chunk": 0, "rows": rows, "has_targets": False}
     with caplog.at_level(logging.WARNING, logger="covidct.data.cache"), warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing escapes as a raw warning
         assert _process_chunk(job) == (0, 3, 0)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import covidct.preprocess  # noqa: F401  (registers the lung mask MedSeg's orientation check uses)
 from covidct.data.datasets import list_datasets, load_dataset, to_binary
 from covidct.errors import CovidctError
 
@@ -232,7 +233,9 @@ def _medseg_phantom_layout(root: Path):
 
 def test_medseg_records_mask_orientation_and_block_groups(tmp_path, monkeypatch):
     import covidct.data.datasets as datasets
+    import covidct.data.mask_datasets as mask_datasets
     from covidct.data.cache import build_cache
+    from covidct.preprocess import get_stage
 
     lesion, right_only = _medseg_phantom_layout(tmp_path / "m")
     manifest = load_dataset("medseg", root=tmp_path / "m", cache_root=tmp_path / "cache")
@@ -245,12 +248,12 @@ def test_medseg_records_mask_orientation_and_block_groups(tmp_path, monkeypatch)
     def fail(*_):
         raise AssertionError("orientation recomputed despite the cache")
 
-    monkeypatch.setattr(datasets, "medseg_mask_rot90", fail)
+    monkeypatch.setattr(mask_datasets, "medseg_mask_rot90", fail)
     again = load_dataset("medseg", root=tmp_path / "m", cache_root=tmp_path / "cache")
     pd.testing.assert_frame_equal(manifest, again)
 
     # The cache's targets apply the turn: z001's target is the lesion, not its rotated copy.
-    cache = build_cache(manifest, stage="original", size=64, cache_root=tmp_path / "c", workers=1, progress=False)
+    cache = build_cache(manifest, stage=get_stage("original"), size=64, cache_root=tmp_path / "c", workers=1, progress=False)
     from covidct.preprocess.body import resize_mask  # the one mask-resampling rule (area down, cut at 0.5)
 
     np.testing.assert_array_equal(cache.targets[0], resize_mask(lesion, (64, 64)))
@@ -297,3 +300,11 @@ def test_choose_data_finds_the_real_folder_or_falls_back_to_phantoms(tmp_path, m
     monkeypatch.setenv("COVIDCT_DATA_ROOT", str(tmp_path / "store"))
     assert choose_data("sars-cov-2-ct").root == found.root
     assert choose_data("phantom").dataset == "phantom"
+
+
+def test_medseg_orientation_without_a_registered_lung_mask_says_what_to_import(monkeypatch):
+    import covidct.data.mask_datasets as mask_datasets
+
+    monkeypatch.setattr(mask_datasets, "_LUNG_MASK", [])
+    with pytest.raises(CovidctError, match=r"`import covidct.preprocess` first"):
+        mask_datasets.medseg_mask_rot90(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8))

@@ -38,7 +38,7 @@ from covidct.data.manifest import make_manifest
 from covidct.data.volumes import build_volume_cache, write_phantom_volumes
 from covidct.data.windows import to_display
 from covidct.errors import CovidctError
-from covidct.preprocess.stages import STAGES, StageOutput, register_stage
+from covidct.preprocess.stages import STAGES, StageOutput, get_stage, register_stage
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CALLS: list[str] = []
@@ -72,7 +72,7 @@ def manifest_of(paths) -> object:
 
 
 def build(manifest, root: Path, **kwargs) -> Cache:
-    return build_cache(manifest, "test-faults-gray", 16, root, workers=1, progress=False, chunk_size=3, **kwargs)
+    return build_cache(manifest, get_stage("test-faults-gray"), 16, root, workers=1, progress=False, chunk_size=3, **kwargs)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -136,7 +136,7 @@ def test_disk_full_in_a_worker_process_is_the_same_named_error(tmp_path, monkeyp
     manifest = manifest_of(pictures(tmp_path / "img"))
     monkeypatch.setattr(builtins, "open", DiskFull("masks.tmp.npy", 1))  # forked workers inherit the fault
     with pytest.raises(CovidctError, match=r"chunk_\d{5}\.masks\.tmp\.npy: disk full"):
-        build_cache(manifest, "test-faults-gray", 16, tmp_path / "cache", workers=2, progress=False, chunk_size=3)
+        build_cache(manifest, get_stage("test-faults-gray"), 16, tmp_path / "cache", workers=2, progress=False, chunk_size=3)
     monkeypatch.undo()
     assert leftovers(next((tmp_path / "cache").iterdir())) == []
 
@@ -187,7 +187,7 @@ import cv2
 import numpy as np
 
 from covidct.data.windows import to_display
-from covidct.preprocess.stages import STAGES, StageOutput, register_stage
+from covidct.preprocess.stages import STAGES, StageOutput, get_stage, register_stage
 
 
 def slow_gray(image, size):
@@ -210,12 +210,13 @@ import pandas as pd
 import {module}
 from covidct.data.cache import build_cache
 from covidct.data.manifest import make_manifest
+from covidct.preprocess import get_stage
 
 manifest = make_manifest(pd.read_csv(sys.argv[1], keep_default_na=False).to_dict("records"))
 print("ready", flush=True)
 while len(sys.argv) > 3 and not os.path.exists(sys.argv[3]):  # a start line shared with another builder
     time.sleep(0.005)
-cache = build_cache(manifest, {name!r}, 16, sys.argv[2], workers=1, progress=False, chunk_size=2)
+cache = build_cache(manifest, get_stage({name!r}), 16, sys.argv[2], workers=1, progress=False, chunk_size=2)
 print(cache.path, flush=True)
 """
 
@@ -257,7 +258,7 @@ def _together(script: Path, manifest_csv: Path, root: Path, go: Path) -> list[tu
 
 
 def _build_here(manifest, stage: str, root: Path) -> Path:
-    return build_cache(manifest, stage, 16, root, workers=1, progress=False, chunk_size=2).path
+    return build_cache(manifest, get_stage(stage), 16, root, workers=1, progress=False, chunk_size=2).path
 
 
 def test_killed_build_then_repaired_file_rebuilds_the_bytes_of_an_uninterrupted_build(tmp_path):

@@ -1,17 +1,19 @@
 """Preprocessing cache: a stage computed once per image, in parallel, into memory-mapped uint8 arrays.
 
-``build_cache(manifest, stage, size)`` runs a registered preprocessing stage (``covidct.preprocess``)
-on every row and stores the results under ``<cache_root>/<stage>-<size>-<key>/``:
+``build_cache(manifest, stage, size)`` runs a stage object (``covidct.data.stage.Stage``, e.g. a named
+stage of ``covidct.preprocess.get_stage``, passed in by the caller) on every row and stores the results
+under ``<cache_root>/<stage>-<size>-<key>/``:
 
 - ``images.u8``: raw uint8 memmap, shape (N, size, size, C) (channels-last, C from the stage);
 - ``masks.u8``: uint8 memmap (N, size, size), the lung/body mask the stage used ({0, 1});
-- ``targets.u8`` (only when the manifest has ``mask_path``): the mask files (> 0), zero-padded to a
-  centred square and resized to size x size (``covidct.preprocess.body.resize_mask``): the geometry of the
-  full-field stages (``original``, ``nobackg``, ``lungs-nocrop``). Do not pair them with cropping or
-  halving stages. A manifest column ``mask_rot90`` (MedSeg: masks a quarter turn away from their
-  images) turns each mask by ``np.rot90(mask, k)`` before that;
+- ``targets.u8`` (only when the manifest has ``mask_path``): the mask files (> 0), cached with their
+  images. A manifest column ``mask_rot90`` (MedSeg: masks a quarter turn away from their images) turns
+  each mask by ``np.rot90(mask, k)`` first. A stage with a ``target`` method puts the mask into its
+  output's geometry (a crop); otherwise the mask is zero-padded to a centred square and resized to
+  size x size (``covidct.data.stage.full_field_target``): the geometry of the full-field stages
+  (``original``, ``nobackg``, ``lungs-nocrop``), not of cropping or halving stages;
 - ``manifest.csv``: one row per sample (a stage may give several per image, e.g. ``halves``), with the
-  input row's columns plus ``suffix`` and ``source_row``;
+  input row's columns plus ``suffix``, ``source_row`` and the stage's per-sample ``values``;
 - ``failed.csv``: files that could not be read or processed (``path, error``), skipped, never fatal;
 - ``inputs.csv``: size and modification time (ns) of every input file (images and mask files) as built;
 - ``meta.json``: stage, size, shape, counts, the key, the digest of ``inputs.csv`` and the code version.
@@ -52,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from covidct import __version__
 from covidct.data.cache_integrity import (
     REBUILD_HINT,
     array_problem,
@@ -62,8 +65,13 @@ from covidct.data.cache_integrity import (
     slice_arrays,
     stats_digest,
 )
+from covidct.data.datasets import load_dataset
+from covidct.data.io import ImageLoader, read_image
+from covidct.data.manifest import validate_manifest
+from covidct.data.splits import assign_splits
+from covidct.data.stage import full_field_target, stage_name
 from covidct.data.writes import atomic_write_text, os_error_message, remove_owned_tree, removing_on_error
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, unknown_name_error
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +98,6 @@ class ManifestRows:
         """Row indices of ``split`` (``train``, ``val``, ``test``)."""
         known = sorted(set(self.manifest["split"]))
         if split not in known:
-            from covidct.errors import unknown_name_error
-
             raise unknown_name_error("split", split, known)
         return np.flatnonzero(self.manifest["split"].to_numpy() == split)
 
@@ -145,8 +151,6 @@ class Cache(ManifestRows):
 
 def cache_key(manifest: pd.DataFrame, stage: str, size: int, stage_fn=None) -> str:
     """Hash of (manifest content, stage, size, code version, stage source)."""
-    from covidct import __version__
-
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{__version__}|{stage}|{size}\n".encode())
     columns = [c for c in KEY_COLUMNS if c in manifest.columns]
     digest.update(manifest[columns].to_csv(index=False).encode())
@@ -159,29 +163,30 @@ def cache_key(manifest: pd.DataFrame, stage: str, size: int, stage_fn=None) -> s
     return digest.hexdigest()
 
 
-def _read_target(path: str, size: int, rot90: int = 0) -> np.ndarray:
-    from covidct.data.io import read_image
-    from covidct.preprocess.body import resize_mask
-
+def _read_mask(path: str, rot90: int = 0) -> np.ndarray:
+    """A mask file as bool (H, W) at its own resolution (> 0 is inside), turned by ``np.rot90(mask, rot90)``."""
     mask = read_image(path).array
     if mask.ndim != 2:
         raise CovidctError(f"{path}: a mask must be a 2-D image, got shape {mask.shape}.")
     if rot90:
         mask = np.rot90(mask, rot90)
-    height, width = mask.shape
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    square = np.zeros((side, side), np.uint8)
-    square[top : top + height, left : left + width] = mask > 0
-    return resize_mask(square, (size, size)).astype(np.uint8)
+    return np.ascontiguousarray(mask > 0)
+
+
+def _targets(stage, mask: np.ndarray | None, outputs: list, size: int) -> list:
+    """The ground-truth mask of each output (None without a mask file), in the output's geometry."""
+    if mask is None:
+        return [None] * len(outputs)
+    place = getattr(stage, "target", None)
+    if place is None:
+        target = full_field_target(mask, size)
+        return [target] * len(outputs)
+    return [np.asarray(place(mask, output, size), dtype=np.uint8) for output in outputs]
 
 
 def _process_chunk(job: dict) -> tuple[int, int, int]:
     """Run the stage on one chunk of rows and write the chunk's arrays; returns (chunk, samples, failed)."""
-    from covidct.data.io import ImageLoader
-    from covidct.preprocess.stages import get_stage
-
-    stage_fn = get_stage(job["stage"])
+    stage_fn, name = job["stage"], job["stage_name"]
     size, folder, number = job["size"], Path(job["folder"]), job["chunk"]
     loader = ImageLoader()
     images, masks, targets, rows, failed = [], [], [], [], []
@@ -199,30 +204,31 @@ def _process_chunk(job: dict) -> tuple[int, int, int]:
                 noted.setdefault(warning.category.__name__, []).append((path, str(warning.message)))
             turns = row.get("mask_rot90", 0)
             turns = int(turns) if pd.notna(turns) and turns != "" else 0
-            target = (_read_target(row["mask_path"], size, turns)
-                      if job["has_targets"] and row.get("mask_path") else None)
+            mask = _read_mask(row["mask_path"], turns) if job["has_targets"] and row.get("mask_path") else None
+            row_targets = _targets(stage_fn, mask, outputs, size)
         except Exception as error:  # one bad file must not stop a batch job
             message = str(error) if isinstance(error, CovidctError) else f"{path}: {error.__class__.__name__}: {error}"
             failed.append({"path": path, "slice_index": slice_index, "error": message})
             continue
-        for output in outputs:
-            _check_output(output, size, job["stage"], path)
+        for output, target in zip(outputs, row_targets):
+            _check_output(output, size, name, path, target)
             images.append(output.image if output.image.ndim == 3 else output.image[..., None])
             masks.append(output.mask)
             targets.append(target if target is not None else np.zeros((size, size), np.uint8))
-            rows.append({"source_row": row["_row"], "suffix": output.suffix})
+            rows.append({"source_row": row["_row"], "suffix": output.suffix, **getattr(output, "values", {})})
     # A volume's end slices legitimately hold no lungs: one line per kind of warning and chunk, not one per slice.
     for category, found in noted.items():
         files = len({path for path, _ in found})
         logger.warning("%d slice(s) of %d file(s) with a %s, e.g. %s", len(found), files, category, found[0][1])
     channels = images[0].shape[2] if images else 0
     if len({im.shape[2] for im in images}) > 1:
-        raise CovidctError(f"stage {job['stage']!r} returned images with different channel counts.")
+        raise CovidctError(f"stage {name!r} returned images with different channel counts.")
     stem = folder / f"chunk_{number:05d}"
     arrays = {"images": np.stack(images) if images else np.zeros((0, size, size, 1), np.uint8),
               "masks": np.stack(masks) if masks else np.zeros((0, size, size), np.uint8),
               "targets": np.stack(targets) if targets else np.zeros((0, size, size), np.uint8)}
-    tables = {"rows": pd.DataFrame(rows, columns=["source_row", "suffix"]),
+    columns = list(dict.fromkeys(["source_row", "suffix"] + [key for row in rows for key in row]))
+    tables = {"rows": pd.DataFrame(rows, columns=columns),
               "failed": pd.DataFrame(failed, columns=["path", "slice_index", "error"])}
     temporary = [f"{stem}.{part}.tmp.npy" for part in arrays] + [f"{stem}.{part}.tmp.csv" for part in tables]
     # A failed write (disk full, read-only folder) leaves no partial file behind and names the file.
@@ -239,8 +245,12 @@ def _process_chunk(job: dict) -> tuple[int, int, int]:
     return number, len(rows), len(failed)
 
 
-def _check_output(output, size: int, stage: str, path: str) -> None:
+def _check_output(output, size: int, stage: str, path: str, target: np.ndarray | None = None) -> None:
     image, mask = np.asarray(output.image), np.asarray(output.mask)
+    if target is not None and target.shape != (size, size):
+        raise CovidctError(
+            f"stage {stage!r} placed the mask of {path} into shape {target.shape}; expected ({size}, {size})."
+        )
     if image.dtype != np.uint8 or image.shape[:2] != (size, size) or image.ndim not in (2, 3):
         raise CovidctError(
             f"stage {stage!r} returned an image of {image.dtype} {image.shape} for {path}; "
@@ -260,7 +270,7 @@ def _mp_context():
 
 def build_cache(
     manifest: pd.DataFrame,
-    stage: str = "original",
+    stage,
     size: int = 224,
     cache_root: str | Path = ".cache/covidct",
     workers: int | None = None,
@@ -272,7 +282,8 @@ def build_cache(
 
     Args:
         manifest: a Manifest (rows with ``slice_index`` >= 0 read that slice of a volume file).
-        stage: a registered preprocessing stage (``covidct.preprocess.stages``).
+        stage: a stage object (``covidct.data.stage.Stage``), e.g. ``covidct.preprocess.get_stage("original")``;
+            its ``stage_name`` names the cache folder.
         size: output side length in pixels.
         cache_root: folder holding caches.
         workers: processes (default: all cores; 1 runs in this process).
@@ -286,26 +297,23 @@ def build_cache(
         logged warning saying why an existing one was not reused.
 
     Raises:
-        CovidctError: unknown stage, a stage returning bad arrays, a class left with no samples
+        CovidctError: a stage name instead of a stage object, a stage returning bad arrays, a class left with no samples
             (e.g. every file of a class failed), or a cache folder that cannot be written (disk full,
             read-only), naming the file.
     """
-    import covidct.preprocess  # noqa: F401  (registers the named stages)
-    from covidct.data.manifest import validate_manifest
-    from covidct.preprocess.stages import get_stage
-
+    name = stage_name(stage)
     validate_manifest(manifest)
-    stage_fn = get_stage(stage)
     if int(size) < 8:
         raise CovidctError(f"cache size must be at least 8 pixels, got {size}.")
     manifest = manifest.reset_index(drop=True)
-    key = cache_key(manifest, stage, size, stage_fn)
-    folder = Path(cache_root) / f"{stage}-{size}-{key[:16]}"
+    key = cache_key(manifest, name, size, stage)
+    folder = Path(cache_root) / f"{name}-{size}-{key[:16]}"
     stats = input_stats(manifest)
     digest = stats_digest(stats)
     return reuse_or_build(
         folder, rebuild, "cache", lambda: _reuse_problem(folder, key, stats, digest), lambda: Cache.open(folder),
-        lambda: _build(manifest, stage, size, folder, key, workers, progress, chunk_size, stats, digest), CACHE_FILES,
+        lambda: _build(manifest, stage, name, size, folder, key, workers, progress, chunk_size, stats, digest),
+        CACHE_FILES,
     )
 
 
@@ -388,7 +396,7 @@ def build_lock(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _build(manifest: pd.DataFrame, stage: str, size: int, folder: Path, key: str, workers: int | None,
+def _build(manifest: pd.DataFrame, stage, name: str, size: int, folder: Path, key: str, workers: int | None,
            progress: bool, chunk_size: int, stats: pd.DataFrame, digest: str) -> Cache:
     """``build_cache``'s work, under the folder's build lock: chunks (resumable), then the final memmaps."""
     chunks_dir = folder / "chunks"
@@ -413,7 +421,7 @@ def _build(manifest: pd.DataFrame, stage: str, size: int, folder: Path, key: str
     for record in records:
         record["slice_index"] = int(record.get("slice_index", -1))
     jobs = [
-        {"stage": stage, "size": int(size), "folder": str(chunks_dir), "chunk": k // chunk_size,
+        {"stage": stage, "stage_name": name, "size": int(size), "folder": str(chunks_dir), "chunk": k // chunk_size,
          "rows": records[k : k + chunk_size], "has_targets": has_targets}
         for k in range(0, len(records), chunk_size)
     ]
@@ -422,7 +430,7 @@ def _build(manifest: pd.DataFrame, stage: str, size: int, folder: Path, key: str
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(records), initial=len(records) - sum(len(j["rows"]) for j in pending),
-               desc=f"cache {stage}@{size}", unit="img", disable=not progress)
+               desc=f"cache {name}@{size}", unit="img", disable=not progress)
     workers = workers or os.cpu_count() or 1
     try:  # the bar is closed on failure too, so an error message starts on a line of its own
         if workers == 1 or len(pending) <= 1:
@@ -445,7 +453,7 @@ def _build(manifest: pd.DataFrame, stage: str, size: int, folder: Path, key: str
                     raise
     finally:
         bar.close()
-    return _assemble(folder, manifest, jobs, stage, size, key, has_targets, stats, digest, started)
+    return _assemble(folder, manifest, jobs, name, size, key, has_targets, stats, digest, started)
 
 
 def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size: int, key: str,
@@ -463,6 +471,8 @@ def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size
     out = manifest.iloc[rows["source_row"].to_numpy()].reset_index(drop=True)
     out["suffix"] = rows["suffix"].astype(str).replace("nan", "").to_numpy()
     out["source_row"] = rows["source_row"].to_numpy()
+    for column in rows.columns.drop(["source_row", "suffix"]):  # the stage's per-sample values
+        out[column] = rows[column].to_numpy()
     produced = set(out["label"])
     empty = sorted(set(manifest["label"]) - produced)
     if empty:
@@ -493,8 +503,6 @@ def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size
             os.replace(temporary, folder / f"{name}.u8")
     for name, table in (("manifest.csv", out), ("failed.csv", failed), ("inputs.csv", stats)):
         atomic_write_text(folder / name, table.to_csv(index=False))
-    from covidct import __version__
-
     meta = {
         "key": key,
         "stage": stage,
@@ -522,7 +530,7 @@ def _assemble(folder: Path, manifest: pd.DataFrame, jobs: list, stage: str, size
 
 def preprocess_dataset(
     dataset: str,
-    stage: str = "original",
+    stage,
     size: int = 224,
     root: str | Path | None = None,
     cache_root: str | Path = ".cache/covidct",
@@ -535,7 +543,7 @@ def preprocess_dataset(
 
     Args:
         dataset: a registered dataset name.
-        stage: a registered preprocessing stage.
+        stage: a stage object (``covidct.preprocess.get_stage(name)``).
         size: output size in pixels.
         root: the dataset folder (default places otherwise).
         cache_root: folder holding caches.
@@ -547,9 +555,6 @@ def preprocess_dataset(
     Returns:
         The ``Cache``.
     """
-    from covidct.data.datasets import load_dataset
-    from covidct.data.splits import assign_splits
-
     manifest = assign_splits(load_dataset(dataset, root=root), seed=seed)
     return build_cache(manifest, stage=stage, size=size, cache_root=cache_root, workers=workers, progress=progress,
                        rebuild=rebuild)

@@ -22,6 +22,12 @@ import pandas as pd
 
 from covidct.errors import CovidctError
 
+
+def default_cache_root() -> Path:
+    """``$COVIDCT_CACHE`` or ``.cache/covidct``."""
+    return Path(os.environ.get("COVIDCT_CACHE", ".cache/covidct"))
+
+
 REBUILD_HINT = "rebuild it with `covidct preprocess ... --rebuild` (or build_cache(..., rebuild=True))"
 
 

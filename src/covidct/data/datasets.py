@@ -21,99 +21,50 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from covidct.data.io import IMAGE_SUFFIXES, nifti_depth
+from covidct.data import phantom
+from covidct.data.groups import GROUP_MERGE_HAMMING, merge_near_duplicate_groups
+from covidct.data.io import nifti_depth
 from covidct.data.manifest import make_manifest
-from covidct.data.options import check_options
+from covidct.data.mask_datasets import (  # noqa: F401  (registers medseg and kaggle-lungs; re-exported names)
+    MEDSEG_BLOCK,
+    MEDSEG_ORIENTATION_VERSION,
+    MEDSEG_PROXY,
+    load_kaggle_lungs,
+    load_medseg,
+    medseg_group,
+    medseg_mask_rot90,
+    register_lung_mask,
+)
+from covidct.data.registry import (  # noqa: F401  (re-exported: their old home)
+    BINARY_MAP,
+    DATASETS,
+    GENERIC_OPTIONS,
+    PROJECT_CLASSES,
+    SPLIT_ALIASES,
+    DatasetSpec,
+    _finish,
+    check_dataset_options,
+    dataset_options,
+    image_files,
+    is_image_file,
+    list_datasets,
+    map_class_folder,
+    natural_key,
+    nonempty_images,
+    register_dataset,
+    split_of,
+    subfolders,
+    to_binary,
+)
+from covidct.data.splits import sample_groups
 from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 
 logger = logging.getLogger(__name__)
-
-PROJECT_CLASSES = ("COV", "Normal", "OtherPneumonia", "NonCOV")
-BINARY_MAP = {"COV": "COV", "Normal": "NonCOV", "OtherPneumonia": "NonCOV", "NonCOV": "NonCOV"}
-SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A registered dataset: its loader, what it holds, and where to look for it."""
-
-    name: str
-    loader: Callable
-    description: str
-    folders: tuple = ()
-    classes: tuple = ()
-    label_map: dict = field(default_factory=dict)
-    choices: dict = field(default_factory=dict)
-
-
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register_dataset(name: str, description: str, folders: tuple = (), label_map: dict | None = None,
-                     choices: dict | None = None):
-    """Decorator registering ``loader(root, **options) -> Manifest`` as dataset ``name``.
-
-    ``choices`` maps an option to its allowed values (checked by ``check_dataset_options``, e.g. before a
-    run folder is made); the other options are checked by name against the loader's signature and by type
-    against their defaults.
-    """
-
-    def decorator(loader: Callable) -> Callable:
-        if name in DATASETS:
-            raise CovidctError(f"A dataset named {name!r} is already registered.")
-        label_map_ = dict(label_map or {})
-        classes = tuple(dict.fromkeys(label_map_.values()))
-        DATASETS[name] = DatasetSpec(name, loader, description, tuple(folders), classes, label_map_,
-                                     dict(choices or {}))
-        return loader
-
-    return decorator
-
-
-def dataset_options(name: str) -> dict:
-    """The options of dataset ``name``'s loader with their defaults (``root`` excluded), from its signature."""
-    import inspect
-
-    if name not in DATASETS:
-        raise unknown_name_error("dataset", name, DATASETS)
-    parameters = inspect.signature(DATASETS[name].loader).parameters
-    options = {key: p.default for key, p in parameters.items()
-               if key != "root" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    # Options that load_dataset itself applies to any loader's manifest.
-    return {**options, **GENERIC_OPTIONS}
-
-
-#: Options of ``load_dataset`` that apply to every dataset (not passed to its loader).
-GENERIC_OPTIONS = {"groups_per_class": None}
-
-
-def check_dataset_options(name: str, options: dict | None, where: str = "data.options") -> dict:
-    """Check loader options of dataset ``name`` by name (its signature), value (its choices) and type.
-
-    Raises:
-        CovidctError: unknown dataset, unknown option (did-you-mean) or a bad value.
-    """
-    known = dataset_options(name)
-    return check_options(dict(options or {}), known, DATASETS[name].choices, f"dataset {name!r}", where)
-
-
-def list_datasets() -> list[str]:
-    """Names of the registered datasets, sorted."""
-    return sorted(DATASETS)
 
 
 def load_dataset(
@@ -145,8 +96,6 @@ def load_dataset(
     else:
         manifest = spec.loader(resolve_root(name, root), **options)
     if groups_per_class is not None:
-        from covidct.data.splits import sample_groups
-
         if int(groups_per_class) < 1:
             raise CovidctError(f"groups_per_class must be a positive integer, got {groups_per_class!r}.")
         manifest = sample_groups(manifest, int(groups_per_class), seed=0)
@@ -268,76 +217,6 @@ def resolve_root(name: str, root: str | Path | None) -> Path:
     )
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def natural_key(text: str) -> list:
-    """Sort key that orders 'Covid (2)' before 'Covid (10)'."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
-
-
-def is_image_file(path: Path) -> bool:
-    """True for files whose suffix covidct reads (hidden files excluded)."""
-    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` in natural order."""
-    files = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted((p for p in files if is_image_file(p)), key=lambda p: natural_key(str(p.relative_to(folder))))
-
-
-def subfolders(folder: Path) -> list[Path]:
-    """Visible sub-folders of ``folder`` in natural order."""
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))),
-                  key=lambda p: natural_key(p.name))
-
-
-def map_class_folder(folder: Path, label_map: dict, dataset: str) -> str:
-    """Map a class folder name to a project class, or raise with the closest known folder names."""
-    if folder.name in label_map:
-        return label_map[folder.name]
-    lowered = {key.lower(): value for key, value in label_map.items()}
-    if folder.name.lower() in lowered:
-        return lowered[folder.name.lower()]
-    raise CovidctError(
-        f"{folder}: unknown class folder {folder.name!r} for dataset {dataset!r}."
-        f"{did_you_mean(folder.name, label_map)} Known class folders: {', '.join(label_map)}. Rename or remove "
-        "the folder (or load it with dataset 'folder' and a label_map)."
-    )
-
-
-def nonempty_images(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files of a class folder; an empty class folder is an error."""
-    files = image_files(folder, recursive)
-    if not files:
-        raise CovidctError(
-            f"{folder}: class folder {folder.name!r} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-            "add images or remove the folder."
-        )
-    return files
-
-
-def split_of(name: str) -> str | None:
-    """Canonical split name for a folder name (``Train`` -> ``train``), or None."""
-    return SPLIT_ALIASES.get(name.lower())
-
-
-def to_binary(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Relabel a manifest to COV / NonCOV (Normal and OtherPneumonia become NonCOV)."""
-    unknown = sorted(set(manifest["label"]) - set(BINARY_MAP))
-    if unknown:
-        raise CovidctError(f"to_binary: labels {unknown} have no binary mapping; known: {sorted(BINARY_MAP)}.")
-    out = manifest.copy()
-    out["label"] = out["label"].map(BINARY_MAP)
-    return out
-
-
-def _finish(rows: list[dict], source: str, proxy: str) -> pd.DataFrame:
-    for row in rows:
-        row.setdefault("source", source)
-        row.setdefault("group_proxy", proxy)
-    return make_manifest(rows)
-
-
 # ----------------------------------------------------------------------------------------------- loaders
 @register_dataset("phantom", "synthetic CT slices with lungs and lesions (COV / Normal / OtherPneumonia)")
 def load_phantom(root: str | Path | None = None, n: int = 120, size: int = 64, seed: int = 0) -> pd.DataFrame:
@@ -352,8 +231,6 @@ def load_phantom(root: str | Path | None = None, n: int = 120, size: int = 64, s
     Returns:
         Manifest with ``.npy`` HU slices, lung-mask paths and patient groups.
     """
-    from covidct.data import phantom
-
     root = Path(root) if root is not None else Path("data") / "phantom" / f"n{n}-s{size}-seed{seed}"
     manifest_file = root / "manifest.csv"
     if manifest_file.is_file():
@@ -378,7 +255,7 @@ def load_phantom_volumes(
 ) -> pd.DataFrame:
     """Synthetic phantom volumes written once to ``data/phantom-volumes/n<n>-<D>x<H>x<W>-seed<seed>``.
 
-    Volume ``i`` has class ``CLASSES[i % 3]`` (``covidct.data.volumes.write_phantom_volumes``), so the
+    Volume ``i`` has class ``CLASSES[i % 3]`` (``covidct.data.phantom.write_phantom_volumes``), so the
     classes are balanced; use ``data.label_map`` (``OtherPneumonia: drop``) for COV vs Normal.
 
     Args:
@@ -390,8 +267,6 @@ def load_phantom_volumes(
     Returns:
         Manifest with one row per ``.npy`` HU volume (``slice_index`` -1, group = patient).
     """
-    from covidct.data.volumes import write_phantom_volumes
-
     shape = tuple(int(s) for s in shape)
     tag = "x".join(str(s) for s in shape)
     root = Path(root) if root is not None else Path("data") / "phantom-volumes" / f"n{n}-{tag}-seed{seed}"
@@ -400,7 +275,7 @@ def load_phantom_volumes(
         frame = pd.read_csv(manifest_file, keep_default_na=False, dtype={"group": str, "label": str})
         if all(Path(p).is_file() for p in frame["path"]):
             return make_manifest(frame.to_dict("records"))
-    frame = write_phantom_volumes(root, n=n, shape=shape, seed=seed).copy()
+    frame = phantom.write_phantom_volumes(root, n=n, shape=shape, seed=seed).copy()
     frame["source"] = "phantom-volumes"
     frame["group_proxy"] = "patient"
     manifest = make_manifest(frame.to_dict("records"))
@@ -601,8 +476,6 @@ def load_sars_cov_2_ct(
     proxy = {"image": "image", "blocks": f"blocks of {block} file numbers"}.get(group_proxy, "")
     manifest = _finish(rows, "sars-cov-2-ct", proxy)
     if group_proxy == "blocks+phash":
-        from covidct.data.audit import GROUP_MERGE_HAMMING, merge_near_duplicate_groups
-
         threshold = GROUP_MERGE_HAMMING if hamming is None else hamming
         manifest = merge_near_duplicate_groups(manifest, hamming=threshold, cache_root=cache_root)
         manifest["group_proxy"] = f"blocks of {block} file numbers merged with 256-bit pHash<={threshold} clusters"
@@ -690,160 +563,3 @@ def load_mosmeddata(root: Path, classes: str = "binary") -> pd.DataFrame:
     if not rows:
         raise CovidctError(f"{base}: no MosMedData studies found for classes={classes!r}.")
     return _finish(rows, "mosmeddata", "study")
-
-
-def _paired(images_folder: Path, masks_folder: Path) -> list[tuple[Path, Path]]:
-    """Pair images with masks by file name, or by the last number in the name (tr_im_z001 / tr_mask_z001)."""
-    images = nonempty_images(images_folder, recursive=False)
-    masks = image_files(masks_folder, recursive=False) if masks_folder.is_dir() else []
-    by_name = {m.name: m for m in masks}
-    by_number = {}
-    for mask in masks:
-        numbers = re.findall(r"\d+", mask.stem)
-        if numbers:
-            by_number[int(numbers[-1])] = mask
-    pairs = []
-    for image in images:
-        mask = by_name.get(image.name)
-        if mask is None:
-            numbers = re.findall(r"\d+", image.stem)
-            mask = by_number.get(int(numbers[-1])) if numbers else None
-        if mask is None:
-            raise CovidctError(f"{image}: no mask with the same name or number in {masks_folder}.")
-        pairs.append((image, mask))
-    return pairs
-
-
-MEDSEG_BLOCK = 5
-MEDSEG_PROXY = f"blocks of {MEDSEG_BLOCK} consecutive slice numbers (no patient ids; a patient's slices are consecutive)"
-# Bump when the orientation criterion below changes: cached decisions are then recomputed.
-MEDSEG_ORIENTATION_VERSION = "1"
-
-
-def medseg_group(path: str | Path, fallback: int = 0) -> str:
-    """Group of a MedSeg slice: its block of ``MEDSEG_BLOCK`` consecutive slice numbers (z001-z005 -> block00)."""
-    numbers = re.findall(r"\d+", Path(path).stem)
-    index = int(numbers[-1]) if numbers else fallback
-    return f"medseg_block{(index - 1) // MEDSEG_BLOCK:02d}"
-
-
-def medseg_mask_rot90(image, mask) -> int:
-    """Quarter turns ``k`` (0 or -1) that align a MedSeg mask with its image: ``np.rot90(mask, k)``.
-
-    In the staged MedSeg PNGs most infection masks (91 of the 99 with infection) are a quarter turn
-    (``np.rot90(mask, -1)``) away from their image; a few (e.g. z010, z090) are aligned as they are. The
-    PROVENANCE note ("images and masks are consistent") is wrong for them. The orientation whose
-    infection lies more inside the classical lung mask of the image wins; when both are within 0.05
-    (small central lesions) the majority orientation (a quarter turn) is used.
-
-    Args:
-        image: (H, W) uint8 display image.
-        mask: (H, W) mask (> 0 is infection), same square size.
-
-    Returns:
-        -1 (turn the mask a quarter turn clockwise) or 0 (keep it). Empty or non-square masks give 0.
-    """
-    import numpy as np
-
-    from covidct.preprocess.lungs import lung_mask
-
-    mask = np.asarray(mask) > 0
-    if not mask.any() or mask.shape[0] != mask.shape[1] or np.shape(image) != mask.shape:
-        return 0
-    lungs = lung_mask(np.asarray(image), warn=False) > 0
-    as_is, quarter = lungs[mask].mean(), lungs[np.rot90(mask, -1)].mean()
-    return 0 if as_is > quarter + 0.05 else -1
-
-
-def _medseg_turns(pairs: list[tuple[Path, Path]], cache_root: str | Path | None | bool) -> list[int]:
-    """``medseg_mask_rot90`` of every pair, cached in ``<cache_root>/medseg_mask_rot90.json`` by content hash."""
-    import hashlib
-    import inspect
-    import json
-
-    import cv2
-
-    import covidct.preprocess.lungs
-
-    # The decision depends on the lung-mask code too: a change there recomputes it.
-    version = MEDSEG_ORIENTATION_VERSION + hashlib.sha256(inspect.getsource(covidct.preprocess.lungs).encode()).hexdigest()
-    keys = []
-    for image, mask in pairs:
-        digest = hashlib.sha256(version.encode())
-        digest.update(image.read_bytes())
-        digest.update(mask.read_bytes())
-        keys.append(digest.hexdigest())
-    cache_file = None
-    known: dict = {}
-    if cache_root is not False:
-        root = Path(cache_root) if cache_root else Path(os.environ.get("COVIDCT_CACHE", ".cache/covidct"))
-        cache_file = root / "medseg_mask_rot90.json"
-        if cache_file.is_file():
-            try:
-                known = json.loads(cache_file.read_text())
-            except (OSError, ValueError):
-                known = {}
-    missing = [i for i, key in enumerate(keys) if key not in known]
-    for i in missing:
-        image, mask = pairs[i]
-        pixels = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)
-        labels = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
-        if pixels is None or labels is None:
-            raise CovidctError(f"{image if pixels is None else mask}: cannot read the MedSeg image/mask (corrupt?).")
-        known[keys[i]] = medseg_mask_rot90(pixels, labels)
-    if missing and cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, cache_file)
-    return [int(known[key]) for key in keys]
-
-
-@register_dataset("medseg", "MedSeg COVID-19 CT segmentation (images/ + infection masks/)", ("medseg-covid19-100", "medseg"))
-def load_medseg(root: Path, cache_root: str | Path | None | bool = None) -> pd.DataFrame:
-    """MedSeg: ``images/tr_im_zNNN.png`` + ``masks/tr_mask_zNNN.png`` (infection = mask > 0), all COV.
-
-    No patient ids are published (100 slices of >40 patients). A patient's slices are consecutive, so
-    blocks of ``MEDSEG_BLOCK`` consecutive slice numbers are the group proxy (20 groups).
-
-    Most staged masks are a quarter turn away from their image: the column ``mask_rot90`` holds, per
-    row, the quarter turns ``k`` that align the mask (``np.rot90(mask, k)``, k in {0, -1}; see
-    ``medseg_mask_rot90``). Every reader of MedSeg masks applies it (``covidct.data.cache`` targets,
-    ``covidct.segment.data``). The decision needs a lung mask per slice (~0.1 s), so it is computed
-    once and cached by the files' content hashes.
-
-    Args:
-        root: the dataset folder.
-        cache_root: where the orientation decisions are cached (default ``$COVIDCT_CACHE`` or
-            ``.cache/covidct``; ``False``: no cache).
-
-    Returns:
-        Manifest with ``mask_rot90`` and ``group_proxy`` columns.
-    """
-    root = Path(root)
-    pairs = _paired(root / "images", root / "masks")
-    turns = _medseg_turns(pairs, cache_root)
-    rows = [{"path": str(i.resolve()), "mask_path": str(m.resolve()), "label": "COV", "group": medseg_group(i, n + 1),
-             "split": "", "mask_rot90": k} for n, ((i, m), k) in enumerate(zip(pairs, turns))]
-    return _finish(rows, "medseg", MEDSEG_PROXY)
-
-
-@register_dataset("kaggle-lungs", "Kaggle 'Finding lungs in CT data' (images + lung masks)", ("kaggle-lungs-ct-64px",))
-def load_kaggle_lungs(root: Path) -> pd.DataFrame:
-    """Kaggle lungs: ``train|test/images`` + ``train|test/masks`` (or the original ``2d_images``/``2d_masks``).
-
-    The label is ``unlabelled`` (a segmentation set); the train/test split of the source is kept.
-    """
-    root = Path(root)
-    rows = []
-    if (root / "2d_images").is_dir():
-        layouts = [("", root / "2d_images", root / "2d_masks")]
-    else:
-        layouts = [(split_of(s.name) or "", s / "images", s / "masks") for s in subfolders(root) if (s / "images").is_dir()]
-    if not layouts:
-        raise CovidctError(f"{root}: expected train/images + train/masks (or 2d_images + 2d_masks) for 'kaggle-lungs'.")
-    for split, images, masks in layouts:
-        for image, mask in _paired(images, masks):
-            rows.append({"path": str(image.resolve()), "mask_path": str(mask.resolve()), "label": "unlabelled",
-                         "group": f"{split}/{image.stem}", "split": split})
-    return _finish(rows, "kaggle-lungs", "image (no patient ids)")

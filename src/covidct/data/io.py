@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidct.errors import CovidctError
+from covidct.errors import CovidctError, did_you_mean, unknown_name_error
 
 UNITS = ("HU", "display")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -117,8 +117,6 @@ def detect_format(path: str | Path) -> str:
     if not path.exists():
         hint = ""
         if path.parent.is_dir():
-            from covidct.errors import did_you_mean
-
             hint = did_you_mean(path.name, [p.name for p in path.parent.iterdir()])
         raise CovidctError(f"{path}: no such file or folder.{hint}")
     if path.is_dir():
@@ -459,8 +457,6 @@ def read_dicom_series(
             )
         series_uid = next(iter(series))
     if series_uid not in series:
-        from covidct.errors import unknown_name_error
-
         raise unknown_name_error("series uid", series_uid, series)
     items = series[series_uid]
     positions = []

@@ -187,3 +187,57 @@ def sample_groups(manifest: pd.DataFrame, groups_per_class: int, seed: int = 0) 
         groups = sorted(labels.index[labels == label])
         keep += [groups[k] for k in rng.permutation(len(groups))[:groups_per_class]]
     return manifest[manifest["group"].isin(keep)].reset_index(drop=True)
+
+
+def holdout_groups(groups, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into (kept, held out) so that no group is in both (``fraction`` of the groups held out).
+
+    The held-out groups are drawn uniformly (not stratified: segmentation pairs have no class); at
+    least one group is held out when there are two or more.
+
+    Args:
+        groups: the group of every row.
+        fraction: share of the groups held out.
+        seed: drawing seed.
+
+    Returns:
+        (kept row indices, held-out row indices), each ascending.
+    """
+    groups = np.asarray(groups)
+    unique = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    n_val = max(1, int(round(fraction * len(unique)))) if len(unique) > 1 else 0
+    val_groups = set(rng.choice(unique, size=n_val, replace=False).tolist()) if n_val else set()
+    is_val = np.array([g in val_groups for g in groups], dtype=bool)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def group_folds(groups, k: int, seed: int = 0, setting: str = "folds") -> list[np.ndarray]:
+    """Test-row indices of ``k`` folds with disjoint groups (sklearn ``GroupKFold`` on shuffled groups).
+
+    Unlike ``grouped_kfold`` this needs no class (segmentation pairs): the groups are shuffled with
+    ``seed`` and dealt into ``k`` folds of about equal row counts.
+
+    Args:
+        groups: the group of every row.
+        k: number of folds, 2..number of groups.
+        seed: shuffling seed.
+        setting: the setting ``k`` came from, named in the error.
+
+    Returns:
+        k arrays of test-row indices; every row is in exactly one, every group in one fold only.
+
+    Raises:
+        CovidctError: ``k`` outside 2..number of groups.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(groups)
+    unique = np.unique(groups)
+    if k < 2 or k > len(unique):
+        raise CovidctError(f"{setting} must lie in 2..{len(unique)} (number of groups), got {k}.")
+    rng = np.random.default_rng(seed)
+    shuffled = dict(zip(unique, rng.permutation(len(unique))))
+    codes = np.array([shuffled[g] for g in groups])
+    splitter = GroupKFold(n_splits=k)
+    return [test for _, test in splitter.split(np.zeros(len(groups)), groups=codes)]

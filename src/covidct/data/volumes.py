@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from covidct import __version__
 from covidct.data.cache import ManifestRows, cache_key, reuse_or_build
 from covidct.data.cache_integrity import (
     array_problem,
@@ -52,6 +53,9 @@ from covidct.data.cache_integrity import (
     read_cache_tables,
     stats_digest,
 )
+from covidct.data.io import CTImage, check_finite, detect_format, read_image
+from covidct.data.manifest import validate_manifest
+from covidct.data.phantom import write_phantom_volumes  # noqa: F401  (re-exported: its old home)
 from covidct.data.writes import atomic_write_text, removing_on_error
 from covidct.errors import CovidctError, unknown_name_error
 
@@ -240,7 +244,6 @@ def load_volume(path) -> object:
     Raises:
         CovidctError: the file is not a 3-D volume.
     """
-    from covidct.data.io import CTImage, check_finite, detect_format, read_image
 
     path = Path(path)
     kind = detect_format(path)
@@ -282,7 +285,6 @@ def _read_nifti_slabs(path: Path, dtype) -> tuple[np.ndarray, tuple[float, float
     import nibabel as nib
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-    from covidct.data.io import check_finite
 
     try:
         image = nib.load(str(path))
@@ -344,10 +346,8 @@ def preprocess_volume(image, shape=(32, 64, 64), target_spacing_mm=None) -> np.n
         uint8 (D, H, W) volume in 0..255. Display-unit volumes (already windowed exports, e.g. the
         COVID-CT-MD sample's uint8 NIfTI) are taken as they are, since their HU window is unknown.
     """
-    from covidct.data.io import CTImage, check_finite
 
     if isinstance(image, (str, os.PathLike)):
-        from covidct.data.io import detect_format
 
         if detect_format(image) == "nifti":
             volume_u8, spacing, _ = _nifti_to_uint8(Path(image))
@@ -478,7 +478,6 @@ def build_volume_cache(
         CovidctError: a class with no readable volume, or a cache folder that cannot be written (disk full,
             read-only), naming the file.
     """
-    from covidct.data.manifest import validate_manifest
 
     validate_manifest(manifest)
     shape = resolve_shape(shape)
@@ -516,7 +515,6 @@ def _build_volume_cache(rows: pd.DataFrame, shape: tuple, size_tag: str, folder:
     """``build_volume_cache``'s work under the build lock: volume by volume (resumable), then ``meta.json``."""
     from tqdm.auto import tqdm
 
-    from covidct import __version__
 
     count = len(rows)
     work = folder / "images.u8.tmp"
@@ -600,43 +598,3 @@ def _build_volume_cache(rows: pd.DataFrame, shape: tuple, size_tag: str, folder:
     atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
     progress_file.unlink(missing_ok=True)
     return VolumeCache.open(folder)
-
-
-def write_phantom_volumes(root, n: int = 12, shape=(32, 64, 64), seed: int = 0) -> pd.DataFrame:
-    """Write phantom volumes (balanced classes) as int16 HU ``.npy`` files and return their Manifest.
-
-    Layout: ``root/<label>/phantomvol_<i>.npy`` (D, H, W), inferior to superior; each volume is its own
-    patient (``group``). Volume ``i`` has class ``CLASSES[i % 3]`` and seed ``seed * 100003 + i``.
-
-    Args:
-        root: output folder.
-        n: number of volumes.
-        shape: (D, H, W) of each volume (>= 4, 32, 32).
-        seed: dataset seed.
-
-    Returns:
-        A Manifest (path, label, group, split "", source "phantom-volume", slice_index -1).
-    """
-    from covidct.data.manifest import make_manifest
-    from covidct.data.phantom import CLASSES, make_volume
-
-    root = Path(root)
-    rows = []
-    for i in range(int(n)):
-        label = CLASSES[i % len(CLASSES)]
-        volume = make_volume(label, shape=tuple(shape), seed=seed * 100003 + i)
-        folder = root / label
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"phantomvol_{i:04d}.npy"
-        np.save(path, np.clip(np.rint(volume.volume_hu), -32768, 32767).astype(np.int16))
-        rows.append(
-            {
-                "path": str(path.resolve()),
-                "label": label,
-                "group": f"phantomvol_{i:04d}",
-                "split": "",
-                "source": "phantom-volume",
-                "slice_index": -1,
-            }
-        )
-    return make_manifest(rows)

@@ -41,6 +41,7 @@ from covidct.evaluate.metrics import (
     resolve_positive_index,
 )
 from covidct.models.inference import predict_logits, split_inputs
+from covidct.preprocess import get_stage
 from covidct.runs import atomic_path, check_writable, write_json_atomic, write_text_atomic
 from covidct.train.data import apply_label_map, data_from_arrays, parse_label_map, prepare_data
 from covidct.train.run import load_run
@@ -184,7 +185,7 @@ def _external_data(loaded, dataset: str, root, label_map, progress: bool):
         )
     manifest = manifest.assign(split="test")
     cfg = loaded.config
-    cache = build_cache(manifest, stage=loaded.stage, size=loaded.size, cache_root=cfg.data.cache_root, progress=progress)
+    cache = build_cache(manifest, stage=get_stage(loaded.stage), size=loaded.size, cache_root=cfg.data.cache_root, progress=progress)
     return data_from_arrays(cache.images, cache.manifest.assign(split="test"), classes=loaded.class_names, cache_path=str(cache.path), source=dataset)
 
 

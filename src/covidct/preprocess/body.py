@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from covidct.data.stage import resize_mask  # noqa: F401  (re-exported: its old home)
 from covidct.data.windows import window_hu
 from covidct.errors import CovidctError, unknown_name_error
 
@@ -98,24 +99,6 @@ def to_gray(image) -> tuple[np.ndarray, str]:
 
 def _resize(array: np.ndarray, shape_hw: tuple[int, int], interpolation=cv2.INTER_AREA) -> np.ndarray:
     return cv2.resize(array, (int(shape_hw[1]), int(shape_hw[0])), interpolation=interpolation)
-
-
-def resize_mask(mask: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
-    """Resize a binary mask (any value > 0 is inside) to ``shape_hw``; returns bool.
-
-    The {0, 1} mask is resampled like an image (area average when shrinking, linear when enlarging) and cut
-    at 0.5, so a resized mask stays centred on its resized image. OpenCV's ``INTER_NEAREST`` is not used: it
-    takes the first source pixel of each block, which at 512 -> 128 puts every mask 1.5 source pixels up and
-    left of its area-averaged image.
-    """
-    mask = np.asarray(mask)
-    shape_hw = (int(shape_hw[0]), int(shape_hw[1]))
-    binary = (mask > 0).astype(np.float32)
-    if binary.shape == shape_hw:
-        return binary > 0
-    shrinking = shape_hw[0] <= binary.shape[0] and shape_hw[1] <= binary.shape[1]
-    resized = _resize(binary, shape_hw, cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return resized >= 0.5
 
 
 def disk(radius_px: int) -> np.ndarray:

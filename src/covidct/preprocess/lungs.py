@@ -32,6 +32,7 @@ from skimage.filters import gaussian
 from skimage.segmentation import active_contour
 
 from covidct.data.io import CTImage
+from covidct.data.mask_datasets import register_lung_mask
 from covidct.errors import CovidctError, unknown_name_error
 from covidct.models.inference import (
     is_pretrained_checkpoint,
@@ -435,3 +436,6 @@ def _model_mask(image, model) -> np.ndarray:
     display = to_display_u8(image)
     foreground = predict_foreground(model, display[None])[0]
     return _label_by_side(foreground, display.shape)
+
+
+register_lung_mask(lung_mask)  # the MedSeg orientation check of the data layer uses it

@@ -15,31 +15,22 @@ leak some of the original projects made and covidct makes impossible.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
-
+from covidct.data.stage import StageOutput
 from covidct.errors import CovidctError, unknown_name_error
 
-
-@dataclass(frozen=True)
-class StageOutput:
-    """One preprocessed sample: uint8 image (size, size, C), uint8 mask (size, size), suffix."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    suffix: str = ""
-
+__all__ = ["STAGES", "StageOutput", "get_stage", "register_stage"]
 
 STAGES: dict[str, Callable] = {}
 
 
 def register_stage(name: str):
-    """Decorator that registers ``fn`` as preprocessing stage ``name``."""
+    """Decorator that registers ``fn`` as preprocessing stage ``name`` (also set as ``fn.stage_name``)."""
 
     def decorator(fn: Callable) -> Callable:
         if name in STAGES:
             raise CovidctError(f"A stage named {name!r} is already registered.")
+        fn.stage_name = name  # the name the cache gives its folder (covidct.data.stage.stage_name)
         STAGES[name] = fn
         return fn
 

@@ -1,17 +1,11 @@
-"""Image/mask pairs for segmentation: ``kaggle-lungs`` (lungs) and ``medseg`` (infection).
+"""Image/mask pairs for segmentation, read through the data layer and its slice cache.
 
-``load_pairs(dataset, root, size)`` returns every pair of a dataset resized to ``size`` with its split
-and group. It uses the data layer's ``covidct.data.datasets.load_dataset`` when that knows the dataset
-(manifest rows with ``mask_path``), else reads the staged folder layouts directly:
-
-- ``kaggle-lungs``: ``<root>/kaggle-lungs-ct-64px/{train,test}/{images,masks}/*.png``; the official
-  train/test split; every slice is its own group (no patient ids are recoverable).
-- ``medseg``: ``<root>/medseg-covid19-100/{images,masks}/tr_{im,mask}_zNNN.png``; the binary infection
-  mask is ``mask > 0`` (labels were rescaled per slice). Most masks are a quarter turn away from their
-  image in the staged PNGs: each mask is turned by the data layer's ``mask_rot90`` column (one source
-  of truth: ``covidct.data.datasets.medseg_mask_rot90``). No patient ids are given: the slices of one
-  patient are consecutive, so blocks of ``MEDSEG_BLOCK`` consecutive slice numbers are the group proxy
-  (the data layer's ``group``).
+``load_pairs(dataset, root, size)`` returns every pair of a mask dataset (``kaggle-lungs``: lungs,
+``medseg``: infection) at ``size`` px with its split and group. The pairs are manifest rows of
+``covidct.data.datasets.load_dataset`` (``path`` + ``mask_path``; MedSeg rows carry ``mask_rot90``, the
+quarter turns that align each mask with its image, and blocks of consecutive slices as groups); they are
+cached by ``covidct.data.cache.build_cache`` with the ``SegmentationStage`` below, the mask with its image,
+so a dataset is read and resampled once per size. Splits and folds come from ``covidct.data.splits``.
 """
 
 from __future__ import annotations
@@ -23,14 +17,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from covidct.data.datasets import data_root
+from covidct.data.cache import build_cache
+from covidct.data.cache_integrity import default_cache_root
+from covidct.data.datasets import dataset_candidates, load_dataset, medseg_mask_rot90
+from covidct.data.phantom import make_dataset
+from covidct.data.stage import StageOutput
 from covidct.errors import CovidctError, unknown_name_error
-from covidct.preprocess.body import resize_mask
+from covidct.preprocess.body import resize_mask, to_display_u8
+from covidct.preprocess.lungs import lung_mask
 
 logger = logging.getLogger(__name__)
 
-SEGMENTATION_DATASETS = {"kaggle-lungs": "kaggle-lungs-ct-64px", "medseg": "medseg-covid19-100"}
-MEDSEG_BLOCK = 5  # same as covidct.data.datasets.MEDSEG_BLOCK
+#: The registered datasets with a mask per image (``covidct.data.datasets``).
+SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg")
 
 
 @dataclass
@@ -53,7 +52,6 @@ class SegmentationPairs:
             crop's prediction is scored against once pasted back (``paste_crops``), so infection outside
             the crop counts as missed.
     """
-
     images: np.ndarray
     masks: np.ndarray
     names: list
@@ -82,11 +80,6 @@ class SegmentationPairs:
         return len(self.names)
 
 
-def default_root() -> Path:
-    """The data root: ``$COVIDCT_DATA_ROOT``, else ``./data`` (:func:`covidct.data.datasets.data_root`)."""
-    return data_root()
-
-
 def read_gray(path: Path) -> np.ndarray:
     """An image file as 8-bit grayscale (H, W); a missing or corrupt file raises naming it."""
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
@@ -108,77 +101,6 @@ def resize_square(image: np.ndarray, size: int, nearest: bool = False) -> np.nda
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
-def _rows_from_folders(dataset: str, root: Path) -> list[dict]:
-    folder = root / SEGMENTATION_DATASETS[dataset]
-    if not folder.is_dir() and ((root / "images").is_dir() or (root / "train").is_dir()):
-        folder = root  # the dataset folder itself was given
-    if not folder.is_dir():
-        raise CovidctError(
-            f"Dataset {dataset!r} not found under {root}: expected {folder}. Set COVIDCT_DATA_ROOT or pass --root."
-        )
-    rows = []
-    if dataset == "kaggle-lungs":
-        for split in ("train", "test"):
-            for image_path in sorted((folder / split / "images").glob("*.png")):
-                mask_path = folder / split / "masks" / image_path.name
-                rows.append(
-                    {"path": image_path, "mask_path": mask_path, "split": split, "group": image_path.stem}
-                )
-    else:
-        for image_path in sorted((folder / "images").glob("*.png")):
-            mask_path = folder / "masks" / image_path.name.replace("_im_", "_mask_")
-            group = _medseg_group(image_path, len(rows) + 1)
-            rows.append(
-                {
-                    "path": image_path,
-                    "mask_path": mask_path,
-                    "split": "",
-                    "group": group,
-                    "group_proxy": f"blocks of {MEDSEG_BLOCK} consecutive slice numbers",
-                }
-            )
-    if not rows:
-        raise CovidctError(f"No image/mask pairs found in {folder} for dataset {dataset!r}.")
-    return rows
-
-
-def _rows_from_data_layer(dataset: str, root: Path) -> list[dict] | None:
-    try:
-        from covidct.data.datasets import load_dataset
-    except ImportError:
-        return None
-    folder = root / SEGMENTATION_DATASETS[dataset]
-    if not folder.is_dir():
-        folder = root  # the dataset folder itself was given
-    try:
-        manifest = load_dataset(dataset, folder)
-    except Exception as error:  # noqa: BLE001  (fall back to the folder reader, say why)
-        logger.info("covidct.data.datasets could not load %s (%s); reading folders directly.", dataset, error)
-        return None
-    if "mask_path" not in manifest or (manifest["mask_path"].astype(str) == "").any():
-        return None
-    rows = []
-    for record in manifest.to_dict("records"):
-        row = {
-            "path": Path(record["path"]),
-            "mask_path": Path(record["mask_path"]),
-            "split": str(record["split"]),
-            "group": str(record["group"]),
-            "group_proxy": str(record.get("group_proxy", "")),
-        }
-        if "mask_rot90" in record:
-            row["mask_rot90"] = int(record["mask_rot90"])
-        rows.append(row)
-    return rows
-
-
-def _medseg_group(path: Path, fallback: int) -> str:
-    """Blocks of ``MEDSEG_BLOCK`` consecutive slice numbers: the patient proxy for MedSeg (data layer's rule)."""
-    from covidct.data.datasets import medseg_group
-
-    return medseg_group(path, fallback)
-
-
 def align_mask_orientation(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Turn a MedSeg infection mask to match its image; returns (mask, quarter turns applied).
 
@@ -195,8 +117,6 @@ def align_mask_orientation(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndar
     Returns:
         (aligned mask, k) with ``aligned = np.rot90(mask, k)``, k in {0, -1}.
     """
-    from covidct.data.datasets import medseg_mask_rot90
-
     turns = medseg_mask_rot90(image, mask)
     return (np.ascontiguousarray(np.rot90(mask, turns)) if turns else mask), turns
 
@@ -211,8 +131,6 @@ def dilated_lung_mask(image: np.ndarray, dilation_fraction: float = 0.03) -> np.
     Returns:
         uint8 (H, W) {0, 1}.
     """
-    from covidct.preprocess.lungs import lung_mask
-
     lungs = (lung_mask(image, warn=False) > 0).astype(np.uint8)
     radius = max(1, int(round(dilation_fraction * max(image.shape))))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -340,60 +258,129 @@ def crop_pairs_to_lungs(pairs: SegmentationPairs, size: int) -> SegmentationPair
     )
 
 
+@dataclass(frozen=True)
+class SegmentationStage:
+    """The cache stage of segmentation pairs: ``prepare_slice`` on the 8-bit image, the mask placed alike.
+
+    Attributes:
+        crop: ``"none"`` (the whole slice resampled) or ``"lungs"`` (the square around the dilated lungs).
+        with_lungs: store the dilated lung mask as the cache's ``masks`` (always with ``crop="lungs"``).
+    """
+    crop: str = "none"
+    with_lungs: bool = False
+
+    @property
+    def stage_name(self) -> str:
+        """The cache folder's prefix: ``segment-<crop>`` (``-lungs`` when lung masks are kept)."""
+        return f"segment-{self.crop}" + ("-lungs" if self.with_lungs and self.crop == "none" else "")
+
+    def __call__(self, image, size: int) -> list[StageOutput]:
+        pixels = _display_u8(image)
+        if self.crop != "lungs":
+            image_in, _, lungs, _, _ = prepare_slice(pixels, None, size, self.crop, self.with_lungs)
+            mask = lungs if lungs is not None else np.zeros((size, size), np.uint8)
+            return [StageOutput(image_in, mask.astype(np.uint8))]
+        source_lungs = dilated_lung_mask(pixels)
+        top, left, side = lung_crop_box(source_lungs)
+        image_in, _, lungs, _, _ = lung_crop(pixels, None, size, lungs=source_lungs)
+        values = {"box_top": top, "box_left": left, "box_side": side,
+                  "source_height": pixels.shape[0], "source_width": pixels.shape[1]}
+        return [StageOutput(image_in, lungs.astype(np.uint8), "", values)]
+
+    def target(self, mask: np.ndarray, output: StageOutput, size: int) -> np.ndarray:
+        """The bool source-resolution mask in the output's geometry: uint8 {0, 1} (size, size)."""
+        mask = np.asarray(mask).astype(np.uint8)
+        if self.crop == "lungs":
+            v = output.values
+            return crop_square(mask, v["box_top"], v["box_left"], v["box_side"], size, nearest=True)
+        return resize_square(mask, size, nearest=True)
+
+
+def _display_u8(image) -> np.ndarray:
+    """A decoded ``CTImage`` as the 8-bit grayscale a segmenter sees (HU through ``to_display_u8``)."""
+    if image.array.ndim != 2:
+        raise CovidctError(f"{image.path}: segmentation pairs are 2-D images, got shape {image.array.shape}.")
+    if image.unit == "display":
+        return np.clip(np.rint(image.array), 0, 255).astype(np.uint8)
+    return to_display_u8(image.array)
+
+
+def _dataset_folder(dataset: str, root) -> Path | None:
+    """The dataset folder under a data root (its registered folder names), or ``root`` itself."""
+    if root is None:
+        return None  # load_dataset looks in $COVIDCT_DATA_ROOT (covidct.data.datasets.data_root), then data/raw
+    root = Path(root)
+    for candidate in dataset_candidates(dataset, root)[:-1]:
+        if candidate.is_dir():
+            return candidate
+    if not root.is_dir():
+        raise CovidctError(f"Dataset {dataset!r} not found: {root} does not exist. Set COVIDCT_DATA_ROOT or pass --root.")
+    return root  # the dataset folder itself was given
+
+
+def pairs_manifest(dataset: str, root=None):
+    """The Manifest of a mask dataset (``load_dataset``), checked to have a mask file on every row."""
+    if dataset not in SEGMENTATION_DATASETS:
+        raise unknown_name_error("segmentation dataset", dataset, SEGMENTATION_DATASETS)
+    manifest = load_dataset(dataset, _dataset_folder(dataset, root))
+    missing = manifest["mask_path"].astype(str) == ""
+    if missing.any():
+        raise CovidctError(f"{manifest['path'].iloc[int(np.argmax(missing))]}: no mask file for this image.")
+    return manifest
+
+
+def _cached(manifest, stage: SegmentationStage, size: int, cache_root, workers):
+    cache = build_cache(manifest, stage, size, cache_root=cache_root, workers=workers, progress=False)
+    if len(cache.failed):
+        first = cache.failed.iloc[0]
+        raise CovidctError(f"{len(cache.failed)} image/mask pair(s) could not be read, e.g. {first['error']}")
+    return cache
+
+
 def load_pairs(
-    dataset: str, root=None, size: int = 64, with_lungs: bool = False, crop: str = "none"
+    dataset: str, root=None, size: int = 64, with_lungs: bool = False, crop: str = "none",
+    cache_root=None, workers: int | None = None,
 ) -> SegmentationPairs:
-    """Read all image/mask pairs of a segmentation dataset at ``size`` x ``size``.
+    """All image/mask pairs of a segmentation dataset at ``size`` x ``size``, through the slice cache.
 
     Args:
         dataset: ``"kaggle-lungs"`` or ``"medseg"``.
-        root: data root holding the staged folders (default ``COVIDCT_DATA_ROOT``, else ./data).
-        size: output side in pixels (images: area/linear resampling, masks: nearest).
-        with_lungs: also compute ``dilated_lung_mask`` of each image (for lung-masked inputs).
+        root: a data root holding the dataset folder, or the dataset folder itself (default
+            ``$COVIDCT_DATA_ROOT``, else ./data: ``covidct.data.datasets.data_root``).
+        size: output side in pixels (images: area/linear resampling; masks: area-averaged and cut at 0.5).
+        with_lungs: also keep the ``dilated_lung_mask`` of each image (for lung-masked inputs).
         crop: ``"none"`` (whole slices) or ``"lungs"``: each pair cropped at its source resolution to the
             square around its dilated lung mask (``lung_crop``), so the lungs fill ``size`` px; the pairs then
             carry ``boxes``, ``frame_masks`` and ``lungs``.
+        cache_root: folder of the slice caches (default ``$COVIDCT_CACHE``, else ``.cache/covidct``).
+        workers: cache-building processes (default: all cores).
 
     Returns:
         ``SegmentationPairs``; masks are binary (``mask > 0``), MedSeg masks turned to match their images.
     """
-    if dataset not in SEGMENTATION_DATASETS:
-        raise unknown_name_error("segmentation dataset", dataset, SEGMENTATION_DATASETS)
     if crop not in CROPS:
         raise unknown_name_error("segmentation crop", crop, CROPS)
-    root = Path(root) if root is not None else default_root()
-    rows = _rows_from_data_layer(dataset, root) or _rows_from_folders(dataset, root)
-    images, masks, lungs, boxes, frame_masks = [], [], [], [], []
-    for row in rows:
-        if not Path(row["mask_path"]).is_file():
-            raise CovidctError(f"Mask {row['mask_path']} for image {row['path']} is missing.")
-        image = read_gray(row["path"])
-        mask = (read_gray(row["mask_path"]) > 0).astype(np.uint8)
-        if dataset == "medseg":
-            turns = row.get("mask_rot90")
-            if turns is None:  # folders read directly: decide here, by the data layer's criterion
-                mask, _ = align_mask_orientation(image, mask)
-            else:
-                mask = np.ascontiguousarray(np.rot90(mask, int(turns)))
-        image_in, mask_in, lungs_in, box, frame_mask = prepare_slice(image, mask, size, crop, with_lungs)
-        images.append(image_in)
-        masks.append(mask_in)
-        if lungs_in is not None:
-            lungs.append(lungs_in)
-        if crop == "lungs":
-            boxes.append(box)
-            frame_masks.append(frame_mask)
+    manifest = pairs_manifest(dataset, root)
+    cache_root = default_cache_root() if cache_root is None else cache_root
     cropped = crop == "lungs"
+    cache = _cached(manifest, SegmentationStage(crop, with_lungs or cropped), size, cache_root, workers)
+    rows = cache.manifest
+    boxes = frame_masks = None
+    if cropped:
+        side, height, width = (rows[c].to_numpy(dtype=np.float64) for c in ("box_side", "source_height", "source_width"))
+        boxes = np.stack([rows["box_top"] / height, rows["box_left"] / width, side / height, side / width], axis=1)
+        frame_masks = np.array(_cached(manifest, SegmentationStage(), size, cache_root, workers).targets)
+    proxy = manifest["group_proxy"].iloc[0] if "group_proxy" in manifest else ""
     return SegmentationPairs(
-        images=np.stack(images)[..., None],
-        masks=np.stack(masks),
-        names=[str(r["path"]) for r in rows],
-        splits=np.array([r["split"] for r in rows]),
-        groups=np.array([r["group"] for r in rows]),
-        lungs=np.stack(lungs) if (with_lungs or cropped) else None,
-        group_proxy=str(rows[0].get("group_proxy", "")),
-        boxes=np.stack(boxes) if cropped else None,
-        frame_masks=np.stack(frame_masks) if cropped else None,
+        images=np.array(cache.images),
+        masks=np.array(cache.targets),
+        names=rows["path"].astype(str).tolist(),
+        splits=rows["split"].astype(str).to_numpy(),
+        groups=rows["group"].astype(str).to_numpy(),
+        lungs=np.array(cache.masks) if (with_lungs or cropped) else None,
+        group_proxy=str(proxy),
+        boxes=boxes,
+        frame_masks=frame_masks,
     )
 
 
@@ -410,9 +397,6 @@ def phantom_pairs(n: int = 60, size: int = 64, target: str = "lungs", seed: int 
         ``SegmentationPairs`` with images shown through the lung window; the last ~20% of the patients
         form the "test" split.
     """
-    from covidct.data.phantom import make_dataset
-    from covidct.preprocess.body import to_display_u8
-
     if target not in ("lungs", "lesion"):
         raise unknown_name_error("phantom target", target, ("lungs", "lesion"))
     phantoms = make_dataset(n=n, size=size, seed=seed)

@@ -20,6 +20,7 @@ from covidct.data.phantom import make_dataset
 from covidct.data.splits import assign_splits
 from covidct.data.windows import window_hu
 from covidct.errors import CovidctError
+from covidct.preprocess import get_stage
 from covidct.train.samples import (  # noqa: F401  (re-exported: their old home)
     SliceSequence,
     TrainingData,
@@ -80,7 +81,7 @@ def prepare_data(cfg, progress: bool = True) -> TrainingData:
     manifest = load_dataset(d.dataset, root=d.root, **dict(d.options or {}))
     manifest = apply_label_map(manifest, d.label_map, source=d.dataset)
     manifest = assign_splits(manifest, fractions=tuple(d.split_fractions), seed=d.seed, keep_official=d.keep_official_splits)
-    cache = build_cache(manifest, stage=d.stage, size=d.size, cache_root=d.cache_root, progress=progress)
+    cache = build_cache(manifest, stage=get_stage(d.stage), size=d.size, cache_root=d.cache_root, progress=progress)
     if cache.failed is not None and len(cache.failed):
         warnings.warn(f"{len(cache.failed)} image(s) failed preprocessing and were skipped (see {cache.path}).", stacklevel=2)
     return data_from_arrays(cache.images, cache.manifest, classes=d.classes, cache_path=str(cache.path), source=d.dataset)
@@ -137,7 +138,7 @@ def phantom_external_data(stage: str, size: int, cache_root: str = ".cache/covid
 
     manifest = load_dataset("phantom", n=n, size=64, seed=seed)
     manifest = apply_label_map(manifest, label_map, source=f"phantom-seed{seed}").assign(split="test")
-    cache = build_cache(manifest, stage=stage, size=size, cache_root=cache_root, progress=False)
+    cache = build_cache(manifest, stage=get_stage(stage), size=size, cache_root=cache_root, progress=False)
     return data_from_arrays(cache.images, cache.manifest.assign(split="test"), classes=classes,
                             cache_path=str(cache.path), source=f"phantom-seed{seed}")
 

@@ -32,8 +32,8 @@ import cv2
 import keras
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold
 
+from covidct.data.splits import group_folds, holdout_groups
 from covidct.errors import CovidctError, unknown_name_error
 from covidct.models.inference import (  # re-exported: their old home
     predict_mask_logits,
@@ -94,7 +94,9 @@ def load_segmentation_pairs(cfg):
         return pairs
     if d.dataset not in SEGMENTATION_DATASETS:
         raise unknown_name_error("segmentation dataset", d.dataset, [*SEGMENTATION_DATASETS, "phantom"])
-    return load_pairs(d.dataset, d.root, d.size, with_lungs=needs_lungs(cfg), crop=cfg.segmentation.crop)
+    return load_pairs(
+        d.dataset, d.root, d.size, with_lungs=needs_lungs(cfg), crop=cfg.segmentation.crop, cache_root=d.cache_root
+    )
 
 
 def check_pairs(pairs, cfg) -> None:
@@ -158,27 +160,13 @@ def model_inputs(pairs, masked: bool) -> np.ndarray:
 
 
 def group_split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices into (train, val) so that no group is in both (``fraction`` of the groups to val)."""
-    unique = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    n_val = max(1, int(round(fraction * len(unique)))) if len(unique) > 1 else 0
-    val_groups = set(rng.choice(unique, size=n_val, replace=False).tolist()) if n_val else set()
-    is_val = np.array([g in val_groups for g in groups], dtype=bool)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    """Split row indices into (train, val) by group (``covidct.data.splits.holdout_groups``)."""
+    return holdout_groups(groups, fraction, seed)
 
 
 def grouped_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
-    """Test-row indices of ``k`` folds with disjoint groups (sklearn GroupKFold on shuffled groups)."""
-    unique = np.unique(groups)
-    if k < 2 or k > len(unique):
-        raise CovidctError(
-            f"segmentation.folds (--folds) must lie in 2..{len(unique)} (number of groups), got {k}."
-        )
-    rng = np.random.default_rng(seed)
-    shuffled = dict(zip(unique, rng.permutation(len(unique))))
-    codes = np.array([shuffled[g] for g in groups])
-    splitter = GroupKFold(n_splits=k)
-    return [test for _, test in splitter.split(np.zeros(len(groups)), groups=codes)]
+    """Test-row indices of ``k`` grouped folds (``covidct.data.splits.group_folds``)."""
+    return group_folds(groups, k, seed, setting="segmentation.folds (--folds)")
 
 
 @dataclass

@@ -1,24 +1,31 @@
-"""The selection rule of benchmarks/bench_recipe_cv.py, on hand-made out-of-fold scores."""
+"""The recipe cross-validation of ``covidct.experiments`` (``covidct cv``): its rule on hand-made out-of-fold
+scores, and the protocol end to end on phantoms."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_recipe_cv.py"
+from covidct.errors import CovidctError
+from covidct.experiments import cli, folds, oof, rounds, selection
+from covidct.experiments import cv as cv_module
 
 
 @pytest.fixture(scope="module")
 def cv():
-    spec = importlib.util.spec_from_file_location("bench_recipe_cv", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The protocol's functions under one name, as the tests call them."""
+    return SimpleNamespace(
+        choose=selection.choose, versus_base=selection.versus_base, MIN_GAIN=rounds.MIN_GAIN,
+        CANDIDATES=rounds.CANDIDATES, ROUNDS=rounds.ROUNDS, EVALUATION_ONLY=rounds.EVALUATION_ONLY,
+        out_of_fold=oof.out_of_fold, parse_args=cli.parse_args, main=cli.main, run_cv=cv_module.run_cv,
+        candidate_config=folds.candidate_config, non_test_data=folds.non_test_data, bundle_stem=folds.bundle_stem,
+        subsample_groups=folds.subsample_groups, fold_data=folds.fold_data,
+    )
 
 
 def _scores(f1, auc):
@@ -46,7 +53,7 @@ def test_out_of_fold_refuses_a_slice_predicted_twice(cv, tmp_path):
         (tmp_path / f"f{k}").mkdir()
         pd.DataFrame({"path": ["a.png", f"b{k}.png"], "group": ["g", "h"], "label": ["COV", "NonCOV"],
                       "prob_COV": [0.9, 0.1]}).to_csv(tmp_path / f"f{k}" / "predictions_val.csv", index=False)
-    with pytest.raises(SystemExit, match="repeated slices"):
+    with pytest.raises(CovidctError, match="repeated slices"):
         cv.out_of_fold([tmp_path / "f0", tmp_path / "f1"])
 
 
@@ -57,7 +64,7 @@ def test_versus_base_scores_the_hand_computed_difference(cv):
     labels = ["COV", "COV", "NonCOV", "NonCOV"]
     base = pd.DataFrame({"path": paths, "group": list("abcd"), "label": labels, "prob_COV": [0.9, 0.8, 0.85, 0.2]})
     other = base.assign(prob_COV=[0.9, 0.8, 0.3, 0.2])
-    diff = cv.versus_base(base, other, n_bootstrap=300)
+    diff = cv.versus_base(base, other, n_bootstrap=60)
     expected = 1.0 - (0.8 + 2 / 3) / 2
     assert diff["macro_f1"]["value"] == pytest.approx(expected)
     assert diff["macro_f1"]["low"] >= 0.0
