@@ -191,6 +191,8 @@ class TrainingConfig:
             Johnson 2021, arXiv:2105.07576); 0 turns it off. The running averages otherwise mix
             statistics of older weights and of augmented, dropout-perturbed activations, and the model
             ranks well (high AUC) while its probabilities pile up on one class (argmax F1 at chance).
+        distribution: ``"auto"`` (data-parallel over the local accelerators when there are several), ``"off"``
+            or ``"data_parallel"``; ``batch_size`` is the global batch (``covidct.train.distribution``).
     """
 
     epochs: int = 30
@@ -215,6 +217,7 @@ class TrainingConfig:
     max_steps_per_epoch: int | None = None
     bn_momentum: float | None = None
     bn_recalibration: int = 1024
+    distribution: str = "auto"  # scale: covidct.train.distribution
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,9 @@ def save_model_atomic(model, path: str | os.PathLike) -> Path:
 
 def variables_to_numpy(variables) -> list[np.ndarray]:
     """Values of Keras variables as NumPy arrays (any backend)."""
-    import keras
+    from covidct.train.distribution import variable_to_numpy  # scale: MirroredStrategy scalars too
 
-    return [np.asarray(keras.ops.convert_to_numpy(v.value if hasattr(v, "value") else v)) for v in variables]
+    return [variable_to_numpy(v) for v in variables]
 
 
 def save_train_state(path: str | os.PathLike, model, optimizer, state: dict) -> Path:

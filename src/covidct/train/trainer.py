@@ -700,7 +700,9 @@ def _train_classifier(cfg: RunConfig, run_dir: Path, resume, overwrite, data, pr
     dump_config(cfg, run_dir / "config.yaml")
 
     probe = _shortcut_probe(cfg, data)
-    with _dtype_policy(cfg) as policy:
+    from covidct.train.distribution import training_distribution  # scale: data-parallel fit (one hook)
+
+    with _dtype_policy(cfg) as policy, training_distribution(cfg.training):
         return _fit(cfg, run_dir, data, class_names, split, probe, policy, resuming, progress, started)
 
 
