@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from covidct import DISCLAIMER, __version__
+from covidct.predict.command import add_predict  # scale
 
 
 def _add_models(subparsers) -> None:
@@ -317,6 +318,7 @@ def _add_grid(subparsers) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
     parser.add_argument("--no-evaluate", action="store_true", help="do not evaluate finished runs on test")
+    parser.add_argument("--executor", default="local", help="local, dask (a LocalCluster) or dask:ADDRESS")  # scale
     parser.set_defaults(func=_run_grid)
 
 
@@ -324,7 +326,7 @@ def _run_grid(args) -> int:
     from covidct.evaluate.report import markdown_table
     from covidct.train.grid import run_grid
 
-    table = run_grid(args.grid, args.set, dry_run=args.dry_run, evaluate=not args.no_evaluate)
+    table = run_grid(args.grid, args.set, dry_run=args.dry_run, evaluate=not args.no_evaluate, executor=args.executor)
     print(markdown_table(table))
     return 0 if args.dry_run or (table["status"] == "finished").all() else 1
 
@@ -576,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download(subparsers)
     _add_segment(subparsers)
     _add_predict_volume(subparsers)
+    add_predict(subparsers)  # scale: covidct predict (covidct.predict.command)
     _add_gradcam(subparsers)
     _add_config(subparsers)
     _add_data(subparsers)

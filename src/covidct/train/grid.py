@@ -119,6 +119,7 @@ def run_grid(
     evaluate: bool = True,
     progress: bool = True,
     n_bootstrap: int | None = None,
+    executor: str = "local",
 ) -> pd.DataFrame:
     """Run (or resume) every experiment of a grid and return the summary table.
 
@@ -129,6 +130,8 @@ def run_grid(
         evaluate: evaluate each finished run on its test split (skipped when already done).
         progress: progress bars.
         n_bootstrap: bootstrap replicates of the evaluation (default: the config's).
+        executor: ``local`` (one run after another, here), ``dask`` or ``dask:ADDRESS``: every unfinished run is
+            trained and evaluated as a task first (``covidct.train.grid_tasks``), then summarised here.
 
     Returns:
         DataFrame with one row per run (status, selection score, test macro-F1 and AUC with CIs).
@@ -136,6 +139,10 @@ def run_grid(
     from covidct.train.trainer import run_status, train
 
     configs = load_grid(path, overrides)
+    if executor != "local" and not dry_run:  # scale: the runs as tasks first (covidct.train.grid_tasks), one hook
+        from covidct.train.grid_tasks import run_grid_tasks
+
+        run_grid_tasks(configs, executor, evaluate, n_bootstrap)
     rows = []
     for i, cfg in enumerate(configs, start=1):
         run_dir = Path(cfg.output_root) / cfg.run_name
