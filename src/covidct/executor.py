@@ -97,7 +97,7 @@ def _dask_client(address: str | None, workers: int | None):
                                "(`dask scheduler`, or dask-jobqueue: docs/scaling.md) or check the address.") from error
     count = workers or max(1, min(os.cpu_count() or 1, 8))
     cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+                           dashboard_address="127.0.0.1:0")
     return Client(cluster), cluster
 
 
