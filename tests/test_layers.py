@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "covidct"
 
 LAYERS = [
     ("cli", ("covidct.cli", "covidct.commands", "covidct.__main__")),
-    ("workflows", ("covidct.demo", "covidct.train.grid", "covidct.train.workflow", "covidct.train.notebook_runs",
+    ("workflows", ("covidct.demo", "covidct.train.grid", "covidct.train.grid_tasks", "covidct.predict", "covidct.train.workflow", "covidct.train.notebook_runs",
                    "covidct.segment.train", "covidct.features", "covidct.notebook_run", "covidct.notebook_tools",
                    "covidct.notebook_templates")),
     ("serve/experiments", ("covidct.serve", "covidct.experiments", "covidct.evidence")),
@@ -52,6 +52,7 @@ LAZY_ALLOWED = {
     ("covidct.serve.cli", "*"): "startup",
     ("covidct.evidence.cli", "*"): "startup",
     ("covidct.experiments.cli", "*"): "startup",
+    ("covidct.predict.command", "*"): "startup",
     # The model registry imports every architecture and Keras; reading, listing and copying configs must not.
     ("covidct.config.checks", "covidct.models"): "Keras on first use",
     # Notebooks executed before the recipes moved import STAGE_AUGMENTATION from covidct.config; remove with

@@ -17,6 +17,7 @@ from covidct import DISCLAIMER, __version__
 from covidct.commands.training import add_grid, add_segment, add_train
 from covidct.evidence.cli import add_parser as _add_evidence
 from covidct.experiments import cli as experiments_cli
+from covidct.predict.command import add_predict
 from covidct.serve.cli import add_parser as _add_serve
 
 
@@ -424,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download(subparsers)
     add_segment(subparsers)
     _add_predict_volume(subparsers)
+    add_predict(subparsers)
     _add_gradcam(subparsers)
     _add_config(subparsers)
     _add_data(subparsers)

@@ -55,6 +55,7 @@ def add_grid(subparsers) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
     parser.add_argument("--no-evaluate", action="store_true", help="do not evaluate finished runs on test")
+    parser.add_argument("--executor", default="local", help="local, dask (a LocalCluster) or dask:ADDRESS")
     parser.set_defaults(func=_run_grid)
 
 
@@ -62,7 +63,7 @@ def _run_grid(args) -> int:
     from covidct.evaluate.report import markdown_table
     from covidct.train.grid import run_grid
 
-    table = run_grid(args.grid, args.set, dry_run=args.dry_run, evaluate=not args.no_evaluate)
+    table = run_grid(args.grid, args.set, dry_run=args.dry_run, evaluate=not args.no_evaluate, executor=args.executor)
     print(markdown_table(table))
     return 0 if args.dry_run or (table["status"] == "finished").all() else 1
 

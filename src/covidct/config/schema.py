@@ -171,6 +171,7 @@ class TrainingConfig:
     max_steps_per_epoch: int | None = None
     bn_momentum: float | None = None
     bn_recalibration: int = 1024
+    distribution: str = "auto"
 
 
 @dataclass(frozen=True)

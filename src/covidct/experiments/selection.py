@@ -15,8 +15,7 @@ from covidct.errors import CovidctError
 from covidct.evaluate.bootstrap import paired_difference_ci
 from covidct.evaluate.evaluator import metric_functions
 from covidct.experiments.oof import binary_arrays
-from covidct.experiments.rounds import MIN_GAIN, POSITIVE
-from covidct.experiments.rounds import CANDIDATES
+from covidct.experiments.rounds import CANDIDATES, MIN_GAIN, POSITIVE
 
 
 def versus_base(base: pd.DataFrame, other: pd.DataFrame, n_bootstrap: int) -> dict:

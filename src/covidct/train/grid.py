@@ -37,6 +37,7 @@ from covidct.config import (
 from covidct.errors import CovidctError, did_you_mean
 from covidct.evaluate.report import markdown_table
 from covidct.runs import run_status
+from covidct.train.grid_tasks import run_grid_tasks
 from covidct.train.state import write_text_atomic
 from covidct.train.tasks import check_config
 from covidct.train.trainer import train
@@ -125,6 +126,7 @@ def run_grid(
     evaluate: bool = True,
     progress: bool = True,
     n_bootstrap: int | None = None,
+    executor: str = "local",
 ) -> pd.DataFrame:
     """Run (or resume) every experiment of a grid and return the summary table.
 
@@ -135,11 +137,15 @@ def run_grid(
         evaluate: evaluate each finished run on its test split (skipped when already done).
         progress: progress bars.
         n_bootstrap: bootstrap replicates of the evaluation (default: the config's).
+        executor: ``local`` (one run after another, here), ``dask`` or ``dask:ADDRESS``: every unfinished run is
+            trained and evaluated as a task first (``covidct.train.grid_tasks``), then summarised here.
 
     Returns:
         DataFrame with one row per run (status, selection score, test macro-F1 and AUC with CIs).
     """
     configs = load_grid(path, overrides)
+    if executor != "local" and not dry_run:  # the runs as tasks first (covidct.train.grid_tasks)
+        run_grid_tasks(configs, executor, evaluate, n_bootstrap)
     rows = []
     for i, cfg in enumerate(configs, start=1):
         run_dir = Path(cfg.output_root) / cfg.run_name

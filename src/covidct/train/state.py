@@ -12,11 +12,11 @@ import os
 import zipfile
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from covidct.errors import CovidctError
 from covidct.runs import atomic_path, jsonable, write_json_atomic, write_text_atomic
+from covidct.train.distribution import variable_to_numpy
 
 __all__ = [
     "assign_variables",
@@ -45,7 +45,7 @@ def save_model_atomic(model, path: str | os.PathLike) -> Path:
 
 def variables_to_numpy(variables) -> list[np.ndarray]:
     """Values of Keras variables as NumPy arrays (any backend)."""
-    return [np.asarray(keras.ops.convert_to_numpy(v.value if hasattr(v, "value") else v)) for v in variables]
+    return [variable_to_numpy(v) for v in variables]
 
 
 def save_train_state(path: str | os.PathLike, model, optimizer, state: dict) -> Path:

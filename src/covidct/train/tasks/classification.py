@@ -28,6 +28,7 @@ from covidct.train.data import (
     check_training_splits,
     prepare_data,
 )
+from covidct.train.distribution import training_distribution
 from covidct.train.loop import Trainer, fit_phases, nan_error, validation_scores
 from covidct.train.losses import make_loss
 from covidct.train.recipes import augmentation_factors
@@ -81,7 +82,7 @@ class ClassificationTask(Task):
         class_names = list(data.class_names)
         split = data.manifest["split"].astype(str).to_numpy()
         probe = shortcut_probe(cfg, data)
-        with dtype_policy(cfg) as policy:
+        with dtype_policy(cfg) as policy, training_distribution(cfg.training):
             t, m = cfg.training, cfg.model
             num_classes = len(class_names)
             input_names = tuple(get_spec(m.name).inputs)

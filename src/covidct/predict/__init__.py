@@ -1,0 +1,1 @@
+"""Batch prediction of slice images at any scale: ``covidct predict`` (``covidct.predict.batch``)."""
