@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -131,6 +132,10 @@ class ModelConfig:
             learning rate times ``finetune_learning_rate_factor``).
         frozen_epochs: epochs of the frozen phase of ``"frozen-then-finetune"``.
         finetune_learning_rate_factor: learning-rate factor of the fine-tuning phase.
+        finetune: how much of the backbone fine-tuning opens: ``"all"`` or ``"top:N"`` (the last N blocks
+            and the layers after them; ``covidct.models.transfer``).
+        freeze_batchnorm: keep the backbone's BatchNorm layers in inference mode (ImageNet statistics,
+            not updated) while fine-tuning too.
     """
 
     name: str = "simple_cnn"
@@ -139,6 +144,8 @@ class ModelConfig:
     freeze: str = "none"
     frozen_epochs: int = 5
     finetune_learning_rate_factor: float = 0.1
+    finetune: str = "all"
+    freeze_batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -770,6 +777,9 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
     _check_choice(source, "training.mixed_precision", t.mixed_precision, AUTO_ON_OFF)
     _check_choice(source, "training.drop_last", t.drop_last, AUTO_ON_OFF)
     _check_choice(source, "model.freeze", m.freeze, FREEZE_MODES)
+    if not re.fullmatch(r"all|top:[1-9][0-9]*", str(m.finetune)) or not isinstance(m.freeze_batchnorm, bool):
+        raise CovidctError(f"{source}: model.finetune must be 'all' or 'top:N' (N >= 1), e.g. 'top:8', and "
+                           f"model.freeze_batchnorm true or false; got {m.finetune!r}, {m.freeze_batchnorm!r}.")
     check_task_settings(cfg, source)
     if t.augmentation != "stage":
         augmentation_factors(t, d.stage)  # a dict's keys and appearance preset; "stage" is checked below

@@ -44,6 +44,7 @@ from covidct.config import RunConfig, augmentation_factors, config_to_dict, dump
 from covidct.errors import CovidctError
 from covidct.evaluate.report import markdown_table
 from covidct.models.inference import predict_logits, predict_mask_logits
+from covidct.models.transfer import set_phase_trainable
 from covidct.runs import (
     HISTORY_FILE,
     MODEL_FILE,
@@ -771,8 +772,8 @@ def _fit_phases(
             continue
         trainer.phase, trainer.phase_end = index, end
         trainer.is_last_phase = index == len(phases) - 1
-        if m.freeze != "none":
-            set_backbone_trainable(model, trainable)
+        if m.freeze != "none" or m.finetune != "all" or m.freeze_batchnorm:
+            set_phase_trainable(model, trainable, m.finetune, m.freeze_batchnorm)  # covidct.models.transfer
         optimizer = make_optimizer(cfg, learning_rate, steps_per_epoch * (end - first))
         model.compile(optimizer=optimizer, loss=loss, **compile_options)
         if saved is not None:
