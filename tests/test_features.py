@@ -55,6 +55,64 @@ def test_feature_baseline_end_to_end(tmp_path):
         run_feature_baseline(cfg, classifier="lr", data=data)
 
 
+def test_select_c_is_grouped_cv_by_pooled_out_of_fold_macro_f1():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from covidct.features import select_c
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 60)
+    groups = np.array([f"g{i // 6}" for i in range(120)])
+    features = rng.normal(size=(120, 5)) + 0.6 * labels[:, None] * np.array([1, 0.5, 0, 0, 0])
+    grid = (0.001, 0.1, 10.0)
+    choice = select_c("lr", features, labels, groups, folds=4, grid=grid)
+    expected = []
+    for C in grid:  # by hand: grouped folds (no group on both sides), pooled argmax predictions, macro-F1
+        oof = np.zeros(120, dtype=int)
+        for fit, held in GroupKFold(n_splits=4).split(features, labels, groups):
+            assert not set(groups[fit]) & set(groups[held])
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000)).fit(features[fit], labels[fit])
+            oof[held] = model.predict(features[held])
+        expected.append(f1_score(labels, oof, average="macro"))
+    assert [row["oof_macro_f1"] for row in choice["scores"]] == pytest.approx(expected)
+    assert choice["C"] == grid[int(np.argmax(expected))]
+    with pytest.raises(CovidctError, match="no C to select"):
+        select_c("rf", features, labels, groups)
+    with pytest.raises(CovidctError, match="cannot fill 30 grouped folds"):
+        select_c("lr", features, labels, groups, folds=30)
+
+
+def test_feature_baseline_with_selected_c_and_an_external_set(tmp_path):
+    data = _separable_data()
+    cfg = config_from_dict(
+        {"data": {"dataset": "phantom", "size": 32}, "model": {"name": "simple_cnn"}, "evaluation": {"n_bootstrap": 10}}
+    )
+    cfg = dataclasses.replace(cfg, output_root=str(tmp_path))
+    test = data.indices("test")
+    other = data_from_arrays(255 - data.images[test], data.manifest.iloc[test].reset_index(drop=True), source="inverted")
+    result = run_feature_baseline(cfg, classifier="lr", data=data, select_c=True, cv_folds=3)
+    assert result["selection"]["split"] == "grouped-cv" and result["selection"]["C"] in (0.001, 0.01, 0.1, 1.0, 10.0)
+    assert "--select-c" in result["command"]
+    folder = tmp_path / "external"
+    from covidct.features import run_feature_baselines
+
+    [again] = run_feature_baselines(cfg, ["lr"], [folder], data=data, select_c=True, cv_folds=3,
+                                    external={"inverted": other})
+    assert again["selection"]["C"] == result["selection"]["C"]
+    table = pd.read_csv(folder / "predictions_external-inverted.csv")
+    assert len(table) == len(test) and list(table["label"]) == list(data.manifest.iloc[test]["label"])
+    metrics = json.loads((folder / "metrics_external-inverted.json").read_text())
+    assert metrics["evaluated_on"]["section"] == "external" and metrics["evaluated_on"]["n_images"] == len(test)
+    probs = table[[f"prob_{c}" for c in data.class_names]].to_numpy()
+    from covidct.evaluate.metrics import compute_metrics
+
+    assert metrics["slice"]["auc_macro_ovr"] == pytest.approx(compute_metrics(table["label_index"], probs)["auc_macro_ovr"])
+
+
 def test_extractor_is_the_layer_before_logits():
     from covidct.models import build_model
 

@@ -277,6 +277,7 @@ def _add_features(subparsers) -> None:
     parser.add_argument("--output-root", default=None, help="parent of the run folders (default: the config's output_root)")
     parser.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap replicates")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in the run folder(s)")
+    parser.add_argument("--select-c", action="store_true", help="choose C of lr/svm by grouped 4-fold CV over train+val")
     parser.set_defaults(func=_run_features)
 
 
@@ -292,7 +293,8 @@ def _run_features(args) -> int:
     shortcuts = [f"{key}={value}" for key, value in (("model.name", args.model), ("data.dataset", args.dataset)) if value]
     cfg = load_config(args.config, [*shortcuts, *args.set])
     run_dirs = [args.run_dir] if args.run_dir else [feature_run_dir(cfg, c, args.output_root) for c in args.classifier]
-    results = run_feature_baselines(cfg, args.classifier, run_dirs, n_bootstrap=args.bootstrap, overwrite=args.overwrite)
+    results = run_feature_baselines(cfg, args.classifier, run_dirs, n_bootstrap=args.bootstrap, overwrite=args.overwrite,
+                                    select_c=args.select_c)
     print("\n".join(format_feature_result(result) for result in results))
     return 0
 

@@ -7,6 +7,13 @@ model's own ``preprocess_input`` inside the network). A classical classifier (SV
 logistic regression, k-NN or a small MLP) is fitted on the training split and scored on the test split
 by the same metric code as every other run, with group-bootstrap CIs. Hyperparameters are fixed (no
 selection on test); the validation split is reported alongside as the selection-free check.
+
+With ``select_c=True`` the regularisation strength ``C`` of ``lr`` and ``svm`` is chosen by grouped k-fold
+cross-validation over the non-test rows (train + val; folds never split a group; the pooled out-of-fold
+macro-F1 decides, ties to the smaller ``C``), and the classifier is refitted on all non-test rows with it;
+the test split is touched once, after the choice. ``external`` datasets (e.g. COVID-CT-MD preprocessed with
+the run's stage) are scored by the same fitted classifier, as ``predictions_external-<name>.csv`` and
+``metrics_external-<name>.json``.
 """
 
 from __future__ import annotations
@@ -22,15 +29,20 @@ from covidct.errors import CovidctError, unknown_name_error
 log = logging.getLogger(__name__)
 
 CLASSIFIERS = ("svm", "rf", "lr", "knn", "mlp")
+#: Classifiers with a regularisation strength C that ``select_c`` chooses.
+TUNABLE = ("lr", "svm")
+#: The C values grouped cross-validation chooses from (``select_c``).
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
-def make_classifier(name: str, seed: int = 0):
+def make_classifier(name: str, seed: int = 0, C: float = 1.0):
     """A scikit-learn pipeline (standardisation + classifier) with fixed, documented hyperparameters.
 
     Args:
         name: ``svm`` (RBF, C=1), ``rf`` (300 trees), ``lr`` (L2, C=1), ``knn`` (k=5) or ``mlp`` (one hidden
             layer of 128, early stopping).
         seed: random state.
+        C: the inverse regularisation strength of ``svm`` and ``lr`` (ignored by the others).
     """
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -41,9 +53,9 @@ def make_classifier(name: str, seed: int = 0):
     from sklearn.svm import SVC
 
     models = {
-        "svm": lambda: SVC(C=1.0, kernel="rbf", probability=True, random_state=seed),
+        "svm": lambda: SVC(C=C, kernel="rbf", probability=True, random_state=seed),
         "rf": lambda: RandomForestClassifier(n_estimators=300, random_state=seed, n_jobs=1),
-        "lr": lambda: LogisticRegression(C=1.0, max_iter=3000),
+        "lr": lambda: LogisticRegression(C=C, max_iter=3000),
         "knn": lambda: KNeighborsClassifier(n_neighbors=5),
         "mlp": lambda: MLPClassifier(
             hidden_layer_sizes=(128,), early_stopping=True, max_iter=500, random_state=seed
@@ -80,6 +92,49 @@ def extract_features(
     return features.reshape(len(features), -1)
 
 
+def select_c(classifier: str, features, labels, groups, folds: int = 4, grid=C_GRID, seed: int = 0) -> dict:
+    """Choose ``C`` of ``classifier`` by grouped k-fold cross-validation (pooled out-of-fold macro-F1).
+
+    Args:
+        classifier: ``lr`` or ``svm``.
+        features, labels, groups: the rows to cross-validate over (never the test split).
+        folds: number of folds (``GroupKFold``: every group lies in exactly one fold).
+        grid: the candidate C values.
+        seed: the classifier's random state.
+
+    Returns:
+        ``{"C": chosen, "folds": k, "scores": [{"C", "oof_macro_f1", "oof_auc"}...], "rule": ...}``.
+
+    Raises:
+        CovidctError: fewer groups than folds, or a classifier without C.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    from covidct.evaluate.metrics import compute_metrics
+
+    if classifier not in TUNABLE:
+        raise CovidctError(f"Classifier {classifier!r} has no C to select; select_c applies to {', '.join(TUNABLE)}.")
+    labels, groups = np.asarray(labels), np.asarray(groups).astype(str)
+    if len(set(groups)) < folds:
+        raise CovidctError(f"select_c: {len(set(groups))} group(s) cannot fill {folds} grouped folds; lower the folds.")
+    n_classes = int(labels.max()) + 1
+    scores = []
+    for C in grid:
+        oof = np.zeros((len(labels), n_classes))
+        for fit_rows, held_rows in GroupKFold(n_splits=folds).split(features, labels, groups):
+            fitted = make_classifier(classifier, seed=seed, C=C).fit(features[fit_rows], labels[fit_rows])
+            oof[np.ix_(held_rows, fitted.classes_)] = fitted.predict_proba(features[held_rows])
+        metrics = compute_metrics(labels, oof)
+        scores.append({"C": float(C), "oof_macro_f1": metrics["macro_f1"], "oof_auc": metrics["auc_macro_ovr"]})
+    best = max(scores, key=lambda row: (row["oof_macro_f1"], -row["C"]))
+    return {
+        "C": best["C"],
+        "folds": int(folds),
+        "scores": scores,
+        "rule": "largest pooled out-of-fold macro-F1 (ties: smaller C), grouped folds over the non-test rows",
+    }
+
+
 def feature_run_dir(cfg, classifier: str, output_root: str | os.PathLike | None = None) -> Path:
     """The default folder of a feature baseline: ``<output_root>/features-<model>-<stage>-<classifier>``."""
     root = Path(output_root) if output_root is not None else Path(cfg.output_root)
@@ -108,6 +163,9 @@ def run_feature_baselines(
     data=None,
     n_bootstrap: int | None = None,
     overwrite: bool = False,
+    select_c: bool = False,
+    cv_folds: int = 4,
+    external: dict | None = None,
 ) -> list[dict]:
     """Fit several classifiers on one extraction of frozen ``cfg.model`` features; evaluate each like a run.
 
@@ -122,6 +180,11 @@ def run_feature_baselines(
         data: TrainingData (default: built from ``cfg.data``).
         n_bootstrap: bootstrap replicates (default: the config's).
         overwrite: replace results already in those folders.
+        select_c: choose C of ``lr`` / ``svm`` by grouped CV over the non-test rows and refit on them
+            (the others keep their fixed hyperparameters and are fitted on train).
+        cv_folds: folds of that cross-validation.
+        external: ``{name: TrainingData}`` of other datasets, preprocessed like ``cfg`` and labelled with
+            its classes, scored by each fitted classifier too.
 
     Returns:
         The test metrics dicts, in the order of ``classifiers`` (each also in its ``metrics_test.json``).
@@ -169,20 +232,32 @@ def run_feature_baselines(
         s: extract_features(model, data.images, data.indices(s), batch, inputs)
         for s in ("train", "val", "test")
     }
+    for name, other in (external or {}).items():
+        features[f"external-{name}"] = extract_features(
+            model, other.images, np.arange(len(other.labels)), batch, inputs
+        )
     return [
-        _fit_and_write(cfg, name, run_dir, data, features, n_bootstrap)
+        _fit_and_write(cfg, name, run_dir, data, features, n_bootstrap, select_c, cv_folds, external or {})
         for name, run_dir in zip(classifiers, run_dirs)
     ]
 
 
-def _fit_and_write(cfg, classifier: str, run_dir: Path, data, features: dict, n_bootstrap) -> dict:
+def _fit_and_write(
+    cfg, classifier: str, run_dir: Path, data, features: dict, n_bootstrap, select=False, folds=4, external=None
+) -> dict:
     from covidct.config import dump_config
     from covidct.evaluate.evaluator import metrics_with_ci
     from covidct.train.state import write_json_atomic, write_text_atomic
 
-    fitted = make_classifier(classifier, seed=cfg.training.seed).fit(
-        features["train"], data.labels[data.indices("train")]
-    )
+    train_rows, val_rows = data.indices("train"), data.indices("val")
+    choice = None
+    if select and classifier in TUNABLE:
+        rows = np.concatenate([train_rows, val_rows])
+        pool = np.concatenate([features["train"], features["val"]])
+        choice = select_c(classifier, pool, data.labels[rows], data.groups[rows], folds, seed=cfg.training.seed)
+        fitted = make_classifier(classifier, seed=cfg.training.seed, C=choice["C"]).fit(pool, data.labels[rows])
+    else:
+        fitted = make_classifier(classifier, seed=cfg.training.seed).fit(features["train"], data.labels[train_rows])
 
     def probabilities(part: str) -> np.ndarray:
         # Columns of predict_proba follow fitted.classes_; put them in class-index order.
@@ -195,7 +270,7 @@ def _fit_and_write(cfg, classifier: str, run_dir: Path, data, features: dict, n_
     name = run_dir.name
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
-    val_rows, test_rows = data.indices("val"), data.indices("test")
+    test_rows = data.indices("test")
     val_metrics = metrics_with_ci(
         data.labels[val_rows],
         probabilities("val"),
@@ -208,16 +283,27 @@ def _fit_and_write(cfg, classifier: str, run_dir: Path, data, features: dict, n_
     )
     test_probs = probabilities("test")
     groups = data.groups[test_rows]
-    command = f"covidct features --config {run_dir}/config.yaml --classifier {classifier} --run-dir {run_dir} --overwrite"
+    select_flag = " --select-c" if choice else ""
+    command = f"covidct features --config {run_dir}/config.yaml --classifier {classifier} --run-dir {run_dir}{select_flag} --overwrite"
+    selection = {
+        "split": "none",
+        "monitor": f"fixed hyperparameters, {classifier} fitted on train",
+        "note": "nothing was selected on validation or test; the validation scores are a check, test is reported",
+        "score": val_metrics["macro_f1"],
+    }
+    if choice:
+        selection = {
+            "split": "grouped-cv",
+            "monitor": f"C of {classifier} by {choice['folds']}-fold grouped CV over train + val, refitted on them",
+            "note": "validation rows were part of the fit, so the validation scores below are not held out",
+            "score": max(row["oof_macro_f1"] for row in choice["scores"]),
+            "C": choice["C"],
+            "cv": choice,
+        }
     result = {
         "run": name,
         "run_dir": str(run_dir),
-        "selection": {
-            "split": "none",
-            "monitor": f"fixed hyperparameters, {classifier} fitted on train",
-            "note": "nothing was selected on validation or test; the validation scores are a check, test is reported",
-            "score": val_metrics["macro_f1"],
-        },
+        "selection": selection,
         "evaluated_on": {
             "section": "internal",
             "split": "test",
@@ -236,7 +322,7 @@ def _fit_and_write(cfg, classifier: str, run_dir: Path, data, features: dict, n_
         "options": {"n_bootstrap": n_bootstrap, "threshold": e.threshold},
         "val_macro_f1": val_metrics["macro_f1"],
         "validation": {
-            "role": "check (not used for selection)",
+            "role": "check (not used for selection)" if not choice else "fitted on (part of the CV pool)",
             "n_images": int(len(val_rows)),
             "macro_f1": val_metrics["macro_f1"],
             "auc_macro_ovr": val_metrics["auc_macro_ovr"],
@@ -260,6 +346,24 @@ def _fit_and_write(cfg, classifier: str, run_dir: Path, data, features: dict, n_
         predictions[f"prob_{class_name}"] = test_probs[:, c]
     write_text_atomic(run_dir / "predictions_test.csv", predictions.to_csv(index=False))
     write_json_atomic(run_dir / "metrics_test.json", result)
+    for other_name, other in (external or {}).items():
+        tag = f"external-{other_name}"
+        probs = probabilities(tag)
+        rows = other.manifest.reset_index(drop=True)
+        table = rows[[c for c in ("path", "slice_index", "group", "label") if c in rows]].copy()
+        table["label_index"] = other.labels
+        table["predicted"] = [data.class_names[i] for i in probs.argmax(axis=1)]
+        for c, class_name in enumerate(data.class_names):
+            table[f"prob_{class_name}"] = probs[:, c]
+        write_text_atomic(run_dir / f"predictions_{tag}.csv", table.to_csv(index=False))
+        block = metrics_with_ci(other.labels, probs, other.groups, data.class_names, n_bootstrap, e.ci, e.threshold,
+                                e.positive_class)
+        write_json_atomic(run_dir / f"metrics_{tag}.json", {
+            **{k: result[k] for k in ("run", "run_dir", "selection", "class_names", "feature_model", "classifier")},
+            "evaluated_on": {"section": "external", "split": tag, "dataset": other_name, "n_images": int(len(probs)),
+                             "n_groups": int(len(set(other.groups))), "is_selection_set": False},
+            "slice": block,
+        })
     write_json_atomic(
         run_dir / "run.json",
         {
@@ -286,6 +390,7 @@ def run_feature_baseline(
     data=None,
     n_bootstrap: int | None = None,
     overwrite: bool = False,
+    **options,
 ) -> dict:
     """Fit ``classifier`` on frozen features of ``cfg.model`` and evaluate it like any run.
 
@@ -296,12 +401,13 @@ def run_feature_baseline(
         data: TrainingData (default: built from ``cfg.data``).
         n_bootstrap: bootstrap replicates (default: the config's).
         overwrite: replace an existing folder.
+        **options: ``select_c``, ``cv_folds``, ``external`` of :func:`run_feature_baselines`.
 
     Returns:
         The test metrics dict (also in ``metrics_test.json``; ``predictions_test.csv``, ``run.json``).
     """
     run_dirs = None if run_dir is None else [run_dir]
-    return run_feature_baselines(cfg, [classifier], run_dirs, data, n_bootstrap, overwrite)[0]
+    return run_feature_baselines(cfg, [classifier], run_dirs, data, n_bootstrap, overwrite, **options)[0]
 
 
 def format_feature_result(result: dict) -> str:

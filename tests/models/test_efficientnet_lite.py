@@ -433,3 +433,60 @@ def test_shipped_transfer_configs_run_two_phases(stage):
     cfg = load_config(f"sars-cov-2-ct/efficientnet_lite0-imagenet-{stage}")
     assert (cfg.data.stage, cfg.data.size, cfg.model.name, cfg.model.weights) == (stage, 224, "efficientnet_lite0", "imagenet")
     assert _phases(cfg) == [(0, 3, False, pytest.approx(1e-3)), (3, 12, True, pytest.approx(1e-4))]
+
+
+def test_lite0_features_are_the_pooled_imagenet_backbone_output(imagenet_lite0, lite0_cache, monkeypatch):
+    from covidct.features import extract_features
+
+    monkeypatch.setenv("COVIDCT_CACHE", str(lite0_cache))
+    model = build_model("efficientnet_lite0", weights="imagenet", num_classes=2, input_shape=(64, 64, 1))
+    images = np.random.default_rng(3).integers(0, 256, (5, 64, 64, 1)).astype(np.uint8)
+    got = extract_features(model, images, np.arange(5), batch_size=2)
+    # Independently: the 1000-class ImageNet classifier's last feature map on RGB input, averaged in numpy.
+    imagenet = build_model("efficientnet_lite0", weights="imagenet", num_classes=1000, input_shape=(64, 64, 3))
+    trunk = keras.Model(imagenet.inputs, imagenet.get_layer("top_activation").output)
+    rgb = np.repeat(images.astype("float32"), 3, axis=-1)
+    want = keras.ops.convert_to_numpy(trunk(rgb, training=False)).mean(axis=(1, 2))
+    assert got.shape == (5, 1280) and want.std() > 0.01
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_head_on_the_pretrained_lite_backbone(imagenet_lite0, lite0_cache, monkeypatch):
+    monkeypatch.setenv("COVIDCT_CACHE", str(lite0_cache))
+    model = build_model("masked_efficientnet_lite0", weights="imagenet", num_classes=2, input_shape=(64, 64, 1),
+                        freeze_backbone=True)
+    assert [t.name for t in model.inputs] == ["image", "mask"] and tuple(model.outputs[0].shape) == (None, 2)
+    for name in ("stem_conv", "block4b_dwconv", "block7a_project_bn", "top_conv"):
+        for got, want in zip(model.get_layer(name).get_weights(), imagenet_lite0.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    trainable = sorted(layer.name for layer in model.layers if layer.weights and layer.trainable)
+    assert trainable == ["head_conv1", "head_conv2", "head_dense", "logits"]
+    # image x mask: only the masked pixels reach the backbone.
+    rng = np.random.default_rng(0)
+    image, other = rng.uniform(0, 255, (2, 1, 64, 64, 1)).astype("float32")
+    mask = np.zeros((1, 64, 64, 1), "float32")
+    mask[:, 16:48, 16:48] = 255.0
+    other[:, 16:48, 16:48] = image[:, 16:48, 16:48]
+    a, b = (keras.ops.convert_to_numpy(model([x, mask], training=False)) for x in (image, other))
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_top_blocks_fine_tune_with_frozen_batch_norm_through_train(
+    imagenet_lite0, lite0_cache, tiny_config, tmp_path, monkeypatch
+):
+    from covidct.train import train
+
+    monkeypatch.setenv("COVIDCT_CACHE", str(lite0_cache))
+    # freeze: none with finetune top:1 is one phase (one traced training step): the last block and top_conv
+    # open from the start; the frozen-then-finetune phase plan itself is checked in test_transfer.py.
+    cfg = _lite_config(tiny_config, "none", epochs=1)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, finetune="top:1", freeze_batchnorm=True))
+    run = train(cfg, run_dir=tmp_path / "top1", data=small_phantom_data(), progress=False)
+    trained = keras.saving.load_model(run / "model.keras", compile=False)
+    opened = {"block7a_expand_conv", "block7a_dwconv", "block7a_project_conv", "top_conv"}
+    for layer in imagenet_lite0.layers:
+        if not layer.weights or layer.name == "logits":
+            continue
+        same = all(np.array_equal(g, w) for g, w in zip(trained.get_layer(layer.name).get_weights(), layer.get_weights()))
+        # Everything below the last block and every BatchNorm (statistics and scale) stays ImageNet's.
+        assert same == (layer.name not in opened), layer.name

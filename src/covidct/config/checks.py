@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import covidct.preprocess as preprocess
 from covidct.config.schema import (
@@ -309,6 +310,9 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
     check_choice(source, "training.mixed_precision", t.mixed_precision, AUTO_ON_OFF)
     check_choice(source, "training.drop_last", t.drop_last, AUTO_ON_OFF)
     check_choice(source, "model.freeze", m.freeze, FREEZE_MODES)
+    if not re.fullmatch(r"all|top:[1-9][0-9]*", str(m.finetune)) or not isinstance(m.freeze_batchnorm, bool):
+        raise CovidctError(f"{source}: model.finetune must be 'all' or 'top:N' (N >= 1), e.g. 'top:8', and "
+                           f"model.freeze_batchnorm true or false; got {m.finetune!r}, {m.freeze_batchnorm!r}.")
     check_task_settings(cfg, source)
     check_augmentation_value(t.augmentation)  # its factors and presets: the task's check_config (covidct.train)
     for key, value, low in (

