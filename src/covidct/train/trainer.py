@@ -79,9 +79,9 @@ def train(
     request = Request(cfg, run_dir, resume=resume, overwrite=overwrite, data=data, progress=progress, fold=fold,
                       jobs=jobs, entry=train)
     task = task_for(cfg, source=request.source)
-    task.check_config(cfg, request.source)
     enable_compilation_cache()
-    task.check_arguments(cfg, run_dir, fold, jobs)
+    task.check_arguments(cfg, run_dir, fold, jobs)  # fold / jobs first: they apply to one task only
+    task.check_config(cfg, request.source)
     if fold is not None:  # one fold beside others: the fold's own lock; the run's only from the parent (jobs)
         check_unlocked(run_dir, allowed_pids=(os.getppid(),))
     # Marked, locked, cleaned up after a failure: covidct.runs.writing_run (docs/data-safety.md).

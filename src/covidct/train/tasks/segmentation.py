@@ -51,6 +51,7 @@ class SegmentationTask(Task):
         check_task_settings(cfg, source=source)
 
     def check_arguments(self, cfg: RunConfig, run_dir: Path, fold, jobs) -> None:
+        self.check_config(cfg, f"config of {run_dir}")  # the config first: fold counts come from its section
         check_fold_arguments(cfg, run_dir, fold, jobs)
 
     def check_data(self, data) -> None:
