@@ -9,7 +9,7 @@ export MPLBACKEND ?= Agg
 # Real-data tests and notebooks read $COVIDCT_DATA_ROOT (else ./data); .ci/run sets it, tests skip what is missing.
 
 # `make serve RUN=runs/demo`: the local page and JSON API of one run (docs/serve.md); needs the [serve] extra.
-.PHONY: serve install wheel demo test test-all test-rest lint test-tf test-tf-models test-jax test-notebooks strip-notebooks figures shipped-run notebooks-executed benchmarks clean
+.PHONY: serve install wheel demo test test-all test-slow test-rest lint test-tf test-tf-models test-jax test-notebooks strip-notebooks figures shipped-run notebooks-executed benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -38,13 +38,19 @@ serve: install
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
-TF_MARKS = -m "not jax and not gpu and not network and not notebooks" -q
-# tests/models runs in the second stream (after the JAX tests and notebooks) to balance the two.
+TF_MARKS = -m "not jax and not gpu and not network and not notebooks and not slow" -q
+# The model-architecture tests run in the second stream (after the JAX tests and notebooks) to balance the two.
+MODEL_TESTS = tests/models/test_architectures.py tests/models/test_bit.py tests/models/test_registry.py
 test-tf: install
-	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) --ignore=tests/models
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) $(foreach t,$(MODEL_TESTS),--ignore=$(t))
 
 test-tf-models: install
-	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) -p no:cacheprovider tests/models
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) -p no:cacheprovider $(MODEL_TESTS)
+
+# Tests marked `slow` (worker and multi-process runs, the wheel in a fresh venv): not in `make test`, which must
+# stay under 15 minutes on 2 cores; run them before a release or after touching folds, packaging, distribution or Dask.
+test-slow: install
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -m "slow and not jax and not gpu and not network and not notebooks" -q
 
 # The JAX-without-TensorFlow training test needs a process in which nothing has imported TensorFlow.
 test-jax: install

@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
+from covidct.config import dump_config
 from covidct.errors import CovidctError, unknown_name_error
+from covidct.evaluate.evaluator import metrics_with_ci
+from covidct.evaluate.metrics import compute_metrics
+from covidct.models import get_spec
+from covidct.models.inference import predict_logits
+from covidct.runs import run_status, write_json_atomic, write_text_atomic
+from covidct.train.build import build_configured_model
+from covidct.train.data import check_training_splits, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +93,6 @@ def extract_features(
     model, images, indices, batch_size: int = 64, input_names: tuple = ("image",), layer_name=None
 ) -> np.ndarray:
     """Frozen features (N, F) of rows ``indices`` of a uint8 image array (flattened if not 1-D per image)."""
-    from covidct.models.inference import predict_logits
-
     extractor = feature_extractor(model, layer_name)
     features = predict_logits(extractor, images, indices, batch_size, input_names)
     return features.reshape(len(features), -1)
@@ -110,7 +116,6 @@ def select_c(classifier: str, features, labels, groups, folds: int = 4, grid=C_G
     """
     from sklearn.model_selection import GroupKFold
 
-    from covidct.evaluate.metrics import compute_metrics
 
     if classifier not in TUNABLE:
         raise CovidctError(f"Classifier {classifier!r} has no C to select; select_c applies to {', '.join(TUNABLE)}.")
@@ -142,7 +147,6 @@ def feature_run_dir(cfg, classifier: str, output_root: str | os.PathLike | None 
 
 
 def _refuse_existing(run_dir: Path) -> None:
-    from covidct.train.trainer import run_status
 
     held = [name for name in RESULT_FILES if (run_dir / name).exists()]
     if held:
@@ -195,9 +199,6 @@ def run_feature_baselines(
     """
     import keras
 
-    from covidct.models import get_spec
-    from covidct.train.data import check_training_splits, prepare_data
-    from covidct.train.trainer import build_configured_model
 
     classifiers = list(classifiers)
     if not classifiers:
@@ -245,9 +246,6 @@ def run_feature_baselines(
 def _fit_and_write(
     cfg, classifier: str, run_dir: Path, data, features: dict, n_bootstrap, select=False, folds=4, external=None
 ) -> dict:
-    from covidct.config import dump_config
-    from covidct.evaluate.evaluator import metrics_with_ci
-    from covidct.train.state import write_json_atomic, write_text_atomic
 
     train_rows, val_rows = data.indices("train"), data.indices("val")
     choice = None

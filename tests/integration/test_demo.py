@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from covidct.config import config_to_dict, load_config
 from covidct.demo import demo_config
 
@@ -17,7 +15,6 @@ def test_demo_config_matches_configs_demo_yaml():
     assert config_to_dict(demo_config()) == config_to_dict(load_config(REPO / "configs" / "demo.yaml"))
 
 
-@pytest.mark.slow
 def test_demo_reaches_macro_f1_on_test_split_and_writes_run_folder(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "covidct", "demo", "--output-root", str(tmp_path)],

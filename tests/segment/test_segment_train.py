@@ -230,6 +230,7 @@ def test_a_fold_is_fitted_by_one_process_at_a_time(discs, tmp_path, tiny_segment
     assert trainer_module.run_status(run / "fold_0") == "finished" and not lock.exists()  # released when done
 
 
+@pytest.mark.slow  # worker processes; make test-slow
 def test_folds_in_parallel_processes_equal_the_sequential_run(tmp_path, capsys):
     """``jobs=2`` on 3 folds (one process waits for a free slot; a fresh process per fold, registered models
     only), then finished here == ``jobs=1``."""
@@ -278,6 +279,7 @@ registry.register_model(registry.ModelSpec(name="plugin_unet", builder=build_plu
 """
 
 
+@pytest.mark.slow  # worker processes; make test-slow
 def test_parallel_folds_import_the_module_that_registered_the_model(tmp_path, monkeypatch):
     """A model registered by a module outside covidct is imported by each fold process; one registered in an
     interactive session (no file behind ``__main__``) is refused before any process starts."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from covidct.data.cache import build_cache
+from covidct.data.phantom import make_dataset
+from covidct.preprocess import get_stage
+from covidct.serve.served_run import SPREAD_FLOOR, image_features, load_reference
+
 
 def test_reference_comes_from_the_training_rows_of_the_runs_cache(tmp_path):
-    from covidct.data.cache import build_cache
-    from covidct.data.phantom import make_dataset
-    from covidct.serve.served_run import SPREAD_FLOOR, image_features, load_reference
 
     project = tmp_path / "project"
     (project / "slices").mkdir(parents=True)
@@ -20,7 +22,7 @@ def test_reference_comes_from_the_training_rows_of_the_runs_cache(tmp_path):
         np.save(paths[-1], image.astype(np.int16))
     manifest = pd.DataFrame({"path": [str(p) for p in paths], "label": phantoms.labels, "group": [f"p{i}" for i in range(12)],
                              "split": ["train"] * 8 + ["test"] * 4, "source": "phantom"})
-    cache = build_cache(manifest, "original", 32, project / ".cache", workers=1, progress=False)
+    cache = build_cache(manifest, get_stage("original"), 32, project / ".cache", workers=1, progress=False)
     run_dir = project / "runs" / "r"
     run_dir.mkdir(parents=True)
     recorded = str(cache.path.relative_to(project))  # relative to the folder training ran in
@@ -42,7 +44,5 @@ def test_reference_comes_from_the_training_rows_of_the_runs_cache(tmp_path):
 
 
 def test_image_features_by_hand():
-    from covidct.serve.served_run import image_features
-
     sample = np.array([[[0, 0], [100, 200]]], np.uint8)
     np.testing.assert_allclose(image_features(sample), [[75.0, np.std([0, 0, 100, 200]), 0.5]])

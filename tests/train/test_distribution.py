@@ -69,7 +69,6 @@ def jax_two_devices(tmp_path_factory):
     return np.load(out)
 
 
-@pytest.mark.slow  # a subprocess per engine: ~80 CPU-s for the four, on 2 cores
 def test_jax_data_parallel_on_two_devices_takes_the_steps_of_one(jax_two_devices):
     result = jax_two_devices
     assert int(result["off_engine_replicas"]) == 1 and int(result["data_parallel_engine_replicas"]) == 2
@@ -113,7 +112,6 @@ def test_two_jax_processes_on_loopback_agree_with_each_other_and_with_one(jax_tw
     _assert_same_fit(first, jax_two_devices, "data_parallel", "off", atol=1e-5)
 
 
-@pytest.mark.slow
 def test_tensorflow_mirrored_strategy_on_two_logical_cpus_takes_the_steps_of_one(tmp_path):
     out = tmp_path / "tf.npz"
     _finish(_start("tf", out, _env("tensorflow")))

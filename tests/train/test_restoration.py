@@ -335,6 +335,7 @@ def test_cli_trains_a_pretraining_config_and_does_not_evaluate_it(tmp_path, caps
     assert json.loads((tmp_path / "runs" / "pt-cli" / "run.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow  # make test-slow
 def test_an_interrupted_pretraining_resumes_to_the_uninterrupted_result(tmp_path, crash_after_epoch):
     import keras
     import pandas as pd

@@ -139,18 +139,3 @@ def load_config(
     if inherited and cfg.data.dataset != file_dataset and validate:
         cfg = drop_foreign_options(cfg, inherited, file_dataset, source)
     return validate_config(cfg, source=source, check_registries=validate)
-
-
-#: Names that moved to ``covidct.train.recipes`` and are still found here, for notebooks and scripts that
-#: import them from ``covidct.config`` (new code imports them from ``covidct.train.recipes``).
-_MOVED_TO_RECIPES = ("STAGE_AUGMENTATION", "STAGE_AUGMENTATION_LIKE", "DEFAULT_AUGMENTATION", "ROBUST_AUGMENTATION",
-                     "augmentation_factors")
-
-
-def __getattr__(name: str):
-    """``covidct.config.STAGE_AUGMENTATION`` and the other recipe names: looked up in ``covidct.train.recipes``."""
-    if name in _MOVED_TO_RECIPES:
-        from covidct.train import recipes  # the training layer: imported only when an old name is asked for
-
-        return getattr(recipes, name)
-    raise AttributeError(f"module 'covidct.config' has no attribute {name!r}")

@@ -26,8 +26,8 @@ import functools
 import keras
 from keras import layers
 
+import covidct.models.efficientnet_lite as lite
 from covidct.errors import CovidctError
-from covidct.models import efficientnet_lite as lite
 from covidct.models._common import (
     build_application_base,
     check_fraction,
