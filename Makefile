@@ -39,13 +39,12 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
 TF_MARKS = -m "not jax and not gpu and not network and not notebooks and not slow" -q
-# The model-architecture tests run in the second stream (after the JAX tests and notebooks) to balance the two.
-MODEL_TESTS = tests/models/test_architectures.py tests/models/test_bit.py tests/models/test_registry.py
+# tests/models runs in the second stream (after the JAX tests and notebooks) to balance the two.
 test-tf: install
-	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) $(foreach t,$(MODEL_TESTS),--ignore=$(t))
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) --ignore=tests/models
 
 test-tf-models: install
-	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) -p no:cacheprovider $(MODEL_TESTS)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(TF_MARKS) -p no:cacheprovider tests/models
 
 # Tests marked `slow` (worker and multi-process runs, the wheel in a fresh venv): not in `make test`, which must
 # stay under 15 minutes on 2 cores; run them before a release or after touching folds, packaging, distribution or Dask.

@@ -267,3 +267,14 @@ def test_missing_path_suggests_close_name(tmp_path):
     (tmp_path / "Covid (1).png").write_bytes(cv2.imencode(".png", ramp())[1].tobytes())
     with pytest.raises(CovidctError, match=r"Covid \(l\).png: no such file.*Did you mean: Covid \(1\).png"):
         read_image(tmp_path / "Covid (l).png")
+
+
+def test_header_kind_reads_magic_numbers_only():
+    from covidct.data.io import header_kind
+
+    pad = b"\x00" * 140
+    assert header_kind(b"\x00" * 128 + b"DICM" + pad) == "dicom"
+    assert header_kind(b"II*\x00" + b"\x00" * 124 + b"DICM" + pad) == "dicom"  # the DICOM tag wins over TIFF
+    assert [header_kind(m + pad) for m in (b"\x93NUMPY", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"MM\x00*")] == [
+        "npy", "png", "jpeg", "bmp", "tiff"]
+    assert header_kind(b"hello, world" + pad) is None and header_kind(b"") is None

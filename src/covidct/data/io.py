@@ -100,6 +100,20 @@ def check_finite(array: np.ndarray, path: str | Path | None, what: str = "image"
     return array
 
 
+def header_kind(head: bytes) -> str | None:
+    """The image type its first bytes (at least 132) announce, by magic number alone; None when none matches.
+
+    One of ``"dicom"`` (the ``DICM`` tag after the 128-byte preamble, checked first: a preamble may itself look
+    like a TIFF header), ``"npy"``, ``"png"``, ``"jpeg"``, ``"bmp"``, ``"tiff"``.
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    for magic, kind in ((b"\x93NUMPY", "npy"), (b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"BM", "bmp"),
+                        (b"II*\x00", "tiff"), (b"MM\x00*", "tiff")):
+        if head.startswith(magic):
+            return kind
+    return None
+
 def detect_format(path: str | Path) -> str:
     """Tell what kind of image file (or folder) ``path`` is.
 
@@ -126,18 +140,9 @@ def detect_format(path: str | Path) -> str:
     with open(path, "rb") as handle:
         head = handle.read(132)
     name = path.name.lower()
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"  # checked first: a DICOM preamble may itself look like a TIFF header
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"BM"):
-        return "bmp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
+    kind = header_kind(head)
+    if kind is not None:
+        return kind
     if head.startswith(b"\x1f\x8b") and name.endswith(".nii.gz"):
         return "nifti"
     if name.endswith(".nii") and len(head) >= 4 and int.from_bytes(head[:4], "little") in (348, 540):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covidct.data.io import read_image, take_slice
+from covidct.data.io import header_kind, read_image, take_slice
 from covidct.errors import CovidctError
 from covidct.serve import DEFAULT_MAX_UPLOAD_MB  # noqa: F401  (re-exported: the app's default)
 
@@ -79,14 +79,9 @@ def sniff(path: Path) -> str:
         raise UploadError(422, "The uploaded file is empty (0 bytes). Choose an image file.")
     with open(path, "rb") as handle:
         head = handle.read(352)
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
+    kind = header_kind(head)
+    if kind in ("dicom", "png", "jpeg", "tiff"):
+        return kind
     if head.startswith(b"PK\x03\x04"):
         return "zip"
     if head.startswith(b"\x1f\x8b"):
