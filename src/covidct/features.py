@@ -116,7 +116,6 @@ def select_c(classifier: str, features, labels, groups, folds: int = 4, grid=C_G
     """
     from sklearn.model_selection import GroupKFold
 
-
     if classifier not in TUNABLE:
         raise CovidctError(f"Classifier {classifier!r} has no C to select; select_c applies to {', '.join(TUNABLE)}.")
     labels, groups = np.asarray(labels), np.asarray(groups).astype(str)
