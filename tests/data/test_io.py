@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from ct_dicom import ct_slice
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
+from pydicom.uid import JPEGLosslessSV1
 
 from covidct.data.io import detect_format, read_image
 from covidct.errors import CovidctError
@@ -105,31 +105,9 @@ def test_dicom_slope_intercept_to_hu():
     assert image.spacing == pytest.approx((0.661468, 0.661468))
 
 
-def _dicom(path, pixels, position_z=0.0, series_uid="1.2.3", modality="CT", photometric="MONOCHROME2",
-           rescale=(1.0, -1024.0), pixel_data=True, syntax=ExplicitVRLittleEndian):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.Modality = modality
-    dataset.SeriesInstanceUID = series_uid
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.ImagePositionPatient = [0.0, 0.0, position_z]
-    dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    dataset.PixelSpacing = [0.5, 0.75]
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = photometric
-    dataset.BitsAllocated = dataset.BitsStored = 16
-    dataset.HighBit = 15
-    dataset.PixelRepresentation = 0
-    if rescale is not None:
-        dataset.RescaleSlope, dataset.RescaleIntercept = rescale
-    if pixel_data:
-        dataset.PixelData = pixels.astype(np.uint16).tobytes()
-    dataset.save_as(str(path), enforce_file_format=True)
+def _dicom(path, pixels, position_z=0.0, series_uid="1.2.3", pixel_data=True, **tags):
+    ct_slice(pixels if pixel_data else None, position_z=position_z, series_uid=series_uid,
+             shape=pixels.shape, **tags).save_as(str(path), enforce_file_format=True)
     return path
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from ct_dicom import ct_slice
 
 from covidct.cli import main
 from covidct.data.io import read_image
@@ -66,20 +64,7 @@ def test_nifti_readers_refuse_non_finite_values(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
 def test_a_dicom_slice_with_a_rescale_that_is_not_a_number_is_refused(tmp_path):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.Modality = "CT"
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Rows, dataset.Columns = 8, 8
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
-    dataset.BitsAllocated = dataset.BitsStored = 16
-    dataset.HighBit, dataset.PixelRepresentation = 15, 0
-    dataset.RescaleSlope, dataset.RescaleIntercept = "NaN", "-1024"
-    dataset.PixelData = np.zeros((8, 8), np.uint16).tobytes()
+    dataset = ct_slice(np.zeros((8, 8)), position_z=None, series_uid=None, rescale=("NaN", "-1024"))
     path = tmp_path / "slice.dcm"
     dataset.save_as(str(path), enforce_file_format=True)
     with pytest.raises(CovidctError, match=r"slice\.dcm: RescaleSlope nan / RescaleIntercept -1024\.0 are not finite"):

@@ -34,33 +34,12 @@ def dicom_bytes(pixels_hu: np.ndarray, position_z: float = 0.0, pixel_data: bool
     """A CT DICOM slice (uint16 stored, RescaleIntercept -1024) as bytes."""
     import io
 
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from ct_dicom import ct_slice
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.Modality = "CT"
-    dataset.SeriesInstanceUID = series_uid
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.ImagePositionPatient = [0.0, 0.0, position_z]
-    dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    dataset.PixelSpacing = [0.7, 0.7]
-    dataset.Rows, dataset.Columns = pixels_hu.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = dataset.BitsStored = 16
-    dataset.HighBit = 15
-    dataset.PixelRepresentation = 0
-    dataset.RescaleSlope, dataset.RescaleIntercept = 1.0, -1024.0
-    if pixel_data:
-        dataset.PixelData = np.clip(pixels_hu + 1024, 0, 65535).astype(np.uint16).tobytes()
+    stored = np.clip(pixels_hu + 1024, 0, 65535) if pixel_data else None
     buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
+    ct_slice(stored, position_z=position_z, series_uid=series_uid, spacing=(0.7, 0.7),
+             shape=pixels_hu.shape).save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
