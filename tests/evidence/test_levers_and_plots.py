@@ -61,15 +61,17 @@ def features_frame() -> pd.DataFrame:
     for group, label in (("P2", "COV"), ("P1", "COV"), ("cap1", "OtherPneumonia"), ("n1", "Normal")):
         for k in range(6):
             rows.append({"path": f"{group}.nii.gz", "label": label, "group": group, "slice_index": k,
-                         "lung_fraction": 0.01 if k == 0 else 0.3, "burden": [0.9, 0.1, 0.4, 0.2, 0.3, 0.0][k]})
+                         "lung_fraction": [0.01, 0.3, 0.1, 0.3, 0.3, 0.3][k], "burden": [0.9, 0.1, 0.5, 0.2, 0.3, 0.0][k]})
     return pd.DataFrame(rows)
 
 
-def test_examples_are_each_labels_first_patient_at_its_highest_lung_burden():
+def test_examples_are_each_labels_first_patient_at_its_largest_lesion_area():
     examples = example_slices(features_frame())
     assert list(examples["label"]) == ["COV", "OtherPneumonia", "Normal"]
     assert list(examples["group"]) == ["P1", "cap1", "n1"]
-    assert list(examples["slice_index"]) == [2, 2, 2]  # slice 0 has the highest burden but almost no lung
+    # slice 0: the highest burden but almost no lung (not a candidate); slice 2: burden 0.5 of a small lung (area
+    # 0.05) loses to slice 4: burden 0.3 of a larger one (area 0.09)
+    assert list(examples["slice_index"]) == [4, 4, 4]
     with pytest.raises(CovidctError, match="labels present"):
         example_slices(features_frame(), labels=("CAP",))
 

@@ -1,6 +1,6 @@
 """What the lesion evidence looks like: lesion maps of example slices and lesion burden along each patient's slices.
 
-``example_slices`` picks, per label, one patient and that patient's lung slice with the highest lesion burden
+``example_slices`` picks, per label, one patient and that patient's lung slice with the largest lesion area
 (from an evidence run's ``features_<dataset>.csv``); ``lesion_maps`` applies a segmenter run to those slices
 exactly as ``covidct evidence`` does (classical lung mask, ``covidct.evidence.extract.lesion_probabilities``);
 ``plot_lesion_maps`` and ``plot_burden_curves`` return matplotlib Figures (no backend selected, nothing shown).
@@ -35,7 +35,10 @@ class LesionMap:
 
 
 def example_slices(features: pd.DataFrame, labels=LABEL_ORDER, min_lung_fraction: float = MIN_LUNG_FRACTION) -> pd.DataFrame:
-    """Per label, the first patient (by group name) and its lung-containing slice with the highest lesion burden.
+    """Per label, the first patient (by group name) and its lung-containing slice with the largest lesion area.
+
+    The lesion area (burden x lung fraction, a share of the slice) rather than the burden, so that a few marked
+    pixels in the sliver of lung at a base or an apex do not outrank a slice with extensive lesions.
 
     Args:
         features: an evidence run's ``features_<dataset>.csv`` (path, label, group, slice_index, lung_fraction, burden).
@@ -59,7 +62,7 @@ def example_slices(features: pd.DataFrame, labels=LABEL_ORDER, min_lung_fraction
             continue
         first = sorted(part["group"].astype(str).unique())[0]
         patient = part[part["group"].astype(str) == first]
-        rows.append(patient.loc[patient["burden"].idxmax()])
+        rows.append(patient.loc[(patient["burden"] * patient["lung_fraction"]).idxmax()])
     if not rows:
         raise CovidctError(f"No lung-containing slice with a label in {list(labels)}; labels present: "
                            f"{sorted(features['label'].astype(str).unique())}.")
