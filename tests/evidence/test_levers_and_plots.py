@@ -65,13 +65,19 @@ def features_frame() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_examples_are_each_labels_first_patient_at_its_largest_lesion_area():
+def test_examples_are_each_labels_first_patient_at_its_largest_mid_lung_lesion_area():
     examples = example_slices(features_frame())
     assert list(examples["label"]) == ["COV", "OtherPneumonia", "Normal"]
     assert list(examples["group"]) == ["P1", "cap1", "n1"]
-    # slice 0: the highest burden but almost no lung (not a candidate); slice 2: burden 0.5 of a small lung (area
-    # 0.05) loses to slice 4: burden 0.3 of a larger one (area 0.09)
+    # slice 0: almost no lung (never a candidate); slice 2: burden 0.5 but a third of the largest lung area (not
+    # mid-lung); slice 4: the largest lesion area (0.3 x 0.3) of the others
     assert list(examples["slice_index"]) == [4, 4, 4]
+    # every lung slice a candidate: slice 2's area 0.05 still loses to slice 4's 0.09
+    assert list(example_slices(features_frame(), central=0.0)["slice_index"]) == [4, 4, 4]
+    frame = features_frame()
+    frame.loc[frame["slice_index"] == 2, "burden"] = 1.0  # area 0.1 > 0.09: wins only when it is a candidate
+    assert list(example_slices(frame, central=0.0)["slice_index"]) == [2, 2, 2]
+    assert list(example_slices(frame)["slice_index"]) == [4, 4, 4]
     with pytest.raises(CovidctError, match="labels present"):
         example_slices(features_frame(), labels=("CAP",))
 

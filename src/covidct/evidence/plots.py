@@ -1,6 +1,6 @@
 """What the lesion evidence looks like: lesion maps of example slices and lesion burden along each patient's slices.
 
-``example_slices`` picks, per label, one patient and that patient's lung slice with the largest lesion area
+``example_slices`` picks, per label, one patient and that patient's mid-lung slice with the largest lesion area
 (from an evidence run's ``features_<dataset>.csv``); ``lesion_maps`` applies a segmenter run to those slices
 exactly as ``covidct evidence`` does (classical lung mask, ``covidct.evidence.extract.lesion_probabilities``);
 ``plot_lesion_maps`` and ``plot_burden_curves`` return matplotlib Figures (no backend selected, nothing shown).
@@ -34,16 +34,20 @@ class LesionMap:
     title: str
 
 
-def example_slices(features: pd.DataFrame, labels=LABEL_ORDER, min_lung_fraction: float = MIN_LUNG_FRACTION) -> pd.DataFrame:
-    """Per label, the first patient (by group name) and its lung-containing slice with the largest lesion area.
+def example_slices(features: pd.DataFrame, labels=LABEL_ORDER, min_lung_fraction: float = MIN_LUNG_FRACTION,
+                   central: float = 0.75) -> pd.DataFrame:
+    """Per label, the first patient (by group name) and its mid-lung slice with the largest lesion area.
 
-    The lesion area (burden x lung fraction, a share of the slice) rather than the burden, so that a few marked
-    pixels in the sliver of lung at a base or an apex do not outrank a slice with extensive lesions.
+    Candidates are the patient's slices whose lung area is at least ``central`` times its largest one (the
+    mid-thorax): at the bases and apices a sliver of lung, or a classical mask that strayed into the abdomen,
+    makes a few marked pixels look like a heavy burden. Among them, the largest lesion area (burden x lung
+    fraction) wins.
 
     Args:
         features: an evidence run's ``features_<dataset>.csv`` (path, label, group, slice_index, lung_fraction, burden).
         labels: the labels wanted, in order; absent ones are skipped.
-        min_lung_fraction: slices with less lung are not candidates.
+        min_lung_fraction: slices with less lung are never candidates.
+        central: share of the patient's largest lung fraction a candidate needs (0: every lung slice).
 
     Returns:
         One row per label found.
@@ -62,6 +66,7 @@ def example_slices(features: pd.DataFrame, labels=LABEL_ORDER, min_lung_fraction
             continue
         first = sorted(part["group"].astype(str).unique())[0]
         patient = part[part["group"].astype(str) == first]
+        patient = patient[patient["lung_fraction"] >= central * patient["lung_fraction"].max()]
         rows.append(patient.loc[(patient["burden"] * patient["lung_fraction"]).idxmax()])
     if not rows:
         raise CovidctError(f"No lung-containing slice with a label in {list(labels)}; labels present: "
