@@ -98,3 +98,15 @@ def test_what_saved_scores_cannot_give_is_refused(tmp_path, kwargs, message):
     with pytest.raises(CovidctError, match=message):
         evaluate_run(run, n_bootstrap=0, figures=False, **kwargs)
     assert not (run / "metrics_test.json").exists()
+
+
+def test_a_run_fitted_on_more_labels_scores_the_positive_class_against_the_rest(tmp_path):
+    run, test, _ = evidence_folder(tmp_path / "evidence")
+    (run / "run.json").write_text(json.dumps({"task": "evidence", "fitted_on": "sars-cov-2-ct",
+                                              "class_names": ["COV", "NonCOV"], "positive_class": "COV"}))
+    raw = test.assign(label=["COV"] * 4 + ["Normal", "Normal", "OtherPneumonia", "OtherPneumonia"])
+    raw.to_csv(run / "scores_sars-cov-2-ct.csv", index=False)
+    result = evaluate_run(run, n_bootstrap=0, figures=False)
+    assert result["evaluated_on"]["label_map"] == {"COV": "COV", "Normal": "NonCOV", "OtherPneumonia": "NonCOV"}
+    assert result["slice"]["auc_macro_ovr"] == pytest.approx(roc_auc_score(raw["label"] == "COV", raw["probability"]))
+    assert "--label-map" not in result["command"]  # the fit's own definition, not an option to pass
