@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn import metrics as skm
 
 import covidct.evaluate.plots as plots
-from covidct.config import check_threshold
+from covidct.config import EvaluationConfig, check_threshold
 from covidct.data.cache import build_cache
 from covidct.data.datasets import load_dataset
 from covidct.errors import CovidctError, did_you_mean, unknown_name_error
@@ -40,6 +40,7 @@ from covidct.evaluate.metrics import (
     predict_labels,
     resolve_positive_index,
 )
+from covidct.evaluate.scores import is_scores_run, load_saved_scores, two_class_probabilities
 from covidct.models.inference import predict_logits, split_inputs
 from covidct.preprocess import get_stage
 from covidct.runs import atomic_path, check_writable, write_json_atomic, write_text_atomic
@@ -242,6 +243,10 @@ def evaluate_run(
             f"{run_dir} is a segmentation run: its per-image Dice/IoU/HD95 come from "
             "covidct.segment.evaluate.evaluate_segmentation (`covidct segment evaluate --run RUN`)."
         )
+    if is_scores_run(run_dir):  # an evidence run: its probabilities are saved scores, nothing is predicted
+        return _evaluate_saved_scores(run_dir, split, dataset, label_map, n_bootstrap, threshold, figures,
+                                      refused={"data": data is not None, "tta": bool(tta), "mc_dropout": bool(mc_dropout),
+                                               "temperature_scaling": bool(temperature_scaling)})
     loaded = load_run(run_dir)
     # Before anything is computed: results that cannot be written are not worth minutes of predictions.
     check_writable(run_dir)
@@ -297,7 +302,6 @@ def evaluate_run(
     y_true = eval_data.labels[rows]
     manifest = eval_data.manifest.iloc[rows].reset_index(drop=True)
     groups = manifest["group"].astype(str).to_numpy()
-    positive_class = e.positive_class
 
     result = {
         "run": cfg.run_name,
@@ -328,28 +332,43 @@ def evaluate_run(
     elif section == "internal" and split == "train":
         result["warning"] = "These numbers come from the training split: they measure fit, not generalisation."
 
-    result["slice"] = metrics_with_ci(y_true, probs, groups, class_names, n_bootstrap, e.ci, threshold, positive_class)
-    # A row is a slice, or a whole volume for 3D models: "slice" is the per-row block either way (one
-    # reader for reports); volume runs also name it "volume" so a reader cannot mistake the unit.
-    result["level"] = "volume" if np.ndim(eval_data.images) == 5 else "slice"
-    if result["level"] == "volume":
-        result["volume"] = result["slice"]
-    result["calibration"] = {"ece": expected_calibration_error(y_true, probs), "n_bins": 15}
-
+    calibrated = None
     if temperature_scaling:
         try:
             val_labels, val_logits = validation_predictions()
         except Exception as error:  # External evaluation without the run's own data: say so.
-            result["temperature_scaling"] = {"status": f"skipped (validation data unavailable: {error})"}
+            calibrated = {"status": f"skipped (validation data unavailable: {error})"}
         else:
             temperature = fit_temperature(val_labels, val_logits)
-            calibrated = logits_to_probs(logits, temperature)
-            result["temperature_scaling"] = {
+            calibrated_probs = logits_to_probs(logits, temperature)
+            calibrated = {
                 "fitted_on": "val",
                 "temperature": temperature,
-                "ece": expected_calibration_error(y_true, calibrated),
-                "auc_macro_ovr": macro_auc(y_true, calibrated),
+                "ece": expected_calibration_error(y_true, calibrated_probs),
+                "auc_macro_ovr": macro_auc(y_true, calibrated_probs),
             }
+    level = "volume" if np.ndim(eval_data.images) == 5 else "slice"
+    return _score_and_write(run_dir, tag, result, y_true, probs, manifest, e, threshold, level=level, std=std,
+                            temperature=calibrated, figures=figures)
+
+
+def _score_and_write(run_dir: Path, tag: str, result: dict, y_true, probs, manifest: pd.DataFrame, e, threshold,
+                     level: str = "slice", std=None, temperature: dict | None = None, figures: bool = True) -> dict:
+    """The metrics, CIs, calibration, patient-level blocks, predictions CSV, figures and metrics JSON of one set
+    (every run's evaluation ends here, whether its probabilities were predicted or read from saved scores)."""
+    class_names = result["class_names"]
+    n_bootstrap = result["options"]["n_bootstrap"]
+    positive_class = e.positive_class
+    groups = manifest["group"].astype(str).to_numpy()
+    result["slice"] = metrics_with_ci(y_true, probs, groups, class_names, n_bootstrap, e.ci, threshold, positive_class)
+    # A row is a slice, or a whole volume for 3D models: "slice" is the per-row block either way (one
+    # reader for reports); volume runs also name it "volume" so a reader cannot mistake the unit.
+    result["level"] = level
+    if level == "volume":
+        result["volume"] = result["slice"]
+    result["calibration"] = {"ece": expected_calibration_error(y_true, probs), "n_bins": 15}
+    if temperature is not None:
+        result["temperature_scaling"] = temperature
 
     patient = {}
     if len(set(groups)) < len(groups):
@@ -379,6 +398,61 @@ def evaluate_run(
         result["figures"] = save_figures(run_dir, tag, y_true, probs, class_names, result["slice"]["confusion_matrix"])
     write_json_atomic(run_dir / f"metrics_{tag}.json", result)
     return result
+
+
+def _evaluate_saved_scores(run_dir: Path, split, dataset, label_map, n_bootstrap, threshold, figures, refused) -> dict:
+    """``evaluate_run`` of a run whose probabilities are saved scores (``covidct.evaluate.scores``)."""
+    asked = sorted(name for name, value in refused.items() if value)
+    if asked or threshold == "val":
+        raise CovidctError(
+            f"{run_dir} is an evidence run: its probabilities are saved scores (no model to predict with and no "
+            f"validation predictions), so {asked or ['threshold val']} cannot apply; evaluate it without them."
+        )
+    check_writable(run_dir)
+    if (run_dir / "figures").is_dir():
+        check_writable(run_dir / "figures")
+    saved = load_saved_scores(run_dir, split, dataset)
+    class_names = saved.class_names
+    e = EvaluationConfig(positive_class=saved.positive_class)
+    n_bootstrap = e.n_bootstrap if n_bootstrap is None else int(n_bootstrap)
+    threshold = check_threshold(threshold, f"evaluate_run({run_dir}): threshold")
+    given = parse_label_map(label_map)
+    label_map = given or saved.label_map
+    # the probability travels with its row through the label map (rows mapped to "drop" leave together)
+    manifest = apply_label_map(saved.manifest.assign(probability=saved.positive_probability), label_map,
+                               source=saved.dataset)
+    unknown = sorted(set(manifest["label"].astype(str)) - set(class_names))
+    if unknown:
+        raise CovidctError(
+            f"Dataset {saved.dataset!r}: label(s) {unknown} are not classes of the run {class_names}."
+            f"{did_you_mean(unknown[0], class_names)} Pass a label map, e.g. --label-map \"{unknown[0]}={class_names[0]}\"."
+        )
+    if manifest.empty:
+        raise CovidctError(f"Run {run_dir}: no rows of {saved.dataset!r} are left to score.")
+    probs = two_class_probabilities(manifest.pop("probability").to_numpy(), class_names, saved.positive_class)
+    y_true = np.array([class_names.index(label) for label in manifest["label"].astype(str)], dtype=int)
+    section, tag = ("external", f"external-{dataset}") if dataset is not None else ("internal", split)
+    groups = manifest["group"].astype(str)
+    result = {
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "selection": saved.selection,
+        "evaluated_on": {
+            "section": section,
+            "split": tag,
+            "dataset": saved.dataset,
+            "label_map": label_map,
+            "n_images": int(len(manifest)),
+            "n_groups": int(groups.nunique()),
+            "is_selection_set": False,
+        },
+        "class_names": class_names,
+        "options": {"tta": False, "mc_dropout": 0, "n_bootstrap": n_bootstrap, "threshold": threshold},
+        "scores": f"saved by `covidct evidence` (scores_{saved.dataset}.csv); nothing was predicted here",
+        "command": saved.command + (f" --dataset {dataset}" if dataset else "") + (
+            ' --label-map "' + ",".join(f"{k}={v}" for k, v in given.items()) + '"' if given else ""),
+    }
+    return _score_and_write(run_dir, tag, result, y_true, probs, manifest, e, threshold, figures=figures)
 
 
 def _threshold_from_validation(run_dir, class_names, positive_class, validation_predictions) -> dict:

@@ -147,6 +147,8 @@ def collect_results(runs_root: str | os.PathLike = "runs", include_val: bool = F
         if evaluated.get("split") == "train":
             continue
         info = read_run_info(run_dir)  # a corrupt run.json is named, not a JSONDecodeError
+        if info.get("task") == "evidence" and "evaluated_on" not in metrics:
+            continue  # `covidct evidence`'s own summary; its rows come from `covidct evaluate --run RUN`
         if "dice" in metrics:
             if run_dir.name.startswith("fold_") and (run_dir.parent / "metrics_cv.json").is_file():
                 continue  # one cross-validation row (metrics_cv.json), not one per fold

@@ -44,4 +44,6 @@ def run(args) -> int:
     for key, value in metrics.get("ranking", {}).items():
         print(f"{key}: {value}")
     print(f"Wrote {args.out}")
+    evaluate = f"covidct evaluate --run {args.out}" + ("" if args.fit else f" --dataset {args.dataset} --label-map ...")
+    print(f"Report it like any run (metrics, intervals, figures): {evaluate}")
     return 0

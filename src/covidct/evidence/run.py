@@ -14,6 +14,12 @@ Both write ``features_<dataset>.csv`` (reused when present and made with the sam
 the rest with a 95% bootstrap interval over groups (patients or their proxy), next to two scores that are
 fitted to nothing (segmenter ``burden`` and the classical ``dense_share``), and the patient ranking by mean
 slice probability and by lesion burden.
+
+The folder is a run of the project's one evaluation path: ``covidct evaluate --run OUT`` reports the training
+dataset's test scores, and ``covidct evaluate --run OUT --dataset D --label-map ...`` a scored dataset, with the
+metrics, intervals, calibration, figures and files of any run, read from ``scores_<dataset>.csv``
+(``covidct.evaluate.scores``; the segmenter is not run again). ``run.json`` records ``fitted_on``, the two
+``class_names`` and the ``positive_class`` for it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covidct.data.datasets import load_dataset
+from covidct.data.datasets import choose_data, load_dataset
 from covidct.data.splits import assign_splits
 from covidct.errors import CovidctError
 from covidct.evaluate.bootstrap import bootstrap_ci
@@ -44,6 +50,8 @@ from covidct.runs import (
 log = logging.getLogger(__name__)
 
 POSITIVE = "COV"
+#: The other class of a run fitted on more than two labels (the model scores ``POSITIVE`` against the rest).
+NEGATIVE = "NonCOV"
 MIN_LUNG_FRACTION = 0.05
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 SPLIT_SEED = 0
@@ -140,13 +148,16 @@ def _load_model(out: Path):
 
 
 def fit_evidence(segmenter, out, dataset: str = "sars-cov-2-ct", n_bootstrap: int = 1000, folds: int = 5,
-                 recompute: bool = False) -> dict:
-    """Step 1 (see the module docstring). Returns the metrics dict written to ``metrics_<dataset>.json``."""
+                 recompute: bool = False, manifest: pd.DataFrame | None = None) -> dict:
+    """Step 1 (see the module docstring). Returns the metrics dict written to ``metrics_<dataset>.json``.
+
+    ``manifest``: the dataset's rows to use instead of ``load_dataset(dataset)`` (notebooks: a small phantom set).
+    """
     import joblib
 
-
     out = mark_run_dir(out)
-    manifest = assign_splits(load_dataset(dataset), SPLIT_FRACTIONS, seed=SPLIT_SEED)
+    manifest = load_dataset(dataset) if manifest is None else manifest
+    manifest = assign_splits(manifest, SPLIT_FRACTIONS, seed=SPLIT_SEED)
     table = features_for(segmenter, dataset, out, manifest, recompute)
     training = table[table["split"].isin(["train", "val"])].reset_index(drop=True)
     test = table[table["split"] == "test"].reset_index(drop=True)
@@ -168,16 +179,26 @@ def fit_evidence(segmenter, out, dataset: str = "sars-cov-2-ct", n_bootstrap: in
                                        if k != "model"}}
     write_text_atomic(out / f"scores_{dataset}.csv", scored.to_csv(index=False))
     write_json_atomic(out / f"metrics_{dataset}.json", jsonable(metrics))
-    _update_info(out, {"status": "finished", "fitted_on": dataset})
+    others = sorted(set(table["label"].astype(str)) - {POSITIVE})
+    negative = others[0] if len(others) == 1 else NEGATIVE  # the model scores COV against the rest
+    # what `covidct evaluate --run OUT` reads (covidct.evaluate.scores): the classes and the positive one
+    _update_info(out, {"status": "finished", "fitted_on": dataset, "dataset": dataset,
+                       "model": f"evidence {choice['features']} / {choice['family']}",
+                       "class_names": sorted([POSITIVE, negative]), "positive_class": POSITIVE,
+                       "segmenter": str(Path(segmenter).resolve())})
     return metrics
 
 
-def apply_evidence(segmenter, out, dataset: str, n_bootstrap: int = 1000, recompute: bool = False) -> dict:
-    """Step 2 (see the module docstring). Returns the metrics dict written to ``metrics_<dataset>.json``."""
+def apply_evidence(segmenter, out, dataset: str, n_bootstrap: int = 1000, recompute: bool = False,
+                   manifest: pd.DataFrame | None = None) -> dict:
+    """Step 2 (see the module docstring). Returns the metrics dict written to ``metrics_<dataset>.json``.
+
+    ``manifest``: the dataset's rows to use instead of ``load_dataset(dataset)`` (notebooks: a few phantom volumes).
+    """
     out = Path(out)
     model, choice = _load_model(out)
     out = mark_run_dir(out)
-    manifest = load_dataset(dataset)
+    manifest = load_dataset(dataset) if manifest is None else manifest
     table = features_for(segmenter, dataset, out, manifest, recompute)
     lung_slices = table[table["lung_fraction"] >= MIN_LUNG_FRACTION].reset_index(drop=True)
     scored = lung_slices.assign(probability=predict(model, lung_slices, choice))
@@ -192,4 +213,47 @@ def apply_evidence(segmenter, out, dataset: str, n_bootstrap: int = 1000, recomp
     return metrics
 
 
-__all__ = ["apply_evidence", "auc_with_ci", "fit_evidence", "patient_table"]
+def build_evidence_run(segmenter, out, dataset: str, data_root=None, smoke: bool = False,
+                       n_bootstrap: int = 1000) -> tuple[Path, str]:
+    """An evidence run for a notebook, from a segmenter run: fitted, then applied to ``dataset``.
+
+    Full mode with the data: fitted on sars-cov-2-ct's training rows and applied to the whole ``dataset`` (as the
+    two ``covidct evidence`` commands; about half an hour on a 2-core CPU). ``smoke`` or without the data:
+    fitted on 60 phantom slices (64 px) and applied to a few slices per patient of the real ``dataset`` (two
+    from the middle of each volume) or, without it, to 6 phantom volumes of 12 slices: a test of the pipeline,
+    not a result.
+
+    Args:
+        segmenter: the infection segmentation run.
+        out: the evidence run folder to write.
+        dataset: the dataset to score (its name as ``choose_data`` returned it; ``phantom`` for phantoms).
+        data_root: the folder that holds the datasets (``choose_data``'s ``root_of_datasets``).
+        smoke: tiny and fast.
+        n_bootstrap: bootstrap replicates of ``covidct evidence``'s own intervals.
+
+    Returns:
+        (the run folder, the name of the dataset it scored: ``scores_<name>.csv``).
+    """
+    training = choose_data("sars-cov-2-ct", data_root)
+    target = choose_data(dataset, data_root)
+    if smoke or not training.is_real:
+        fit_evidence(segmenter, out, "phantom", n_bootstrap=n_bootstrap, folds=3,
+                     manifest=load_dataset("phantom", n=60, size=64))
+    else:
+        fit_evidence(segmenter, out, training.dataset, n_bootstrap=n_bootstrap,
+                     manifest=load_dataset(training.dataset, root=training.root))
+    if target.is_real:
+        manifest = load_dataset(target.dataset, root=target.root)
+        if smoke and "slice_index" in manifest:
+            middle = manifest.groupby("group")["slice_index"].transform(lambda s: s.median())
+            manifest = manifest[(manifest["slice_index"] - middle).abs() <= 1].groupby("group").head(2)
+        name = target.dataset
+    else:
+        name, depth = "phantom-volumes", 12
+        volumes = load_dataset(name, n=6, shape=(depth, 64, 64))  # one row per volume: one per slice here
+        manifest = volumes.loc[volumes.index.repeat(depth)].assign(slice_index=np.tile(np.arange(depth), len(volumes)))
+    apply_evidence(segmenter, out, name, n_bootstrap=n_bootstrap, manifest=manifest.reset_index(drop=True))
+    return Path(out), name
+
+
+__all__ = ["apply_evidence", "auc_with_ci", "build_evidence_run", "fit_evidence", "patient_table"]
