@@ -22,8 +22,8 @@ def config(extra=(), sampler="shuffle", dataset="sars-cov-2-ct", model="small_cn
     ("extra", "sampler", "message"),
     [
         ([{"dataset": "medsge", "label": "COV"}], "shuffle", r"data.extra_sources\[0\]: Unknown dataset 'medsge'. Did you mean: medseg\?"),
-        ([{"dataset": "medseg", "label": "COVID"}], "shuffle", r"label 'COVID' is not a class of this run \['COV', 'NonCOV'\]. Did you mean: COV\?"),
-        ([{"dataset": "medseg", "lable": "COV"}], "shuffle", r"unknown key 'lable'. Did you mean: label\?"),
+        ([{"dataset": "medseg", "label": "COVID"}], "shuffle", r"label 'COVID' is not a class of this run \['COV', 'NonCOV'\]. Did you mean: COV, NonCOV\?"),
+        ([{"dataset": "medseg", "lable": "COV"}], "shuffle", r"unknown key 'lable'. Did you mean: label, label_map\?"),
         ([{"dataset": "medseg"}], "shuffle", r"\[0\] \(medseg\): give exactly one of label"),
         ([{"dataset": "medseg", "label": "COV", "label_map": {"COV": "COV"}}], "shuffle", "give exactly one of label"),
         ([{"dataset": "kaggle-lungs", "label_map": {"unlabelled": "Normal"}}], "shuffle", "label 'Normal' is not a class"),
