@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import covidct.preprocess  # noqa: F401  (registers the classical lung mask that MedSeg's loader needs)
 from covidct.data.datasets import load_dataset
 from covidct.runs import jsonable, read_run_info, write_json_atomic
 

@@ -24,6 +24,7 @@ from covidct.config.schema import (
     OPTIMIZERS,
     PRETRAIN_LOSSES,
     PRETRAIN_MONITORS,
+    SAMPLERS,
     SCHEDULES,
     SEGMENTATION_CROPS,
     SEGMENTATION_DATASETS,
@@ -38,6 +39,7 @@ from covidct.config.schema import (
     check_choice,
     check_threshold,
 )
+from covidct.config.sources import check_extra_sources
 from covidct.data.datasets import DATASETS, dataset_options, list_datasets
 from covidct.data.options import check_options
 from covidct.data.volumes import resolve_shape
@@ -310,6 +312,7 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
     check_choice(source, "training.mixed_precision", t.mixed_precision, AUTO_ON_OFF)
     check_choice(source, "training.drop_last", t.drop_last, AUTO_ON_OFF)
     check_choice(source, "model.freeze", m.freeze, FREEZE_MODES)
+    check_choice(source, "training.sampler", t.sampler, SAMPLERS)
     if not re.fullmatch(r"all|top:[1-9][0-9]*", str(m.finetune)) or not isinstance(m.freeze_batchnorm, bool):
         raise CovidctError(f"{source}: model.finetune must be 'all' or 'top:N' (N >= 1), e.g. 'top:8', and "
                            f"model.freeze_batchnorm true or false; got {m.finetune!r}, {m.freeze_batchnorm!r}.")
@@ -349,6 +352,7 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
         if d.dataset not in list_datasets():
             raise unknown_name_error("dataset", d.dataset, list_datasets())
         check_data_options(cfg, source)
+        check_extra_sources(cfg, source, task=resolve_task(cfg, source))
     return cfg
 
 

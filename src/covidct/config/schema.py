@@ -34,6 +34,7 @@ PRETRAIN_MONITORS = ("val_loss", "last")
 AUTO_ON_OFF = ("auto", "on", "off")  # training.mixed_precision and training.drop_last
 ON_OFF_KEYS = ("mixed_precision", "drop_last")  # training keys whose YAML on/off (read as booleans) mean "on"/"off"
 FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
+SAMPLERS = ("shuffle", "source_balanced")  # training.sampler (covidct.train.sampling)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class DataConfig:
             name of ``covidct.data.volumes.SHAPES`` (``covidscan`` = [32, 64, 64], ``kerasio`` =
             [64, 128, 128]); None: the model's default input shape. ``stage`` and ``size`` do not apply
             to volume models.
+        extra_sources: further datasets that join the TRAINING split only (never validation or test), each a
+            mapping ``{dataset: NAME, label: CLASS}`` (every row gets that class) or ``{dataset: NAME,
+            label_map: {raw: class}}``, with optional ``options`` (the loader's) and ``root``; their groups
+            are prefixed with the dataset name and the manifest's ``source`` column tells them apart
+            (``covidct.train.sources``). 2-D classification only.
     """
 
     dataset: str = "phantom"
@@ -72,6 +78,7 @@ class DataConfig:
     cache_root: str = ".cache/covidct"
     options: dict = field(default_factory=dict)
     volume_shape: tuple | str | None = None
+    extra_sources: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,9 @@ class TrainingConfig:
             Johnson 2021, arXiv:2105.07576); 0 turns it off. The running averages otherwise mix
             statistics of older weights and of augmented, dropout-perturbed activations, and the model
             ranks well (high AUC) while its probabilities pile up on one class (argmax F1 at chance).
+        sampler: the rows of each training epoch: ``"shuffle"`` (every training row once, in a seeded
+            order) or ``"source_balanced"`` (the same number of rows from each ``source`` of the training
+            split; ``covidct.train.sampling``). Needs ``data.extra_sources``.
     """
 
     epochs: int = 30
@@ -178,6 +188,7 @@ class TrainingConfig:
     bn_momentum: float | None = None
     bn_recalibration: int = 1024
     distribution: str = "auto"
+    sampler: str = "shuffle"
 
 
 @dataclass(frozen=True)
@@ -313,7 +324,7 @@ SECTIONS = {
 # Training defaults that differ for task: segmentation (used when the YAML does not set them).
 SEGMENTATION_TRAINING_DEFAULTS = {"loss": "dice_bce", "monitor": "val_dice"}
 PRETRAIN_TRAINING_DEFAULTS = {"loss": "restoration_mse", "monitor": "val_loss"}
-_TUPLE_FIELDS = {("data", "split_fractions"), ("data", "classes"), ("evaluation", "aggregation")}
+_TUPLE_FIELDS = {("data", "split_fractions"), ("data", "classes"), ("data", "extra_sources"), ("evaluation", "aggregation")}
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

@@ -31,6 +31,7 @@ from covidct.train.samples import (  # noqa: F401  (re-exported: their old home)
     parse_label_map,
     resolve_classes,
 )
+from covidct.train.sources import add_extra_sources
 from covidct.train.volume_data import is_volume_model, prepare_volume_data
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ def prepare_data(cfg, progress: bool = True) -> TrainingData:
     cache = build_cache(manifest, stage=get_stage(d.stage), size=d.size, cache_root=d.cache_root, progress=progress)
     if cache.failed is not None and len(cache.failed):
         warnings.warn(f"{len(cache.failed)} image(s) failed preprocessing and were skipped (see {cache.path}).", stacklevel=2)
-    return data_from_arrays(cache.images, cache.manifest, classes=d.classes, cache_path=str(cache.path), source=d.dataset)
+    images, manifest = cache.images, cache.manifest
+    if d.extra_sources:  # further datasets join the training split only (covidct.train.sources)
+        images, manifest = add_extra_sources(images, manifest, d.extra_sources, d.stage, d.size, d.cache_root,
+                                             classes=d.classes, progress=progress)
+    return data_from_arrays(images, manifest, classes=d.classes, cache_path=str(cache.path), source=d.dataset)
 
 
 def data_from_arrays(images, manifest: pd.DataFrame, classes=None, cache_path: str = "", source: str = "dataset") -> TrainingData:

@@ -142,6 +142,8 @@ class SliceSequence(keras.utils.PyDataset):
         input_names: the model's input names (two names split the channels).
         max_steps: cap on batches per epoch.
         drop_last: leave out the last, incomplete batch of each epoch (``training.drop_last``).
+        sampler: ``sampler(seed, epoch) -> rows`` giving each epoch's rows instead of a permutation of
+            ``indices`` (``covidct.train.sampling.SourceBalancedSampler``); None: ``epoch_order``.
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class SliceSequence(keras.utils.PyDataset):
         input_names: tuple = ("image",),
         max_steps: int | None = None,
         drop_last: bool = False,
+        sampler=None,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         self.images = images
@@ -171,13 +174,17 @@ class SliceSequence(keras.utils.PyDataset):
         self.input_names = tuple(input_names)
         self.max_steps = max_steps
         self.order = self.indices
+        self.sampler = sampler
         self.augmenter = None
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         """Fix this epoch's row order and augmentation draws (a pure function of seed and epoch)."""
         self.epoch = int(epoch)
-        self.order = epoch_order(self.indices, self.seed, self.epoch, self.shuffle)
+        if self.sampler is not None:
+            self.order = np.asarray(self.sampler(self.seed, self.epoch), dtype=np.int64)
+        else:
+            self.order = epoch_order(self.indices, self.seed, self.epoch, self.shuffle)
         seed = self.seed * 10007 + self.epoch * 101
         if self.augmentation and self.augmenter is None:
             self.augmenter = BatchAugmenter(self.augmentation, seed=seed)  # built once, compiled on TensorFlow

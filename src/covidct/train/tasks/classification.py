@@ -34,6 +34,7 @@ from covidct.train.losses import make_loss
 from covidct.train.recipes import augmentation_factors
 from covidct.train.reports import run_report, split_counts
 from covidct.train.runtime import backend_info, drop_last_batch, dtype_policy, seed_everything
+from covidct.train.sampling import balanced_weights, make_sampler
 from covidct.train.tasks.base import Outcome, Request, Task
 from covidct.train.volume_data import VolumeSequence, volume_augmentation
 
@@ -96,8 +97,11 @@ class ClassificationTask(Task):
             trainer.model = build_configured_model(cfg, data.images, num_classes)
             trainer.input_names = input_names
             train_index = data.indices("train")
+            sampler = make_sampler(t.sampler, train_index, data.manifest)
             class_weights = None
-            if t.class_weight == "balanced":
+            if t.class_weight == "balanced" and sampler is not None:  # the classes of the rows it draws
+                class_weights = balanced_weights(sampler.expected_class_counts(data.labels, num_classes))
+            elif t.class_weight == "balanced":
                 class_weights = balanced_class_weights(data.labels[train_index], num_classes)
             sequence_class, augmentation = SliceSequence, augmentation_factors(t, cfg.data.stage)
             if data.images.ndim == 5:  # volumes: 3D augmentation (covidct.train.volume_data)
@@ -114,6 +118,7 @@ class ClassificationTask(Task):
                 input_names=input_names,
                 max_steps=t.max_steps_per_epoch,
                 drop_last=drop_last_batch(t.drop_last),
+                **({"sampler": sampler} if sampler is not None else {}),
             )
             trainer.recalibration_batches = recalibration_source(cfg, data.images, train_index, input_names)
             loss = make_loss(t.loss, num_classes, gamma=t.focal_gamma, alpha=t.focal_alpha)
@@ -134,6 +139,7 @@ class ClassificationTask(Task):
             "seconds": round(seconds, 1),
             "cache": data.cache_path,
             "split_counts": split_counts(data, split, class_names),
+            **({"sources": source_counts(data, split)} if cfg.data.extra_sources else {}),
             "shortcut_probe": probe,
         }
         if data.images.ndim == 5:
@@ -156,6 +162,13 @@ class VolumeTask(ClassificationTask):
 
     name = "volume"
     stage_factors = False
+
+
+def source_counts(data: TrainingData, split) -> dict:
+    """``{split: {source: {class: rows}}}`` of a run whose training split mixes sources."""
+    frame = data.manifest.assign(split=split, label=[data.class_names[i] for i in data.labels])
+    return {name: {source: rows.groupby("label").size().astype(int).to_dict()
+                   for source, rows in part.groupby("source")} for name, part in frame.groupby("split")}
 
 
 def shortcut_probe(cfg: RunConfig, data: TrainingData) -> dict:
