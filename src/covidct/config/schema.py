@@ -31,6 +31,7 @@ SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg", "phantom")
 # task: pretrain (self-supervised restoration by a segmenter or a classifier's backbone, covidct.train.restoration).
 PRETRAIN_LOSSES = ("restoration_mse",)
 PRETRAIN_MONITORS = ("val_loss", "last")
+INPUT_PIPELINES = ("auto", "inline", "threaded")  # training.input_pipeline (covidct.train.pipeline)
 AUTO_ON_OFF = ("auto", "on", "off")  # training.mixed_precision and training.drop_last
 ON_OFF_KEYS = ("mixed_precision", "drop_last")  # training keys whose YAML on/off (read as booleans) mean "on"/"off"
 FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
@@ -153,6 +154,9 @@ class TrainingConfig:
             Johnson 2021, arXiv:2105.07576); 0 turns it off. The running averages otherwise mix
             statistics of older weights and of augmented, dropout-perturbed activations, and the model
             ranks well (high AUC) while its probabilities pile up on one class (argmax F1 at chance).
+        input_pipeline: how training batches are prepared (``covidct.train.pipeline``): ``"inline"`` (when the
+            trainer asks), ``"threaded"`` (the next batches on a background thread, the same batches) or
+            ``"auto"`` (threaded on JAX and PyTorch, inline on TensorFlow, whose tf.data thread already overlaps).
     """
 
     epochs: int = 30
@@ -178,6 +182,7 @@ class TrainingConfig:
     bn_momentum: float | None = None
     bn_recalibration: int = 1024
     distribution: str = "auto"
+    input_pipeline: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import keras
 
+from covidct.config.schema import INPUT_PIPELINES
 from covidct.errors import CovidctError, did_you_mean
-
-#: The values of ``training.input_pipeline``.
-INPUT_PIPELINES = ("auto", "inline", "threaded")
 
 
 def resolve_pipeline(setting: str | None) -> str:

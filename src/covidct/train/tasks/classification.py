@@ -114,6 +114,7 @@ class ClassificationTask(Task):
                 input_names=input_names,
                 max_steps=t.max_steps_per_epoch,
                 drop_last=drop_last_batch(t.drop_last),
+                **({"pipeline": t.input_pipeline} if sequence_class is SliceSequence else {}),
             )
             trainer.recalibration_batches = recalibration_source(cfg, data.images, train_index, input_names)
             loss = make_loss(t.loss, num_classes, gamma=t.focal_gamma, alpha=t.focal_alpha)
