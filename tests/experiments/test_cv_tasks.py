@@ -40,6 +40,7 @@ def test_a_fold_task_trains_the_fold_run_cv_trains(tmp_path, monkeypatch):
         return Path(args.runs_root) / f"{name}-{fold}", 0.0
 
     monkeypatch.setattr(cv_module, "run_fold", fake_run_fold)
+    monkeypatch.setattr(cv_tasks, "run_fold", fake_run_fold)
     args = _args(tmp_path, "runs", "--train-only")
     cv_module.run_cv(args)
     sequential, calls[:] = list(calls), []
@@ -82,6 +83,6 @@ def test_folds_on_a_dask_local_cluster_match_the_sequential_run(tmp_path):
     pytest.importorskip("dask.distributed")
     sequential = run_cv(_args(tmp_path, "sequential"))
     out = tmp_path / "dask.json"
-    tasked = run_cv(_args(tmp_path, "dask", "--executor", "dask", "--out", str(out)))
+    tasked = cv_tasks.run_cv_tasks(_args(tmp_path, "dask", "--executor", "dask", "--out", str(out)))
     _assert_same_folds(tasked, sequential)
     assert json.loads(out.read_text())["candidates"]["base"]["oof_macro_f1"] == sequential["candidates"]["base"]["oof_macro_f1"]

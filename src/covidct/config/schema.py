@@ -156,7 +156,7 @@ class TrainingConfig:
             ranks well (high AUC) while its probabilities pile up on one class (argmax F1 at chance).
         input_pipeline: how training batches are prepared (``covidct.train.pipeline``): ``"inline"`` (when the
             trainer asks), ``"threaded"`` (the next batches on a background thread, the same batches) or
-            ``"auto"`` (threaded on JAX and PyTorch, inline on TensorFlow, whose tf.data thread already overlaps).
+            ``"auto"`` (inline: the faster on the CPU measured so far).
     """
 
     epochs: int = 30

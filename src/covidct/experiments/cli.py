@@ -87,14 +87,15 @@ def add_parser(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     # Training and evaluation (Keras) load only when the command runs, so `covidct --help` stays quick.
-    from covidct.experiments.cv import markdown_table, run_cv
+    from covidct.experiments.cv import markdown_table
+    from covidct.experiments.cv_tasks import run_cv_tasks
     from covidct.experiments.folds import export_non_test
 
     if args.export_data:
         for path in export_non_test(args):
             sys.stdout.write(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)\n")
         return 0
-    results = run_cv(args)
+    results = run_cv_tasks(args)
     if args.train_only:
         return 0
     table = markdown_table(results)

@@ -7,12 +7,11 @@ held-out groups are the run's ``val`` split and the other folds its ``train`` sp
 nothing; it is scored once after the last epoch through ``covidct.evaluate.evaluate_run``. The held-out
 predictions are pooled (``oof``), compared with the round's base by a paired bootstrap and the fixed rule
 chooses (``selection``). Finished folds are reused; ``--overwrite`` retrains. With ``--executor dask[:ADDRESS]``
-the folds are trained as tasks first (``covidct.experiments.cv_tasks``), then scored here as before.
+the folds are trained as tasks first (``covidct.experiments.cv_tasks.run_cv_tasks``), then scored here as before.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import shutil
@@ -93,13 +92,6 @@ def run_cv(args) -> dict:
         "non_test_slices": int(len(data.manifest)), "non_test_groups": int(data.manifest["group"].nunique()),
         "candidates": {}, "unfinished": {},
     }
-    executor = getattr(args, "executor", "local")
-    if executor != "local" and not args.score_only:  # the folds as tasks first (covidct.experiments.cv_tasks)
-        from covidct.experiments.cv_tasks import run_fold_tasks
-
-        run_fold_tasks(args, executor)
-        args = copy.copy(args)
-        args.overwrite = False  # the tasks retrained what --overwrite asked for; the pass below only reads it
     if args.train_only:  # one worker's share of a parallel run: train the folds, score nothing
         for name in args.candidates:
             for k in args.fold if args.fold is not None else range(args.folds):

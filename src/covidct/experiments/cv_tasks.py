@@ -23,17 +23,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+from covidct.data.splits import grouped_kfold
 from covidct.errors import CovidctError
-from covidct.executor import Task, run_tasks
+from covidct.executor import Task, die_with_parent, parse_executor, run_tasks
+from covidct.experiments.cv import run_cv, run_fold
+from covidct.experiments.folds import candidate_config, candidate_data, fold_data
 from covidct.experiments.rounds import EVALUATION_ONLY, TRAIN_FRACTION
+from covidct.runs import run_status
 
 log = logging.getLogger(__name__)
 
 
 def _fold_done(name: str, fold: int, args) -> bool:
-    from covidct.experiments.folds import candidate_config
-    from covidct.runs import run_status
-
     cfg = candidate_config(name, fold, args)
     run_dir = Path(cfg.output_root) / cfg.run_name
     return (not args.overwrite and run_status(run_dir) == "finished"
@@ -50,22 +51,16 @@ def fold_task(name: str, fold: int, args, fresh_process: bool = True) -> str:
         fresh_process: run in a new Python process (the default on workers), else in this one.
     """
     if fresh_process:
-        from covidct.train.grid_tasks import _die_with_parent
-
         with tempfile.TemporaryDirectory(prefix="covidct-cv-") as folder:
             arguments = Path(folder) / "task.pkl"
             arguments.write_bytes(pickle.dumps((name, fold, args)))
             done = subprocess.run([sys.executable, "-m", "covidct.experiments.cv_tasks", str(arguments)],
-                                  capture_output=True, text=True, preexec_fn=_die_with_parent)
+                                  capture_output=True, text=True, preexec_fn=die_with_parent)
         lines = done.stdout.strip().splitlines()
         if done.returncode or not lines:
             raise CovidctError(f"cv candidate {name}, fold {fold}: its process ended with exit code {done.returncode}: "
                                f"{done.stderr.strip()[-2000:]}")
         return lines[-1]
-
-    from covidct.data.splits import grouped_kfold
-    from covidct.experiments.cv import run_fold
-    from covidct.experiments.folds import candidate_data, fold_data
 
     # The folds are drawn on the first candidate's rows, as in run_cv (every candidate's rows are the same).
     own = copy.copy(args)
@@ -95,7 +90,18 @@ def run_fold_tasks(args, executor: str, fresh_process: bool = True) -> dict:
     return run_tasks(fold_tasks(args, fresh_process), executor, progress=False, what="folds")
 
 
-__all__ = ["fold_task", "fold_tasks", "run_fold_tasks"]
+def run_cv_tasks(args) -> dict:
+    """``run_cv(args)`` with the folds trained as tasks of ``args.executor`` first (``local``: no tasks, the
+    sequential protocol). The candidates' data is loaded (and their caches built) here before any task starts."""
+    if parse_executor(args.executor)[0] != "local" and not args.score_only:
+        candidate_data(args)
+        run_fold_tasks(args, args.executor)
+        args = copy.copy(args)
+        args.overwrite = False  # the tasks retrained what --overwrite asked for; run_cv only reads it
+    return run_cv(args)
+
+
+__all__ = ["fold_task", "fold_tasks", "run_cv_tasks", "run_fold_tasks"]
 
 
 if __name__ == "__main__":  # one fold in a fresh process: python -m covidct.experiments.cv_tasks TASK.pkl

@@ -8,9 +8,9 @@ background is black, and reflected anatomy would be a fake lung. The layers work
 ``BatchAugmenter`` is what the training sequence uses: the layers built once per run, re-seeded every epoch
 (the draws of ``make_augmenter(factors, seed)``), and on TensorFlow called as one ``tf.function`` instead of
 op by op: 0.4-0.65x of the eager time per batch on a CPU, the same pixels for the stage augmentation and
-within 1e-4 grey levels for the ``robust`` chain (``benchmarks/bench_augment.py``, BENCHMARKS.md). On JAX the
-layers run eagerly on the training thread (``jax.jit`` measured no faster there on a CPU) and as one ``jax.jit``
-call on the threaded input pipeline (``covidct.train.pipeline``); on PyTorch eagerly.
+within 1e-4 grey levels for the ``robust`` chain (``benchmarks/bench_augment.py``, BENCHMARKS.md). On JAX
+(``jax.jit`` measured no faster on a CPU, also inside training: ``benchmarks/bench_pipeline.py``; on a GPU not
+measured yet) and PyTorch the layers run eagerly.
 """
 
 from __future__ import annotations
@@ -72,17 +72,14 @@ def make_augmenter(factors: dict | None, seed: int = 0) -> keras.Sequential | No
 COMPILE_AUGMENTATION_ENV = "COVIDCT_COMPILE_AUGMENTATION"
 
 
-def compile_augmentation(threaded: bool = False) -> bool:
-    """Whether ``BatchAugmenter`` compiles by default: on TensorFlow, and on JAX when the batches are prepared on
-    a background thread (``threaded``, ``training.input_pipeline``: one ``jax.jit`` call per batch releases the
-    interpreter lock for its whole run, where eager ops hand it back and forth with the train step; measured
-    in ``benchmarks/bench_pipeline.py``). ``$COVIDCT_COMPILE_AUGMENTATION`` overrides: ``on`` (TensorFlow or
-    JAX) or ``off`` (for A/B timings)."""
+def compile_augmentation() -> bool:
+    """Whether ``BatchAugmenter`` compiles by default: on TensorFlow only (see the module doc), unless
+    ``$COVIDCT_COMPILE_AUGMENTATION`` says ``on`` (TensorFlow or JAX) or ``off`` (for A/B timings on a GPU)."""
     setting = os.environ.get(COMPILE_AUGMENTATION_ENV, "auto").strip().lower()
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"${COMPILE_AUGMENTATION_ENV}={setting!r}: use on, off or auto.")
     if setting == "auto":
-        return keras.backend.backend() == "tensorflow" or (threaded and keras.backend.backend() == "jax")
+        return keras.backend.backend() == "tensorflow"
     return setting == "on" and keras.backend.backend() in ("tensorflow", "jax")
 
 

@@ -5,11 +5,12 @@
   on JAX and PyTorch they run on the training thread, between steps.
 - ``threaded``: one background thread prepares the next ``depth`` batches, in order, while the train step
   runs (``Prefetcher``). One thread and in-order requests keep the random draws in the order ``inline`` makes
-  them: with the same augmenter both give the same batches, pixel for pixel, and a resumed run draws the
-  batches of an uninterrupted one. On JAX the threaded pipeline calls the augmenter compiled (one ``jax.jit``
-  call per batch, ``covidct.train.augment.compile_augmentation``): within 1e-3 grey levels of the eager draws.
-- ``auto``: ``threaded`` on JAX and PyTorch, ``inline`` on TensorFlow (its ``tf.data`` thread already
-  overlaps; ``benchmarks/bench_pipeline.py`` and BENCHMARKS.md have the measurements behind this choice).
+  them, so both give the same batches, pixel for pixel, and a resumed run draws the batches of an uninterrupted
+  one.
+- ``auto``: ``inline`` for now. On the 2-core CPU the threaded pipeline measured no faster than inline (the
+  augmentation and the train step share the same cores; ``benchmarks/bench_pipeline.py``, BENCHMARKS.md); on a
+  GPU, where the train step leaves the host free, it is the candidate default, not measured yet
+  (``benchmarks/device/pipeline_gpu.sh``).
 
 The augmentation itself (``covidct.train.augment.BatchAugmenter``) is the same in every pipeline.
 """
@@ -19,8 +20,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-
-import keras
 
 from covidct.config.schema import INPUT_PIPELINES
 from covidct.errors import CovidctError, did_you_mean
@@ -36,9 +35,7 @@ def resolve_pipeline(setting: str | None) -> str:
     if setting not in INPUT_PIPELINES:
         raise CovidctError(f"training.input_pipeline: {setting!r} is not one of {list(INPUT_PIPELINES)}."
                            f"{did_you_mean(setting, INPUT_PIPELINES)}")
-    if setting == "auto":
-        return "inline" if keras.backend.backend() == "tensorflow" else "threaded"
-    return setting
+    return "inline" if setting == "auto" else setting
 
 
 class Prefetcher:

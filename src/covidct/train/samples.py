@@ -18,7 +18,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from covidct.errors import CovidctError, did_you_mean
 from covidct.models.inference import split_inputs
-from covidct.train.augment import BatchAugmenter, compile_augmentation
+from covidct.train.augment import BatchAugmenter
 from covidct.train.pipeline import Prefetcher, resolve_pipeline
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class SliceSequence(keras.utils.PyDataset):
         max_steps: cap on batches per epoch.
         drop_last: leave out the last, incomplete batch of each epoch (``training.drop_last``).
         pipeline: ``training.input_pipeline`` (``covidct.train.pipeline``): ``threaded`` prepares the next
-            batches on a background thread (on JAX with the compiled augmenter).
+            batches on a background thread (the same batches as ``inline``).
     """
 
     def __init__(
@@ -187,9 +187,7 @@ class SliceSequence(keras.utils.PyDataset):
         self.order = epoch_order(self.indices, self.seed, self.epoch, self.shuffle)
         seed = self.seed * 10007 + self.epoch * 101
         if self.augmentation and self.augmenter is None:
-            # built once; compiled on TensorFlow, and on JAX when threaded (covidct.train.augment)
-            self.augmenter = BatchAugmenter(self.augmentation, seed=seed,
-                                            compiled=compile_augmentation(threaded=self.prefetcher is not None))
+            self.augmenter = BatchAugmenter(self.augmentation, seed=seed)  # built once, compiled on TensorFlow
         elif self.augmenter is not None:
             self.augmenter.reseed(seed)
 
