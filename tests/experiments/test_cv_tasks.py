@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pandas as pd
@@ -67,7 +68,10 @@ def test_evaluation_only_candidates_are_no_tasks_and_finished_folds_are_skipped(
     args = cli.parse_args(["--smoke", "--round", "capacity", "--candidates", "aug-e24", "aug-e24-tta", "--folds", "3",
                            "--runs-root", str(tmp_path / "runs"), "--train-only", "--fold", "0", "2"])
     assert [t.key for t in cv_tasks.fold_tasks(args)] == ["cv-aug-e24-fold0", "cv-aug-e24-fold2"]
-    assert all(t.kwargs == {"fresh_process": True} for t in cv_tasks.fold_tasks(args))
+    args.func = lambda parsed: 0  # as `covidct cv` sets it: the tasks carry the options only, picklable
+    tasks = cv_tasks.fold_tasks(args)
+    assert all(t.kwargs == {"fresh_process": True} for t in tasks)
+    assert pickle.loads(pickle.dumps(tasks[0].args))[2].fold == [0, 2]
 
 
 def test_an_unknown_executor_is_a_usage_error(capsys):

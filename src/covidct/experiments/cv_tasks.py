@@ -15,6 +15,7 @@ in the scoring pass, after the source's tasks have trained them.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import pickle
@@ -79,6 +80,8 @@ def fold_task(name: str, fold: int, args, fresh_process: bool = True) -> str:
 def fold_tasks(args, fresh_process: bool = True) -> list[Task]:
     """One task per unfinished (candidate, fold) of ``args`` (``--fold`` limits the folds), evaluation-only
     candidates left out (their source's tasks train their models)."""
+    # The options only: `covidct cv` adds its handler (a lambda) to them, which pickle cannot send to a worker.
+    args = argparse.Namespace(**{key: value for key, value in vars(args).items() if not callable(value)})
     folds = args.fold if args.fold is not None else range(args.folds)
     names = [EVALUATION_ONLY.get(name, name) for name in args.candidates]
     return [Task(f"cv-{name}-fold{k}", fold_task, (name, k, args), {"fresh_process": fresh_process})
