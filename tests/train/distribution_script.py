@@ -6,7 +6,9 @@
   (``XLA_FLAGS=--xla_force_host_platform_device_count=2``, set by the test before JAX starts), each
   also as a tiny ``covidct.train.trainer.train`` run (``run_<setting>_*``);
 - ``jax-processes``: the ``data_parallel`` fit only, as one process of the job in the COVIDCT_* variables;
-- ``tf``: two fits, ``off`` then ``MirroredStrategy`` over 2 logical CPU devices.
+- ``tf``: two fits, ``off`` then ``MirroredStrategy`` over 2 logical CPU devices;
+- ``jax-resume``: a ``data_parallel`` ``covidct.train`` run with augmentation (threaded input pipeline) on 2
+  devices, uninterrupted and interrupted after epoch 1 then resumed (``resume_<run>_*``).
 
 Each fit writes its per-step losses, final weights and the replicas the engine itself ran on
 (``<setting>_losses``, ``<setting>_w<i>``, ``<setting>_engine_replicas``).
@@ -35,7 +37,7 @@ def fit(setting: str) -> dict:
     """Six Adam steps of a tiny conv net on fixed random data, global batch 8."""
     import keras
 
-    from covidct.train.distribution import distributed, process_rows, resolve_distribution
+    from covidct.train.distribution import distributed, is_primary_process, process_rows, resolve_distribution
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
@@ -58,7 +60,7 @@ def fit(setting: str) -> dict:
             losses.append(float(np.asarray(model.train_on_batch(x, y))))
         out = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
         out.update(losses=np.asarray(losses), engine_replicas=_engine_replicas(model), replicas=plan.replicas,
-                   processes=plan.processes, process_id=plan.process_id)
+                   processes=plan.processes, process_id=plan.process_id, primary=is_primary_process())
     return {f"{setting}_{key}": value for key, value in out.items()}
 
 
@@ -86,7 +88,62 @@ def fit_run(setting: str, folder: str) -> dict:
     return {f"run_{setting}_{key}": value for key, value in out.items()}
 
 
+def resume_runs(folder: str) -> dict:
+    """A 3-epoch data-parallel run with augmentation, uninterrupted (``reference``) and crashed after epoch 1 then
+    resumed (``resumed``): history, weights and the files each run folder holds."""
+    import keras
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import make_tiny_config, phantom_arrays
+
+    import covidct.models.simple_cnn  # noqa: F401  (registers simple_cnn)
+    from covidct.errors import CovidctError
+    from covidct.train import loop
+    from covidct.train.data import data_from_arrays
+    from covidct.train.distribution import is_primary_process
+    from covidct.train.trainer import run_status, train
+
+    images, manifest = phantom_arrays(n=300, size=32)
+    data = data_from_arrays(images, manifest, source="phantom")
+    cfg = make_tiny_config(epochs=3, batch_size=8, distribution="data_parallel", drop_last="on", bn_recalibration=16,
+                           max_steps_per_epoch=3, augmentation="stage", input_pipeline="threaded")
+    out = {"resume_primary": is_primary_process()}
+    reference = train(cfg, run_dir=Path(folder) / "reference", data=data, progress=False)
+    original = loop.Trainer.end_epoch
+
+    def crash(self, epoch, logs, seconds):
+        original(self, epoch, logs, seconds)
+        if epoch == 0:
+            raise RuntimeError("simulated crash")
+
+    loop.Trainer.end_epoch = crash
+    try:
+        train(cfg, run_dir=Path(folder) / "resumed", data=data, progress=False)
+    except RuntimeError as error:
+        out["resume_crashed"] = str(error) == "simulated crash"
+    finally:
+        loop.Trainer.end_epoch = original
+    out["resume_status_after_crash"] = run_status(Path(folder) / "resumed")
+    try:
+        train(cfg, run_dir=Path(folder) / "resumed", data=data, progress=False)
+        out["resume_refused_without_flag"] = False
+    except CovidctError:
+        out["resume_refused_without_flag"] = True
+    resumed = train(cfg, run_dir=Path(folder) / "resumed", data=data, progress=False, resume=True)
+    for name, run in (("reference", reference), ("resumed", resumed)):
+        model = keras.models.load_model(run / "model.keras", compile=False)
+        history = pd.read_csv(run / "history.csv")
+        out.update({f"resume_{name}_w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())})
+        out[f"resume_{name}_history"] = history[["epoch", "loss", "val_loss", "val_auc"]].to_numpy()
+        out[f"resume_{name}_files"] = np.asarray(sorted(p.name for p in run.iterdir()))
+    return out
+
+
 def main(mode: str, out: str) -> None:
+    if mode == "jax-resume":
+        np.savez(out, **resume_runs(str(Path(out).parent)))
+        return
     if mode == "tf":
         import tensorflow as tf
 

@@ -105,11 +105,35 @@ def test_two_jax_processes_on_loopback_agree_with_each_other_and_with_one(jax_tw
                 process.kill()
     first, second = (np.load(out) for out in outs)
     assert [int(r["data_parallel_process_id"]) for r in (first, second)] == [0, 1]
+    assert [bool(r["data_parallel_primary"]) for r in (first, second)] == [True, False]  # only process 0 writes
     assert int(first["data_parallel_processes"]) == 2 and int(first["data_parallel_engine_replicas"]) == 2
     for a, b in zip(_weights(first, "data_parallel"), _weights(second, "data_parallel")):
         np.testing.assert_array_equal(a, b)  # one program over both processes: bit-identical replicas
     np.testing.assert_array_equal(first["data_parallel_losses"], second["data_parallel_losses"])
     _assert_same_fit(first, jax_two_devices, "data_parallel", "off", atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_interrupted_data_parallel_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """2 JAX devices, augmentation on the threaded input pipeline: crashed after epoch 1 and resumed, the run ends
+    with the history and weights of the uninterrupted run, and the same files."""
+    out = tmp_path / "resume.npz"
+    _finish(_start("jax-resume", out, _env("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")))
+    result = np.load(out)
+    assert bool(result["resume_primary"]) and bool(result["resume_crashed"])
+    assert str(result["resume_status_after_crash"]) == "interrupted" and bool(result["resume_refused_without_flag"])
+    reference, resumed = result["resume_reference_history"], result["resume_resumed_history"]
+    assert reference.shape == resumed.shape == (3, 4) and reference[0, 1] != reference[-1, 1]
+    np.testing.assert_allclose(resumed, reference, rtol=1e-5, atol=1e-6)
+    _assert_same_fit_weights(result, "resume_reference", "resume_resumed")
+    assert result["resume_reference_files"].tolist() == result["resume_resumed_files"].tolist()
+
+
+def _assert_same_fit_weights(result, setting: str, other: str) -> None:
+    mine, theirs = _weights(result, setting), _weights(result, other)
+    assert len(mine) == len(theirs) > 0
+    for a, b in zip(mine, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_tensorflow_mirrored_strategy_on_two_logical_cpus_takes_the_steps_of_one(tmp_path):

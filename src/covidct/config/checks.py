@@ -18,6 +18,7 @@ from covidct.config.schema import (
     AUTO_ON_OFF,
     CLASS_WEIGHTS,
     FREEZE_MODES,
+    INPUT_PIPELINES,
     LOSSES,
     LUNG_INPUTS,
     MONITORS,
@@ -311,6 +312,7 @@ def validate_config(cfg: RunConfig, source: str = "config", check_registries: bo
     check_choice(source, "training.monitor", t.monitor, MONITORS)
     check_choice(source, "training.mixed_precision", t.mixed_precision, AUTO_ON_OFF)
     check_choice(source, "training.drop_last", t.drop_last, AUTO_ON_OFF)
+    check_choice(source, "training.input_pipeline", t.input_pipeline, INPUT_PIPELINES)
     check_choice(source, "model.freeze", m.freeze, FREEZE_MODES)
     check_choice(source, "training.sampler", t.sampler, SAMPLERS)
     if not re.fullmatch(r"all|top:[1-9][0-9]*", str(m.finetune)) or not isinstance(m.freeze_batchnorm, bool):

@@ -31,6 +31,7 @@ SEGMENTATION_DATASETS = ("kaggle-lungs", "medseg", "phantom")
 # task: pretrain (self-supervised restoration by a segmenter or a classifier's backbone, covidct.train.restoration).
 PRETRAIN_LOSSES = ("restoration_mse",)
 PRETRAIN_MONITORS = ("val_loss", "last")
+INPUT_PIPELINES = ("auto", "inline", "threaded")  # training.input_pipeline (covidct.train.pipeline)
 AUTO_ON_OFF = ("auto", "on", "off")  # training.mixed_precision and training.drop_last
 ON_OFF_KEYS = ("mixed_precision", "drop_last")  # training keys whose YAML on/off (read as booleans) mean "on"/"off"
 FREEZE_MODES = ("none", "frozen", "frozen-then-finetune")
@@ -163,6 +164,9 @@ class TrainingConfig:
         sampler: the rows of each training epoch: ``"shuffle"`` (every training row once, in a seeded
             order) or ``"source_balanced"`` (the same number of rows from each ``source`` of the training
             split; ``covidct.train.sampling``). Needs ``data.extra_sources``.
+        input_pipeline: how training batches are prepared (``covidct.train.pipeline``): ``"inline"`` (when the
+            trainer asks), ``"threaded"`` (the next batches on a background thread, the same batches) or
+            ``"auto"`` (inline: the faster on the CPU measured so far).
     """
 
     epochs: int = 30
@@ -189,6 +193,7 @@ class TrainingConfig:
     bn_recalibration: int = 1024
     distribution: str = "auto"
     sampler: str = "shuffle"
+    input_pipeline: str = "auto"
 
 
 @dataclass(frozen=True)

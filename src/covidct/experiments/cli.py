@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from covidct.errors import CovidctError
+from covidct.executor import parse_executor
 from covidct.experiments.rounds import CANDIDATES, ROUNDS
 
 DESCRIPTION = (
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", type=int, nargs="+", default=None, help="with --train-only: train these folds only")
     parser.add_argument("--train-only", action="store_true",
                         help="train the candidates' folds and score nothing (one worker of a parallel run)")
+    parser.add_argument("--executor", default="local",
+                        help="local (the folds one after another, here), dask (a LocalCluster) or dask:ADDRESS: "
+                        "each unfinished fold is trained as a task, then the folds are scored here")
     parser.add_argument("--score-only", action="store_true",
                         help="train nothing: score the candidates whose folds all finished, list the others")
 
@@ -54,6 +59,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--fold needs --train-only and fold numbers in 0..{args.folds - 1}")
     if args.train_only and args.score_only:
         parser.error("--train-only and --score-only exclude each other")
+    try:
+        parse_executor(args.executor)
+    except CovidctError as error:
+        parser.error(str(error))
     if args.folds < 2:
         parser.error("--folds must be at least 2")
     if args.smoke:
@@ -78,14 +87,15 @@ def add_parser(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     # Training and evaluation (Keras) load only when the command runs, so `covidct --help` stays quick.
-    from covidct.experiments.cv import markdown_table, run_cv
+    from covidct.experiments.cv import markdown_table
+    from covidct.experiments.cv_tasks import run_cv_tasks
     from covidct.experiments.folds import export_non_test
 
     if args.export_data:
         for path in export_non_test(args):
             sys.stdout.write(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)\n")
         return 0
-    results = run_cv(args)
+    results = run_cv_tasks(args)
     if args.train_only:
         return 0
     table = markdown_table(results)

@@ -6,7 +6,8 @@ held-out groups are the run's ``val`` split and the other folds its ``train`` sp
 ``training.monitor: last`` (a fixed budget, the final epoch is kept), so the held-out fold selects
 nothing; it is scored once after the last epoch through ``covidct.evaluate.evaluate_run``. The held-out
 predictions are pooled (``oof``), compared with the round's base by a paired bootstrap and the fixed rule
-chooses (``selection``). Finished folds are reused; ``--overwrite`` retrains.
+chooses (``selection``). Finished folds are reused; ``--overwrite`` retrains. With ``--executor dask[:ADDRESS]``
+the folds are trained as tasks first (``covidct.experiments.cv_tasks.run_cv_tasks``), then scored here as before.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ background is black, and reflected anatomy would be a fake lung. The layers work
 (the draws of ``make_augmenter(factors, seed)``), and on TensorFlow called as one ``tf.function`` instead of
 op by op: 0.4-0.65x of the eager time per batch on a CPU, the same pixels for the stage augmentation and
 within 1e-4 grey levels for the ``robust`` chain (``benchmarks/bench_augment.py``, BENCHMARKS.md). On JAX
-(``jax.jit`` measured no faster on a CPU; on a GPU not measured yet) and PyTorch the layers run eagerly.
+(``jax.jit`` measured no faster on a CPU, also inside training: ``benchmarks/bench_pipeline.py``; on a GPU not
+measured yet) and PyTorch the layers run eagerly.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from covidct.errors import CovidctError, did_you_mean
 from covidct.models.inference import split_inputs
 from covidct.train.augment import BatchAugmenter
+from covidct.train.pipeline import Prefetcher, resolve_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class SliceSequence(keras.utils.PyDataset):
         drop_last: leave out the last, incomplete batch of each epoch (``training.drop_last``).
         sampler: ``sampler(seed, epoch) -> rows`` giving each epoch's rows instead of a permutation of
             ``indices`` (``covidct.train.sampling.SourceBalancedSampler``); None: ``epoch_order``.
+        pipeline: ``training.input_pipeline`` (``covidct.train.pipeline``): ``threaded`` prepares the next
+            batches on a background thread (the same batches as ``inline``).
     """
 
     def __init__(
@@ -160,8 +163,10 @@ class SliceSequence(keras.utils.PyDataset):
         max_steps: int | None = None,
         drop_last: bool = False,
         sampler=None,
+        pipeline: str = "inline",
     ):
         super().__init__(workers=1, use_multiprocessing=False)
+        self.prefetcher = Prefetcher(self.batch) if resolve_pipeline(pipeline) == "threaded" else None
         self.images = images
         self.indices = np.asarray(indices, dtype=np.int64)
         self.drop_last = bool(drop_last)
@@ -180,6 +185,8 @@ class SliceSequence(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Fix this epoch's row order and augmentation draws (a pure function of seed and epoch)."""
+        if self.prefetcher is not None:
+            self.prefetcher.reset()  # no batch of the last epoch is being prepared while the draws are re-seeded
         self.epoch = int(epoch)
         if self.sampler is not None:
             self.order = np.asarray(self.sampler(self.seed, self.epoch), dtype=np.int64)
@@ -195,6 +202,12 @@ class SliceSequence(keras.utils.PyDataset):
         return epoch_steps(len(self.order), self.batch_size, self.max_steps, self.drop_last)
 
     def __getitem__(self, index: int):
+        if self.prefetcher is not None:
+            return self.prefetcher.get(index, len(self))
+        return self.batch(index)
+
+    def batch(self, index: int):
+        """Batch ``index`` of this epoch, read and augmented now (``__getitem__`` may hand out a prefetched one)."""
         rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         # Sorted reads are faster on a memmap; the batch is put back in shuffled order afterwards.
         sort = np.argsort(rows, kind="stable")

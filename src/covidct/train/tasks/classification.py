@@ -119,6 +119,7 @@ class ClassificationTask(Task):
                 max_steps=t.max_steps_per_epoch,
                 drop_last=drop_last_batch(t.drop_last),
                 **({"sampler": sampler} if sampler is not None else {}),
+                **({"pipeline": t.input_pipeline} if sequence_class is SliceSequence else {}),
             )
             trainer.recalibration_batches = recalibration_source(cfg, data.images, train_index, input_names)
             loss = make_loss(t.loss, num_classes, gamma=t.focal_gamma, alpha=t.focal_alpha)
