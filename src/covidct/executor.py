@@ -17,10 +17,17 @@ Dask is optional (``pip install "covidct[scale]"``); ``local`` needs nothing.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from covidct.errors import CovidctError
 
@@ -49,12 +56,34 @@ class Task:
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """``preexec_fn`` of a task's child process: killed with its worker on Linux (no orphan keeps writing)."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def run_in_fresh_process(module: str, arguments: tuple, what: str) -> str:
+    """Run ``python -m MODULE TASK.pkl`` with ``arguments`` pickled, and return the last line it printed.
+
+    The module's ``__main__`` block reads the pickle (``read_task_arguments``) and prints the task's status line.
+    A fresh process gives each task a clean framework state and returns its memory when it ends.
+
+    Raises:
+        CovidctError: the process failed or printed nothing (its stderr's end is quoted, ``what`` names the task).
+    """
+    with tempfile.TemporaryDirectory(prefix="covidct-task-") as folder:
+        path = Path(folder) / "task.pkl"
+        path.write_bytes(pickle.dumps(arguments))
+        done = subprocess.run([sys.executable, "-m", module, str(path)], capture_output=True, text=True,
+                              preexec_fn=die_with_parent)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        raise CovidctError(f"{what}: its process ended with exit code {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return lines[-1]
+
+
+def read_task_arguments(argv: list[str]) -> tuple:
+    """The arguments ``run_in_fresh_process`` pickled, in the child (``argv``: ``sys.argv``)."""
+    return pickle.loads(Path(argv[1]).read_bytes())
 
 
 def parse_executor(text: str) -> tuple[str, str | None]:
@@ -170,4 +199,5 @@ def run_tasks(tasks: Iterable[Task], executor: str = "local", workers: int | Non
     return _run_dask(tasks, address, workers, retries, progress, what)
 
 
-__all__ = ["EXECUTORS", "Task", "die_with_parent", "parse_executor", "run_tasks"]
+__all__ = ["EXECUTORS", "Task", "die_with_parent", "parse_executor", "read_task_arguments", "run_in_fresh_process",
+           "run_tasks"]

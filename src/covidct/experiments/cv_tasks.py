@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import pickle
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from covidct.data.splits import grouped_kfold
 from covidct.errors import CovidctError
-from covidct.executor import Task, die_with_parent, parse_executor, run_tasks
+from covidct.executor import Task, parse_executor, read_task_arguments, run_in_fresh_process, run_tasks
 from covidct.experiments.cv import run_cv, run_fold
 from covidct.experiments.folds import candidate_config, candidate_data, fold_data
 from covidct.experiments.rounds import EVALUATION_ONLY, TRAIN_FRACTION
@@ -52,16 +49,7 @@ def fold_task(name: str, fold: int, args, fresh_process: bool = True) -> str:
         fresh_process: run in a new Python process (the default on workers), else in this one.
     """
     if fresh_process:
-        with tempfile.TemporaryDirectory(prefix="covidct-cv-") as folder:
-            arguments = Path(folder) / "task.pkl"
-            arguments.write_bytes(pickle.dumps((name, fold, args)))
-            done = subprocess.run([sys.executable, "-m", "covidct.experiments.cv_tasks", str(arguments)],
-                                  capture_output=True, text=True, preexec_fn=die_with_parent)
-        lines = done.stdout.strip().splitlines()
-        if done.returncode or not lines:
-            raise CovidctError(f"cv candidate {name}, fold {fold}: its process ended with exit code {done.returncode}: "
-                               f"{done.stderr.strip()[-2000:]}")
-        return lines[-1]
+        return run_in_fresh_process("covidct.experiments.cv_tasks", (name, fold, args), f"cv candidate {name}, fold {fold}")
 
     # The folds are drawn on the first candidate's rows, as in run_cv (every candidate's rows are the same).
     own = copy.copy(args)
@@ -109,5 +97,5 @@ __all__ = ["fold_task", "fold_tasks", "run_cv_tasks", "run_fold_tasks"]
 
 if __name__ == "__main__":  # one fold in a fresh process: python -m covidct.experiments.cv_tasks TASK.pkl
     logging.basicConfig(level=logging.WARNING)
-    _name, _fold, _args = pickle.loads(Path(sys.argv[1]).read_bytes())
+    _name, _fold, _args = read_task_arguments(sys.argv)
     sys.stdout.write(fold_task(_name, _fold, _args, fresh_process=False) + "\n")

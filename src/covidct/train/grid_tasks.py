@@ -14,30 +14,17 @@ fresh process also returns its memory after each run.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import pickle
-import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from covidct.errors import CovidctError
 from covidct.evaluate.evaluator import evaluate_run, run_task
-from covidct.executor import Task, run_tasks
+from covidct.executor import Task, read_task_arguments, run_in_fresh_process, run_tasks
 from covidct.segment.evaluate import evaluate_segmentation
 from covidct.train.trainer import run_status, train
 
 log = logging.getLogger(__name__)
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    try:
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphan keeps writing the run
-    except (OSError, AttributeError):
-        pass
 
 
 def grid_run_task(cfg, evaluate: bool = True, n_bootstrap: int | None = None, fresh_process: bool = True) -> str:
@@ -50,16 +37,7 @@ def grid_run_task(cfg, evaluate: bool = True, n_bootstrap: int | None = None, fr
         fresh_process: train in a new Python process (the default on workers), else in this one.
     """
     if fresh_process:
-        with tempfile.TemporaryDirectory(prefix="covidct-grid-") as folder:
-            arguments = Path(folder) / "task.pkl"
-            arguments.write_bytes(pickle.dumps((cfg, evaluate, n_bootstrap)))
-            done = subprocess.run([sys.executable, "-m", "covidct.train.grid_tasks", str(arguments)],
-                                  capture_output=True, text=True, preexec_fn=_die_with_parent)
-        lines = done.stdout.strip().splitlines()
-        if done.returncode or not lines:
-            raise CovidctError(f"Grid run {cfg.run_name}: its process ended with exit code {done.returncode}: "
-                               f"{done.stderr.strip()[-2000:]}")
-        return lines[-1]
+        return run_in_fresh_process("covidct.train.grid_tasks", (cfg, evaluate, n_bootstrap), f"Grid run {cfg.run_name}")
 
     run_dir = Path(cfg.output_root) / cfg.run_name
     status = run_status(run_dir)
@@ -93,5 +71,5 @@ __all__ = ["grid_run_task", "run_grid_tasks"]
 
 
 if __name__ == "__main__":  # one grid run in a fresh process: python -m covidct.train.grid_tasks TASK.pkl
-    _cfg, _evaluate, _n_bootstrap = pickle.loads(Path(sys.argv[1]).read_bytes())
+    _cfg, _evaluate, _n_bootstrap = read_task_arguments(sys.argv)
     sys.stdout.write(grid_run_task(_cfg, _evaluate, _n_bootstrap, fresh_process=False) + "\n")
