@@ -45,9 +45,7 @@ def grid_run_task(cfg, evaluate: bool = True, n_bootstrap: int | None = None, fr
         if status != "finished":
             train(cfg, run_dir=run_dir, resume=status == "interrupted", overwrite=status == "failed", progress=False)
         if evaluate and not any((run_dir / name).is_file() for name in ("metrics_test.json", "metrics_cv.json")):
-
             if run_task(run_dir) == "segmentation":
-
                 evaluate_segmentation(run_dir, n_bootstrap=n_bootstrap)
             else:
                 evaluate_run(run_dir, split="test", n_bootstrap=n_bootstrap, progress=False)
