@@ -26,6 +26,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_augment import device_name  # noqa: E402  (one device label for the augmentation benchmarks)
+
 
 def parse_arm(text: str) -> tuple[str, str | None]:
     """``"robust:threaded"`` -> ("robust", "threaded"); ``"none"`` -> ("none", None)."""
@@ -85,18 +88,6 @@ def run_epoch(model, sequence, epoch: int) -> float:
     sequence.set_epoch(epoch)
     model.fit(sequence, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
     return timer.seconds
-
-
-def device_name() -> str:
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return str(jax.devices()[0].device_kind)
-    import tensorflow as tf
-
-    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
 def main(argv=None) -> int:
