@@ -171,19 +171,24 @@ def mc_dropout_predict(model, images, rows, batch_size, input_names, passes: int
     return stack.mean(axis=0), stack.std(axis=0)
 
 
+def map_onto_classes(manifest: pd.DataFrame, label_map, dataset: str, class_names: list, what: str) -> pd.DataFrame:
+    """``apply_label_map`` then refuse labels that are not classes of the run (``what``: how messages name the data)."""
+    manifest = apply_label_map(manifest, label_map, source=dataset)
+    unknown = sorted(set(manifest["label"].astype(str)) - set(class_names))
+    if unknown:
+        raise CovidctError(
+            f"{what} {dataset!r}: label(s) {unknown} are not classes of the run {class_names}."
+            f"{did_you_mean(unknown[0], class_names)} Pass a label map, e.g. "
+            f"--label-map \"{unknown[0]}={class_names[0]}\"."
+        )
+    return manifest
+
+
 def _external_data(loaded, dataset: str, root, label_map, progress: bool):
     """Load another dataset, map its labels onto the run's classes, preprocess it with the run's stage."""
     if is_volume_model(loaded.config.model.name):  # a 3D run: the external volumes at the run's shape
         return external_volume_data(loaded, dataset, root, label_map, progress)
-    manifest = load_dataset(dataset, root=root)
-    manifest = apply_label_map(manifest, label_map, source=dataset)
-    unknown = sorted(set(manifest["label"].astype(str)) - set(loaded.class_names))
-    if unknown:
-        raise CovidctError(
-            f"External dataset {dataset!r}: label(s) {unknown} are not classes of the run {loaded.class_names}."
-            f"{did_you_mean(unknown[0], loaded.class_names)} Pass a label map, e.g. "
-            f"--label-map \"{unknown[0]}={loaded.class_names[0]}\"."
-        )
+    manifest = map_onto_classes(load_dataset(dataset, root=root), label_map, dataset, loaded.class_names, "External dataset")
     manifest = manifest.assign(split="test")
     cfg = loaded.config
     cache = build_cache(manifest, stage=get_stage(loaded.stage), size=loaded.size, cache_root=cfg.data.cache_root, progress=progress)
@@ -419,14 +424,8 @@ def _evaluate_saved_scores(run_dir: Path, split, dataset, label_map, n_bootstrap
     given = parse_label_map(label_map)
     label_map = given or saved.label_map
     # the probability travels with its row through the label map (rows mapped to "drop" leave together)
-    manifest = apply_label_map(saved.manifest.assign(probability=saved.positive_probability), label_map,
-                               source=saved.dataset)
-    unknown = sorted(set(manifest["label"].astype(str)) - set(class_names))
-    if unknown:
-        raise CovidctError(
-            f"Dataset {saved.dataset!r}: label(s) {unknown} are not classes of the run {class_names}."
-            f"{did_you_mean(unknown[0], class_names)} Pass a label map, e.g. --label-map \"{unknown[0]}={class_names[0]}\"."
-        )
+    manifest = map_onto_classes(saved.manifest.assign(probability=saved.positive_probability), label_map,
+                                saved.dataset, class_names, "Dataset")
     if manifest.empty:
         raise CovidctError(f"Run {run_dir}: no rows of {saved.dataset!r} are left to score.")
     probs = two_class_probabilities(manifest.pop("probability").to_numpy(), class_names, saved.positive_class)
